@@ -1,0 +1,98 @@
+"""The engine's entry point: lab results in, interpretations out, pure and deterministic."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from interpretation.antibodies import interpret_antibody
+from interpretation.drug_levels import interpret_drug_level
+from interpretation.findings import (
+    Analyte,
+    AntibodyFinding,
+    AntibodyInterpretation,
+    DrugLevelFinding,
+    DrugLevelInterpretation,
+    Interpretation,
+    Pattern,
+)
+from interpretation.lab_result import LabResult, TreatmentContext
+from interpretation.recognition import recognise
+from interpretation.ruleset import RuleSet
+
+_NO_OVERRIDE = TreatmentContext()
+
+
+def is_relevant(result: LabResult, ruleset: RuleSet) -> bool:
+    """Whether a result is an infliximab level or antibody result at all."""
+    return recognise(result.code, result.display, ruleset.recognition) is not None
+
+
+def interpret(
+    result: LabResult, ruleset: RuleSet, override: TreatmentContext = _NO_OVERRIDE
+) -> Interpretation | None:
+    """Interpret one result, or return None when it is not about infliximab.
+
+    The context is the rule set's defaults, overlaid by what the message says, overlaid by
+    `override` (an operator's explicit choice, such as `interpret --phase induction`).
+    """
+    analyte = recognise(result.code, result.display, ruleset.recognition)
+    if analyte is None:
+        return None
+    context = ruleset.defaults.overlaid_with(result.context).overlaid_with(override)
+    if analyte is Analyte.INFLIXIMAB:
+        return interpret_drug_level(result, context, ruleset)
+    return interpret_antibody(result, context, ruleset)
+
+
+def interpret_all(
+    results: Iterable[LabResult], ruleset: RuleSet, override: TreatmentContext = _NO_OVERRIDE
+) -> list[Interpretation]:
+    """Interpret the results of one message and pair levels with antibodies from the same specimen."""
+    found = [i for r in results if (i := interpret(r, ruleset, override)) is not None]
+    return pair(found, ruleset) if len(found) > 1 else found
+
+
+def _specimen_key(result: LabResult) -> tuple[str, str | None]:
+    return result.patient_id, result.specimen_id or result.accession
+
+
+def pattern_of(level: DrugLevelFinding, antibodies: AntibodyFinding) -> Pattern | None:
+    """The combined reading of a trough and an antibody result; None if either is undecided."""
+    if level is DrugLevelFinding.UNINTERPRETABLE or antibodies is AntibodyFinding.UNINTERPRETABLE:
+        return None
+    low = level is DrugLevelFinding.SUBTHERAPEUTIC
+    detected = antibodies is AntibodyFinding.ANTIBODIES_DETECTED
+    if low:
+        return Pattern.IMMUNOGENIC_FAILURE if detected else Pattern.NON_IMMUNE_LOW_LEVEL
+    return Pattern.ANTIBODIES_WITH_ADEQUATE_LEVEL if detected else Pattern.ADEQUATE_WITHOUT_ANTIBODIES
+
+
+def pair(interpretations: Sequence[Interpretation], ruleset: RuleSet) -> list[Interpretation]:
+    """Add a `pattern` (and its recommendation) to a level and an antibody result on one specimen.
+
+    Only an unambiguous pair is read together: one level and one antibody result per specimen.
+    """
+    groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+    for index, item in enumerate(interpretations):
+        groups[_specimen_key(item.result)].append(index)
+    paired = list(interpretations)
+    for indexes in groups.values():
+        levels = [(i, x) for i in indexes if isinstance(x := paired[i], DrugLevelInterpretation)]
+        antibodies = [(i, x) for i in indexes if isinstance(x := paired[i], AntibodyInterpretation)]
+        if len(levels) != 1 or len(antibodies) != 1:
+            continue
+        (level_at, level), (antibody_at, antibody) = levels[0], antibodies[0]
+        pattern = pattern_of(level.finding, antibody.finding)
+        if pattern is None:
+            continue
+        advice = ruleset.advice(pattern.value)
+        for i in (level_at, antibody_at):
+            update: dict[str, object] = {"pattern": pattern}
+            if advice is not None:
+                update["recommendation"] = advice.text
+                update["citations"] = tuple(
+                    dict.fromkeys((*paired[i].citations, *(ruleset.citation(c) for c in advice.citations)))
+                )
+            paired[i] = paired[i].model_copy(update=update)
+    return paired
