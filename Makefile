@@ -1,0 +1,42 @@
+# tdm-alerts: every verb does its own set-up (virtualenv at .venv/, packages, Kafka jars).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit integration bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+.cache/kafka/.fetched: ops/kafka/pom.xml
+	ops/kafka/local-broker fetch
+	mkdir -p .cache/kafka && touch $@
+
+## demo: start a local broker, run the service over the sample feed, print its alerts
+demo: $(STAMP) .cache/kafka/.fetched
+	$(BIN)/python ops/demo.py
+
+## test: lint, type checks, then every test (unit, integration on a real broker, slow ones)
+test: lint typecheck
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy interpretation consumer
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP) .cache/kafka/.fetched
+	$(BIN)/pytest tests/integration
+
+clean:
+	-ops/kafka/local-broker stop
+	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,72 @@
+"""Building kafka-python clients from settings, with back-off while the cluster is unreachable."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import structlog
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+from consumer.settings import Settings
+
+log = structlog.get_logger("tdm_alerts.kafka")
+T = TypeVar("T")
+
+
+class StopRequested(Exception):
+    """Start-up was interrupted by a stop request while waiting for the brokers."""
+
+
+def with_backoff(make: Callable[[], T], what: str, max_backoff_s: float, stopping: Callable[[], bool]) -> T:
+    """Call `make` until the brokers answer, doubling the wait up to `max_backoff_s`."""
+    delay = 0.5
+    while True:
+        try:
+            return make()
+        # kafka-python 3 reports an unreachable cluster as a bootstrap time-out (about 30 s).
+        except (KafkaTimeoutError, KafkaConnectionError):
+            if stopping():
+                raise StopRequested from None
+            log.warning("brokers unreachable; retrying", client=what, retry_in_s=delay)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                if stopping():
+                    raise StopRequested from None
+                time.sleep(0.1)
+            delay = min(delay * 2, max_backoff_s)
+
+
+def new_consumer(settings: Settings) -> KafkaConsumer:
+    return KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.group_id,
+        client_id=settings.client_id,
+        enable_auto_commit=False,
+        auto_offset_reset=settings.auto_offset_reset,
+        isolation_level="read_committed",
+        max_poll_records=settings.batch_max_records,
+        **settings.kafka_security(),
+    )
+
+
+def new_producer(settings: Settings) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=settings.client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_request_size=max(settings.max_message_bytes + 65_536, 1_048_576),
+        **settings.kafka_security(),
+    )
+
+
+def new_admin(settings: Settings) -> KafkaAdminClient:
+    return KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=settings.client_id,
+        **settings.kafka_security(),
+    )

@@ -1,0 +1,75 @@
+"""Structured logging that never writes patient data.
+
+JSON lines in production, a readable console in a terminal. A redaction processor drops
+every field that could carry PHI before anything is rendered, so a careless
+`log.info(..., patient_id=...)` cannot leak: it prints `[redacted]` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Literal
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+# Field names that identify a patient or carry message content. Matched case-insensitively.
+PHI_FIELDS = frozenset(
+    {
+        "patient_id",
+        "patient",
+        "mrn",
+        "name",
+        "patient_name",
+        "family",
+        "given",
+        "birth_date",
+        "birthdate",
+        "dob",
+        "address",
+        "phone",
+        "ssn",
+        "accession",
+        "specimen_id",
+        "value",
+        "raw",
+        "body",
+        "payload",
+        "message_bytes",
+        "hl7",
+        "fhir",
+    }
+)
+REDACTED = "[redacted]"
+
+
+def redact_phi(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: replace any PHI-bearing field's value with a marker."""
+    for key in list(event_dict):
+        if key.lower() in PHI_FIELDS:
+            event_dict[key] = REDACTED
+    return event_dict
+
+
+def configure_logging(level: str = "INFO", fmt: Literal["auto", "json", "console"] = "auto") -> None:
+    """Set up structlog once for the process; `auto` means console on a TTY, JSON otherwise."""
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_phi,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # kafka-python logs through the standard library; keep it quiet unless it matters.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")

@@ -1,0 +1,135 @@
+"""Prometheus metrics and the small HTTP server that exposes them with health probes.
+
+Labels are bounded sets (topic names, outcomes, categories, reasons): never a patient,
+an accession or free text.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+# Per-message work is tens of microseconds to a few milliseconds; batches take longer.
+_MESSAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
+_BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The service's metrics, registered on one registry (a fresh one per test if wanted)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "tdm_messages_consumed",
+            "Messages consumed, by input topic and outcome.",
+            ["topic", "outcome"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            "tdm_alerts_published",
+            "Alerts published, by category and severity.",
+            ["category", "severity"],
+            registry=r,
+        )
+        self.interpretations = Counter(
+            "tdm_interpretations",
+            "Infliximab results interpreted, by analyte and finding.",
+            ["analyte", "finding"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "tdm_dead_letters",
+            "Messages sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.processing_seconds = Histogram(
+            "tdm_message_processing_seconds",
+            "Decode and interpret time per message.",
+            buckets=_MESSAGE_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "tdm_batch_commit_seconds",
+            "Time to publish a batch's outputs and commit its offsets.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_failures = Counter(
+            "tdm_batch_failures",
+            "Batches whose publish or commit failed and were retried.",
+            registry=r,
+        )
+        self.last_processed = Gauge(
+            "tdm_last_processed_timestamp_seconds",
+            "Unix time of the last successfully committed batch.",
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "tdm_assigned_partitions",
+            "Input partitions currently assigned to this instance.",
+            registry=r,
+        )
+        self.ruleset = Info("tdm_ruleset", "Active interpretation rule set.", registry=r)
+        self.build = Info("tdm_build", "tdm-alerts build.", registry=r)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    registry: CollectorRegistry
+    ready: Callable[[], bool]
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._reply(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            self._reply(200, b"ok\n")
+        elif path == "/readyz":
+            ok = self.ready()
+            self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+        else:
+            self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+    def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes every few seconds are not news; stay quiet."""
+
+
+class MetricsServer:
+    """Serves /metrics, /healthz and /readyz on a background thread."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+        handler = type("Handler", (_Handler,), {"registry": registry, "ready": staticmethod(ready)})
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,81 @@
+"""Service configuration from `TDM_*` environment variables (documented in README.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every setting the service reads; each has a default that works against a local broker."""
+
+    model_config = SettingsConfigDict(env_prefix="TDM_", extra="ignore", frozen=True)
+
+    bootstrap_servers: CommaList = ["localhost:9092"]
+    input_topics: CommaList = ["lab.results"]
+    input_pattern: str | None = None
+    alert_topic: str = "lab.alerts"
+    dlq_topic: str = "lab.results.dlq"
+    group_id: str = "tdm-alerts"
+    client_id: str = "tdm-alerts"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+    max_message_bytes: Annotated[int, Field(gt=0)] = 1_048_576
+    batch_max_records: Annotated[int, Field(gt=0, le=100_000)] = 500
+    poll_timeout_ms: Annotated[int, Field(ge=0)] = 100
+    retry_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
+
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9108
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    ruleset: Path | None = None
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @field_validator("bootstrap_servers", "input_topics", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if not self.bootstrap_servers:
+            raise ValueError("TDM_BOOTSTRAP_SERVERS must name at least one broker")
+        if not self.input_topics and not self.input_pattern:
+            raise ValueError("set TDM_INPUT_TOPICS or TDM_INPUT_PATTERN")
+        outputs = {self.alert_topic, self.dlq_topic}
+        if outputs & set(self.input_topics):
+            raise ValueError("the alert and dead-letter topics must not also be input topics")
+        if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
+            raise ValueError("TDM_SASL_MECHANISM needs TDM_SASL_USERNAME and TDM_SASL_PASSWORD")
+        return self
+
+    def kafka_security(self) -> dict[str, object]:
+        """kafka-python keyword arguments for TLS/SASL, shared by consumer, producer and admin."""
+        options: dict[str, object] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if (path := getattr(self, name)) is not None:
+                options[name] = str(path)
+        return options

@@ -1,0 +1,158 @@
+"""Shared fixtures: a real Kafka broker for the session, unique topics, and the service itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data"
+LOCAL_BROKER = REPO / "ops" / "kafka" / "local-broker"
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=3).ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real broker: $KAFKA_BOOTSTRAP_SERVERS, else testcontainers, else the local jar broker."""
+    if existing := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield existing
+        return
+    if _docker_answers():
+        from testcontainers.community.kafka import KafkaContainer
+
+        with KafkaContainer("confluentinc/cp-kafka:8.1.0").with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    broker_dir = tmp_path_factory.mktemp("kafka-broker")
+    started = subprocess.run(
+        [sys.executable, str(LOCAL_BROKER), "start", "--dir", str(broker_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    if started.returncode != 0:
+        pytest.fail(f"local broker did not start:\n{started.stderr}", pytrace=False)
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run([sys.executable, str(LOCAL_BROKER), "stop", "--dir", str(broker_dir)], check=False)
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """Fresh input, alert and dead-letter topics named after the test, so tests never share data."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    stem = f"t-{request.node.name[:40]}-{uuid.uuid4().hex[:8]}".replace("[", "-").replace("]", "")
+    names = {"input": f"{stem}.in", "alerts": f"{stem}.alerts", "dlq": f"{stem}.dlq"}
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics(
+            [NewTopic(names["input"], 3, 1), NewTopic(names["alerts"], 3, 1), NewTopic(names["dlq"], 1, 1)]
+        )
+    finally:
+        admin.close()
+    return names
+
+
+class RunningService:
+    """`tdm-alerts run` as a real subprocess, configured through TDM_* variables."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "consumer", "run"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        code = self.proc.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def service_env(kafka_bootstrap: str, topics: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TDM_")}
+    env.update(
+        TDM_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        TDM_INPUT_TOPICS=topics["input"],
+        TDM_ALERT_TOPIC=topics["alerts"],
+        TDM_DLQ_TOPIC=topics["dlq"],
+        TDM_GROUP_ID=f"g-{uuid.uuid4().hex[:8]}",
+        TDM_METRICS_PORT="0",
+        TDM_LOG_FORMAT="json",
+    )
+    return env
+
+
+@pytest.fixture
+def start_service(service_env: dict[str, str], tmp_path: Path) -> Iterator[object]:
+    started: list[RunningService] = []
+
+    def start(**overrides: str) -> RunningService:
+        service = RunningService({**service_env, **overrides}, tmp_path / f"service-{len(started)}.log")
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list[object]:
+    """Read a topic from the start (read_committed) until `expected` records or the timeout.
+
+    After reaching `expected` it keeps reading briefly, so an unexpected extra record is seen.
+    """
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        group_id=None,
+    )
+    records: list[object] = []
+    deadline = time.monotonic() + timeout_s
+    settle_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+            if len(records) >= expected and settle_until is None:
+                settle_until = time.monotonic() + 1.5
+            if settle_until is not None and time.monotonic() > settle_until:
+                break
+    finally:
+        consumer.close()
+    return records

@@ -1,0 +1,104 @@
+"""End to end on a real broker: lab results in, exactly the expected alerts and dead letters out."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+
+import pytest
+from kafka import KafkaProducer
+
+from tests.conftest import DATA, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+def _produce(bootstrap: str, topic: str, lines: list[bytes]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for i, line in enumerate(lines):
+        producer.send(topic, key=f"k{i}".encode(), value=line)
+    producer.flush()
+    producer.close()
+
+
+def _metrics_port(log_text: str) -> int:
+    match = re.search(r'"metrics_port": (\d+)', log_text)
+    assert match, log_text
+    return int(match.group(1))
+
+
+def test_sample_feed_yields_expected_alerts_and_dead_letters(kafka_bootstrap, topics, start_service):
+    lines = [line for line in (DATA / "sample-feed.jsonl").read_bytes().splitlines() if line.strip()]
+    service = start_service()
+    _produce(kafka_bootstrap, topics["input"], lines)
+
+    # Expected from the clinical reading of the feed, not from the code's output:
+    # 0001 trough 2.1 (< 3): alert; 0004 "<1.0" and ATI 180 U/mL (>= 50): two alerts;
+    # 0006 induction week 6, 3800 ng/mL = 3.8 (< 4.5): alert. 0007 is preliminary: no page.
+    alerts = read_topic(kafka_bootstrap, topics["alerts"], expected=4)
+    bodies = sorted((json.loads(r.value) for r in alerts), key=lambda a: (a["patient_id"], a["analyte"]))
+    assert [(a["patient_id"], a["analyte"], a["finding"]) for a in bodies] == [
+        ("TDM-PT-0001", "infliximab", "subtherapeutic"),
+        ("TDM-PT-0004", "anti_infliximab_antibody", "antibodies_detected"),
+        ("TDM-PT-0004", "infliximab", "subtherapeutic"),
+        ("TDM-PT-0006", "infliximab", "subtherapeutic"),
+    ]
+    assert {r.key for r in alerts} == {b"TDM-PT-0001", b"TDM-PT-0004", b"TDM-PT-0006"}
+    assert bodies[3]["value"] == 3.8 and bodies[3]["target"]["low"] == 4.5
+    assert {a["pattern"] for a in bodies if a["patient_id"] == "TDM-PT-0004"} == {"immunogenic_failure"}
+    assert len({a["dedup_key"] for a in bodies}) == 4
+
+    dead = read_topic(kafka_bootstrap, topics["dlq"], expected=2)
+    assert sorted(r.value for r in dead) == sorted([lines[6], lines[10]])
+    reasons = sorted(dict(r.headers)["tdm.dlq.reason"].decode() for r in dead)
+    assert reasons == ["invalid", "unsupported_format"]
+    for record in dead:
+        headers = dict(record.headers)
+        assert headers["tdm.dlq.source.topic"].decode() == topics["input"]
+        assert int(headers["tdm.dlq.source.offset"]) >= 0
+
+    # Metrics reflect the committed work once the last batch is in.
+    port = _metrics_port(service.log_text())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        consumed = sum(
+            float(v) for v in re.findall(r"^tdm_messages_consumed_total\{[^}]*\} (\S+)$", text, re.M)
+        )
+        if consumed == len(lines):
+            break
+        time.sleep(0.2)
+    assert consumed == len(lines)
+    assert 'tdm_dead_letters_total{reason="invalid"} 1.0' in text
+    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
+
+    assert service.stop() == 0, service.log_text()
+    log = service.log_text()
+    for patient in (f"TDM-PT-000{i}" for i in range(1, 10)):
+        assert patient not in log
+
+
+def test_committed_offsets_mean_no_reprocessing_after_restart(
+    kafka_bootstrap, topics, start_service, service_env
+):
+    line = (DATA / "sample-feed.jsonl").read_bytes().splitlines()[0]
+    first = start_service()
+    _produce(kafka_bootstrap, topics["input"], [line])
+    assert len(read_topic(kafka_bootstrap, topics["alerts"], expected=1)) == 1
+    assert first.stop() == 0
+
+    # Same group: the committed offset is past the first message, so only the new one alerts.
+    second = start_service()
+    _produce(kafka_bootstrap, topics["input"], [line.replace(b"TDM-PT-0001", b"TDM-PT-0101")])
+    alerts = read_topic(kafka_bootstrap, topics["alerts"], expected=2)
+    assert sorted(r.key for r in alerts) == [b"TDM-PT-0001", b"TDM-PT-0101"]
+    assert second.stop() == 0
+
+
+def test_missing_output_topic_is_a_clear_fatal_error(start_service, topics):
+    service = start_service(TDM_ALERT_TOPIC=topics["alerts"] + ".missing")
+    code = service.proc.wait(timeout=60)
+    assert code == 1
+    assert "do not exist" in service.log_text()
