@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ from consumer.pipeline import Pipeline
 from consumer.service import FatalError, Service
 from consumer.settings import Settings
 from interpretation import (
+    Alert,
     Goal,
     Interpretation,
     Phase,
@@ -40,7 +42,9 @@ log = structlog.get_logger("tdm_alerts")
 
 
 def load_ruleset(path: Path | None) -> RuleSet:
-    """The rule set in `path`, or the packaged default when no path is given."""
+    """The rule set in `path`, else in $TDM_RULESET, else the packaged default."""
+    if path is None and (from_env := os.environ.get("TDM_RULESET")):
+        path = Path(from_env)
     if path is None:
         return default_ruleset()
     try:
@@ -144,6 +148,64 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# -- rules and schema -----------------------------------------------------------------------
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    ruleset = load_ruleset(args.file)  # raises RuleSetError with every problem listed
+    print(
+        f"{args.file}: valid rule set {ruleset.version} ({len(ruleset.drug_level_targets)} targets, "
+        f"{len(ruleset.antibody_assays)} antibody assays, {len(ruleset.citations)} citations)"
+    )
+    return 0
+
+
+def cmd_rules_show(args: argparse.Namespace) -> int:
+    ruleset = load_ruleset(args.ruleset)
+    print(f"Rule set {ruleset.version}: {ruleset.description}")
+    defaults = ", ".join(f"{k}={v}" for k, v in ruleset.defaults.model_dump(exclude_none=True).items())
+    print(f"Context when the message says nothing: {defaults}\n")
+    rows = [("#", "rule", "applies to", "target", "citation")]
+    for n, t in enumerate(ruleset.drug_level_targets, start=1):
+        rows.append((str(n), t.id, t.when.describe(), t.describe_range(), t.citation))
+    for a in ruleset.antibody_assays:
+        rows.append(
+            (
+                "ATI",
+                a.id,
+                f"codes {', '.join(a.codes)}",
+                f"positive >= {a.positive_at_or_above} {a.unit}",
+                a.citation,
+            )
+        )
+    ceiling = ruleset.plausibility
+    rows.append(
+        (
+            "-",
+            "plausibility",
+            "any drug level",
+            f"uninterpretable > {ceiling.max_drug_level_ug_per_ml} ug/mL",
+            ceiling.citation,
+        )
+    )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print("\nDrug-level targets are tried in order; the first whose context matches applies.")
+    print("Antibodies: assay cut-off, then reference range, then abnormal flag, then qualitative text.\n")
+    print("Citations:")
+    for c in ruleset.citations:
+        print(f"  [{c.id}] {c.title}\n      {c.source}")
+    return 0
+
+
+def cmd_alert_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(Alert.model_json_schema(mode="serialization"), indent=2, sort_keys=True))
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -168,11 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     interp.add_argument("--week", type=int, help="weeks since the start of induction")
     interp.add_argument("--route", choices=[r.value for r in Route])
     interp.add_argument("--goal", choices=[g.value for g in Goal])
-    interp.add_argument("--ruleset", type=Path, help="rule file (default: the packaged rule set)")
+    interp.add_argument("--ruleset", type=Path, help="rule file (default: $TDM_RULESET or the packaged one)")
     interp.add_argument(
         "--max-message-bytes", type=int, default=Settings.model_fields["max_message_bytes"].default
     )
     interp.set_defaults(handler=cmd_interpret)
+
+    rules = commands.add_parser("rules", help="check or show interpretation rule sets")
+    rules_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    check = rules_commands.add_parser("check", help="validate a rule file and explain its errors")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=cmd_rules_check)
+    show = rules_commands.add_parser("show", help="print the active rules with their citations")
+    show.add_argument(
+        "--ruleset", type=Path, default=None, help="rule file (default: $TDM_RULESET or packaged)"
+    )
+    show.set_defaults(handler=cmd_rules_show)
+
+    schema = commands.add_parser("alert-schema", help="print the JSON schema of published alerts")
+    schema.set_defaults(handler=cmd_alert_schema)
     return parser
 
 

@@ -1,0 +1,105 @@
+import json
+
+import pytest
+
+from consumer.cli import main
+from interpretation import Alert
+from tests.conftest import DATA, REPO
+
+CONTRACT = {
+    "analyte",
+    "finding",
+    "alert",
+    "value",
+    "comparator",
+    "unit",
+    "patient_id",
+    "accession",
+    "rule_id",
+    "ruleset_version",
+}
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, [json.loads(line) for line in out.splitlines()], err
+
+
+def test_interpret_prints_one_line_per_infliximab_result(capsys):
+    code, lines, err = run(capsys, "interpret", str(DATA / "sample-feed.jsonl"))
+    assert code == 1  # the feed holds two broken messages on purpose
+    assert "sample-feed.jsonl:7: unsupported_format" in err
+    assert all(set(line) >= CONTRACT for line in lines)
+    assert {line["patient_id"] for line in lines} == {
+        "TDM-PT-0001",
+        "TDM-PT-0003",
+        "TDM-PT-0004",
+        "TDM-PT-0006",
+        "TDM-PT-0007",
+        "TDM-PT-0009",
+    }
+    assert not any(line["patient_id"] in ("TDM-PT-0002", "TDM-PT-0005", "TDM-PT-0008") for line in lines)
+
+
+def test_interpret_context_options_apply_to_the_whole_input(capsys, tmp_path):
+    feed = tmp_path / "one.jsonl"
+    feed.write_text(
+        json.dumps({"patient_id": "P", "results": [{"code": "39803-2", "value": "4.2", "unit": "ug/mL"}]})
+    )
+    _, [plain], _ = run(capsys, "interpret", str(feed))
+    _, [induction], _ = run(capsys, "interpret", str(feed), "--phase", "induction", "--week", "6")
+    assert (plain["finding"], plain["alert"]) == ("therapeutic", False)
+    assert (induction["finding"], induction["alert"], induction["rule_id"]) == (
+        "subtherapeutic",
+        True,
+        "ifx-induction-week-6",
+    )
+
+
+def test_interpret_reads_stdin(capsys, monkeypatch):
+    import io
+    import sys
+
+    data = json.dumps({"patient_id": "P", "results": [{"code": "INXAB", "value": "75", "unit": "U/mL"}]})
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data.encode())))
+    code, [line], _ = run(capsys, "interpret", "-")
+    assert code == 0
+    assert (line["analyte"], line["finding"], line["decided_by"]) == (
+        "anti_infliximab_antibody",
+        "antibodies_detected",
+        "assay_cutoff",
+    )
+
+
+def test_rules_check_explains_errors(capsys, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": "1"}')
+    assert main(["rules", "check", str(bad)]) == 2
+    assert "bad.json is not a valid rule set" in capsys.readouterr().err
+
+
+def test_rules_show_lists_every_threshold_with_its_citation(capsys):
+    assert main(["rules", "show"]) == 0
+    out = capsys.readouterr().out
+    for number in ("3-7", "4.5", "4.0", "17.5", "30.3", "2.2", "9.7", "9.8", "50 U/mL"):
+        assert number in out
+    assert "[taxit]" in out
+
+
+def test_missing_input_file_is_a_usage_error(capsys):
+    assert main(["interpret", "/nonexistent/feed.jsonl"]) == 2
+
+
+def test_alert_schema_in_the_repo_matches_the_model():
+    stored = json.loads((REPO / "docs" / "alert.schema.json").read_text())
+    assert stored == Alert.model_json_schema(mode="serialization"), (
+        "run: tdm-alerts alert-schema > docs/alert.schema.json"
+    )
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["interpret", "--help"]])
+def test_help_and_version_exit_cleanly(argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0

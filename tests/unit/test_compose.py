@@ -1,0 +1,39 @@
+"""docker-compose.yml cannot run here (no Docker engine); check that its parts are wired together."""
+
+import yaml
+
+from tests.conftest import REPO
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_has_broker_service_and_prometheus():
+    assert {"kafka", "tdm-alerts", "prometheus"} <= set(SERVICES)
+
+
+def test_service_talks_to_the_broker_it_advertises():
+    advertised = SERVICES["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    bootstrap = SERVICES["tdm-alerts"]["environment"]["TDM_BOOTSTRAP_SERVERS"]
+    assert f"//{bootstrap}" in advertised
+    assert SERVICES["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def test_broker_image_matches_the_local_broker_version():
+    local = (REPO / "ops" / "kafka" / "local-broker").read_text()
+    version = SERVICES["kafka"]["image"].split(":")[1]
+    assert f'KAFKA_VERSION = "{version}"' in local
+
+
+def test_prometheus_scrapes_the_service_metrics_port():
+    mount = next(v for v in SERVICES["prometheus"]["volumes"] if "prometheus.yml" in v)
+    config = yaml.safe_load((REPO / mount.split(":")[0]).read_text())
+    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    port = SERVICES["tdm-alerts"]["environment"]["TDM_METRICS_PORT"]
+    assert f"tdm-alerts:{port}" in targets
+
+
+def test_service_is_built_from_the_dockerfile_and_runs_the_cli():
+    assert SERVICES["tdm-alerts"]["build"] == "."
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["tdm-alerts"]' in dockerfile

@@ -1,0 +1,70 @@
+import json
+from decimal import Decimal
+
+import pytest
+
+from interpretation import RuleSetError, default_ruleset, parse_ruleset
+from tests.conftest import REPO
+
+GUIDANCE = REPO.parent / "shared" / "clinical-guidance.txt"
+
+
+def test_default_rule_set_holds_every_threshold_of_the_guidance():
+    targets = {t.id: (t.low, t.high) for t in default_ruleset().drug_level_targets}
+    assert targets["ifx-maintenance-iv"] == (Decimal(3), Decimal(7))
+    expected_lows = {
+        "ifx-induction-week-6": "4.5",
+        "ifx-induction-week-14": "4.0",
+        "ifx-sc-mucosal-healing": "17.5",
+        "ifx-sc-transmural-healing": "30.3",
+        "ifx-goal-biochemical-remission": "2.2",
+        "ifx-goal-endoscopic-remission": "9.7",
+        "ifx-goal-histologic-remission": "9.8",
+    }
+    for rule_id, low in expected_lows.items():
+        assert targets[rule_id][0] == Decimal(low), rule_id
+
+
+@pytest.mark.skipif(not GUIDANCE.exists(), reason="shared/ is not beside this checkout")
+def test_every_guidance_number_used_appears_in_the_guidance_text():
+    text = GUIDANCE.read_text()
+    for target in default_ruleset().drug_level_targets:
+        for bound in (target.low, target.high):
+            if bound is not None:
+                assert str(bound) in text or f"{bound}-" in text or f"-{bound}" in text, target.id
+
+
+def _rules(**changes):
+    data = json.loads(default_ruleset().model_dump_json())
+    data.update(changes)
+    return json.dumps(data)
+
+
+def test_round_trips_through_json():
+    assert parse_ruleset(default_ruleset().model_dump_json()) == default_ruleset()
+
+
+def test_unknown_citation_is_reported_by_name():
+    data = json.loads(_rules())
+    data["drug_level_targets"][0]["citation"] = "no-such-paper"
+    with pytest.raises(RuleSetError, match="no-such-paper"):
+        parse_ruleset(json.dumps(data), "custom.json")
+
+
+def test_inverted_range_is_refused():
+    data = json.loads(_rules())
+    data["drug_level_targets"][-1].update(low="7", high="3")
+    with pytest.raises(RuleSetError, match="low 7 above high 3"):
+        parse_ruleset(json.dumps(data))
+
+
+def test_duplicate_rule_ids_are_refused():
+    data = json.loads(_rules())
+    data["drug_level_targets"][1]["id"] = data["drug_level_targets"][0]["id"]
+    with pytest.raises(RuleSetError, match="unique"):
+        parse_ruleset(json.dumps(data))
+
+
+def test_not_json_is_a_clear_error():
+    with pytest.raises(RuleSetError, match=r"custom\.json is not a valid rule set"):
+        parse_ruleset("{not json", "custom.json")

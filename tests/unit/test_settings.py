@@ -1,0 +1,42 @@
+import pytest
+from pydantic import ValidationError
+
+from consumer.settings import Settings
+
+
+def test_defaults(monkeypatch):
+    for key in list(__import__("os").environ):
+        if key.startswith("TDM_"):
+            monkeypatch.delenv(key)
+    s = Settings()
+    assert (s.input_topics, s.alert_topic, s.dlq_topic) == (["lab.results"], "lab.alerts", "lab.results.dlq")
+
+
+def test_comma_separated_lists(monkeypatch):
+    monkeypatch.setenv("TDM_BOOTSTRAP_SERVERS", "k1:9092, k2:9092")
+    monkeypatch.setenv("TDM_INPUT_TOPICS", "lab.results,lab.results.eu")
+    s = Settings()
+    assert s.bootstrap_servers == ["k1:9092", "k2:9092"]
+    assert s.input_topics == ["lab.results", "lab.results.eu"]
+
+
+def test_output_topic_may_not_be_an_input(monkeypatch):
+    monkeypatch.setenv("TDM_INPUT_TOPICS", "lab.alerts")
+    with pytest.raises(ValidationError, match="must not also be input topics"):
+        Settings()
+
+
+def test_sasl_needs_credentials(monkeypatch):
+    monkeypatch.setenv("TDM_SASL_MECHANISM", "SCRAM-SHA-512")
+    with pytest.raises(ValidationError, match="TDM_SASL_USERNAME"):
+        Settings()
+
+
+def test_password_is_never_shown(monkeypatch):
+    monkeypatch.setenv("TDM_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("TDM_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("TDM_SASL_USERNAME", "svc")
+    monkeypatch.setenv("TDM_SASL_PASSWORD", "hunter2")
+    s = Settings()
+    assert "hunter2" not in repr(s)
+    assert s.kafka_security()["sasl_plain_password"] == "hunter2"
