@@ -25,6 +25,8 @@ from consumer.service import FatalError, Service
 from consumer.settings import Settings
 from interpretation import (
     Alert,
+    AntibodyInterpretation,
+    DrugLevelInterpretation,
     Goal,
     Interpretation,
     Phase,
@@ -104,6 +106,8 @@ def read_messages(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 def interpretation_line(item: Interpretation, source: SourceRef) -> dict[str, Any]:
     """The `interpret` output contract: one flat JSON object per recognised result."""
     r = item.result
+    target = item.target if isinstance(item, DrugLevelInterpretation) else None
+    decided_by = item.decided_by if isinstance(item, AntibodyInterpretation) else None
     return {
         "analyte": item.analyte.value,
         "finding": item.finding.value,
@@ -119,8 +123,8 @@ def interpretation_line(item: Interpretation, source: SourceRef) -> dict[str, An
         "ruleset_version": item.ruleset_version,
         "reason": item.reason,
         "pattern": item.pattern.value if item.pattern else None,
-        "decided_by": getattr(item, "decided_by", None),
-        "target": getattr(item, "target", None) and item.target.describe_range(),  # type: ignore[union-attr]
+        "decided_by": decided_by.value if decided_by else None,
+        "target": target.describe_range() if target else None,
         "context": item.context.model_dump(mode="json", exclude_none=True),
         "recommendation": item.recommendation,
         "citations": [c.id for c in item.citations],
