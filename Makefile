@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint typecheck unit integration bench clean
 
@@ -16,12 +17,17 @@ $(STAMP): pyproject.toml
 	ops/kafka/local-broker fetch
 	mkdir -p .cache/kafka && touch $@
 
+# promtool (rule tests) comes from Debian's prometheus package.
+.cache/prometheus.installed:
+	command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus; }
+	mkdir -p .cache && touch $@
+
 ## demo: start a local broker, run the service over the sample feed, print its alerts
 demo: $(STAMP) .cache/kafka/.fetched
 	$(BIN)/python ops/demo.py
 
 ## test: lint, type checks, then every test (unit, integration on a real broker, slow ones)
-test: lint typecheck
+test: lint typecheck .cache/prometheus.installed
 	$(BIN)/pytest
 
 lint: $(STAMP)

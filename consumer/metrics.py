@@ -82,6 +82,15 @@ class Metrics:
             "Input partitions currently assigned to this instance.",
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "tdm_consumer_lag_messages",
+            "Records behind the end of each assigned input partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "tdm_ready", "1 when partitions are assigned and the loop is consuming.", registry=r
+        )
         self.ruleset = Info("tdm_ruleset", "Active interpretation rule set.", registry=r)
         self.build = Info("tdm_build", "tdm-alerts build.", registry=r)
 

@@ -7,6 +7,7 @@ failure anywhere before the commit rewinds the batch, so nothing is lost (at lea
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from interpretation import SourceRef
 log = structlog.get_logger("tdm_alerts.service")
 
 SEND_TIMEOUT_S = 30.0
+LAG_REFRESH_S = 10.0  # end offsets cost a broker round trip; lag does not need sub-second detail
 
 
 class FatalError(Exception):
@@ -64,6 +66,8 @@ class Service:
         self.assigned: set[TopicPartition] = set()
         self._stop = threading.Event()
         self._consuming = False
+        self._lag_due = 0.0  # monotonic time of the next lag measurement
+        metrics.ready.set_function(lambda: float(self.is_ready()))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -109,6 +113,11 @@ class Service:
 
     def on_assignment_changed(self, change: str, partitions: Iterable[TopicPartition]) -> None:
         self.metrics.assigned_partitions.set(len(self.assigned))
+        self._lag_due = 0.0  # measure the new assignment on the next turn of the loop
+        if change == "revoked":
+            for tp in partitions:
+                with contextlib.suppress(KeyError):  # never measured yet
+                    self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         log.info(f"partitions {change}", partitions=sorted(f"{p.topic}/{p.partition}" for p in partitions))
 
     def _check_output_topics(self, consumer: KafkaConsumer) -> None:
@@ -125,6 +134,9 @@ class Service:
     def _loop(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
         backoff = 0.5
         while not self._stop.is_set():
+            if time.monotonic() >= self._lag_due:
+                self._refresh_lag(consumer)
+                self._lag_due = time.monotonic() + LAG_REFRESH_S
             batch = consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
             if not batch:
                 continue
@@ -145,6 +157,19 @@ class Service:
                         consumer.seek(tp, records[0].offset)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
+
+    def _refresh_lag(self, consumer: KafkaConsumer) -> None:
+        """Lag per partition: end offset (last stable, under read_committed) minus our position."""
+        partitions = list(consumer.assignment())
+        if not partitions:
+            return
+        try:
+            ends = consumer.end_offsets(partitions)
+            for tp in partitions:
+                lag = max(ends[tp] - consumer.position(tp), 0)
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        except KafkaError as err:  # a missed sample is not worth failing the loop for
+            log.warning("could not measure consumer lag", error=type(err).__name__)
 
     def _deliver(
         self,

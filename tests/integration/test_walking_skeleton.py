@@ -72,6 +72,8 @@ def test_sample_feed_yields_expected_alerts_and_dead_letters(kafka_bootstrap, to
         time.sleep(0.2)
     assert consumed == len(lines)
     assert 'tdm_dead_letters_total{reason="invalid"} 1.0' in text
+    assert "tdm_ready 1.0" in text
+    assert f'tdm_consumer_lag_messages{{partition="0",topic="{topics["input"]}"}}' in text
     assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
 
     assert service.stop() == 0, service.log_text()
