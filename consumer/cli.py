@@ -167,8 +167,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 def cmd_rules_show(args: argparse.Namespace) -> int:
     ruleset = load_ruleset(args.ruleset)
     print(f"Rule set {ruleset.version}: {ruleset.description}")
-    defaults = ", ".join(f"{k}={v}" for k, v in ruleset.defaults.model_dump(exclude_none=True).items())
-    print(f"Context when the message says nothing: {defaults}\n")
+    print(f"Context when the message says nothing: {ruleset.defaults.describe_set_fields()}\n")
     rows = [("#", "rule", "applies to", "target", "citation")]
     for n, t in enumerate(ruleset.drug_level_targets, start=1):
         rows.append((str(n), t.id, t.when.describe(), t.describe_range(), t.citation))

@@ -5,7 +5,7 @@ broker, and every number it uses comes from a cited rule set.
 """
 
 from interpretation.alerts import Alert, Category, Severity, SourceRef, alert_for
-from interpretation.engine import interpret, interpret_all, is_relevant
+from interpretation.engine import interpret, interpret_all
 from interpretation.findings import (
     Analyte,
     AntibodyFinding,
@@ -44,6 +44,5 @@ __all__ = [
     "default_ruleset",
     "interpret",
     "interpret_all",
-    "is_relevant",
     "parse_ruleset",
 ]

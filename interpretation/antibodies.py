@@ -11,7 +11,7 @@ import re
 from decimal import Decimal
 from typing import NamedTuple
 
-from interpretation.findings import AntibodyFinding, AntibodyInterpretation, DecidedBy
+from interpretation.findings import NO_RULE, AntibodyFinding, AntibodyInterpretation, DecidedBy
 from interpretation.lab_result import LabResult, TreatmentContext
 from interpretation.quantities import Quantity, UnreadableValue, parse_quantity
 from interpretation.ruleset import RuleSet
@@ -135,7 +135,7 @@ def interpret_antibody(
                 "finding": AntibodyFinding.UNINTERPRETABLE,
                 "alert": False,
                 "reason": decision,
-                "rule_id": "none",
+                "rule_id": NO_RULE,
             }
         )
     recommendation = ruleset.advice(decision.finding.value)

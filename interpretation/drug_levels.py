@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from interpretation.findings import DrugLevelFinding, DrugLevelInterpretation
+from interpretation.findings import NO_RULE, DrugLevelFinding, DrugLevelInterpretation
 from interpretation.lab_result import LabResult, TreatmentContext
 from interpretation.quantities import (
     DRUG_LEVEL_UNIT,
@@ -13,8 +13,6 @@ from interpretation.quantities import (
     to_ug_per_ml,
 )
 from interpretation.ruleset import DrugLevelTarget, RuleSet
-
-NO_RULE = "none"
 
 
 def classify(level: Quantity, target: DrugLevelTarget) -> DrugLevelFinding:
@@ -77,7 +75,8 @@ def interpret_drug_level(
 
     target = ruleset.target_for(context)
     if target is None:
-        reason = f"no target in rule set {ruleset.version} for context ({_describe(context)})"
+        known_context = context.describe_set_fields() or "unknown"
+        reason = f"no target in rule set {ruleset.version} for context ({known_context})"
         return _uninterpretable(result, context, ruleset, reason, **known)
     finding = classify(level, target)
     if finding is DrugLevelFinding.UNINTERPRETABLE:
@@ -106,7 +105,3 @@ def interpret_drug_level(
             for c in dict.fromkeys((target.citation, *(recommendation.citations if recommendation else ())))
         ),
     )
-
-
-def _describe(context: TreatmentContext) -> str:
-    return ", ".join(f"{k}={v}" for k, v in context.model_dump(exclude_none=True).items()) or "unknown"

@@ -23,11 +23,6 @@ from interpretation.ruleset import RuleSet
 _NO_OVERRIDE = TreatmentContext()
 
 
-def is_relevant(result: LabResult, ruleset: RuleSet) -> bool:
-    """Whether a result is an infliximab level or antibody result at all."""
-    return recognise(result.code, result.display, ruleset.recognition) is not None
-
-
 def interpret(
     result: LabResult, ruleset: RuleSet, override: TreatmentContext = _NO_OVERRIDE
 ) -> Interpretation | None:

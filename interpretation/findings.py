@@ -12,6 +12,8 @@ from interpretation.lab_result import Frozen, LabResult, TreatmentContext
 from interpretation.quantities import Comparator
 from interpretation.ruleset import Citation, DrugLevelTarget
 
+NO_RULE = "none"  # rule_id of an interpretation no rule could decide
+
 
 class Analyte(StrEnum):
     INFLIXIMAB = "infliximab"

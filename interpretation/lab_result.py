@@ -18,6 +18,10 @@ class Frozen(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    def describe_set_fields(self) -> str:
+        """The fields that are set, as `key=value, ...` (empty when none are)."""
+        return ", ".join(f"{key}={value}" for key, value in self.model_dump(exclude_none=True).items())
+
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 

@@ -51,8 +51,7 @@ class ContextMatch(Frozen):
         return all(have[key] == value for key, value in wanted.items())
 
     def describe(self) -> str:
-        parts = [f"{key}={value}" for key, value in self.model_dump(exclude_none=True).items()]
-        return ", ".join(parts) or "any context"
+        return self.describe_set_fields() or "any context"
 
 
 class DrugLevelTarget(Frozen):
