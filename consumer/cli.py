@@ -11,16 +11,21 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
 
+from consumer.dead_letters import Reason
+from consumer.formats import Format
 from consumer.logs import configure_logging
+from consumer.message_files import messages_in
 from consumer.metrics import Metrics, MetricsServer
 from consumer.pipeline import Pipeline
+from consumer.replay import ReplayRequest, replay
 from consumer.service import FatalError, Service
 from consumer.settings import Settings
 from interpretation import (
@@ -66,7 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     metrics.ruleset.info({"version": ruleset.version})
     metrics.build.info({"version": VERSION})
-    service = Service(settings, Pipeline(ruleset, settings.max_message_bytes), metrics)
+    pipeline = Pipeline(ruleset, settings.max_message_bytes, topic_formats=settings.topic_formats)
+    service = Service(settings, pipeline, metrics)
     server = MetricsServer(settings.metrics_host, settings.metrics_port, metrics.registry, service.is_ready)
     server.start()
     log.info(
@@ -94,13 +100,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # -- interpret ------------------------------------------------------------------------------
-
-
-def read_messages(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    """Messages from a file: one JSON message per line (blank lines skipped), with line numbers."""
-    for number, line in enumerate(stream, start=1):
-        if line.strip():
-            yield number, line.rstrip(b"\r\n")
 
 
 def interpretation_line(item: Interpretation, source: SourceRef) -> dict[str, Any]:
@@ -135,21 +134,38 @@ def interpretation_line(item: Interpretation, source: SourceRef) -> dict[str, An
 def cmd_interpret(args: argparse.Namespace) -> int:
     override = TreatmentContext(phase=args.phase, week=args.week, route=args.route, goal=args.goal)
     pipeline = Pipeline(load_ruleset(args.ruleset), args.max_message_bytes, override)
-    name = "-" if args.file == "-" else str(args.file)
-    stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+    fmt = Format(args.format)
+    if args.file == "-":
+        name, data = "-", sys.stdin.buffer.read()
+    else:
+        name, data = str(args.file), Path(args.file).read_bytes()
     failures = 0
-    with stream:
-        for line_no, data in read_messages(stream):
-            source = SourceRef(file=name, line=line_no)
-            result = pipeline.process(data, source)
-            if result.dead_letter is not None:
-                failures += 1
-                dl = result.dead_letter
-                print(f"{name}:{line_no}: {dl.reason.value} ({dl.stage.value}): {dl.detail}", file=sys.stderr)
-                continue
-            for item in result.interpretations:
-                print(json.dumps(interpretation_line(item, source), default=str), flush=True)
+    for source, message in messages_in(data, name, fmt):
+        result = pipeline.process(message, source, fmt)
+        if result.dead_letter is not None:
+            failures += 1
+            dl = result.dead_letter
+            where = f"{name}:{source.line}" if source.line else f"{name}: message {source.message}"
+            print(f"{where}: {dl.reason.value} ({dl.stage.value}): {dl.detail}", file=sys.stderr)
+            continue
+        for item in result.interpretations:
+            print(json.dumps(interpretation_line(item, source), default=str), flush=True)
     return 1 if failures else 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    request = ReplayRequest(
+        reasons=frozenset(Reason(r) for r in args.reason or ()),
+        to_topic=args.to,
+        since_ms=int(args.since.timestamp() * 1000) if args.since else None,
+        limit=args.limit,
+        dry_run=args.dry_run,
+    )
+    report = replay(settings, request)
+    print(report.describe())
+    return 1 if report.failed else 0
 
 
 # -- rules and schema -----------------------------------------------------------------------
@@ -228,7 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prints one JSON line per infliximab or antibody result. Context options "
         "override what the messages say, for the whole input.",
     )
-    interp.add_argument("file", nargs="?", default="-", help="message file, one message per line (- = stdin)")
+    interp.add_argument(
+        "file",
+        nargs="?",
+        default="-",
+        help="HL7 v2 message or batch, FHIR JSON, canonical JSON, or JSON Lines (- = stdin)",
+    )
+    interp.add_argument(
+        "--format", choices=[f.value for f in Format], default="auto", help="input format (default: detect)"
+    )
     interp.add_argument("--phase", choices=[p.value for p in Phase])
     interp.add_argument("--week", type=int, help="weeks since the start of induction")
     interp.add_argument("--route", choices=[r.value for r in Route])
@@ -249,6 +273,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--ruleset", type=Path, default=None, help="rule file (default: $TDM_RULESET or packaged)"
     )
     show.set_defaults(handler=cmd_rules_show)
+
+    dlq = commands.add_parser("dlq", help="work with the dead-letter topic")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    again = dlq_commands.add_parser(
+        "replay",
+        help="re-submit dead letters to their source topic (settings: TDM_* env)",
+        description="Reads the dead-letter topic from the start (or --since) up to its end when the "
+        "command starts, and produces each dead letter's original key, value and headers to the "
+        "topic it came from. Downstream, dedup_key makes a replayed alert recognisable.",
+    )
+    again.add_argument(
+        "--reason", action="append", choices=[r.value for r in Reason], help="only this reason (repeatable)"
+    )
+    again.add_argument("--to", metavar="TOPIC", help="produce here instead of each message's source topic")
+    again.add_argument(
+        "--since", type=datetime.fromisoformat, help="only dead letters written at or after this ISO time"
+    )
+    again.add_argument("--limit", type=int, help="stop after this many re-submissions")
+    again.add_argument("--dry-run", action="store_true", help="count what would be replayed; produce nothing")
+    again.set_defaults(handler=cmd_dlq_replay)
 
     schema = commands.add_parser("alert-schema", help="print the JSON schema of published alerts")
     schema.set_defaults(handler=cmd_alert_schema)

@@ -17,6 +17,7 @@ class Reason(StrEnum):
 
     EMPTY = "empty"
     TOO_LARGE = "too_large"
+    BINARY = "binary"
     UNDECODABLE = "undecodable"
     UNSUPPORTED_FORMAT = "unsupported_format"
     INVALID = "invalid"

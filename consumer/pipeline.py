@@ -6,12 +6,14 @@ sees offline is exactly what the service would publish.
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from consumer.dead_letters import DeadLetter, Reason, Stage
-from consumer.formats import DecodeError, decode
+from consumer.formats import DecodeError, Format, decode
 from interpretation import (
     Alert,
     Interpretation,
@@ -20,7 +22,12 @@ from interpretation import (
     TreatmentContext,
     alert_for,
     interpret_all,
+    recognise,
 )
+
+# Control bytes that no text format we read may contain (tab, LF, CR and the MLLP frame
+# bytes VT and FS are allowed): their presence means binary data, which is not parsed.
+_BINARY = re.compile(rb"[\x00-\x08\x0c\x0e-\x1b\x1d-\x1f\x7f]")
 
 
 class Outcome(StrEnum):
@@ -46,17 +53,29 @@ class Pipeline:
     ruleset: RuleSet
     max_message_bytes: int
     context_override: TreatmentContext = field(default_factory=TreatmentContext)
+    topic_formats: Mapping[str, Format] = field(default_factory=dict)
 
-    def process(self, data: bytes | None, source: SourceRef) -> Processed:
-        """Never raises: every failure becomes a dead letter with a reason."""
+    def relevant(self, code: str, display: str | None) -> bool:
+        return recognise(code, display, self.ruleset.recognition) is not None
+
+    def process(self, data: bytes | None, source: SourceRef, fmt: Format | None = None) -> Processed:
+        """Never raises: every failure becomes a dead letter with a reason.
+
+        The format is `fmt` if given, else the one configured for the source topic, else detected.
+        """
         began = time.perf_counter()
         if not data:
             return _dead(Reason.EMPTY, Stage.INTAKE, "message has no value", began)
         if len(data) > self.max_message_bytes:
             detail = f"message is {len(data)} bytes; the limit is {self.max_message_bytes}"
             return _dead(Reason.TOO_LARGE, Stage.INTAKE, detail, began)
+        if (control := _BINARY.search(data)) is not None:
+            detail = f"binary content: control byte 0x{data[control.start()]:02x} at byte {control.start()}"
+            return _dead(Reason.BINARY, Stage.INTAKE, detail, began)
+        if fmt is None:
+            fmt = self.topic_formats.get(source.topic or "", Format.AUTO)
         try:
-            results = decode(data)
+            results = decode(data, self.relevant, fmt)
         except DecodeError as err:
             return _dead(err.reason, Stage.DECODE, err.detail, began)
         except Exception as err:

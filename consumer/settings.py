@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from consumer.formats import Format
+
 CommaList = Annotated[list[str], NoDecode]
 
 
@@ -19,6 +21,7 @@ class Settings(BaseSettings):
     bootstrap_servers: CommaList = ["localhost:9092"]
     input_topics: CommaList = ["lab.results"]
     input_pattern: str | None = None
+    topic_formats: Annotated[dict[str, Format], NoDecode] = {}
     alert_topic: str = "lab.alerts"
     dlq_topic: str = "lab.results.dlq"
     group_id: str = "tdm-alerts"
@@ -52,6 +55,22 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("topic_formats", mode="before")
+    @classmethod
+    def _split_pairs(cls, value: object) -> object:
+        """`lab.hl7=hl7v2,lab.fhir=fhir`: a fixed format for some topics; the rest are detected."""
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, str] = {}
+        for item in (part.strip() for part in value.split(",")):
+            if not item:
+                continue
+            topic, sep, fmt = item.partition("=")
+            if not sep or not topic.strip():
+                raise ValueError(f"{item!r} is not topic=format")
+            pairs[topic.strip()] = fmt.strip()
+        return pairs
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -17,6 +17,7 @@ from interpretation.findings import (
     Pattern,
 )
 from interpretation.lab_result import Goal, LabResult, Phase, ResultStatus, Route, TreatmentContext
+from interpretation.recognition import recognise
 from interpretation.ruleset import RuleSet, RuleSetError, default_ruleset, parse_ruleset
 
 __all__ = [
@@ -45,4 +46,5 @@ __all__ = [
     "interpret",
     "interpret_all",
     "parse_ruleset",
+    "recognise",
 ]

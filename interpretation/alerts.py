@@ -44,13 +44,18 @@ class Category(StrEnum):
 
 
 class SourceRef(Frozen):
-    """Where the result came from: Kafka coordinates, or a file and line for offline runs."""
+    """Where the result came from: Kafka coordinates, or a file position for offline runs.
+
+    In a file, `line` numbers JSON Lines; `message` numbers the messages of an HL7 batch
+    or the single JSON document a file holds.
+    """
 
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
     file: str | None = None
     line: int | None = None
+    message: int | None = None
 
 
 class AlertTarget(Frozen):

@@ -23,6 +23,8 @@ class Frozen(BaseModel):
         return ", ".join(f"{key}={value}" for key, value in self.model_dump(exclude_none=True).items())
 
 
+COMMENT_MAX_CHARS = 1000
+
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
@@ -86,7 +88,8 @@ class LabResult(Frozen):
     """One coded observation as the lab reported it, plus who and what it is about.
 
     `value` stays the lab's text ("2.4", "<1.0", "Positive", "TNP"): reading it is a clinical
-    decision made by the engine, not by the decoder.
+    decision made by the engine, not by the decoder. `comments` are the lab's notes on the
+    result (HL7 NTE, FHIR note): kept for people reading a result, never put into an alert.
     """
 
     patient_id: NonEmpty
@@ -102,4 +105,5 @@ class LabResult(Frozen):
     reference_range: Annotated[str, StringConstraints(max_length=100)] | None = None
     abnormal_flags: tuple[Annotated[str, StringConstraints(max_length=10)], ...] = ()
     status: ResultStatus = ResultStatus.FINAL
+    comments: tuple[Annotated[str, StringConstraints(max_length=COMMENT_MAX_CHARS)], ...] = ()
     context: TreatmentContext = TreatmentContext()

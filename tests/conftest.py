@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -77,6 +78,7 @@ class RunningService:
     """`tdm-alerts run` as a real subprocess, configured through TDM_* variables."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -156,3 +158,37 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.
     finally:
         consumer.close()
     return records
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes | None], keys: list[bytes] | None = None) -> None:
+    """Produce `values` (acks=all) with keys k0, k1, ... unless `keys` are given."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=4 << 20)
+    for i, value in enumerate(values):
+        producer.send(topic, key=keys[i] if keys else f"k{i}".encode(), value=value)
+    producer.flush()
+    producer.close()
+
+
+def metrics_port(log_text: str) -> int:
+    """The metrics port the service logged at start (it binds port 0 in tests)."""
+    match = re.search(r'"metrics_port": (\d+)', log_text)
+    assert match, log_text
+    return int(match.group(1))
+
+
+def scrape(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for found, value in re.findall(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M):
+        if all(f'{k}="{v}"' in found for k, v in labels.items()):
+            total += float(value)
+    return total

@@ -1,6 +1,6 @@
 """Decoders from feed bytes to `LabResult`s; each raises `DecodeError` with a PHI-free reason."""
 
-from consumer.formats.detect import decode
-from consumer.formats.errors import DecodeError
+from consumer.formats.detect import Format, decode, detect
+from consumer.formats.errors import DecodeError, Relevance
 
-__all__ = ["DecodeError", "decode"]
+__all__ = ["DecodeError", "Format", "Relevance", "decode", "detect"]

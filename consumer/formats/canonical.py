@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from consumer.dead_letters import Reason
-from consumer.formats.errors import DecodeError, describe_validation_error
+from consumer.formats.errors import DecodeError, Relevance, describe_validation_error, lab_result
 from interpretation import LabResult, ResultStatus, TreatmentContext
 
 
@@ -37,6 +37,7 @@ class CanonicalResult(BaseModel):
     abnormal_flags: list[str] = Field(default_factory=list)
     status: ResultStatus = ResultStatus.FINAL
     result_id: str | None = None
+    comments: list[str] = Field(default_factory=list, max_length=20)
 
 
 class CanonicalMessage(BaseModel):
@@ -50,23 +51,24 @@ class CanonicalMessage(BaseModel):
     results: list[CanonicalResult] = Field(min_length=1, max_length=1000)
 
 
-def decode_canonical(data: bytes) -> list[LabResult]:
-    """Decode and validate one canonical JSON message into lab results."""
+def decode_canonical(document: dict[str, Any], relevant: Relevance) -> list[LabResult]:
+    """Validate one canonical message (all of it: it is our own format) and return its relevant results."""
     try:
-        message = CanonicalMessage.model_validate_json(data)
-        return [
-            LabResult(
-                patient_id=message.patient_id,
-                accession=message.accession,
-                specimen_id=message.specimen_id,
-                collected_at=message.collected_at,
-                context=message.context,
-                abnormal_flags=tuple(r.abnormal_flags),
-                **r.model_dump(exclude={"abnormal_flags"}),
-            )
-            for r in message.results
-        ]
+        message = CanonicalMessage.model_validate(document)
     except ValidationError as err:
-        json_broken = any(e["type"] == "json_invalid" for e in err.errors())
-        reason = Reason.UNDECODABLE if json_broken else Reason.INVALID
-        raise DecodeError(reason, describe_validation_error(err)) from err
+        raise DecodeError(Reason.INVALID, describe_validation_error(err)) from err
+    return [
+        lab_result(
+            f"results.{index}",
+            patient_id=message.patient_id,
+            accession=message.accession,
+            specimen_id=message.specimen_id,
+            collected_at=message.collected_at,
+            context=message.context,
+            abnormal_flags=tuple(r.abnormal_flags),
+            comments=tuple(r.comments),
+            **r.model_dump(exclude={"abnormal_flags", "comments"}),
+        )
+        for index, r in enumerate(message.results)
+        if relevant(r.code, r.display)
+    ]

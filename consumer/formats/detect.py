@@ -1,16 +1,53 @@
-"""Choosing a decoder for a message's bytes."""
+"""Choosing a decoder for a message: by the topic's configured format, or by the bytes themselves."""
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from consumer.dead_letters import Reason
 from consumer.formats.canonical import decode_canonical
-from consumer.formats.errors import DecodeError
+from consumer.formats.errors import DecodeError, Relevance
+from consumer.formats.fhir import decode_fhir, parse_json
+from consumer.formats.hl7v2 import decode_hl7v2
 from interpretation import LabResult
 
+_LEADING = b" \t\r\n\x0b\xef\xbb\xbf"  # whitespace, an MLLP start byte, a UTF-8 byte-order mark
 
-def decode(data: bytes) -> list[LabResult]:
-    """Decode one message of any supported format into lab results."""
-    head = data.lstrip()[:1]
-    if head == b"{":
-        return decode_canonical(data)
-    raise DecodeError(Reason.UNSUPPORTED_FORMAT, "message is not a JSON object (canonical format)")
+
+class Format(StrEnum):
+    AUTO = "auto"
+    CANONICAL = "canonical"
+    HL7V2 = "hl7v2"
+    FHIR = "fhir"
+
+
+def detect(data: bytes) -> Format | None:
+    """The format the bytes are in, from their first bytes (and, for JSON, `resourceType`)."""
+    head = data[:256].lstrip(_LEADING)
+    if head[:3] in (b"MSH", b"FHS", b"BHS"):
+        return Format.HL7V2
+    if head[:1] == b"{":
+        # FHIR resources carry resourceType; the canonical format never does.
+        return Format.FHIR if b'"resourceType"' in data else Format.CANONICAL
+    return None
+
+
+def decode(data: bytes, relevant: Relevance, fmt: Format = Format.AUTO) -> list[LabResult]:
+    """The relevant lab results in one message; raises DecodeError for anything unreadable."""
+    if fmt is Format.AUTO:
+        found = detect(data)
+        if found is None:
+            raise DecodeError(
+                Reason.UNSUPPORTED_FORMAT, "not JSON (canonical or FHIR) and not HL7 v2 (no MSH header)"
+            )
+        fmt = found
+    if fmt is Format.HL7V2:
+        return decode_hl7v2(data, relevant)
+    document = parse_json(data.lstrip(_LEADING))
+    if not isinstance(document, dict):
+        raise DecodeError(
+            Reason.INVALID, f"a {fmt.value} message is a JSON object, not {type(document).__name__}"
+        )
+    if fmt is Format.FHIR:
+        return decode_fhir(document, relevant)
+    return decode_canonical(document, relevant)

@@ -1,10 +1,19 @@
-"""The one error every decoder raises, carrying a fixed reason and a PHI-free explanation."""
+"""What every decoder shares: the one error it raises, and how it builds a checked result."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from pydantic import ValidationError
 
 from consumer.dead_letters import Reason
+from interpretation import LabResult
+
+# Whether an observation (code, display name) is about infliximab. Decoders ask it before
+# building a result, so the other 99% of a feed is skipped unvalidated: a glucose result
+# with an odd status is not this service's business and must not dead-letter a panel.
+Relevance = Callable[[str, str | None], bool]
 
 
 class DecodeError(ValueError):
@@ -24,3 +33,16 @@ def describe_validation_error(err: ValidationError) -> str:
     ]
     more = f" (+{err.error_count() - 5} more)" if err.error_count() > 5 else ""
     return "; ".join(parts) + more
+
+
+def lab_result(where: str, **fields: Any) -> LabResult:
+    """A `LabResult`, or a DecodeError naming `where` in the message (an OBX, an Observation)."""
+    try:
+        return LabResult(**fields)
+    except ValidationError as err:
+        raise DecodeError(Reason.INVALID, f"{where}: {describe_validation_error(err)}") from err
+
+
+def truncated(text: str, limit: int) -> str:
+    """Free text cut to a model's limit, marked so a reader knows it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -3,36 +3,20 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 import urllib.request
 
 import pytest
-from kafka import KafkaProducer
 
-from tests.conftest import DATA, read_topic
+from tests.conftest import DATA, metric_total, metrics_port, produce, read_topic, scrape
 
 pytestmark = pytest.mark.integration
-
-
-def _produce(bootstrap: str, topic: str, lines: list[bytes]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    for i, line in enumerate(lines):
-        producer.send(topic, key=f"k{i}".encode(), value=line)
-    producer.flush()
-    producer.close()
-
-
-def _metrics_port(log_text: str) -> int:
-    match = re.search(r'"metrics_port": (\d+)', log_text)
-    assert match, log_text
-    return int(match.group(1))
 
 
 def test_sample_feed_yields_expected_alerts_and_dead_letters(kafka_bootstrap, topics, start_service):
     lines = [line for line in (DATA / "sample-feed.jsonl").read_bytes().splitlines() if line.strip()]
     service = start_service()
-    _produce(kafka_bootstrap, topics["input"], lines)
+    produce(kafka_bootstrap, topics["input"], lines)
 
     # Expected from the clinical reading of the feed, not from the code's output:
     # 0001 trough 2.1 (< 3): alert; 0004 "<1.0" and ATI 180 U/mL (>= 50): two alerts;
@@ -60,13 +44,11 @@ def test_sample_feed_yields_expected_alerts_and_dead_letters(kafka_bootstrap, to
         assert int(headers["tdm.dlq.source.offset"]) >= 0
 
     # Metrics reflect the committed work once the last batch is in.
-    port = _metrics_port(service.log_text())
+    port = metrics_port(service.log_text())
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        consumed = sum(
-            float(v) for v in re.findall(r"^tdm_messages_consumed_total\{[^}]*\} (\S+)$", text, re.M)
-        )
+        text = scrape(port)
+        consumed = metric_total(text, "tdm_messages_consumed_total")
         if consumed == len(lines):
             break
         time.sleep(0.2)
@@ -87,13 +69,13 @@ def test_committed_offsets_mean_no_reprocessing_after_restart(
 ):
     line = (DATA / "sample-feed.jsonl").read_bytes().splitlines()[0]
     first = start_service()
-    _produce(kafka_bootstrap, topics["input"], [line])
+    produce(kafka_bootstrap, topics["input"], [line])
     assert len(read_topic(kafka_bootstrap, topics["alerts"], expected=1)) == 1
     assert first.stop() == 0
 
     # Same group: the committed offset is past the first message, so only the new one alerts.
     second = start_service()
-    _produce(kafka_bootstrap, topics["input"], [line.replace(b"TDM-PT-0001", b"TDM-PT-0101")])
+    produce(kafka_bootstrap, topics["input"], [line.replace(b"TDM-PT-0001", b"TDM-PT-0101")])
     alerts = read_topic(kafka_bootstrap, topics["alerts"], expected=2)
     assert sorted(r.key for r in alerts) == [b"TDM-PT-0001", b"TDM-PT-0101"]
     assert second.stop() == 0

@@ -1,0 +1,131 @@
+"""`tdm-alerts dlq replay`: re-submitting dead letters once the cause is fixed.
+
+Each dead letter goes back, with its original key, value and headers, to the topic it came
+from. The replay keeps no state of its own: it reads the dead-letter topic from a point in
+time up to the end it saw on start, so it can be run again safely; the service's
+`dedup_key` lets downstream systems recognise an alert they already have.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import structlog
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from consumer.dead_letters import HEADER_PREFIX, Reason
+from consumer.kafka_clients import new_producer
+from consumer.settings import Settings
+
+log = structlog.get_logger("tdm_alerts.replay")
+REPLAYED_FROM = "tdm.replayed_from"
+SEND_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    reasons: frozenset[Reason] = frozenset()  # empty: every reason
+    to_topic: str | None = None
+    since_ms: int | None = None
+    limit: int | None = None
+    dry_run: bool = False
+
+
+@dataclass
+class ReplayReport:
+    replayed: Counter[str] = field(default_factory=Counter)  # by reason
+    passed_over: int = 0
+    no_source: int = 0
+    failed: int = 0
+    dry_run: bool = False
+
+    def reached(self, limit: int | None) -> bool:
+        return limit is not None and sum(self.replayed.values()) >= limit
+
+    def describe(self) -> str:
+        verb = "would replay" if self.dry_run else "replayed"
+        by_reason = ", ".join(f"{reason} {n}" for reason, n in sorted(self.replayed.items())) or "none"
+        return (
+            f"{verb} {sum(self.replayed.values())} dead letters ({by_reason}); "
+            f"{self.passed_over} not selected; {self.no_source} without a source topic; "
+            f"{self.failed} failed to send"
+        )
+
+
+def _target(record: ConsumerRecord, request: ReplayRequest, report: ReplayReport) -> str | None:
+    """Where this dead letter goes back to, or None if it is not to be replayed (and why, counted)."""
+    headers = dict(record.headers or [])
+    reason = headers.get(HEADER_PREFIX + "reason", b"").decode(errors="replace")
+    if request.reasons and reason not in request.reasons:
+        report.passed_over += 1
+        return None
+    target = request.to_topic or headers.get(HEADER_PREFIX + "source.topic", b"").decode(errors="replace")
+    if not target:
+        report.no_source += 1
+        return None
+    report.replayed[reason or "unknown"] += 1
+    return target
+
+
+def replay(settings: Settings, request: ReplayRequest) -> ReplayReport:
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-dlq-replay",
+        group_id=None,  # stateless: no offsets are committed
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **settings.kafka_security(),
+    )
+    producer = None if request.dry_run else new_producer(settings)
+    try:
+        return _replay(consumer, producer, settings.dlq_topic, request)
+    finally:
+        consumer.close()
+        if producer is not None:
+            producer.close(timeout=10)
+
+
+def _replay(
+    consumer: KafkaConsumer, producer: KafkaProducer | None, dlq_topic: str, request: ReplayRequest
+) -> ReplayReport:
+    partitions = consumer.partitions_for_topic(dlq_topic)
+    if not partitions:
+        raise ValueError(f"dead-letter topic {dlq_topic!r} does not exist")
+    tps = [TopicPartition(dlq_topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    ends = consumer.end_offsets(tps)
+    starts = consumer.beginning_offsets(tps)
+    if request.since_ms is not None:
+        found = consumer.offsets_for_times(dict.fromkeys(tps, request.since_ms))
+        starts = {tp: (found[tp].offset if found[tp] is not None else ends[tp]) for tp in tps}
+    for tp in tps:
+        consumer.seek(tp, starts[tp])
+
+    report = ReplayReport(dry_run=request.dry_run)
+    futures = []
+    remaining = {tp for tp in tps if starts[tp] < ends[tp]}
+    while remaining and not report.reached(request.limit):
+        for tp, records in consumer.poll(timeout_ms=1000).items():
+            for record in records:
+                if record.offset >= ends[tp] or report.reached(request.limit):
+                    break
+                target = _target(record, request, report)
+                if target is not None and producer is not None:
+                    original = [(k, v) for k, v in record.headers or [] if not k.startswith(HEADER_PREFIX)]
+                    origin = f"{record.topic}/{record.partition}/{record.offset}".encode()
+                    headers = [*original, (REPLAYED_FROM, origin)]
+                    futures.append(producer.send(target, key=record.key, value=record.value, headers=headers))
+            if consumer.position(tp) >= ends[tp]:
+                remaining.discard(tp)
+    if producer is not None:
+        producer.flush(timeout=SEND_TIMEOUT_S)
+        for future in futures:
+            try:
+                future.get(timeout=SEND_TIMEOUT_S)
+            except Exception as err:  # every failed send is counted and reported, none hidden
+                report.failed += 1
+                log.error("replay send failed", error=type(err).__name__)
+    log.info("dlq replay finished", summary=report.describe())
+    return report

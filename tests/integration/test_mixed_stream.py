@@ -1,0 +1,116 @@
+"""A mixed real-world stream on the real broker: HL7 v2, FHIR, irrelevant and broken messages.
+
+Every message is accounted for: consumed = alerted + interpreted + skipped + dead-lettered,
+and every dead letter keeps its original bytes and key and says why. Then the dead letters
+of one reason are replayed to the input with `tdm-alerts dlq replay`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import DATA, REPO, metric_total, metrics_port, produce, read_topic, scrape
+
+pytestmark = pytest.mark.integration
+
+MAX_BYTES = 65_536
+
+# Alerts each good fixture calls for, read clinically from the fixture (not from the code):
+EXPECTED_ALERTS = {
+    "hl7/oru-trough-and-antibodies.hl7": 2,  # 2.1 ug/mL < 3; ATI >180 U/mL >= 50
+    "hl7/oru-v23-panel-lf.hl7": 1,  # 2400 ng/mL = 2.4 ug/mL < 3; the rest of the panel is not ours
+    "hl7/oru-mllp-cwe-antibody.hl7": 1,  # ATI "Positive"
+    "hl7/batch-crlf.hl7": 2,  # <1.0 final; 1.9 corrected (the preliminary 1.8 does not page)
+    "hl7/oru-lipids-irrelevant.hl7": 0,
+    "fhir/bundle-collection-report.json": 2,  # as the first HL7 message
+    "fhir/observation-single.json": 1,  # amended 2400 ng/mL
+    "fhir/bundle-message-qualitative.json": 1,  # ATI Positive
+    "fhir/bundle-transaction-preliminary.json": 0,  # preliminary: interpreted, never paged
+    "fhir/bundle-searchset-irrelevant.json": 0,
+}
+# Each broken fixture, with the reason it must be dead-lettered for.
+EXPECTED_DEAD = {
+    "broken/hl7-no-patient-id.hl7": "invalid",
+    "broken/hl7-bad-status.hl7": "invalid",
+    "broken/hl7-bad-collection-time.hl7": "invalid",
+    "broken/fhir-missing-status.json": "invalid",
+    "broken/fhir-bad-quantity.json": "invalid",
+    "broken/hl7-no-header.hl7": "unsupported_format",
+    "broken/hl7-wrong-version.hl7": "unsupported_format",
+    "broken/fhir-not-an-observation.json": "unsupported_format",
+    "broken/fhir-truncated.json": "undecodable",
+}
+EXTRA_DEAD = {
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR": "binary",
+    b"MSH|^~\\&|" + b"X" * (MAX_BYTES + 1): "too_large",
+    b"": "empty",
+}
+
+
+def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap, topics, start_service):
+    good = [(DATA / name).read_bytes() for name in EXPECTED_ALERTS]
+    broken = [(DATA / name).read_bytes() for name in EXPECTED_DEAD] + list(EXTRA_DEAD)
+    values = [*good, *broken]
+    keys = [f"msg-{i}".encode() for i in range(len(values))]
+    service = start_service(TDM_MAX_MESSAGE_BYTES=str(MAX_BYTES))
+    produce(kafka_bootstrap, topics["input"], values, keys)
+
+    alerts = read_topic(kafka_bootstrap, topics["alerts"], expected=sum(EXPECTED_ALERTS.values()))
+    assert len(alerts) == sum(EXPECTED_ALERTS.values()) == 10
+    assert len({json.loads(a.value)["dedup_key"] for a in alerts}) == 10
+
+    dead = read_topic(kafka_bootstrap, topics["dlq"], expected=len(broken))
+    assert len(dead) == len(broken)
+    by_value = {r.value: r for r in dead}
+    for value, key, reason in zip(
+        broken, keys[len(good) :], [*EXPECTED_DEAD.values(), *EXTRA_DEAD.values()], strict=True
+    ):
+        record = by_value[value]  # original bytes, unchanged
+        headers = dict(record.headers)
+        assert record.key == key
+        assert headers["tdm.dlq.reason"].decode() == reason
+        assert headers["tdm.dlq.stage"] and headers["tdm.dlq.error"] and headers["tdm.dlq.time_ms"]
+        assert headers["tdm.dlq.source.topic"].decode() == topics["input"]
+
+    port = metrics_port(service.log_text())
+    deadline = time.monotonic() + 20
+    while metric_total(text := scrape(port), "tdm_messages_consumed_total") < len(values):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.2)
+    outcomes = {
+        o: metric_total(text, "tdm_messages_consumed_total", outcome=o)
+        for o in ("alerted", "interpreted", "skipped", "dead_lettered")
+    }
+    assert sum(outcomes.values()) == metric_total(text, "tdm_messages_consumed_total") == len(values)
+    assert outcomes["dead_lettered"] == len(broken)
+    assert outcomes["skipped"] == 2  # the lipid panel and the glucose searchset
+    assert outcomes["alerted"] + outcomes["interpreted"] == len(good) - 2
+    assert metric_total(text, "tdm_alerts_published_total") == 10
+    assert metric_total(text, "tdm_dead_letters_total", reason="invalid") == 5
+
+    # After a fix, the operator replays the invalid ones; unfixed, they come back as dead letters.
+    replayed = subprocess.run(
+        [sys.executable, "-m", "consumer", "dlq", "replay", "--reason", "invalid"],
+        env=service.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 5 dead letters (invalid 5)" in replayed.stdout
+    assert f"{len(broken) - 5} not selected" in replayed.stdout
+    again = read_topic(kafka_bootstrap, topics["dlq"], expected=len(broken) + 5)
+    assert len(again) == len(broken) + 5
+    second_time = [r for r in again if "tdm.replayed_from" in dict(r.headers)]
+    assert len(second_time) == 5
+    assert {r.value for r in second_time} == {
+        (DATA / n).read_bytes() for n, why in EXPECTED_DEAD.items() if why == "invalid"
+    }
+    assert service.stop() == 0
