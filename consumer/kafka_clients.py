@@ -14,6 +14,8 @@ from consumer.settings import Settings
 
 log = structlog.get_logger("tdm_alerts.kafka")
 T = TypeVar("T")
+# How long one client waits for a first broker before we log and back off (kafka-python: 30 s).
+BOOTSTRAP_TIMEOUT_MS = 5000
 
 
 class StopRequested(Exception):
@@ -26,7 +28,7 @@ def with_backoff(make: Callable[[], T], what: str, max_backoff_s: float, stoppin
     while True:
         try:
             return make()
-        # kafka-python 3 reports an unreachable cluster as a bootstrap time-out (about 30 s).
+        # kafka-python 3 reports an unreachable cluster as a bootstrap time-out (BOOTSTRAP_TIMEOUT_MS).
         except (KafkaTimeoutError, KafkaConnectionError):
             if stopping():
                 raise StopRequested from None
@@ -42,22 +44,27 @@ def with_backoff(make: Callable[[], T], what: str, max_backoff_s: float, stoppin
 def new_consumer(settings: Settings) -> KafkaConsumer:
     return KafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         group_id=settings.group_id,
         client_id=settings.client_id,
         enable_auto_commit=False,
         auto_offset_reset=settings.auto_offset_reset,
         isolation_level="read_committed",
         max_poll_records=settings.batch_max_records,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.session_timeout_ms // 3,
         **settings.kafka_security(),
     )
 
 
-def new_producer(settings: Settings) -> KafkaProducer:
+def new_producer(settings: Settings, transactional_id: str | None = None) -> KafkaProducer:
     return KafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         client_id=settings.client_id,
         acks="all",
         enable_idempotence=True,
+        transactional_id=transactional_id,
         linger_ms=5,
         max_request_size=max(settings.max_message_bytes + 65_536, 1_048_576),
         **settings.kafka_security(),

@@ -1,8 +1,10 @@
 """The consume-interpret-publish loop.
 
-Each poll is one batch: every record is processed, every output (alerts and dead letters) is
-sent and acknowledged by the broker, and only then are the batch's offsets committed. A
-failure anywhere before the commit rewinds the batch, so nothing is lost (at least once).
+Records are processed as they are polled and their outputs (alerts, dead letters) sent into
+an open batch. A batch closes after `TDM_BATCH_MAX_RECORDS` records or `TDM_COMMIT_INTERVAL_MS`,
+and its outputs and consumed offsets are committed together (see `consumer.delivery`). A
+failure before that commit aborts the batch and rewinds the consumer to the batch's first
+offsets, so every record is processed again and nothing is lost or published twice.
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
 
-from consumer.kafka_clients import StopRequested, new_consumer, new_producer, with_backoff
+from consumer.delivery import Delivery, delivery_for, is_fatal
+from consumer.kafka_clients import StopRequested, new_consumer, with_backoff
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline, Processed
 from consumer.settings import Settings
@@ -27,7 +29,6 @@ from interpretation import SourceRef
 
 log = structlog.get_logger("tdm_alerts.service")
 
-SEND_TIMEOUT_S = 30.0
 LAG_REFRESH_S = 10.0  # end offsets cost a broker round trip; lag does not need sub-second detail
 
 
@@ -35,12 +36,14 @@ class FatalError(Exception):
     """A condition restarting will not fix on its own (missing topic, bad credentials)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]]
+@dataclass
+class _Batch:
+    """Records processed since the batch opened, and the offsets to commit for them."""
+
+    opened: float
+    first: dict[TopicPartition, int] = field(default_factory=dict)
+    next: dict[TopicPartition, int] = field(default_factory=dict)
+    processed: list[tuple[ConsumerRecord, Processed]] = field(default_factory=list)
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -48,6 +51,9 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         self._service = service
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        # Before the partitions go: close the open batch, so nothing is published for a
+        # partition this instance no longer owns and the next owner starts where we stopped.
+        self._service.close_batch_for_rebalance()
         self._service.assigned -= set(revoked)
         self._service.on_assignment_changed("revoked", revoked)
 
@@ -63,10 +69,15 @@ class Service:
         self.settings = settings
         self.pipeline = pipeline
         self.metrics = metrics
+        self.delivery: Delivery = delivery_for(settings)
         self.assigned: set[TopicPartition] = set()
         self._stop = threading.Event()
         self._consuming = False
         self._lag_due = 0.0  # monotonic time of the next lag measurement
+        self._batch: _Batch | None = None
+        self._consumer: KafkaConsumer | None = None
+        self._backoff = 0.5
+        self._fatal: FatalError | None = None
         metrics.ready.set_function(lambda: float(self.is_ready()))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -84,12 +95,15 @@ class Service:
             consumer = with_backoff(
                 lambda: new_consumer(s), "consumer", s.retry_backoff_max_s, self._stop.is_set
             )
-            producer = with_backoff(
-                lambda: new_producer(s), "producer", s.retry_backoff_max_s, self._stop.is_set
-            )
+            with_backoff(self.delivery.connect, "producer", s.retry_backoff_max_s, self._stop.is_set)
         except StopRequested:
             log.info("stopped before the brokers answered")
             return
+        except KafkaError as err:
+            if is_fatal(err):
+                raise FatalError(_fatal_message(err)) from err
+            raise
+        self._consumer = consumer
         try:
             self._check_output_topics(consumer)
             listener = _Assignment(self)
@@ -102,12 +116,15 @@ class Service:
                 topics=s.input_topics if not s.input_pattern else None,
                 pattern=s.input_pattern,
                 group=s.group_id,
+                delivery=s.delivery,
             )
             self._consuming = True
-            self._loop(consumer, producer)
+            self._loop(consumer)
         finally:
             self._consuming = False
-            producer.close(timeout=10)
+            if self._batch is not None:
+                self._abort("stopping")
+            self.delivery.close()
             consumer.close(autocommit=False)
             log.info("stopped")
 
@@ -131,32 +148,129 @@ class Service:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def _loop(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
-        backoff = 0.5
+    def _loop(self, consumer: KafkaConsumer) -> None:
+        s = self.settings
+        interval = s.commit_interval_ms / 1000
         while not self._stop.is_set():
             if time.monotonic() >= self._lag_due:
                 self._refresh_lag(consumer)
                 self._lag_due = time.monotonic() + LAG_REFRESH_S
-            batch = consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
-            if not batch:
-                continue
             try:
-                self._deliver(consumer, producer, batch)
-                backoff = 0.5
-            except KafkaError as err:
-                # Nothing of this batch is committed: rewind so every record is processed again.
-                self.metrics.batch_failures.inc()
-                log.error(
-                    "batch failed; will retry",
-                    error=type(err).__name__,
-                    detail=str(err)[:300],
-                    retry_in_s=backoff,
+                batch = self._batch
+                room = s.batch_max_records - (len(batch.processed) if batch else 0)
+                wait_ms = (
+                    s.poll_timeout_ms
+                    if batch is None
+                    else max(0, int((batch.opened + interval - time.monotonic()) * 1000))
                 )
-                for tp, records in batch.items():
-                    if tp in consumer.assignment():
-                        consumer.seek(tp, records[0].offset)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
+                polled = consumer.poll(timeout_ms=wait_ms, max_records=room)
+                if self._fatal is not None:  # raised in a rebalance callback, which kafka-python swallows
+                    raise self._fatal
+                if polled:
+                    self._process(polled)
+                batch = self._batch
+                if batch is not None and (
+                    len(batch.processed) >= s.batch_max_records or time.monotonic() - batch.opened >= interval
+                ):
+                    self._commit(consumer, batch)
+            except KafkaError as err:
+                if is_fatal(err):
+                    raise FatalError(_fatal_message(err)) from err
+                self._fail(consumer, err)
+        if self._batch is not None:
+            try:
+                self._commit(consumer, self._batch)  # SIGTERM: the batch in hand is finished, not dropped
+            except KafkaError as err:
+                log.warning("last batch not committed; it will be processed again", error=type(err).__name__)
+
+    def _process(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        opening = self._batch is None
+        batch = self._batch = self._batch or _Batch(opened=time.monotonic())
+        # Offsets first: if anything below fails, the rewind must cover every polled record.
+        for tp, records in polled.items():
+            batch.first.setdefault(tp, records[0].offset)
+            batch.next[tp] = records[-1].offset + 1
+        if opening:
+            self.delivery.begin()
+        for records in polled.values():
+            for record in records:
+                source = SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
+                result = self.pipeline.process(record.value, source)
+                batch.processed.append((record, result))
+                self._send(record, result)
+
+    def _send(self, record: ConsumerRecord, result: Processed) -> None:
+        s = self.settings
+        if result.dead_letter is not None:
+            headers = result.dead_letter.headers(
+                record.topic, record.partition, record.offset, int(time.time() * 1000)
+            )
+            self.delivery.send(
+                s.dlq_topic, record.key, record.value or b"", headers + list(record.headers or [])
+            )
+            return
+        for alert in result.alerts:
+            self.delivery.send(
+                s.alert_topic,
+                alert.patient_id.encode(),
+                alert.model_dump_json().encode(),
+                [
+                    ("tdm.alert_schema", alert.alert_schema.encode()),
+                    ("tdm.dedup_key", alert.dedup_key.encode()),
+                ],
+            )
+
+    def _commit(self, consumer: KafkaConsumer, batch: _Batch) -> None:
+        began = time.perf_counter()
+        self.delivery.commit(batch.next, consumer)
+        self._batch = None
+        self._backoff = 0.5
+        self._account(batch.processed, time.perf_counter() - began)
+
+    def _abort(self, why: str) -> None:
+        """Drop the open batch's outputs; its records are processed again by whoever owns them next."""
+        self._batch = None
+        try:
+            self.delivery.abort()
+        except KafkaError as err:
+            if is_fatal(err):
+                raise FatalError(_fatal_message(err)) from err
+        log.info("batch aborted", why=why)
+
+    def _fail(self, consumer: KafkaConsumer, err: KafkaError) -> None:
+        """Abort the batch, rewind to its first offsets, and wait before trying again."""
+        batch = self._batch
+        self.metrics.batch_failures.inc()
+        log.error(
+            "batch failed; will retry",
+            error=type(err).__name__,
+            detail=str(err)[:300],
+            retry_in_s=self._backoff,
+        )
+        self._abort("failure")
+        if batch is not None:
+            owned = consumer.assignment()
+            for tp, offset in batch.first.items():
+                if tp in owned:
+                    consumer.seek(tp, offset)
+        self._stop.wait(self._backoff)
+        self._backoff = min(self._backoff * 2, self.settings.retry_backoff_max_s)
+
+    def close_batch_for_rebalance(self) -> None:
+        if self._batch is None or self._consumer is None:
+            return
+        try:
+            self._commit(self._consumer, self._batch)
+        except KafkaError as err:
+            # The next owner re-reads from the last committed offsets, so aborting loses nothing.
+            self.metrics.batch_failures.inc()
+            log.warning("batch not committed before rebalance", error=type(err).__name__)
+            try:
+                if is_fatal(err):
+                    raise FatalError(_fatal_message(err)) from err
+                self._abort("rebalance")
+            except FatalError as fatal:
+                self._fatal = fatal
 
     def _refresh_lag(self, consumer: KafkaConsumer) -> None:
         """Lag per partition: end offset (last stable, under read_committed) minus our position."""
@@ -170,57 +284,6 @@ class Service:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
         except KafkaError as err:  # a missed sample is not worth failing the loop for
             log.warning("could not measure consumer lag", error=type(err).__name__)
-
-    def _deliver(
-        self,
-        consumer: KafkaConsumer,
-        producer: KafkaProducer,
-        batch: dict[TopicPartition, list[ConsumerRecord]],
-    ) -> None:
-        began = time.perf_counter()
-        processed: list[tuple[ConsumerRecord, Processed]] = []
-        outgoing: list[Outgoing] = []
-        for records in batch.values():
-            for record in records:
-                source = SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
-                result = self.pipeline.process(record.value, source)
-                processed.append((record, result))
-                outgoing.extend(self._outputs(record, result))
-
-        futures = [producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in outgoing]
-        producer.flush(timeout=SEND_TIMEOUT_S)
-        for future in futures:
-            future.get(timeout=SEND_TIMEOUT_S)  # raises the send's KafkaError, if any
-        consumer.commit(
-            offsets={tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batch.items()}
-        )
-        self._account(processed, time.perf_counter() - began)
-
-    def _outputs(self, record: ConsumerRecord, result: Processed) -> list[Outgoing]:
-        if result.dead_letter is not None:
-            headers = result.dead_letter.headers(
-                record.topic, record.partition, record.offset, int(time.time() * 1000)
-            )
-            return [
-                Outgoing(
-                    self.settings.dlq_topic,
-                    record.key,
-                    record.value or b"",
-                    headers + list(record.headers or []),
-                )
-            ]
-        return [
-            Outgoing(
-                self.settings.alert_topic,
-                alert.patient_id.encode(),
-                alert.model_dump_json().encode(),
-                [
-                    ("tdm.alert_schema", alert.alert_schema.encode()),
-                    ("tdm.dedup_key", alert.dedup_key.encode()),
-                ],
-            )
-            for alert in result.alerts
-        ]
 
     def _account(self, processed: list[tuple[ConsumerRecord, Processed]], batch_seconds: float) -> None:
         """Count a batch only once it is committed, so a retried batch is not counted twice."""
@@ -254,3 +317,13 @@ class Service:
                 )
         m.batch_seconds.observe(batch_seconds)
         m.last_processed.set(time.time())
+
+
+def _fatal_message(err: BaseException) -> str:
+    name = type(err).__name__
+    if name in ("ProducerFencedError", "InvalidProducerEpochError"):
+        return (
+            f"{name}: another instance took over this instance's transactional id; "
+            "give each instance its own TDM_INSTANCE_ID"
+        )
+    return f"{name}: {str(err)[:300]} (check credentials and ACLs; restarting will not help)"

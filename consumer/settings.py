@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -27,6 +28,13 @@ class Settings(BaseSettings):
     group_id: str = "tdm-alerts"
     client_id: str = "tdm-alerts"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+    delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    instance_id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")] = Field(
+        default_factory=socket.gethostname
+    )
+    commit_interval_ms: Annotated[int, Field(gt=0, le=60_000)] = 100
+    session_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 10_000
 
     max_message_bytes: Annotated[int, Field(gt=0)] = 1_048_576
     batch_max_records: Annotated[int, Field(gt=0, le=100_000)] = 500

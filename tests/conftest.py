@@ -28,17 +28,43 @@ def _docker_answers() -> bool:
     return True
 
 
+class Broker:
+    """The broker under test; `restart` works only for the local jar broker this session started."""
+
+    def __init__(self, bootstrap: str, local_dir: Path | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.local_dir = local_dir
+
+    def _local(self, command: str) -> None:
+        if self.local_dir is None:
+            pytest.skip(
+                "restarting the broker needs the local jar broker (no KAFKA_BOOTSTRAP_SERVERS, no Docker)"
+            )
+        subprocess.run(
+            [sys.executable, str(LOCAL_BROKER), command, "--dir", str(self.local_dir)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+
+    def stop(self) -> None:
+        self._local("stop")
+
+    def start(self) -> None:
+        self._local("start")
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A real broker: $KAFKA_BOOTSTRAP_SERVERS, else testcontainers, else the local jar broker."""
     if existing := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield existing
+        yield Broker(existing)
         return
     if _docker_answers():
         from testcontainers.community.kafka import KafkaContainer
 
         with KafkaContainer("confluentinc/cp-kafka:8.1.0").with_kraft() as container:
-            yield container.get_bootstrap_server()
+            yield Broker(container.get_bootstrap_server())
         return
     broker_dir = tmp_path_factory.mktemp("kafka-broker")
     started = subprocess.run(
@@ -51,9 +77,14 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if started.returncode != 0:
         pytest.fail(f"local broker did not start:\n{started.stderr}", pytrace=False)
     try:
-        yield started.stdout.strip()
+        yield Broker(started.stdout.strip(), broker_dir)
     finally:
         subprocess.run([sys.executable, str(LOCAL_BROKER), "stop", "--dir", str(broker_dir)], check=False)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: Broker) -> str:
+    return kafka_broker.bootstrap
 
 
 @pytest.fixture
@@ -64,10 +95,16 @@ def topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> dict[str, st
 
     stem = f"t-{request.node.name[:40]}-{uuid.uuid4().hex[:8]}".replace("[", "-").replace("]", "")
     names = {"input": f"{stem}.in", "alerts": f"{stem}.alerts", "dlq": f"{stem}.dlq"}
+    marker = request.node.get_closest_marker("input_partitions")
+    partitions = marker.args[0] if marker else 3
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
         admin.create_topics(
-            [NewTopic(names["input"], 3, 1), NewTopic(names["alerts"], 3, 1), NewTopic(names["dlq"], 1, 1)]
+            [
+                NewTopic(names["input"], partitions, 1),
+                NewTopic(names["alerts"], 3, 1),
+                NewTopic(names["dlq"], 1, 1),
+            ]
         )
     finally:
         admin.close()
@@ -89,6 +126,14 @@ class RunningService:
             cwd=REPO,
         )
 
+    def kill(self) -> None:
+        """kill -9: no shutdown, no last commit."""
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -97,6 +142,8 @@ class RunningService:
         return code
 
     def log_text(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
 

@@ -18,6 +18,7 @@ Where things come from (first non-empty wins):
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,6 +30,12 @@ from consumer.dead_letters import Reason
 from consumer.formats.errors import DecodeError, Relevance, lab_result, truncated
 from interpretation import LabResult, ResultStatus
 from interpretation.lab_result import COMMENT_MAX_CHARS
+
+# python-hl7 logs the raw field or segment (patient data) when it meets a bad escape or a
+# stray segment; we report those ourselves, without content, so its loggers stay silent.
+# They are named after their source files, not their modules.
+for _module in (hl7.util, hl7.containers):
+    logging.getLogger(_module.__file__).disabled = True
 
 _BATCH_SEGMENTS = frozenset({"FHS", "BHS", "BTS", "FTS"})
 # MLLP wraps each message in VT ... FS CR; those bytes are never HL7 content.

@@ -64,17 +64,18 @@ def test_sample_feed_yields_expected_alerts_and_dead_letters(kafka_bootstrap, to
         assert patient not in log
 
 
+@pytest.mark.parametrize("delivery", ["exactly_once", "at_least_once"])
 def test_committed_offsets_mean_no_reprocessing_after_restart(
-    kafka_bootstrap, topics, start_service, service_env
+    kafka_bootstrap, topics, start_service, delivery
 ):
     line = (DATA / "sample-feed.jsonl").read_bytes().splitlines()[0]
-    first = start_service()
+    first = start_service(TDM_DELIVERY=delivery)
     produce(kafka_bootstrap, topics["input"], [line])
     assert len(read_topic(kafka_bootstrap, topics["alerts"], expected=1)) == 1
     assert first.stop() == 0
 
     # Same group: the committed offset is past the first message, so only the new one alerts.
-    second = start_service()
+    second = start_service(TDM_DELIVERY=delivery)
     produce(kafka_bootstrap, topics["input"], [line.replace(b"TDM-PT-0001", b"TDM-PT-0101")])
     alerts = read_topic(kafka_bootstrap, topics["alerts"], expected=2)
     assert sorted(r.key for r in alerts) == [b"TDM-PT-0001", b"TDM-PT-0101"]

@@ -1,6 +1,10 @@
+import socket
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
+from consumer.formats import Format
 from consumer.settings import Settings
 
 
@@ -40,3 +44,28 @@ def test_password_is_never_shown(monkeypatch):
     s = Settings()
     assert "hunter2" not in repr(s)
     assert s.kafka_security()["sasl_plain_password"] == "hunter2"
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"TDM_{name.upper()}" in readme, name
+
+
+def test_topic_formats(monkeypatch):
+    monkeypatch.setenv("TDM_TOPIC_FORMATS", "lab.hl7=hl7v2, lab.fhir = fhir")
+    assert Settings().topic_formats == {"lab.hl7": Format.HL7V2, "lab.fhir": Format.FHIR}
+    monkeypatch.setenv("TDM_TOPIC_FORMATS", "lab.hl7")
+    with pytest.raises(ValidationError, match="not topic=format"):
+        Settings()
+    monkeypatch.setenv("TDM_TOPIC_FORMATS", "lab.hl7=xml")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_delivery_and_instance(monkeypatch):
+    s = Settings()
+    assert s.delivery == "exactly_once" and s.instance_id == socket.gethostname()
+    monkeypatch.setenv("TDM_INSTANCE_ID", "pod 1")  # becomes part of the transactional id
+    with pytest.raises(ValidationError, match="instance_id"):
+        Settings()

@@ -179,3 +179,10 @@ def test_split_drops_batch_envelopes():
     messages = split_messages(text)
     assert len(messages) == 3
     assert all(m.startswith("MSH") and "\n" not in m for m in messages)
+
+
+def test_python_hl7_never_logs_message_content(relevant, caplog):
+    obx = "OBX|1|ST|INXAB^Infliximab Ab^L||SECRET-NAME \\\\ here||||||F"  # an empty escape sequence
+    with caplog.at_level("DEBUG"):
+        decode(hl7(MSH, PID, OBR, obx), relevant)
+    assert "SECRET-NAME" not in caplog.text

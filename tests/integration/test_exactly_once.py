@@ -1,0 +1,242 @@
+"""Exactly-once alerting under kill -9, a broker restart, and scale-out, on the real broker.
+
+Each test ends by reading the alert topic with read_committed and comparing, by accession
+and by dedup_key, with the alerts the generated feed calls for: none missing, none twice.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from tests.conftest import metric_total, metrics_port, produce, scrape
+from tests.integration.feeds import Feed, canonical_feed
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# Small batches make many transactions, so kills and outages land inside one.
+SERVICE = {"TDM_BATCH_MAX_RECORDS": "50", "TDM_COMMIT_INTERVAL_MS": "50", "TDM_SESSION_TIMEOUT_MS": "6000"}
+
+
+class AlertReader:
+    """Reads the alert topic as a paging system would (read_committed), incrementally."""
+
+    def __init__(self, bootstrap: str, topic: str, isolation: str = "read_committed") -> None:
+        self.consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            isolation_level=isolation,
+            group_id=None,
+        )
+        self.alerts: list[dict[str, object]] = []
+
+    def read(self, timeout_ms: int = 200) -> int:
+        for records in self.consumer.poll(timeout_ms=timeout_ms).values():
+            self.alerts.extend(json.loads(r.value) for r in records)
+        return len(self.alerts)
+
+    def wait_for(self, count: int, timeout_s: float, while_alive: list[object] | None = None) -> int:
+        deadline = time.monotonic() + timeout_s
+        while self.read() < count:
+            assert time.monotonic() < deadline, f"{len(self.alerts)} of {count} alerts after {timeout_s} s"
+            for service in while_alive or []:
+                assert service.alive(), service.log_text()[-3000:]
+        return len(self.alerts)
+
+    def settle(self, seconds: float = 3.0) -> None:
+        """Keep reading a little longer, so a late duplicate would be seen."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.read()
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def assert_exact(reader: AlertReader, feed: Feed) -> dict[str, int]:
+    reader.settle()
+    accessions = [str(a["accession"]) for a in reader.alerts]
+    keys = {str(a["dedup_key"]) for a in reader.alerts}
+    numbers = {
+        "expected": len(feed.expected),
+        "found": len(reader.alerts),
+        "duplicates": len(accessions) - len(set(accessions)),
+        "missing": len(feed.expected - set(accessions)),
+        "unexpected": len(set(accessions) - feed.expected),
+    }
+    print(f"alerts: {numbers}")
+    assert numbers == {**numbers, "duplicates": 0, "missing": 0, "unexpected": 0}
+    assert len(keys) == len(feed.expected)
+    return numbers
+
+
+def aborted_records(bootstrap: str, topic: str, committed: int) -> int:
+    """Records the broker holds beyond the committed ones: outputs of aborted transactions."""
+    raw = AlertReader(bootstrap, topic, isolation="read_uncommitted")
+    try:
+        raw.settle(2.0)
+        return len(raw.alerts) - committed
+    finally:
+        raw.close()
+
+
+def test_kill_9_at_random_points_loses_and_duplicates_nothing(kafka_bootstrap, topics, start_service):
+    seed = random.randrange(1_000_000)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    feed = canonical_feed(total=20_000, alerting=500, seed=seed)
+    produce(kafka_bootstrap, topics["input"], feed.messages, feed.keys)
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    kills = 0
+    try:
+        for target in sorted(rng.sample(range(25, 475), 5)):
+            service = start_service(TDM_INSTANCE_ID="crash", **SERVICE)
+            reader.wait_for(target, timeout_s=90, while_alive=[service])
+            time.sleep(rng.uniform(0, 0.2))
+            service.kill()
+            kills += 1
+            print(f"kill -9 number {kills} at {len(reader.alerts)} visible alerts")
+        final = start_service(TDM_INSTANCE_ID="crash", **SERVICE)
+        reader.wait_for(len(feed.expected), timeout_s=180, while_alive=[final])
+        assert final.stop() == 0
+        numbers = assert_exact(reader, feed)
+    finally:
+        reader.close()
+    print(
+        f"kills {kills}; restarts {kills}; {numbers}; aborted records left by the killed instances: "
+        f"{aborted_records(kafka_bootstrap, topics['alerts'], numbers['found'])}"
+    )
+    assert kills == 5
+
+
+def test_broker_restart_mid_stream(kafka_broker, topics, start_service):
+    bootstrap = kafka_broker.bootstrap
+    feed = canonical_feed(total=10_000, alerting=250, seed=4242)
+    half = len(feed.messages) // 2
+    produce(bootstrap, topics["input"], feed.messages[:half], feed.keys[:half])
+    reader = AlertReader(bootstrap, topics["alerts"])
+    service = start_service(TDM_INSTANCE_ID="restart", TDM_RETRY_BACKOFF_MAX_S="2", **SERVICE)
+    try:
+        reader.wait_for(20, timeout_s=90, while_alive=[service])
+        reader.consumer.close()  # our reader must not hold the broker up
+        kafka_broker.stop()
+        time.sleep(3)  # the service keeps running and retrying while the broker is gone
+        assert service.alive(), service.log_text()[-3000:]
+        kafka_broker.start()
+        reader = AlertReader(bootstrap, topics["alerts"])
+        produce(bootstrap, topics["input"], feed.messages[half:], feed.keys[half:])
+        reader.wait_for(len(feed.expected), timeout_s=240, while_alive=[service])
+        assert service.stop() == 0
+        assert_exact(reader, feed)
+    finally:
+        reader.close()
+    print("broker restarts: 1")
+
+
+@pytest.mark.input_partitions(6)
+def test_three_instances_then_two_share_the_work_exactly_once(kafka_bootstrap, topics, start_service):
+    feed = canonical_feed(total=12_000, alerting=300, seed=777)
+    half = len(feed.messages) // 2
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    group = f"scale-{topics['input']}"
+    services = [start_service(TDM_INSTANCE_ID=f"i{n}", TDM_GROUP_ID=group, **SERVICE) for n in range(3)]
+    try:
+        ports = [metrics_port(wait_for_log(s, '"metrics_port"')) for s in services]
+        wait_until(
+            lambda: [metric_total(scrape(p), "tdm_assigned_partitions") for p in ports] == [2, 2, 2], 60
+        )
+        produce(kafka_bootstrap, topics["input"], feed.messages[:half], feed.keys[:half])
+        reader.wait_for(60, timeout_s=90, while_alive=services)
+
+        leaving = services.pop(1)
+        ports.pop(1)
+        assert leaving.stop() == 0  # SIGTERM: finishes its batch, gives its partitions up
+        wait_until(lambda: sum(metric_total(scrape(p), "tdm_assigned_partitions") for p in ports) == 6, 60)
+        produce(kafka_bootstrap, topics["input"], feed.messages[half:], feed.keys[half:])
+        reader.wait_for(len(feed.expected), timeout_s=180, while_alive=services)
+        assert_exact(reader, feed)
+        assert_group_consumed_everything(kafka_bootstrap, group, topics["input"], 6)
+        for service in services:
+            assert service.stop() == 0
+    finally:
+        reader.close()
+
+
+def wait_until(condition, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if condition():
+                return
+        except OSError:
+            pass  # a service still starting its metrics server
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.3)
+
+
+def wait_for_log(service, text: str, timeout_s: float = 30) -> str:
+    wait_until(lambda: text in service.log_text(), timeout_s)
+    return service.log_text()
+
+
+def assert_group_consumed_everything(bootstrap: str, group: str, topic: str, partitions: int) -> None:
+    """Every partition's committed offset reached its end: no partition was left behind."""
+    # A consumer that never subscribes does not join the group; it only reads its offsets.
+    probe = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = probe.end_offsets(tps)
+        deadline = time.monotonic() + 30
+        while (committed := {tp: probe.committed(tp) for tp in tps}) != ends:
+            assert time.monotonic() < deadline, f"committed {committed} != ends {ends}"
+            time.sleep(0.5)
+        assert all(ends[tp] > 0 for tp in tps)  # every partition had work, and all of it was done
+    finally:
+        probe.close()
+
+
+def test_broker_unreachable_at_start_up_retries_not_ready_then_stops_cleanly(start_service):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    service = start_service(TDM_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}", TDM_RETRY_BACKOFF_MAX_S="1")
+    log = wait_for_log(service, "brokers unreachable; retrying", timeout_s=30)
+    metrics = metrics_port(log)
+    assert urllib.request.urlopen(f"http://127.0.0.1:{metrics}/healthz", timeout=5).status == 200
+    with pytest.raises(urllib.error.HTTPError) as not_ready:
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics}/readyz", timeout=5)
+    assert not_ready.value.code == 503
+    assert service.alive()
+    began = time.monotonic()
+    assert service.stop() == 0
+    assert time.monotonic() - began < 15
+
+
+def test_an_instance_fenced_by_its_successor_exits_non_zero(kafka_bootstrap, topics, start_service):
+    feed = canonical_feed(total=2_000, alerting=60, seed=99)
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    try:
+        first = start_service(TDM_INSTANCE_ID="same", **SERVICE)
+        produce(kafka_bootstrap, topics["input"], feed.messages[:1000], feed.keys[:1000])
+        reader.wait_for(1, timeout_s=60, while_alive=[first])
+        second = start_service(
+            TDM_INSTANCE_ID="same", **SERVICE
+        )  # e.g. a restarted pod while the old one hangs
+        wait_for_log(second, "transactions ready")
+        produce(kafka_bootstrap, topics["input"], feed.messages[1000:], feed.keys[1000:])
+        assert first.proc.wait(timeout=60) == 1
+        assert "another instance took over" in first.log_text()
+        reader.wait_for(len(feed.expected), timeout_s=120, while_alive=[second])
+        assert second.stop() == 0
+        assert_exact(reader, feed)
+    finally:
+        reader.close()
