@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 # promtool (rule tests) comes from Debian's prometheus package.
 .cache/prometheus.installed:
-	command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus; }
+	{ command -v promtool && command -v amtool; } >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus prometheus-alertmanager; }
 	mkdir -p .cache && touch $@
 
 ## demo: start a local broker, run the service over the sample feed, print its alerts

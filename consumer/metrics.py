@@ -22,6 +22,8 @@ from prometheus_client import (
 
 # Per-message work is tens of microseconds to a few milliseconds; batches take longer.
 _MESSAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
+# End to end includes time waiting in the topic: sub-second when keeping up, minutes when behind.
+_END_TO_END_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 _BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -57,19 +59,37 @@ class Metrics:
         )
         self.processing_seconds = Histogram(
             "tdm_message_processing_seconds",
-            "Decode and interpret time per message.",
+            "Intake, decode and interpret time per message.",
             buckets=_MESSAGE_BUCKETS,
+            registry=r,
+        )
+        self.decode_seconds = Histogram(
+            "tdm_decode_seconds",
+            "Decode time per message (bytes to the lab results that concern infliximab).",
+            buckets=_MESSAGE_BUCKETS,
+            registry=r,
+        )
+        self.interpret_seconds = Histogram(
+            "tdm_interpret_seconds",
+            "Interpretation and alert-building time per decoded message.",
+            buckets=_MESSAGE_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "tdm_end_to_end_seconds",
+            "From a lab message's Kafka timestamp to the commit of its outputs (alerts readable).",
+            buckets=_END_TO_END_BUCKETS,
             registry=r,
         )
         self.batch_seconds = Histogram(
             "tdm_batch_commit_seconds",
-            "Time to publish a batch's outputs and commit its offsets.",
+            "Time to publish a batch's outputs and commit them with its offsets (the transaction commit).",
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
         self.batch_failures = Counter(
             "tdm_batch_failures",
-            "Batches whose publish or commit failed and were retried.",
+            "Batches (transactions) whose publish or commit failed and were aborted and retried.",
             registry=r,
         )
         self.last_processed = Gauge(

@@ -45,7 +45,9 @@ class Processed:
     interpretations: list[Interpretation] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     dead_letter: DeadLetter | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # intake + decode + interpret
+    decode_seconds: float = 0.0
+    interpret_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,23 +77,28 @@ class Pipeline:
         if fmt is None:
             fmt = self.topic_formats.get(source.topic or "", Format.AUTO)
         try:
+            decoding = time.perf_counter()
             results = decode(data, self.relevant, fmt)
         except DecodeError as err:
             return _dead(err.reason, Stage.DECODE, err.detail, began)
         except Exception as err:
             return _dead(Reason.PROCESSING_ERROR, Stage.DECODE, type(err).__name__, began)
         try:
+            interpreting = time.perf_counter()
             interpretations = interpret_all(results, self.ruleset, self.context_override)
             alerts = [a for i in interpretations if (a := alert_for(i, source)) is not None]
         except Exception as err:
             return _dead(Reason.PROCESSING_ERROR, Stage.INTERPRET, type(err).__name__, began)
+        done = time.perf_counter()
         if alerts:
             outcome = Outcome.ALERTED
         elif interpretations:
             outcome = Outcome.INTERPRETED
         else:
             outcome = Outcome.SKIPPED
-        return Processed(outcome, interpretations, alerts, None, time.perf_counter() - began)
+        return Processed(
+            outcome, interpretations, alerts, None, done - began, interpreting - decoding, done - interpreting
+        )
 
 
 def _dead(reason: Reason, stage: Stage, detail: str, began: float) -> Processed:

@@ -10,6 +10,7 @@ offsets, so every record is processed again and nothing is lost or published twi
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Iterable
@@ -29,6 +30,8 @@ from interpretation import SourceRef
 
 log = structlog.get_logger("tdm_alerts.service")
 
+CORRELATION_HEADER = "tdm.correlation_id"
+_CORRELATION_TEXT = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 LAG_REFRESH_S = 10.0  # end offsets cost a broker round trip; lag does not need sub-second detail
 
 
@@ -201,12 +204,14 @@ class Service:
 
     def _send(self, record: ConsumerRecord, result: Processed) -> None:
         s = self.settings
+        correlation = (CORRELATION_HEADER, correlation_id(record).encode())
         if result.dead_letter is not None:
             headers = result.dead_letter.headers(
                 record.topic, record.partition, record.offset, int(time.time() * 1000)
             )
+            original = [h for h in record.headers or [] if h[0] != CORRELATION_HEADER]
             self.delivery.send(
-                s.dlq_topic, record.key, record.value or b"", headers + list(record.headers or [])
+                s.dlq_topic, record.key, record.value or b"", [*headers, correlation, *original]
             )
             return
         for alert in result.alerts:
@@ -217,6 +222,7 @@ class Service:
                 [
                     ("tdm.alert_schema", alert.alert_schema.encode()),
                     ("tdm.dedup_key", alert.dedup_key.encode()),
+                    correlation,
                 ],
             )
 
@@ -288,9 +294,15 @@ class Service:
     def _account(self, processed: list[tuple[ConsumerRecord, Processed]], batch_seconds: float) -> None:
         """Count a batch only once it is committed, so a retried batch is not counted twice."""
         m = self.metrics
+        now = time.time()
         for record, result in processed:
             m.messages.labels(record.topic, result.outcome.value).inc()
             m.processing_seconds.observe(result.seconds)
+            if result.dead_letter is None:
+                m.decode_seconds.observe(result.decode_seconds)
+                m.interpret_seconds.observe(result.interpret_seconds)
+            if record.timestamp is not None and record.timestamp > 0:
+                m.end_to_end_seconds.observe(max(now - record.timestamp / 1000, 0.0))
             for interpretation in result.interpretations:
                 m.interpretations.labels(interpretation.analyte.value, interpretation.finding.value).inc()
             for alert in result.alerts:
@@ -300,6 +312,7 @@ class Service:
                     category=alert.category.value,
                     severity=alert.severity.value,
                     dedup_key=alert.dedup_key,
+                    correlation_id=correlation_id(record),
                     topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,
@@ -311,6 +324,7 @@ class Service:
                     reason=result.dead_letter.reason.value,
                     stage=result.dead_letter.stage.value,
                     error=result.dead_letter.detail,
+                    correlation_id=correlation_id(record),
                     topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,
@@ -327,3 +341,17 @@ def _fatal_message(err: BaseException) -> str:
             "give each instance its own TDM_INSTANCE_ID"
         )
     return f"{name}: {str(err)[:300]} (check credentials and ACLs; restarting will not help)"
+
+
+def correlation_id(record: ConsumerRecord) -> str:
+    """The id that ties a lab message to its alerts, dead letter and log lines.
+
+    A `tdm.correlation_id` header set upstream is kept (if it is a plain token); otherwise the
+    message's Kafka coordinates serve, which stay the same when the message is reprocessed.
+    """
+    for key, value in record.headers or []:
+        if key == CORRELATION_HEADER:
+            text = value.decode(errors="replace") if value else ""
+            if _CORRELATION_TEXT.fullmatch(text):
+                return text
+    return f"{record.topic}/{record.partition}/{record.offset}"

@@ -249,7 +249,7 @@ class _Resolver:
         raw = self.by_reference.get(ref.reference)
         if raw is None or raw.get("resourceType") != kind:
             return None  # not in this message; the reference alone must do
-        return _validated(model, raw, f"{kind} {ref.reference[:60]}")
+        return _validated(model, raw, f"the {kind} it refers to")  # never the reference: it may be an MRN
 
     def _patient_id(self, obs: Observation, where: str) -> str:
         patient = self._resolve(obs.subject, "Patient", Patient)

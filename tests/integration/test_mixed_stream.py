@@ -8,6 +8,7 @@ of one reason are replayed to the input with `tdm-alerts dlq replay`.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -57,7 +58,7 @@ def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap,
     broken = [(DATA / name).read_bytes() for name in EXPECTED_DEAD] + list(EXTRA_DEAD)
     values = [*good, *broken]
     keys = [f"msg-{i}".encode() for i in range(len(values))]
-    service = start_service(TDM_MAX_MESSAGE_BYTES=str(MAX_BYTES))
+    service = start_service(TDM_MAX_MESSAGE_BYTES=str(MAX_BYTES), TDM_LOG_LEVEL="DEBUG")
     produce(kafka_bootstrap, topics["input"], values, keys)
 
     alerts = read_topic(kafka_bootstrap, topics["alerts"], expected=sum(EXPECTED_ALERTS.values()))
@@ -76,6 +77,9 @@ def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap,
         assert headers["tdm.dlq.reason"].decode() == reason
         assert headers["tdm.dlq.stage"] and headers["tdm.dlq.error"] and headers["tdm.dlq.time_ms"]
         assert headers["tdm.dlq.source.topic"].decode() == topics["input"]
+        source = [headers[f"tdm.dlq.source.{k}"].decode() for k in ("topic", "partition", "offset")]
+        assert headers["tdm.correlation_id"].decode() == "/".join(source)
+        assert f'"correlation_id": "{"/".join(source)}"' in service.log_text()
 
     port = metrics_port(service.log_text())
     deadline = time.monotonic() + 20
@@ -114,3 +118,29 @@ def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap,
         (DATA / n).read_bytes() for n, why in EXPECTED_DEAD.items() if why == "invalid"
     }
     assert service.stop() == 0
+    assert_no_patient_data(service.log_text() + replayed.stdout + replayed.stderr)
+
+
+# Every patient identifier, name and birth date in the fixtures above (all invented).
+PATIENT_DATA = re.compile(
+    r"TDM-PT-\d{4}|pt-72\d\d|9990001201|4829105|EXT-55102|TESTPATIENT|ALPHA|BRAVO|CHARLIE|DELTA|ECHO|"
+    r"FOXTROT|GOLF|HOTEL|INDIA|JULIET|KILO|LIMA|MIKE|1 TEST STREET|19800101|19751212|19900505|"
+    r"19881111|19700707|19650303|19821010|1979-03-14"
+)
+
+
+def assert_no_patient_data(text: str) -> None:
+    """The PHI scan of issue 5: no log line may hold a patient identifier, name or birth date."""
+    assert text.count("\n") > 20, "the scan needs the service's log to scan"
+    found = [line for line in text.splitlines() if PATIENT_DATA.search(line)]
+    assert not found, found[:5]
+
+
+def test_the_scan_finds_what_it_looks_for():
+    sample = "\n".join(["ok"] * 30 + ['{"event": "x", "patient": "TDM-PT-0101"}'])
+    with pytest.raises(AssertionError):
+        assert_no_patient_data(sample)
+    fixtures = "".join(p.read_text(errors="replace") for p in DATA.glob("*/*.*"))
+    for token in PATIENT_DATA.pattern.split("|"):
+        if "\\" not in token:
+            assert token in fixtures, f"{token} is in no fixture: the scan list is stale"

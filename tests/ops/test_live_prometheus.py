@@ -1,0 +1,148 @@
+"""A real Prometheus (Debian's binary) scrapes the running service; its HTTP API must show the series.
+
+Prometheus loads our alerting rules too, so a rule that does not parse against live series
+shows up here as well as in the promtool tests.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import DATA, REPO, metrics_port, produce
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Prometheus:
+    """Prometheus on loopback, started and stopped by its own pid."""
+
+    def __init__(self, workdir: Path, target_port: int) -> None:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            pytest.fail(
+                "prometheus is missing: `make test` installs Debian's prometheus package", pytrace=False
+            )
+        config = yaml.safe_load((REPO / "ops/prometheus/prometheus.yml").read_text())
+        config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+        config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{target_port}"]}]
+        config["rule_files"] = [str(REPO / "ops/prometheus/alerts.yml")]
+        config.pop("alerting", None)  # no Alertmanager in this test
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        self.log = (workdir / "prometheus.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready(workdir)
+
+    def _wait_ready(self, workdir: Path) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            assert self.proc.poll() is None, (workdir / "prometheus.log").read_text()
+            assert time.monotonic() < deadline, "prometheus not ready in 30 s"
+            time.sleep(0.2)
+
+    def api(self, path: str, **params: str) -> dict[str, object]:
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            body = json.loads(answer.read())
+        assert body["status"] == "success", body
+        return dict(body["data"])
+
+    def value(self, query: str) -> float | None:
+        """The single value of an instant query, or None when it has no result yet."""
+        result = self.api("query", query=query)["result"]
+        assert isinstance(result, list)
+        return float(result[0]["value"][1]) if result else None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        finally:
+            self.log.close()
+
+
+def test_prometheus_scrapes_the_service_and_loads_the_rules(kafka_bootstrap, topics, start_service, tmp_path):
+    lines = [line for line in (DATA / "sample-feed.jsonl").read_bytes().splitlines() if line.strip()]
+    service = start_service()
+    deadline = time.monotonic() + 30
+    while '"metrics_port"' not in service.log_text():
+        assert time.monotonic() < deadline, service.log_text()
+        time.sleep(0.1)
+    prometheus = Prometheus(tmp_path, metrics_port(service.log_text()))
+    try:
+        produce(kafka_bootstrap, topics["input"], lines)
+        deadline = time.monotonic() + 60
+        while prometheus.value("sum(tdm_messages_consumed_total)") != len(lines):
+            assert time.monotonic() < deadline, prometheus.api("targets")
+            time.sleep(0.5)
+        # The sample feed's clinical reading: 4 alerts, 2 dead letters (see the walking-skeleton test).
+        assert prometheus.value('up{job="tdm-alerts"}') == 1
+        assert prometheus.value("sum(tdm_alerts_published_total)") == 4
+        assert prometheus.value('sum(tdm_messages_consumed_total{outcome="dead_lettered"})') == 2
+        assert prometheus.value('tdm_dead_letters_total{reason="invalid"}') == 1
+        assert prometheus.value("tdm_ready") == 1
+        assert prometheus.value("tdm_assigned_partitions") == 3
+        assert prometheus.value("sum(tdm_end_to_end_seconds_count)") == len(lines)
+        assert prometheus.value("count(tdm_ruleset_info)") == 1
+
+        groups = prometheus.api("rules")["groups"]
+        assert isinstance(groups, list)
+        rules = [rule for group in groups for rule in group["rules"]]
+        assert {r["health"] for r in rules} == {"ok"}
+        assert {r["name"] for r in rules} == {
+            r["alert"]
+            for g in yaml.safe_load((REPO / "ops/prometheus/alerts.yml").read_text())["groups"]
+            for r in g["rules"]
+        }
+        # Before the first scrape, TdmAlertsDown is pending (up is absent); it must clear, and none fire.
+        deadline = time.monotonic() + 20
+        while active := [
+            r["name"]
+            for g in prometheus.api("rules")["groups"]
+            for r in g["rules"]
+            if r["state"] != "inactive"
+        ]:
+            assert time.monotonic() < deadline, f"rules still active: {active}"
+            time.sleep(1)
+
+        # Every Grafana panel's query runs and returns data against the live series.
+        dashboard = json.loads((REPO / "ops/grafana/dashboards/tdm-alerts.json").read_text())
+        queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+        deadline = time.monotonic() + 30
+        while empty := [q for q in queries if not prometheus.api("query", query=q)["result"]]:
+            assert time.monotonic() < deadline, f"dashboard queries without data: {empty}"
+            time.sleep(1)
+    finally:
+        prometheus.stop()
+        assert service.stop() == 0

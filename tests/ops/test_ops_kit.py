@@ -1,0 +1,154 @@
+"""The operations kit is consistent: compose wiring, Alertmanager, Grafana, Kubernetes manifests.
+
+None of it can run here (no Docker engine, no cluster), so these tests check what can be
+checked: the real tools validate the configs, and every cross-reference points at something
+that exists (ports, paths, metric names, topic and group names).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from consumer.metrics import Metrics
+from consumer.settings import Settings
+from tests.conftest import REPO
+
+OPS = REPO / "ops"
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+DASHBOARD = json.loads((OPS / "grafana/dashboards/tdm-alerts.json").read_text())
+K8S = {
+    doc["kind"]: doc
+    for path in sorted((OPS / "k8s").glob("*.yaml"))
+    if path.name != "kustomization.yaml"
+    for doc in yaml.safe_load_all(path.read_text())
+}
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is missing: `make test` installs Debian's prometheus packages", pytrace=False)
+    return path
+
+
+def exposed_metric_names() -> set[str]:
+    """Every series name the service exposes, with histogram and counter suffixes."""
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "info": ["_info"]}
+    names = set()
+    for family in Metrics().registry.collect():
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, []))
+    return names
+
+
+def dashboard_queries() -> list[str]:
+    return [target["expr"] for panel in DASHBOARD["panels"] for target in panel["targets"]]
+
+
+def test_prometheus_config_is_valid_with_its_rules():
+    done = subprocess.run(
+        [tool("promtool"), "check", "config", "prometheus.yml"],
+        cwd=OPS / "prometheus",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alertmanager_config_is_valid():
+    done = subprocess.run(
+        [tool("amtool"), "check-config", str(OPS / "alertmanager/alertmanager.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_compose_prometheus_has_its_rules_and_alertmanager():
+    config = yaml.safe_load((OPS / "prometheus/prometheus.yml").read_text())
+    mounts = dict(v.split(":")[:2] for v in COMPOSE["prometheus"]["volumes"])
+    for rule_file in config["rule_files"]:
+        assert f"./ops/prometheus/{rule_file}" in mounts
+        assert mounts[f"./ops/prometheus/{rule_file}"] == f"/etc/prometheus/{rule_file}"
+    [target] = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    assert host in COMPOSE and f"{port}:{port}" in COMPOSE[host]["ports"]
+
+
+def test_alertmanager_routes_to_the_webhook_service():
+    config = yaml.safe_load((OPS / "alertmanager/alertmanager.yml").read_text())
+    [url] = [w["url"] for r in config["receivers"] for w in r.get("webhook_configs", [])]
+    host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()
+    assert host in COMPOSE and COMPOSE[host]["environment"]["HTTP_PORT"] == port
+    mount = next(v for v in COMPOSE["alertmanager"]["volumes"] if "alertmanager.yml" in v)
+    assert mount.startswith("./ops/alertmanager/alertmanager.yml:")
+
+
+def test_grafana_provisioning_points_at_the_dashboard_and_prometheus():
+    mounts = dict(v.split(":")[:2] for v in COMPOSE["grafana"]["volumes"])
+    provider = yaml.safe_load((OPS / "grafana/provisioning/dashboards/tdm-alerts.yml").read_text())
+    assert mounts["./ops/grafana/dashboards"] == provider["providers"][0]["options"]["path"]
+    assert mounts["./ops/grafana/provisioning"] == "/etc/grafana/provisioning"
+    source = yaml.safe_load((OPS / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    [prometheus] = source["datasources"]
+    assert prometheus["url"] == "http://prometheus:9090" and "9090:9090" in COMPOSE["prometheus"]["ports"]
+    assert {t["datasource"]["uid"] for p in DASHBOARD["panels"] for t in p["targets"]} == {prometheus["uid"]}
+
+
+def test_dashboard_covers_the_issue_and_uses_only_real_metrics():
+    queries = dashboard_queries()
+    known = exposed_metric_names()
+    for query in queries:
+        for name in set(re.findall(r"\b(tdm_[a-z_]+)", query)):
+            assert name in known, f"{name} in {query!r} is not a metric the service exposes"
+    text = " ".join(queries)
+    for needed in (
+        "tdm_messages_consumed_total",
+        "tdm_alerts_published_total",
+        "tdm_consumer_lag_messages",
+        "tdm_dead_letters_total",
+        "tdm_end_to_end_seconds_bucket",
+        "tdm_ready",
+    ):
+        assert needed in text
+
+
+def test_k8s_probes_and_port_match_the_service():
+    deployment = K8S["Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    port = next(p for p in container["ports"] if p["name"] == "metrics")["containerPort"]
+    assert env["TDM_METRICS_PORT"]["value"] == str(port)
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert env["TDM_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+    assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
+    assert K8S["Service"]["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert K8S["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_k8s_config_is_valid_settings_and_keda_watches_the_same_group_and_topic():
+    config = K8S["ConfigMap"]["data"]
+    settings = Settings(**{k.removeprefix("TDM_").lower(): v for k, v in config.items()})
+    keda = K8S["ScaledObject"]["spec"]
+    [trigger] = keda["triggers"]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == settings.group_id
+    assert trigger["metadata"]["topic"] in settings.input_topics
+    assert trigger["metadata"]["bootstrapServers"] == ",".join(settings.bootstrap_servers)
+    assert keda["scaleTargetRef"]["name"] == K8S["Deployment"]["metadata"]["name"]
+    labels = K8S["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert K8S["PodMonitor"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    kustomized = yaml.safe_load((OPS / "k8s/kustomization.yaml").read_text())["resources"]
+    assert sorted(kustomized) == sorted(
+        p.name for p in (OPS / "k8s").glob("*.yaml") if p.name != "kustomization.yaml"
+    )
