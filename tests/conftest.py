@@ -66,16 +66,24 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         with KafkaContainer("confluentinc/cp-kafka:8.1.0").with_kraft() as container:
             yield Broker(container.get_bootstrap_server())
         return
-    broker_dir = tmp_path_factory.mktemp("kafka-broker")
-    started = subprocess.run(
-        [sys.executable, str(LOCAL_BROKER), "start", "--dir", str(broker_dir)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    if started.returncode != 0:
-        pytest.fail(f"local broker did not start:\n{started.stderr}", pytrace=False)
+    failures = []
+    for _attempt in range(2):  # a second try with fresh ports, in case a port was taken meanwhile
+        broker_dir = tmp_path_factory.mktemp("kafka-broker")
+        started = subprocess.run(
+            [sys.executable, str(LOCAL_BROKER), "start", "--dir", str(broker_dir)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        if started.returncode == 0:
+            break
+        failures.append(started.stderr)
+        subprocess.run([sys.executable, str(LOCAL_BROKER), "stop", "--dir", str(broker_dir)], check=False)
+    else:
+        pytest.fail("local broker did not start:\n" + "\n---\n".join(failures), pytrace=False)
+    if failures:
+        print(f"local broker started on the second try; the first said:\n{failures[0]}", file=sys.stderr)
     try:
         yield Broker(started.stdout.strip(), broker_dir)
     finally:
