@@ -26,6 +26,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) .cache/kafka/.fetched
 	$(BIN)/python ops/demo.py
 
+## bench: start a local broker, pre-load a 200,000-message mixed feed, compare tdm-alerts with
+## the kafka-python ceiling and its peers; prints a table, writes docs/benchmarks.json
+bench: $(STAMP) .venv/.bench-installed .cache/kafka/.fetched
+	$(BIN)/python ops/bench/run.py
+
+.venv/.bench-installed: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
 ## test: lint, type checks, then every test (unit, integration on a real broker, slow ones)
 test: lint typecheck .cache/prometheus.installed
 	$(BIN)/pytest

@@ -6,7 +6,6 @@ sees offline is exactly what the service would publish.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from enum import StrEnum
 
 from consumer.dead_letters import DeadLetter, Reason, Stage
 from consumer.formats import DecodeError, Format, decode
+from consumer.formats.prefilter import Prefilter
 from interpretation import (
     Alert,
     Interpretation,
@@ -27,7 +27,9 @@ from interpretation import (
 
 # Control bytes that no text format we read may contain (tab, LF, CR and the MLLP frame
 # bytes VT and FS are allowed): their presence means binary data, which is not parsed.
-_BINARY = re.compile(rb"[\x00-\x08\x0c\x0e-\x1b\x1d-\x1f\x7f]")
+# Mapping them all to NUL and looking for NUL is several times faster than a regex.
+_CONTROL = bytes(b for b in [*range(32), 127] if b not in (0x09, 0x0A, 0x0B, 0x0D, 0x1C))
+_CONTROL_TO_NUL = bytes.maketrans(_CONTROL, b"\x00" * len(_CONTROL))
 
 
 class Outcome(StrEnum):
@@ -56,6 +58,10 @@ class Pipeline:
     max_message_bytes: int
     context_override: TreatmentContext = field(default_factory=TreatmentContext)
     topic_formats: Mapping[str, Format] = field(default_factory=dict)
+    prefilter: Prefilter = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefilter", Prefilter(self.ruleset.recognition))
 
     def relevant(self, code: str, display: str | None) -> bool:
         return recognise(code, display, self.ruleset.recognition) is not None
@@ -71,14 +77,14 @@ class Pipeline:
         if len(data) > self.max_message_bytes:
             detail = f"message is {len(data)} bytes; the limit is {self.max_message_bytes}"
             return _dead(Reason.TOO_LARGE, Stage.INTAKE, detail, began)
-        if (control := _BINARY.search(data)) is not None:
-            detail = f"binary content: control byte 0x{data[control.start()]:02x} at byte {control.start()}"
+        if (at := data.translate(_CONTROL_TO_NUL).find(0)) >= 0:
+            detail = f"binary content: control byte 0x{data[at]:02x} at byte {at}"
             return _dead(Reason.BINARY, Stage.INTAKE, detail, began)
         if fmt is None:
             fmt = self.topic_formats.get(source.topic or "", Format.AUTO)
         try:
             decoding = time.perf_counter()
-            results = decode(data, self.relevant, fmt)
+            results = decode(data, self.relevant, fmt, self.prefilter)
         except DecodeError as err:
             return _dead(err.reason, Stage.DECODE, err.detail, began)
         except Exception as err:

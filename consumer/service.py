@@ -22,7 +22,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
 from consumer.delivery import Delivery, delivery_for, is_fatal
-from consumer.kafka_clients import StopRequested, new_consumer, with_backoff
+from consumer.kafka_clients import POLL_MAX_RECORDS, StopRequested, new_consumer, with_backoff
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline, Processed
 from consumer.settings import Settings
@@ -160,11 +160,14 @@ class Service:
                 self._lag_due = time.monotonic() + LAG_REFRESH_S
             try:
                 batch = self._batch
-                room = s.batch_max_records - (len(batch.processed) if batch else 0)
+                room = min(POLL_MAX_RECORDS, s.batch_max_records - (len(batch.processed) if batch else 0))
                 wait_ms = (
                     s.poll_timeout_ms
                     if batch is None
-                    else max(0, int((batch.opened + interval - time.monotonic()) * 1000))
+                    # Never 0: kafka-python 3 can spin for good in its coordinator lookup on a
+                    # zero-timeout poll after a rebalance (seen in `make bench`, py-spy stack in
+                    # the issue note).
+                    else max(1, int((batch.opened + interval - time.monotonic()) * 1000))
                 )
                 polled = consumer.poll(timeout_ms=wait_ms, max_records=room)
                 if self._fatal is not None:  # raised in a rebalance callback, which kafka-python swallows

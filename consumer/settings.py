@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     session_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 10_000
 
     max_message_bytes: Annotated[int, Field(gt=0)] = 1_048_576
-    batch_max_records: Annotated[int, Field(gt=0, le=100_000)] = 500
+    batch_max_records: Annotated[int, Field(gt=0, le=100_000)] = 5000
     poll_timeout_ms: Annotated[int, Field(ge=0)] = 100
     retry_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
 

@@ -7,8 +7,9 @@ from enum import StrEnum
 from consumer.dead_letters import Reason
 from consumer.formats.canonical import decode_canonical
 from consumer.formats.errors import DecodeError, Relevance
-from consumer.formats.fhir import decode_fhir, parse_json
+from consumer.formats.fhir import decode_fhir, parse_json, resource_type
 from consumer.formats.hl7v2 import decode_hl7v2
+from consumer.formats.prefilter import Prefilter
 from interpretation import LabResult
 
 _LEADING = b" \t\r\n\x0b\xef\xbb\xbf"  # whitespace, an MLLP start byte, a UTF-8 byte-order mark
@@ -32,8 +33,16 @@ def detect(data: bytes) -> Format | None:
     return None
 
 
-def decode(data: bytes, relevant: Relevance, fmt: Format = Format.AUTO) -> list[LabResult]:
-    """The relevant lab results in one message; raises DecodeError for anything unreadable."""
+def decode(
+    data: bytes, relevant: Relevance, fmt: Format = Format.AUTO, prefilter: Prefilter | None = None
+) -> list[LabResult]:
+    """The relevant lab results in one message; raises DecodeError for anything unreadable.
+
+    With a `prefilter`, a message that cannot hold an infliximab result is checked only for
+    its format (an HL7 header; JSON syntax and, for FHIR, a known resource type), not parsed
+    in full. The canonical format, ours, is always validated whole.
+    """
+    maybe = prefilter is None or prefilter.may_be_relevant(data)
     if fmt is Format.AUTO:
         found = detect(data)
         if found is None:
@@ -42,12 +51,19 @@ def decode(data: bytes, relevant: Relevance, fmt: Format = Format.AUTO) -> list[
             )
         fmt = found
     if fmt is Format.HL7V2:
-        return decode_hl7v2(data, relevant)
+        return decode_hl7v2(data, relevant) if maybe else []
     document = parse_json(data.lstrip(_LEADING))
     if not isinstance(document, dict):
         raise DecodeError(
             Reason.INVALID, f"a {fmt.value} message is a JSON object, not {type(document).__name__}"
         )
     if fmt is Format.FHIR:
-        return decode_fhir(document, relevant)
-    return decode_canonical(document, relevant)
+        if maybe:
+            return decode_fhir(document, relevant)
+        resource_type(document)  # an unknown resource is refused even when it holds nothing of ours
+        return []
+    return decode_canonical(document, relevant if maybe else _never)
+
+
+def _never(code: str, display: str | None) -> bool:
+    return False

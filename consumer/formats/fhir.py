@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -151,13 +151,18 @@ class _Bundle(_Element):
 
 def decode_fhir(document: dict[str, Any], relevant: Relevance) -> list[LabResult]:
     """The relevant results in a parsed FHIR JSON document (an Observation or a Bundle)."""
-    kind = document.get("resourceType")
-    if kind == "Observation":
+    if resource_type(document) == "Observation":
         return _Resolver({}).results([(None, document)], relevant)
-    if kind == "Bundle":
-        bundle = _validated(_Bundle, document, "Bundle")
-        resources = [(e.fullUrl, e.resource) for e in bundle.entry if e.resource is not None]
-        return _Resolver(_index(resources)).results(resources, relevant)
+    bundle = _validated(_Bundle, document, "Bundle")
+    resources = [(e.fullUrl, e.resource) for e in bundle.entry if e.resource is not None]
+    return _Resolver(_index(resources)).results(resources, relevant)
+
+
+def resource_type(document: dict[str, Any]) -> Literal["Observation", "Bundle"]:
+    """The document's resourceType, if it is one this service reads; else DecodeError."""
+    kind = document.get("resourceType")
+    if kind in ("Observation", "Bundle"):
+        return cast(Literal["Observation", "Bundle"], kind)
     shown = repr(kind)[:40] if isinstance(kind, str) else "missing"
     raise DecodeError(Reason.UNSUPPORTED_FORMAT, f"FHIR resourceType {shown}: expected Observation or Bundle")
 

@@ -1,0 +1,48 @@
+"""Telling, from a message's raw bytes, that it cannot hold an infliximab result.
+
+Nearly every message in a lab feed is about something else, and parsing one (python-hl7
+for an HL7 panel costs about half a millisecond) to find that out would cap the service
+far below what Kafka delivers. A result is recognised by its code or by a drug name in its
+display text (`interpretation.recognition`); if no such code and no such name occur
+anywhere in the bytes, no decoder could find one either, so the message is skipped.
+
+The test is one-sided by construction: it may say "maybe" for a message that turns out
+irrelevant (a code inside another identifier), never "no" for one that is relevant. The
+only way a name could hide from a byte search is an escape sequence that spells letters
+(JSON \\uXXXX, HL7 \\Xhh\\ and the like), so a message holding one is always decoded.
+"""
+
+from __future__ import annotations
+
+import re
+
+from interpretation.ruleset import Recognition
+
+_HL7_HEADERS = (b"MSH", b"FHS", b"BHS")
+# JSON \u escapes; HL7 hex (X), local (Z), charset (C, M) and highlight (H, N) escapes.
+_LETTER_ESCAPES = re.compile(rb"\\[uXZCMHN]")
+
+
+class Prefilter:
+    def __init__(self, recognition: Recognition) -> None:
+        codes = sorted({*recognition.drug_level_codes, *recognition.antibody_codes}, key=len, reverse=True)
+        # A drug name's words, in order, separated by anything that is not a letter or digit,
+        # which is how recognition compares display names ("CT-P13" is "ct p13").
+        names = [
+            rb"[^a-z0-9]+".join(re.escape(word.encode()) for word in re.findall(r"[a-z0-9]+", name.lower()))
+            for name in recognition.drug_names
+        ]
+        self._codes = re.compile(b"|".join(re.escape(code.encode()) for code in codes)) if codes else None
+        self._names = re.compile(b"|".join(names)) if names else None
+
+    def may_be_relevant(self, data: bytes) -> bool:
+        """False only if no decoder could find an infliximab result in `data`."""
+        if self._codes is not None and self._codes.search(data):
+            return True
+        if self._names is not None and self._names.search(data.lower()):
+            return True
+        if _LETTER_ESCAPES.search(data):
+            return True
+        head = data[:16].lstrip(b" \t\r\n\x0b")
+        # An HL7 message may declare another escape character (MSH-2); then we cannot tell.
+        return head[:3] in _HL7_HEADERS and head[6:7] != b"\\"

@@ -1,0 +1,470 @@
+"""`make bench`: tdm-alerts against the kafka-python ceiling and its peers, in one run, on one broker.
+
+Starts a local broker, pre-loads a generated mixed feed, then runs each contender over the
+same topic with its own consumer group, measures latency at steady offered rates, and
+measures in-process costs. Prints a table and writes the same as JSON. Never pass/fail.
+
+    python ops/bench/run.py [--messages 200000] [--json docs/benchmarks.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "ops" / "bench"))
+
+import feed
+from confluent_kafka import Consumer, Producer
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+
+BROKER = REPO / "ops" / "kafka" / "local-broker"
+WORK = REPO / ".cache" / "bench"
+PARTITIONS = 6
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def log(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+# -- broker and topics ---------------------------------------------------------------------
+
+
+def start_broker() -> str:
+    done = subprocess.run(
+        [sys.executable, str(BROKER), "start", "--dir", str(WORK / "broker")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return done.stdout.strip()
+
+
+def stop_broker() -> None:
+    subprocess.run([sys.executable, str(BROKER), "stop", "--dir", str(WORK / "broker")], check=False)
+
+
+def create_topics(bootstrap: str, *names: tuple[str, int]) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1) for name, partitions in names])
+    finally:
+        admin.close()
+
+
+def preload(bootstrap: str, topic: str, messages: list[feed.Message]) -> float:
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 20, "enable.idempotence": True}
+    )
+    began = time.perf_counter()
+    for m in messages:
+        while True:
+            try:
+                producer.produce(topic, key=m.key, value=m.value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    producer.flush()
+    return time.perf_counter() - began
+
+
+# -- contenders ----------------------------------------------------------------------------
+
+
+def run_loop(name: str, bootstrap: str, topic: str, expect: int) -> dict[str, float]:
+    sink, dlq = f"bench.{name}.out.{uuid.uuid4().hex[:6]}", f"bench.{name}.dlq.{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, (sink, PARTITIONS), (dlq, 1))
+    began = time.time()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "ops/bench/loops.py"),
+            name,
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--sink",
+            sink,
+            "--dlq",
+            dlq,
+            "--group",
+            f"bench-{name}-{uuid.uuid4().hex[:6]}",
+            "--expect",
+            str(expect),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["wall_s"] = result["done_at"] - began
+    return result
+
+
+def proc_usage(pid: int) -> dict[str, float]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    peak = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return {
+        "cpu_s": (int(fields[11]) + int(fields[12])) / CLK,
+        "peak_rss_mb": int(peak.group(1)) / 1024 if peak else 0,
+    }
+
+
+def service_env(bootstrap: str, topic: str, alerts: str, dlq: str, delivery: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TDM_")}
+    env.update(
+        TDM_BOOTSTRAP_SERVERS=bootstrap,
+        TDM_INPUT_TOPICS=topic,
+        TDM_ALERT_TOPIC=alerts,
+        TDM_DLQ_TOPIC=dlq,
+        TDM_GROUP_ID=f"bench-tdm-{uuid.uuid4().hex[:6]}",
+        TDM_INSTANCE_ID=f"bench-{uuid.uuid4().hex[:6]}",
+        TDM_METRICS_PORT="0",
+        TDM_LOG_FORMAT="json",
+        TDM_DELIVERY=delivery,
+    )
+    return env
+
+
+class Service:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.started = time.time()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "consumer", "run"],
+            env=env,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.port = int(self._wait_log(r'"metrics_port": (\d+)'))
+
+    def _wait_log(self, pattern: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if match := re.search(pattern, self.log_path.read_text(errors="replace")):
+                return match.group(1)
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log_path.read_text()[-3000:])
+            time.sleep(0.05)
+        raise RuntimeError(f"{pattern} not logged in {timeout} s")
+
+    def assigned_at(self) -> float:
+        """When the service got its partitions (from its JSON log): the start of its work."""
+        self._wait_log(r'("event": "partitions assigned")')
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if '"partitions assigned"' in line:
+                stamp = json.loads(line)["timestamp"]
+                return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        raise RuntimeError("no assignment logged")
+
+    def consumed(self) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        return sum(float(v) for v in re.findall(r"^tdm_messages_consumed_total\{[^}]*\} (\S+)$", text, re.M))
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        self._log.close()
+
+
+def run_service(bootstrap: str, topic: str, expect: int, delivery: str) -> dict[str, float]:
+    alerts, dlq = f"bench.tdm.alerts.{uuid.uuid4().hex[:6]}", f"bench.tdm.dlq.{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, (alerts, PARTITIONS), (dlq, 1))
+    service = Service(service_env(bootstrap, topic, alerts, dlq, delivery), WORK / f"service-{delivery}.log")
+    try:
+        while service.consumed() < expect:
+            if service.proc.poll() is not None:
+                raise RuntimeError(service.log_path.read_text()[-3000:])
+            time.sleep(0.05)
+        done = time.time()
+        usage = proc_usage(service.proc.pid)
+        first = service.assigned_at()
+    finally:
+        service.stop()
+    return {"first_at": first, "done_at": done, "messages": expect, "wall_s": done - service.started, **usage}
+
+
+# -- latency -------------------------------------------------------------------------------
+
+
+def latency(bootstrap: str, messages: list[feed.Message], rate: int, seconds: float) -> dict[str, float]:
+    """Offer `rate` messages/s for `seconds` to a running service; time produce -> alert readable."""
+    topic, alerts, dlq = (f"bench.lat.{x}.{uuid.uuid4().hex[:6]}" for x in ("in", "alerts", "dlq"))
+    create_topics(bootstrap, (topic, PARTITIONS), (alerts, PARTITIONS), (dlq, 1))
+    service = Service(
+        service_env(bootstrap, topic, alerts, dlq, "exactly_once"), WORK / f"service-lat-{rate}.log"
+    )
+    sent: dict[tuple[int, int], float] = {}
+    seen: dict[tuple[int, int], float] = {}
+    stop = threading.Event()
+
+    def read_alerts() -> None:
+        reader = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"lat-{uuid.uuid4().hex[:6]}",
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
+        reader.subscribe([alerts])
+        while not stop.is_set():
+            for m in reader.consume(num_messages=100, timeout=0.05):
+                if m.error() is None:
+                    source = json.loads(m.value())["source"]
+                    seen.setdefault((source["partition"], source["offset"]), time.time())
+        reader.close()
+
+    def delivered(err: object, msg: object) -> None:
+        if err is None:
+            sent[(msg.partition(), msg.offset())] = msg.timestamp()[1] / 1000  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=read_alerts, daemon=True)
+    try:
+        service.assigned_at()
+        thread.start()
+        time.sleep(1.0)
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
+        began = time.perf_counter()
+        total = int(rate * seconds)
+        for i in range(total):
+            due = began + i / rate
+            while (now := time.perf_counter()) < due:
+                time.sleep(min(due - now, 0.002))
+            m = messages[i % len(messages)]
+            producer.produce(topic, key=m.key, value=m.value, on_delivery=delivered)
+            producer.poll(0)
+        producer.flush()
+        achieved = total / (time.perf_counter() - began)
+        expected_alerts = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # let the last alerts arrive
+            time.sleep(0.5)
+            if expected_alerts == len(seen):
+                break
+            expected_alerts = len(seen)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        service.stop()
+    waits = sorted(seen[k] - sent[k] for k in seen if k in sent)
+    if not waits:
+        raise RuntimeError("no alerts seen in the latency run")
+
+    def pct(p: float) -> float:
+        return waits[min(len(waits) - 1, int(p * len(waits)))] * 1000
+
+    return {
+        "offered_per_s": rate,
+        "achieved_per_s": achieved,
+        "alerts": len(waits),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": waits[-1] * 1000,
+    }
+
+
+# -- in-process ----------------------------------------------------------------------------
+
+
+def in_process(messages: list[feed.Message]) -> dict[str, dict[str, float]]:
+    """Decode + interpret cost per message, by format, for relevant and irrelevant messages."""
+    from consumer.pipeline import Pipeline
+    from interpretation import SourceRef, default_ruleset
+
+    pipeline = Pipeline(default_ruleset(), 1_048_576)
+    source = SourceRef(topic="bench", partition=0, offset=0)
+    costs: dict[str, dict[str, float]] = {}
+    for fmt in ("hl7v2", "fhir", "canonical"):
+        for relevant in (False, True):
+            sample = [m.value for m in messages if m.fmt == fmt and m.relevant is relevant][:2000]
+            for value in sample[:50]:
+                pipeline.process(value, source)  # warm caches
+            began = time.perf_counter()
+            for value in sample:
+                pipeline.process(value, source)
+            key = "infliximab" if relevant else "skipped (other analytes)"
+            costs.setdefault(fmt, {})[key] = (time.perf_counter() - began) / len(sample) * 1e6
+    try:
+        from fhir.resources.R4B.bundle import Bundle
+        from fhir.resources.R4B.observation import Observation
+    except ImportError:
+        return costs
+    sample = [m.value for m in messages if m.fmt == "fhir"][:2000]
+    began = time.perf_counter()
+    for value in sample:
+        (Bundle if value.startswith(b'{"resourceType": "Bundle"') else Observation).model_validate_json(value)
+    costs["fhir"]["fhir.resources R4B parse only (all)"] = (time.perf_counter() - began) / len(sample) * 1e6
+    return costs
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, object]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(int(mem.group(1)) / 1024 / 1024, 1) if mem else None,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "kafka": "4.1.1 (local, one node)",
+    }
+
+
+def table(results: dict[str, object]) -> str:
+    rows = [("contender", "msgs/s", "x ceiling", "peak RSS MB", "CPU s/100k", "wall s")]
+    ceiling = results["throughput"]["kafka-python consume-then-produce (ceiling)"]["per_s"]
+    for name, r in results["throughput"].items():
+        rows.append(
+            (
+                name,
+                f"{r['per_s']:,.0f}",
+                f"{r['per_s'] / ceiling:.2f}",
+                f"{r['peak_rss_mb']:.0f}",
+                f"{r['cpu_per_100k_s']:.1f}",
+                f"{r['wall_s']:.1f}",
+            )
+        )
+    lines = _grid(rows)
+    lines.append("")
+    rows = [("offered msgs/s", "achieved", "alerts", "p50 ms", "p99 ms", "max ms")]
+    for r in results["latency"]:
+        rows.append(
+            (
+                f"{r['offered_per_s']:,}",
+                f"{r['achieved_per_s']:,.0f}",
+                str(r["alerts"]),
+                f"{r['p50_ms']:.0f}",
+                f"{r['p99_ms']:.0f}",
+                f"{r['max_ms']:.0f}",
+            )
+        )
+    lines += _grid(rows)
+    lines.append("")
+    rows = [("format", "message kind", "us per message")]
+    for fmt, costs in results["in_process_us"].items():
+        rows += [(fmt, kind, f"{us:.1f}") for kind, us in costs.items()]
+    lines += _grid(rows)
+    return "\n".join(lines)
+
+
+def _grid(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument("--json", type=Path, default=REPO / "docs" / "benchmarks.json")
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    messages = list(feed.generate(args.messages))
+    relevant = sum(m.relevant for m in messages)
+    size = sum(len(m.value) for m in messages) / len(messages)
+    log(
+        f"feed: {len(messages):,} messages, {relevant:,} with infliximab results "
+        f"({relevant / len(messages):.1%}), {size:.0f} bytes on average"
+    )
+    bootstrap = start_broker()
+    results: dict[str, object] = {
+        "machine": machine(),
+        "when": datetime.now().isoformat(timespec="seconds"),
+        "feed": {"messages": len(messages), "relevant": relevant},
+    }
+    try:
+        topic = f"bench.feed.{uuid.uuid4().hex[:6]}"
+        create_topics(bootstrap, (topic, PARTITIONS))
+        log(f"pre-loading {topic} ({PARTITIONS} partitions): {preload(bootstrap, topic, messages):.1f} s")
+        throughput: dict[str, dict[str, float]] = {}
+        contenders = [
+            (
+                "kafka-python consume-then-produce (ceiling)",
+                lambda: run_loop("kafka-python", bootstrap, topic, len(messages)),
+            ),
+            (
+                "kafka-python consume only",
+                lambda: run_loop("kafka-python-consume", bootstrap, topic, len(messages)),
+            ),
+            ("tdm-alerts exactly-once", lambda: run_service(bootstrap, topic, len(messages), "exactly_once")),
+            (
+                "tdm-alerts at-least-once",
+                lambda: run_service(bootstrap, topic, len(messages), "at_least_once"),
+            ),
+            (
+                "confluent-kafka consume-then-produce",
+                lambda: run_loop("confluent", bootstrap, topic, len(messages)),
+            ),
+            (
+                "Quix Streams + our core, exactly-once",
+                lambda: run_loop("quix", bootstrap, topic, len(messages)),
+            ),
+        ]
+        for name, run in contenders:
+            log(f"running {name}")
+            r = run()
+            seconds = r["done_at"] - r["first_at"]
+            throughput[name] = {
+                "per_s": r["messages"] / seconds,
+                "seconds": seconds,
+                "wall_s": r["wall_s"],
+                "peak_rss_mb": r["peak_rss_mb"],
+                "cpu_per_100k_s": r["cpu_s"] / r["messages"] * 1e5,
+            }
+            log(f"  {throughput[name]['per_s']:,.0f} msgs/s, {r['peak_rss_mb']:.0f} MB peak RSS")
+        results["throughput"] = throughput
+        results["latency"] = []
+        for rate in (500, 2000):
+            log(f"latency at {rate} msgs/s for {args.latency_seconds:.0f} s")
+            results["latency"].append(latency(bootstrap, messages, rate, args.latency_seconds))
+        log("in-process costs")
+        results["in_process_us"] = in_process(messages)
+    finally:
+        stop_broker()
+    text = table(results)
+    print(text)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
