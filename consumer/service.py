@@ -206,6 +206,8 @@ class Service:
                 self._send(record, result)
 
     def _send(self, record: ConsumerRecord, result: Processed) -> None:
+        if result.dead_letter is None and not result.alerts:
+            return  # the ~99% of records with no output: nothing to build
         s = self.settings
         correlation = (CORRELATION_HEADER, correlation_id(record).encode())
         if result.dead_letter is not None:
