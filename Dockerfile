@@ -1,15 +1,20 @@
 # tdm-alerts service image. Build: docker build -t tdm-alerts .
 FROM python:3.11-slim AS build
 WORKDIR /src
+# Locked, hash-checked dependencies first (a layer that changes only with the lock), then the
+# wheel of this project without resolving anything again.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --prefix=/install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY consumer ./consumer
 COPY interpretation ./interpretation
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+ && pip install --no-cache-dir --prefix=/install --no-deps /wheels/*.whl
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 tdm
 COPY --from=build /install /usr/local
-USER tdm
+USER 10001
 ENV TDM_LOG_FORMAT=json
 EXPOSE 9108
 # SIGTERM finishes the batch in hand, commits and exits 0.
