@@ -43,17 +43,23 @@ from interpretation import (
     default_ruleset,
     parse_ruleset,
 )
+from interpretation.ruleset import PACKAGED_RULESETS, packaged_ruleset
 
 VERSION = "0.1.0"
 log = structlog.get_logger("tdm_alerts")
 
 
 def load_ruleset(path: Path | None) -> RuleSet:
-    """The rule set in `path`, else in $TDM_RULESET, else the packaged default."""
+    """The rule set in `path`, else in $TDM_RULESET, else the packaged default.
+
+    A bare name of a packaged rule set (`reactive`) selects that one.
+    """
     if path is None and (from_env := os.environ.get("TDM_RULESET")):
         path = Path(from_env)
     if path is None:
         return default_ruleset()
+    if str(path) in PACKAGED_RULESETS:
+        return packaged_ruleset(str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -212,11 +218,22 @@ def cmd_rules_show(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
+    loq = ruleset.assay_limits
+    rows_note = f"uninterpretable > {ceiling.max_drug_level_ug_per_ml} ug/mL"
     print("\nDrug-level targets are tried in order; the first whose context matches applies.")
-    print("Antibodies: assay cut-off, then reference range, then abnormal flag, then qualitative text.\n")
+    print(
+        "With no target for the context, a level below the lowest target that could apply is low;\n"
+        "a level reported as text ('Undetectable', '<LOQ') reads as "
+        f"< {loq.limit_of_quantitation_ug_per_ml} ug/mL [{loq.citation}]. "
+        f"Implausible: {rows_note} [{ceiling.citation}]."
+    )
+    print(
+        "Antibodies: every piece of evidence is read (a named lab's assay cut-off, the lab's reference\n"
+        "interval, its abnormal flag, a configured cut-off, its words); when they disagree: detected.\n"
+    )
     print("Citations:")
     for c in ruleset.citations:
-        print(f"  [{c.id}] {c.title}\n      {c.source}")
+        print(f"  [{c.id}] {c.reference()}\n      Used for: {c.claim}")
     return 0
 
 

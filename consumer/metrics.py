@@ -57,6 +57,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.recognition_gaps = Counter(
+            "tdm_recognition_gaps",
+            "Messages that name infliximab but hold no recognised drug-level or antibody result "
+            "(a new local code or test name), by input topic.",
+            ["topic"],
+            registry=r,
+        )
         self.processing_seconds = Histogram(
             "tdm_message_processing_seconds",
             "Intake, decode and interpret time per message.",

@@ -22,8 +22,8 @@ from interpretation import (
     TreatmentContext,
     alert_for,
     interpret_all,
-    recognise,
 )
+from interpretation.recognition import mentions_infliximab
 
 # Control bytes that no text format we read may contain (tab, LF, CR and the MLLP frame
 # bytes VT and FS are allowed): their presence means binary data, which is not parsed.
@@ -50,6 +50,9 @@ class Processed:
     seconds: float = 0.0  # intake + decode + interpret
     decode_seconds: float = 0.0
     interpret_seconds: float = 0.0
+    # The bytes name infliximab (or a biosimilar) but no result was recognised: a new local
+    # code or test name that would otherwise silence alerting without anyone noticing.
+    recognition_gap: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +67,7 @@ class Pipeline:
         object.__setattr__(self, "prefilter", Prefilter(self.ruleset.recognition))
 
     def relevant(self, code: str, display: str | None) -> bool:
-        return recognise(code, display, self.ruleset.recognition) is not None
+        return mentions_infliximab(code, display, self.ruleset.recognition)
 
     def process(self, data: bytes | None, source: SourceRef, fmt: Format | None = None) -> Processed:
         """Never raises: every failure becomes a dead letter with a reason.
@@ -103,7 +106,14 @@ class Pipeline:
         else:
             outcome = Outcome.SKIPPED
         return Processed(
-            outcome, interpretations, alerts, None, done - began, interpreting - decoding, done - interpreting
+            outcome,
+            interpretations,
+            alerts,
+            None,
+            done - began,
+            interpreting - decoding,
+            done - interpreting,
+            recognition_gap=not interpretations and self.prefilter.names_drug(data),
         )
 
 

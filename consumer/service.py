@@ -308,6 +308,15 @@ class Service:
                 m.interpret_seconds.observe(result.interpret_seconds)
             if record.timestamp is not None and record.timestamp > 0:
                 m.end_to_end_seconds.observe(max(now - record.timestamp / 1000, 0.0))
+            if result.recognition_gap:
+                m.recognition_gaps.labels(record.topic).inc()
+                log.warning(
+                    "message names infliximab but no result was recognised; check the rule set's codes",
+                    correlation_id=correlation_id(record),
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
             for interpretation in result.interpretations:
                 m.interpretations.labels(interpretation.analyte.value, interpretation.finding.value).inc()
             for alert in result.alerts:

@@ -16,7 +16,15 @@ from interpretation.findings import (
     Interpretation,
     Pattern,
 )
-from interpretation.lab_result import Goal, LabResult, Phase, ResultStatus, Route, TreatmentContext
+from interpretation.lab_result import (
+    Goal,
+    LabResult,
+    Monitoring,
+    Phase,
+    ResultStatus,
+    Route,
+    TreatmentContext,
+)
 from interpretation.recognition import recognise
 from interpretation.ruleset import RuleSet, RuleSetError, default_ruleset, parse_ruleset
 
@@ -32,6 +40,7 @@ __all__ = [
     "Goal",
     "Interpretation",
     "LabResult",
+    "Monitoring",
     "Pattern",
     "Phase",
     "ResultStatus",

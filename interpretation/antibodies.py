@@ -1,8 +1,12 @@
 """Anti-infliximab antibody (ATI) results: detected or not, and which evidence decided it.
 
 Assays report in units that do not convert into one another (U/mL, ng/mL, AU/mL), so the
-engine never compares across assays. It consults, in order: the rule set's cut-off for this
-assay, the reference range the lab printed, the lab's abnormal flag, then qualitative text.
+engine never compares across assays. Evidence, in rank order: the configured cut-off of an
+assay the rule set names by performing lab, code and unit; the reporting lab's own reference
+interval; the lab's abnormal flag; a configured cut-off by code and unit alone; the lab's
+words. Every piece present is read. When they disagree the result is read as detected and the
+reason says so: a silent "not detected" against the lab's own positive flag is the dangerous
+error, a second look at a false "detected" is not.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import NamedTuple
 
 from interpretation.findings import NO_RULE, AntibodyFinding, AntibodyInterpretation, DecidedBy
 from interpretation.lab_result import LabResult, TreatmentContext
+from interpretation.qualitative import Reading, read_text
 from interpretation.quantities import Quantity, UnreadableValue, parse_quantity
 from interpretation.ruleset import RuleSet
 
@@ -21,20 +26,12 @@ Verdict = AntibodyFinding | None  # None: this evidence does not settle it
 # HL7 v2 table 0078 abnormal flags that speak to antibody presence.
 _POSITIVE_FLAGS = frozenset({"H", "HH", "A", "AA", "POS", "+"})
 _NEGATIVE_FLAGS = frozenset({"N", "NEG", "-"})
-_NEGATIVE_TEXT = (
-    "not detected",
-    "none detected",
-    "undetectable",
-    "negative",
-    "neg",
-    "absent",
-    "non reactive",
-    "nonreactive",
-    "not present",
-)
-_POSITIVE_TEXT = ("positive", "pos", "detected", "present", "reactive")
 _RANGE_BELOW = re.compile(r"^\s*(<=|<)\s*([0-9]*\.?[0-9]+)")
 _RANGE_SPAN = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*-\s*([0-9]*\.?[0-9]+)")
+_FROM_TEXT = {
+    Reading.PRESENT: AntibodyFinding.ANTIBODIES_DETECTED,
+    Reading.ABSENT: AntibodyFinding.ANTIBODIES_NOT_DETECTED,
+}
 
 
 def _against_cutoff(level: Quantity, cutoff: Decimal) -> Verdict:
@@ -72,17 +69,8 @@ def _from_flags(flags: tuple[str, ...]) -> Verdict:
     return None
 
 
-def _from_text(text: str) -> Verdict:
-    words = " ".join(re.findall(r"[a-z]+", text.lower()))
-    if words.startswith(_NEGATIVE_TEXT):
-        return AntibodyFinding.ANTIBODIES_NOT_DETECTED
-    if words.startswith(_POSITIVE_TEXT):
-        return AntibodyFinding.ANTIBODIES_DETECTED
-    return None
-
-
-class _Decision(NamedTuple):
-    """The evidence that settled positivity, and the rule it came from."""
+class _Evidence(NamedTuple):
+    """One piece of evidence that settled positivity, and the rule it came from."""
 
     finding: AntibodyFinding
     decided_by: DecidedBy
@@ -90,23 +78,64 @@ class _Decision(NamedTuple):
     citation: str | None
 
 
-def _decide(result: LabResult, level: Quantity | None, ruleset: RuleSet) -> _Decision | str:
-    """Walk the evidence in the documented order; a string is the reason nothing decided."""
+def _evidence(result: LabResult, level: Quantity | None, ruleset: RuleSet) -> list[_Evidence]:
+    """Every piece of evidence the report carries that settles positivity, in rank order."""
+    found: list[_Evidence] = []
+    named = unnamed = None
+    for assay in ruleset.antibody_assays:
+        if assay.applies_to(result.code, result.unit, result.performing_lab):
+            if assay.performing_lab is not None:
+                named = named or assay
+            else:
+                unnamed = unnamed or assay
+    if (
+        level is not None
+        and named is not None
+        and (verdict := _against_cutoff(level, named.positive_at_or_above))
+    ):
+        found.append(_Evidence(verdict, DecidedBy.ASSAY_CUTOFF, named.id, named.citation))
+    if (
+        level is not None
+        and result.reference_range
+        and (verdict := _against_reference_range(level, result.reference_range))
+    ):
+        found.append(_Evidence(verdict, DecidedBy.REFERENCE_RANGE, "ati-reference-range", None))
+    if verdict := _from_flags(result.abnormal_flags):
+        found.append(_Evidence(verdict, DecidedBy.ABNORMAL_FLAG, "ati-abnormal-flag", None))
+    if (
+        level is not None
+        and unnamed is not None
+        and (verdict := _against_cutoff(level, unnamed.positive_at_or_above))
+    ):
+        found.append(_Evidence(verdict, DecidedBy.ASSAY_CUTOFF, unnamed.id, unnamed.citation))
+    if level is None and result.value and (verdict := _FROM_TEXT.get(read_text(result.value))):
+        found.append(_Evidence(verdict, DecidedBy.QUALITATIVE_TEXT, "ati-qualitative-text", None))
+    return found
+
+
+def _described(decided_by: DecidedBy) -> str:
+    return decided_by.value.replace("_", " ")
+
+
+def _decide(result: LabResult, level: Quantity | None, ruleset: RuleSet) -> tuple[_Evidence, str] | str:
+    """The deciding evidence and the reason, or (a string) why nothing decided."""
     if result.status.is_withdrawn:
         return f"result is {result.status.value}"
     if level is not None and level.value < 0:
         return "negative antibody value"
-    if level is not None:
-        assay = next((a for a in ruleset.antibody_assays if a.applies_to(result.code, result.unit)), None)
-        if assay is not None and (verdict := _against_cutoff(level, assay.positive_at_or_above)):
-            return _Decision(verdict, DecidedBy.ASSAY_CUTOFF, assay.id, assay.citation)
-        if result.reference_range and (verdict := _against_reference_range(level, result.reference_range)):
-            return _Decision(verdict, DecidedBy.REFERENCE_RANGE, "ati-reference-range", None)
-    if verdict := _from_flags(result.abnormal_flags):
-        return _Decision(verdict, DecidedBy.ABNORMAL_FLAG, "ati-abnormal-flag", None)
-    if level is None and result.value and (verdict := _from_text(result.value)):
-        return _Decision(verdict, DecidedBy.QUALITATIVE_TEXT, "ati-qualitative-text", None)
-    return f"no cut-off, reference range, flag or text settles value {result.value!r}"
+    if level is None and result.value and read_text(result.value) is Reading.NO_RESULT:
+        return "the lab reports no valid result (for example interference or a request to recollect)"
+    found = _evidence(result, level, ruleset)
+    if not found:
+        return "no cut-off, reference range, flag or text settles the reported value"
+    detected = [e for e in found if e.finding is AntibodyFinding.ANTIBODIES_DETECTED]
+    chosen = detected[0] if detected else found[0]
+    reason = f"{chosen.finding.value}, decided by {_described(chosen.decided_by)}"
+    dissent = [e for e in found if e.finding is not chosen.finding]
+    if dissent:
+        said = ", ".join(_described(e.decided_by) for e in dissent)
+        reason += f"; the evidence disagrees ({said}: not detected), so it is read as detected"
+    return chosen, reason
 
 
 def interpret_antibody(
@@ -125,7 +154,7 @@ def interpret_antibody(
         "ruleset_version": ruleset.version,
         "value": level.value if level else None,
         "comparator": level.comparator if level else None,
-        "unit": result.unit or None,
+        "unit": ruleset.recognition.known_unit(result.unit),
     }
     decision = _decide(result, level, ruleset)
     if isinstance(decision, str):
@@ -138,18 +167,19 @@ def interpret_antibody(
                 "rule_id": NO_RULE,
             }
         )
-    recommendation = ruleset.advice(decision.finding.value)
-    citation_ids = [c for c in (decision.citation,) if c] + list(
+    evidence, reason = decision
+    recommendation = ruleset.advice(evidence.finding.value)
+    citation_ids = [c for c in (evidence.citation,) if c] + list(
         recommendation.citations if recommendation else ()
     )
     return AntibodyInterpretation.model_validate(
         {
             **common,
-            "finding": decision.finding,
-            "decided_by": decision.decided_by,
-            "alert": decision.finding is AntibodyFinding.ANTIBODIES_DETECTED and result.status.may_page,
-            "reason": f"{decision.finding.value}, decided by {decision.decided_by.value.replace('_', ' ')}",
-            "rule_id": decision.rule_id,
+            "finding": evidence.finding,
+            "decided_by": evidence.decided_by,
+            "alert": evidence.finding is AntibodyFinding.ANTIBODIES_DETECTED and result.status.may_page,
+            "reason": reason,
+            "rule_id": evidence.rule_id,
             "ruleset_version": ruleset.version,
             "recommendation": recommendation.text if recommendation else None,
             "citations": tuple(ruleset.citation(c) for c in dict.fromkeys(citation_ids)),

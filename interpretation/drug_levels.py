@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from interpretation.findings import NO_RULE, DrugLevelFinding, DrugLevelInterpretation
 from interpretation.lab_result import LabResult, TreatmentContext
+from interpretation.qualitative import Reading, read_text
 from interpretation.quantities import (
     DRUG_LEVEL_UNIT,
+    Comparator,
     Quantity,
     UnknownUnit,
     UnreadableValue,
@@ -15,15 +17,17 @@ from interpretation.quantities import (
 from interpretation.ruleset import DrugLevelTarget, RuleSet
 
 
-def classify(level: Quantity, target: DrugLevelTarget) -> DrugLevelFinding:
-    """Place a level (possibly censored) against a target; bounds are inclusive."""
+def classify(level: Quantity, target: DrugLevelTarget, *, with_ceiling: bool = True) -> DrugLevelFinding:
+    """Place a level (possibly censored) against a target; bounds are inclusive.
+
+    Without the ceiling the target is a floor: anything at or above `low` is on target.
+    """
+    high = target.high if with_ceiling else None
     if target.low is not None and level.all_below(target.low):
         return DrugLevelFinding.SUBTHERAPEUTIC
-    if target.high is not None and level.all_above(target.high):
-        return DrugLevelFinding.SUPRATHERAPEUTIC
-    if (target.low is None or level.all_at_least(target.low)) and (
-        target.high is None or level.all_at_most(target.high)
-    ):
+    if high is not None and level.all_above(high):
+        return DrugLevelFinding.ABOVE_TARGET
+    if (target.low is None or level.all_at_least(target.low)) and (high is None or level.all_at_most(high)):
         return DrugLevelFinding.THERAPEUTIC
     return DrugLevelFinding.UNINTERPRETABLE
 
@@ -45,26 +49,38 @@ def _uninterpretable(
     )
 
 
+def _read_level(result: LabResult, ruleset: RuleSet) -> Quantity | str:
+    """The level in ug/mL, or (a string) why it cannot be read."""
+    if not result.value:
+        return "no value reported"
+    try:
+        reported = parse_quantity(result.value)
+    except UnreadableValue as err:
+        # "Undetectable", "<LOQ": censored below the assay's limit of quantitation, unit or not.
+        reading = read_text(result.value)
+        if reading is Reading.ABSENT:
+            loq = ruleset.assay_limits.limit_of_quantitation_ug_per_ml
+            return Quantity(value=loq, comparator=Comparator.LT)
+        if reading is Reading.NO_RESULT:
+            return "the lab reports no valid result"
+        return str(err)
+    if not result.unit:
+        return "no unit reported; a level is never guessed without one"
+    try:
+        return to_ug_per_ml(reported, result.unit)
+    except UnknownUnit as err:
+        return str(err)
+
+
 def interpret_drug_level(
     result: LabResult, context: TreatmentContext, ruleset: RuleSet
 ) -> DrugLevelInterpretation:
     """Read one infliximab level; anything that cannot be read safely is `uninterpretable`."""
     if result.status.is_withdrawn:
         return _uninterpretable(result, context, ruleset, f"result is {result.status.value}")
-    if not result.value:
-        return _uninterpretable(result, context, ruleset, "no value reported")
-    try:
-        reported = parse_quantity(result.value)
-    except UnreadableValue as err:
-        return _uninterpretable(result, context, ruleset, str(err))
-    if not result.unit:
-        return _uninterpretable(
-            result, context, ruleset, "no unit reported; a level is never guessed without one"
-        )
-    try:
-        level = to_ug_per_ml(reported, result.unit)
-    except UnknownUnit as err:
-        return _uninterpretable(result, context, ruleset, str(err))
+    level = _read_level(result, ruleset)
+    if isinstance(level, str):
+        return _uninterpretable(result, context, ruleset, level)
     known = {"value": level.value, "comparator": level.comparator, "unit": DRUG_LEVEL_UNIT}
     if level.value < 0:
         return _uninterpretable(result, context, ruleset, "negative level", **known)
@@ -75,33 +91,95 @@ def interpret_drug_level(
 
     target = ruleset.target_for(context)
     if target is None:
-        known_context = context.describe_set_fields() or "unknown"
-        reason = f"no target in rule set {ruleset.version} for context ({known_context})"
-        return _uninterpretable(result, context, ruleset, reason, **known)
-    finding = classify(level, target)
+        return _without_target(result, context, ruleset, level)
+    # A goal's threshold is a floor; a range borrowed from another context must not call a
+    # level above it off target.
+    with_ceiling = context.goal is None or target.when.goal is not None
+    finding = classify(level, target, with_ceiling=with_ceiling)
+    shown_range = target.describe_range() if with_ceiling else f">= {target.low} {target.unit}"
     if finding is DrugLevelFinding.UNINTERPRETABLE:
         reason = (
             f"censored level {level.comparator}{level.value} {DRUG_LEVEL_UNIT} could lie on "
-            f"either side of the target {target.describe_range()}"
+            f"either side of the target {shown_range}"
         )
         return _uninterpretable(result, context, ruleset, reason, target=target, **known)
+    advice_key = finding.value
+    if finding is DrugLevelFinding.ABOVE_TARGET and target.advice_above is not None:
+        advice_key = target.advice_above
+    reason = f"{finding.value}: target {shown_range} ({target.description})"
+    if not with_ceiling and target.high is not None:
+        reason += f"; goal {context.goal} sets a floor, so the {target.high} upper bound is not applied"
+    return _decided(
+        result, context, ruleset, level, target=target, finding=finding, reason=reason, advice_key=advice_key
+    )
 
-    recommendation = ruleset.advice(finding.value)
+
+def _without_target(
+    result: LabResult, context: TreatmentContext, ruleset: RuleSet, level: Quantity
+) -> DrugLevelInterpretation:
+    """No published target fits this context; a level below every one that could fit is still low."""
+    known = {"value": level.value, "comparator": level.comparator, "unit": DRUG_LEVEL_UNIT}
+    known_context = context.describe_set_fields() or "unknown"
+    floor = ruleset.lowest_target_that_could_apply(context)
+    loq = ruleset.assay_limits.limit_of_quantitation_ug_per_ml
+    if floor is not None and floor.low is not None and level.all_below(floor.low):
+        reason = (
+            f"subtherapeutic: no target in rule set {ruleset.version} for context ({known_context}), "
+            f"but the level is below {floor.low} {DRUG_LEVEL_UNIT}, the lowest target that could apply "
+            f"({floor.description})"
+        )
+        return _decided(
+            result,
+            context,
+            ruleset,
+            level,
+            target=floor,
+            finding=DrugLevelFinding.SUBTHERAPEUTIC,
+            reason=reason,
+        )
+    if level.all_below(loq):
+        reason = f"subtherapeutic: below the assay's limit of quantitation ({loq} {DRUG_LEVEL_UNIT})"
+        return _decided(
+            result,
+            context,
+            ruleset,
+            level,
+            target=None,
+            finding=DrugLevelFinding.SUBTHERAPEUTIC,
+            reason=reason,
+        )
+    reason = f"no target in rule set {ruleset.version} for context ({known_context})"
+    return _uninterpretable(result, context, ruleset, reason, **known)
+
+
+def _decided(
+    result: LabResult,
+    context: TreatmentContext,
+    ruleset: RuleSet,
+    level: Quantity,
+    *,
+    target: DrugLevelTarget | None,
+    finding: DrugLevelFinding,
+    reason: str,
+    advice_key: str | None = None,
+) -> DrugLevelInterpretation:
+    recommendation = ruleset.advice(advice_key or finding.value)
+    cited = (
+        *((target.citation,) if target else (ruleset.assay_limits.citation,)),
+        *(recommendation.citations if recommendation else ()),
+    )
     return DrugLevelInterpretation(
         result=result,
         context=context,
         finding=finding,
         alert=finding is DrugLevelFinding.SUBTHERAPEUTIC and result.status.may_page,
-        reason=f"{finding.value}: target {target.describe_range()} ({target.description})",
+        reason=reason,
         value=level.value,
         comparator=level.comparator,
         unit=DRUG_LEVEL_UNIT,
         target=target,
-        rule_id=target.id,
+        rule_id=target.id if target else "ifx-below-limit-of-quantitation",
         ruleset_version=ruleset.version,
         recommendation=recommendation.text if recommendation else None,
-        citations=tuple(
-            ruleset.citation(c)
-            for c in dict.fromkeys((target.citation, *(recommendation.citations if recommendation else ())))
-        ),
+        citations=tuple(ruleset.citation(c) for c in dict.fromkeys(cited)),
     )

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from interpretation.antibodies import interpret_antibody
 from interpretation.drug_levels import interpret_drug_level
 from interpretation.findings import (
+    NO_RULE,
     Analyte,
     AntibodyFinding,
     AntibodyInterpretation,
@@ -31,11 +32,24 @@ def interpret(
     The context is the rule set's defaults, overlaid by what the message says, overlaid by
     `override` (an operator's explicit choice, such as `interpret --phase induction`).
     """
-    analyte = recognise(result.code, result.display, ruleset.recognition)
-    if analyte is None:
+    recognised = recognise(result.code, result.display, ruleset.recognition, result.unit)
+    if recognised is None:
         return None
     context = ruleset.defaults.overlaid_with(result.context).overlaid_with(override)
-    if analyte is Analyte.INFLIXIMAB:
+    if recognised.conflict is not None:
+        kind = DrugLevelInterpretation if recognised.analyte is Analyte.INFLIXIMAB else AntibodyInterpretation
+        return kind.model_validate(
+            {
+                "result": result,
+                "context": context,
+                "finding": "uninterpretable",
+                "alert": False,
+                "reason": f"not read: {recognised.conflict}",
+                "rule_id": NO_RULE,
+                "ruleset_version": ruleset.version,
+            }
+        )
+    if recognised.analyte is Analyte.INFLIXIMAB:
         return interpret_drug_level(result, context, ruleset)
     return interpret_antibody(result, context, ruleset)
 

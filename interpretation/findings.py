@@ -21,9 +21,14 @@ class Analyte(StrEnum):
 
 
 class DrugLevelFinding(StrEnum):
+    """Where a level lies against its target.
+
+    Above the range is not "supratherapeutic": no toxicity is linked to high infliximab levels.
+    """
+
     SUBTHERAPEUTIC = "subtherapeutic"
     THERAPEUTIC = "therapeutic"
-    SUPRATHERAPEUTIC = "supratherapeutic"
+    ABOVE_TARGET = "above_target"
     UNINTERPRETABLE = "uninterpretable"
 
 

@@ -57,6 +57,13 @@ class Route(StrEnum):
     SUBCUTANEOUS = "subcutaneous"
 
 
+class Monitoring(StrEnum):
+    """Why the level was drawn: routine (proactive) or because the disease is active (reactive)."""
+
+    PROACTIVE = "proactive"
+    REACTIVE = "reactive"
+
+
 class Goal(StrEnum):
     """Treatment goals with published infliximab thresholds (see the rule set's citations)."""
 
@@ -77,6 +84,7 @@ class TreatmentContext(Frozen):
     week: Annotated[int, Field(ge=0, le=1040)] | None = None
     route: Route | None = None
     goal: Goal | None = None
+    monitoring: Monitoring | None = None
     days_since_last_dose: Annotated[int, Field(ge=0, le=3650)] | None = None
 
     def overlaid_with(self, override: TreatmentContext) -> TreatmentContext:
@@ -105,5 +113,6 @@ class LabResult(Frozen):
     reference_range: Annotated[str, StringConstraints(max_length=100)] | None = None
     abnormal_flags: tuple[Annotated[str, StringConstraints(max_length=10)], ...] = ()
     status: ResultStatus = ResultStatus.FINAL
+    performing_lab: NonEmpty | None = None
     comments: tuple[Annotated[str, StringConstraints(max_length=COMMENT_MAX_CHARS)], ...] = ()
     context: TreatmentContext = TreatmentContext()

@@ -79,12 +79,12 @@ def parse_quantity(text: str) -> Quantity:
     """Read a numeric lab value, censored or not; raise `UnreadableValue` for anything else."""
     match = _NUMERIC.match(text)
     if match is None:
-        raise UnreadableValue(f"value {text!r} is not a number")
+        raise UnreadableValue("the value is not a number")
     sign, number = match.groups()
     try:
         value = Decimal(number)
     except InvalidOperation as err:  # pragma: no cover - the pattern admits only decimals
-        raise UnreadableValue(f"value {text!r} is not a number") from err
+        raise UnreadableValue("the value is not a number") from err
     comparator = None if sign in (None, "=") else Comparator(sign)
     return Quantity(value=value, comparator=comparator)
 
@@ -111,7 +111,8 @@ def to_ug_per_ml(quantity: Quantity, unit: str) -> Quantity:
     """Convert a drug-level quantity to ug/mL; raise `UnknownUnit` when the unit is not mass/volume."""
     factor = _TO_UG_PER_ML.get(unit_key(unit))
     if factor is None:
-        raise UnknownUnit(f"unit {unit!r} is not a mass concentration this service converts")
+        # The unit is free text from the sender: it is described, never repeated.
+        raise UnknownUnit("the unit is not a mass concentration this service converts")
     return quantity.scaled(factor)
 
 

@@ -18,6 +18,7 @@ from pydantic import Field, StringConstraints, ValidationError, model_validator
 from interpretation.lab_result import (
     Frozen,
     Goal,
+    Monitoring,
     Phase,
     Route,
     TreatmentContext,
@@ -30,11 +31,46 @@ Positive = Annotated[Decimal, Field(gt=0)]
 
 
 class Citation(Frozen):
-    """Where a number or a recommendation comes from, precise enough for a reviewer to find it."""
+    """A published source for a number or a recommendation, cited so a reviewer can find it.
+
+    `claim` is what the rule set takes from the source; the rest is the bibliographic record.
+    A DOI or PMID is given only where a reliable record of it was found.
+    """
 
     id: RuleId
+    claim: Text
+    authors: Text
     title: Text
-    source: Text
+    published_in: Text
+    year: Annotated[int, Field(ge=1900, le=2100)]
+    locator: Annotated[str, StringConstraints(max_length=100)] | None = None
+    doi: Annotated[str, StringConstraints(pattern=r"^10\.\d{4,9}/\S+$")] | None = None
+    pmid: Annotated[str, StringConstraints(pattern=r"^\d{1,9}$")] | None = None
+
+    def reference(self) -> str:
+        """The citation in the usual Vancouver-like form, e.g. for `rules show`."""
+        where = f"{self.published_in}. {self.year}" + (f";{self.locator}" if self.locator else "")
+        ids = "".join((f" doi:{self.doi}." if self.doi else "", f" PMID: {self.pmid}." if self.pmid else ""))
+        return f"{self.authors} {self.title}. {where}.{ids}"
+
+
+class Recommendation(Frozen):
+    text: Text
+    citations: tuple[RuleId, ...] = Field(min_length=1)
+
+
+RecommendationKey = Literal[
+    "subtherapeutic",
+    "therapeutic",
+    "above_target",
+    "above_target_maintenance",
+    "antibodies_detected",
+    "antibodies_not_detected",
+    "immunogenic_failure",
+    "non_immune_low_level",
+    "antibodies_with_adequate_level",
+    "adequate_without_antibodies",
+]
 
 
 class ContextMatch(Frozen):
@@ -44,11 +80,18 @@ class ContextMatch(Frozen):
     week: Annotated[int, Field(ge=0)] | None = None
     route: Route | None = None
     goal: Goal | None = None
+    monitoring: Monitoring | None = None
 
     def matches(self, context: TreatmentContext) -> bool:
         wanted = self.model_dump(exclude_none=True)
         have = context.model_dump()
         return all(have[key] == value for key, value in wanted.items())
+
+    def could_match(self, context: TreatmentContext) -> bool:
+        """True unless something the context does know rules this target out."""
+        wanted = self.model_dump(exclude_none=True)
+        have = context.model_dump()
+        return all(have[key] is None or have[key] == value for key, value in wanted.items())
 
     def describe(self) -> str:
         return self.describe_set_fields() or "any context"
@@ -67,6 +110,9 @@ class DrugLevelTarget(Frozen):
     high: Positive | None = None
     unit: Literal["ug/mL"] = "ug/mL"
     citation: RuleId
+    # The advice for a level above `high`, where one applies only in this target's context
+    # (de-escalation is a maintenance decision); otherwise the generic "above_target" advice.
+    advice_above: RecommendationKey | None = None
 
     @model_validator(mode="after")
     def _bounds_make_sense(self) -> DrugLevelTarget:
@@ -85,16 +131,25 @@ class DrugLevelTarget(Frozen):
 
 
 class AntibodyAssay(Frozen):
-    """A known antibody assay and its positivity cut-off, applied only to its own codes and unit."""
+    """A known antibody assay and its positivity cut-off, applied only to its own codes and unit.
+
+    Naming the performing lab makes the cut-off the first evidence for that lab's results;
+    without it, the reporting lab's own reference interval and flag outrank the cut-off.
+    """
 
     id: RuleId
     description: Text
     codes: tuple[Annotated[str, StringConstraints(min_length=1)], ...] = Field(min_length=1)
     unit: Text
     positive_at_or_above: Positive
+    performing_lab: Text | None = None
     citation: RuleId
 
-    def applies_to(self, code: str, unit: str | None) -> bool:
+    def applies_to(self, code: str, unit: str | None, performing_lab: str | None) -> bool:
+        if self.performing_lab is not None and (
+            performing_lab is None or performing_lab.strip().lower() != self.performing_lab.lower()
+        ):
+            return False
         return code in self.codes and unit is not None and unit_key(unit) == unit_key(self.unit)
 
 
@@ -107,25 +162,39 @@ class Recognition(Frozen):
     # antibody result when it also holds one of `antibody_markers` (as a whole word).
     drug_names: tuple[str, ...] = Field(min_length=1)
     antibody_markers: tuple[str, ...] = Field(min_length=1)
+    # Words after which a name describes a test the lab may add ("with reflex to Ab"), and
+    # words that join a level and antibodies into a panel name ("Infliximab and antibodies").
+    reflex_markers: tuple[str, ...] = ()
+    panel_markers: tuple[str, ...] = ()
+    # Units only one of the two analytes is reported in; ng/mL is used by both and is in neither.
+    drug_level_units: tuple[str, ...] = ()
+    antibody_units: tuple[str, ...] = ()
+    shared_units: tuple[str, ...] = ()
     citation: RuleId
 
+    def known_unit(self, unit: str | None) -> str | None:
+        """The vocabulary's spelling of `unit`, or None when it is not a unit we know.
 
-class Recommendation(Frozen):
-    text: Text
-    citations: tuple[RuleId, ...] = Field(min_length=1)
+        Only a known unit is ever repeated in an alert: a free-text field can hold anything.
+        """
+        if not unit:
+            return None
+        key = unit_key(unit)
+        return next(
+            (
+                u
+                for u in (*self.drug_level_units, *self.antibody_units, *self.shared_units)
+                if unit_key(u) == key
+            ),
+            None,
+        )
 
 
-RecommendationKey = Literal[
-    "subtherapeutic",
-    "therapeutic",
-    "supratherapeutic",
-    "antibodies_detected",
-    "antibodies_not_detected",
-    "immunogenic_failure",
-    "non_immune_low_level",
-    "antibodies_with_adequate_level",
-    "adequate_without_antibodies",
-]
+class AssayLimits(Frozen):
+    """What a drug level reported only as text ("Undetectable", "<LOQ") means as a number."""
+
+    limit_of_quantitation_ug_per_ml: Positive
+    citation: RuleId
 
 
 class Plausibility(Frozen):
@@ -147,6 +216,7 @@ class RuleSet(Frozen):
     antibody_assays: tuple[AntibodyAssay, ...] = ()
     recommendations: dict[RecommendationKey, Recommendation]
     plausibility: Plausibility
+    assay_limits: AssayLimits
 
     @model_validator(mode="after")
     def _references_resolve(self) -> RuleSet:
@@ -160,6 +230,7 @@ class RuleSet(Frozen):
             *(a.citation for a in self.antibody_assays),
             self.recognition.citation,
             self.plausibility.citation,
+            self.assay_limits.citation,
             *(c for r in self.recommendations.values() for c in r.citations),
         ]
         missing = sorted(set(cited) - known)
@@ -178,27 +249,63 @@ class RuleSet(Frozen):
         """The first target, in file order, whose context matches; order encodes precedence."""
         return next((t for t in self.drug_level_targets if t.when.matches(context)), None)
 
+    def lowest_target_that_could_apply(self, context: TreatmentContext) -> DrugLevelTarget | None:
+        """Among targets the known context does not rule out, the one with the lowest floor.
+
+        A level below it is low whichever of them the patient's real context would select.
+        """
+        floors = [t for t in self.drug_level_targets if t.low is not None and t.when.could_match(context)]
+        return min(floors, key=lambda t: t.low or 0, default=None)
+
 
 class RuleSetError(ValueError):
     """A rule file could not be read or is not a valid rule set; the message lists every problem."""
 
 
 def parse_ruleset(text: str | bytes, origin: str = "rule set") -> RuleSet:
-    """Validate rule-set JSON, turning pydantic's errors into one readable message."""
+    """Validate rule-set JSON, turning pydantic's errors into one readable message.
+
+    A document with `"extends": NAME` starts from the packaged rule set NAME and replaces its
+    top-level sections with the ones it gives, so a variant states only what differs.
+    """
     try:
-        return RuleSet.model_validate_json(text)
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RuleSetError(f"{origin} is not JSON: {err}") from err
+    if isinstance(data, dict) and "extends" in data:
+        base = data.pop("extends")
+        if base not in PACKAGED_RULESETS:
+            known = ", ".join(sorted(PACKAGED_RULESETS))
+            raise RuleSetError(f"{origin} extends an unknown rule set; packaged ones are: {known}")
+        data = {**json.loads(_packaged_text(base)), **data}
+    try:
+        return RuleSet.model_validate(data)
     except ValidationError as err:
         problems = "\n".join(
             f"  - {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
             for e in err.errors(include_url=False, include_input=False)
         )
         raise RuleSetError(f"{origin} is not a valid rule set:\n{problems}") from err
-    except json.JSONDecodeError as err:  # pragma: no cover - pydantic reports JSON errors itself
-        raise RuleSetError(f"{origin} is not JSON: {err}") from err
+
+
+# Rule sets shipped in the package, selectable by name (TDM_RULESET=reactive).
+PACKAGED_RULESETS = frozenset({"default", "reactive"})
+
+
+def _packaged_text(name: str) -> str:
+    return resources.files("interpretation").joinpath(f"rulesets/{name}.json").read_text("utf-8")
 
 
 @cache
+def packaged_ruleset(name: str) -> RuleSet:
+    """A rule set shipped with the package, by name."""
+    if name not in PACKAGED_RULESETS:
+        raise RuleSetError(
+            f"no packaged rule set {name!r}; packaged ones are: {', '.join(sorted(PACKAGED_RULESETS))}"
+        )
+    return parse_ruleset(_packaged_text(name), f"packaged rule set {name!r}")
+
+
 def default_ruleset() -> RuleSet:
     """The packaged, cited default rule set."""
-    text = resources.files("interpretation").joinpath("rulesets/default.json").read_text("utf-8")
-    return parse_ruleset(text, "packaged default rule set")
+    return packaged_ruleset("default")

@@ -37,6 +37,7 @@ class CanonicalResult(BaseModel):
     abnormal_flags: list[str] = Field(default_factory=list)
     status: ResultStatus = ResultStatus.FINAL
     result_id: str | None = None
+    performing_lab: str | None = None
     comments: list[str] = Field(default_factory=list, max_length=20)
 
 

@@ -71,6 +71,7 @@ class Identifier(_Element):
 class Reference(_Element):
     reference: str | None = None
     identifier: Identifier | None = None
+    display: str | None = None
 
 
 class Quantity(_Element):
@@ -112,6 +113,7 @@ class Observation(_Element):
     interpretation: list[CodeableConcept] = Field(default_factory=list)
     referenceRange: list[ReferenceRange] = Field(default_factory=list)
     note: list[Annotation] = Field(default_factory=list)
+    performer: list[Reference] = Field(default_factory=list)
 
 
 class _ObservationCode(_Element):
@@ -245,6 +247,8 @@ class _Resolver:
                 c.code for i in obs.interpretation for c in i.coding if c.code and len(c.code) <= 10
             ),
             status=status,
+            # The performing lab names the assay, which decides whose antibody cut-off applies.
+            performing_lab=next((truncated(p.display, 200) for p in obs.performer if p.display), None),
             comments=tuple(truncated(n.text, COMMENT_MAX_CHARS) for n in obs.note[:20] if n.text),
         )
 

@@ -239,6 +239,8 @@ class _Reader:
             reference_range=truncated(self.text(obx, 7, whole=True), MAX_RANGE_CHARS) or None,
             abnormal_flags=self._flags(obx),
             status=status,
+            # OBX-23 performing organisation name (v2.5), else OBX-15 producer's id (v2.3).
+            performing_lab=truncated(self.text(obx, 23) or self.text(obx, 15), 200) or None,
             comments=tuple(truncated(n, COMMENT_MAX_CHARS) for n in observation.notes[:MAX_COMMENTS] if n),
         )
 

@@ -35,6 +35,10 @@ class Prefilter:
         self._codes = re.compile(b"|".join(re.escape(code.encode()) for code in codes)) if codes else None
         self._names = re.compile(b"|".join(names)) if names else None
 
+    def names_drug(self, data: bytes) -> bool:
+        """True when a drug name occurs in the bytes (not just a code that may be coincidence)."""
+        return self._names is not None and self._names.search(data.lower()) is not None
+
     def may_be_relevant(self, data: bytes) -> bool:
         """False only if no decoder could find an infliximab result in `data`."""
         if self._codes is not None and self._codes.search(data):

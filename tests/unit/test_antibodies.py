@@ -62,9 +62,13 @@ def test_flag_decides_when_no_number_settles_it():
     assert (got.finding, got.decided_by) == (POS, DecidedBy.ABNORMAL_FLAG)
 
 
-def test_cutoff_outranks_the_flag():
+def test_the_labs_own_flag_outranks_a_cutoff_that_names_no_lab_and_disagreement_reads_detected():
+    # 10 U/mL is below the configured 50, but the reporting lab flags it high: its own assay
+    # may have a lower cut-off. A silent "not detected" here is the dangerous error.
     got = read(ati("10", abnormal_flags=("H",)))
-    assert (got.finding, got.decided_by) == (NEG, DecidedBy.ASSAY_CUTOFF)
+    assert (got.finding, got.decided_by) == (POS, DecidedBy.ABNORMAL_FLAG)
+    assert got.alert
+    assert "disagrees" in got.reason and "assay cutoff" in got.reason
 
 
 @pytest.mark.parametrize(
@@ -95,4 +99,4 @@ def test_withdrawn_and_preliminary_results_do_not_page():
 def test_detected_antibodies_recommend_considering_a_switch():
     got = read(ati("180"))
     assert "switching" in got.recommendation
-    assert {"reference-lab-infxr", "bsg-antibodies"} <= {c.id for c in got.citations}
+    assert {"mayo-infxr", "bsg-2019"} <= {c.id for c in got.citations}

@@ -84,7 +84,7 @@ def test_rules_show_lists_every_threshold_with_its_citation(capsys):
     out = capsys.readouterr().out
     for number in ("3-7", "4.5", "4.0", "17.5", "30.3", "2.2", "9.7", "9.8", "50 U/mL"):
         assert number in out
-    assert "[taxit]" in out
+    assert "[taxit-2015]" in out
 
 
 def test_missing_input_file_is_a_usage_error(capsys):

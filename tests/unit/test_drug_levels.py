@@ -10,7 +10,7 @@ from tests.unit.helpers import RULES, level, read
 SUB, THER, SUPRA, UNINT = (
     DrugLevelFinding.SUBTHERAPEUTIC,
     DrugLevelFinding.THERAPEUTIC,
-    DrugLevelFinding.SUPRATHERAPEUTIC,
+    DrugLevelFinding.ABOVE_TARGET,
     DrugLevelFinding.UNINTERPRETABLE,
 )
 
@@ -69,8 +69,8 @@ def test_command_line_context_overrides_the_message():
     assert (got.rule_id, got.finding) == ("ifx-maintenance-iv", THER)
 
 
-def test_induction_without_an_established_target_is_not_guessed():
-    got = read(level("1.0"), phase="induction", week=2)
+def test_induction_without_an_established_target_is_not_guessed_above_every_floor():
+    got = read(level("6.0"), phase="induction", week=2)
     assert got.finding is UNINT and not got.alert
     assert "no target" in got.reason
 
@@ -135,7 +135,7 @@ def test_only_released_results_page(status, alert, finding):
 
 def test_alerting_interpretation_cites_the_rule_and_recommends_intensification():
     got = read(level("2.0"))
-    assert "taxit" in [c.id for c in got.citations]
+    assert "taxit-2015" in [c.id for c in got.citations]
     assert "dose intensification" in got.recommendation
     assert got.ruleset_version == RULES.version
 

@@ -1,11 +1,20 @@
 import pytest
 
 from interpretation import Analyte
-from interpretation.recognition import recognise
+from interpretation.recognition import recognise as recognise_result
 from tests.unit.helpers import RULES
 
 R = RULES.recognition
 IFX, ATI = Analyte.INFLIXIMAB, Analyte.ANTI_INFLIXIMAB_ANTIBODY
+
+
+def recognise(code, display, recognition, unit=None):
+    """The analyte, for results whose evidence agrees (these tests assert no conflict)."""
+    found = recognise_result(code, display, recognition, unit)
+    if found is None:
+        return None
+    assert found.conflict is None, found.conflict
+    return found.analyte
 
 
 @pytest.mark.parametrize(
@@ -41,5 +50,8 @@ def test_display_name_fallback(display, analyte):
     assert recognise("LOCAL-999", display, R) is analyte
 
 
-def test_a_known_code_wins_over_the_display():
-    assert recognise("INXAB", "Infliximab level", R) is ATI
+def test_a_known_code_decides_but_a_disagreeing_name_is_a_conflict():
+    found = recognise_result("INXAB", "Infliximab level", R)
+    assert found is not None
+    assert found.analyte is ATI
+    assert "display name says a drug level" in (found.conflict or "")

@@ -66,5 +66,5 @@ def test_duplicate_rule_ids_are_refused():
 
 
 def test_not_json_is_a_clear_error():
-    with pytest.raises(RuleSetError, match=r"custom\.json is not a valid rule set"):
+    with pytest.raises(RuleSetError, match=r"custom\.json is not JSON"):
         parse_ruleset("{not json", "custom.json")
