@@ -20,14 +20,15 @@ import structlog
 from pydantic import ValidationError
 
 from consumer.dead_letters import Reason
+from consumer.fatal import FatalError
 from consumer.formats import Format
 from consumer.logs import configure_logging
 from consumer.message_files import messages_in
 from consumer.metrics import Metrics, MetricsServer
 from consumer.pipeline import Pipeline
 from consumer.replay import ReplayRequest, replay
-from consumer.service import FatalError, Service
-from consumer.settings import Settings
+from consumer.service import Service
+from consumer.settings import Settings, describe_settings_error
 from interpretation import (
     Alert,
     AntibodyInterpretation,
@@ -324,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tdm-alerts: {err}", file=sys.stderr)
         return 2
     except ValidationError as err:
-        print(f"tdm-alerts: invalid configuration:\n{err}", file=sys.stderr)
+        print(f"tdm-alerts: invalid configuration:\n{describe_settings_error(err)}", file=sys.stderr)
         return 2
     except FileNotFoundError as err:
         print(f"tdm-alerts: {err.filename}: no such file", file=sys.stderr)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -10,10 +12,15 @@ import structlog
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
+from consumer.connection_failures import ADVICE, WATCH, Cause
+from consumer.fatal import FatalError
 from consumer.settings import Settings
 
 log = structlog.get_logger("tdm_alerts.kafka")
 T = TypeVar("T")
+# A failure with a known cause (bad password, untrusted certificate) is fatal once this many
+# connections have failed with it: a second refusal rules out a one-off (a broker mid-restart).
+FATAL_AFTER_FAILURES = 2
 # How long one client waits for a first broker before we log and back off (kafka-python: 30 s).
 BOOTSTRAP_TIMEOUT_MS = 5000
 # Records per poll; a batch (transaction) spans polls up to TDM_BATCH_MAX_RECORDS.
@@ -30,22 +37,63 @@ class StopRequested(Exception):
 
 
 def with_backoff(make: Callable[[], T], what: str, max_backoff_s: float, stopping: Callable[[], bool]) -> T:
-    """Call `make` until the brokers answer, doubling the wait up to `max_backoff_s`."""
+    """Call `make` until the brokers answer, doubling the wait up to `max_backoff_s`.
+
+    An unreachable cluster is retried for ever; a failure whose cause says retrying cannot help
+    (credentials, certificates) raises FatalError after FATAL_AFTER_FAILURES such failures.
+    """
     delay = 0.5
+    refused: Counter[Cause] = Counter()
+    WATCH.take()  # forget what an earlier client's attempts left behind
     while True:
         try:
             return make()
-        # kafka-python 3 reports an unreachable cluster as a bootstrap time-out (BOOTSTRAP_TIMEOUT_MS).
+        # kafka-python 3 reports every failed bootstrap as a time-out (BOOTSTRAP_TIMEOUT_MS).
         except (KafkaTimeoutError, KafkaConnectionError):
             if stopping():
                 raise StopRequested from None
-            log.warning("brokers unreachable; retrying", client=what, retry_in_s=delay)
+            cause, failures = WATCH.take()
+            if cause is not None:
+                refused[cause] += failures
+            if cause is not None and refused[cause] >= FATAL_AFTER_FAILURES:
+                raise FatalError(f"cannot connect to Kafka ({cause.value}): {ADVICE[cause]}") from None
+            if cause is not None:
+                log.warning("connection refused; retrying once", client=what, cause=cause.value)
+            else:
+                log.warning("brokers unreachable; retrying", client=what, retry_in_s=delay)
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:
                 if stopping():
                     raise StopRequested from None
                 time.sleep(0.1)
             delay = min(delay * 2, max_backoff_s)
+
+
+def check_tls_material(settings: Settings) -> None:
+    """Load the CA, certificate and key now, so a wrong path or key password is a clear error.
+
+    kafka-python would hit the same problem inside its connection loop and retry for ever.
+    """
+    if "SSL" not in settings.security_protocol:
+        return
+    try:
+        context = ssl.create_default_context(cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
+        if settings.ssl_certfile:
+            password = settings.ssl_password.get_secret_value() if settings.ssl_password else None
+            context.load_cert_chain(
+                str(settings.ssl_certfile),
+                str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+                password=password or "",  # "" rather than None: never prompt on a terminal
+            )
+    except FileNotFoundError as err:
+        raise FatalError(
+            f"TLS file not found: {err.filename} (TDM_SSL_CAFILE / _CERTFILE / _KEYFILE)"
+        ) from None
+    except ssl.SSLError as err:
+        raise FatalError(
+            f"TLS material could not be loaded ({err.reason or 'unreadable'}): check TDM_SSL_CAFILE, "
+            "TDM_SSL_CERTFILE, TDM_SSL_KEYFILE and, for an encrypted key, TDM_SSL_PASSWORD (or _FILE)"
+        ) from None
 
 
 def new_consumer(settings: Settings) -> KafkaConsumer:

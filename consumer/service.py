@@ -18,11 +18,20 @@ from dataclasses import dataclass, field
 
 import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka import errors as kafka_errors
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
+from consumer.access import check_topic_access
 from consumer.delivery import Delivery, delivery_for, is_fatal
-from consumer.kafka_clients import POLL_MAX_RECORDS, StopRequested, new_consumer, with_backoff
+from consumer.fatal import FatalError
+from consumer.kafka_clients import (
+    POLL_MAX_RECORDS,
+    StopRequested,
+    check_tls_material,
+    new_consumer,
+    with_backoff,
+)
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline, Processed
 from consumer.settings import Settings
@@ -31,12 +40,12 @@ from interpretation import SourceRef
 log = structlog.get_logger("tdm_alerts.service")
 
 CORRELATION_HEADER = "tdm.correlation_id"
-_CORRELATION_TEXT = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+# An upstream correlation id is kept only in a shape that cannot spell a name or hold an MRN
+# of ordinary length: a UUID, or 16 to 64 hex digits (a trace id).
+_CORRELATION_TEXT = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{16,64}"
+)
 LAG_REFRESH_S = 10.0  # end offsets cost a broker round trip; lag does not need sub-second detail
-
-
-class FatalError(Exception):
-    """A condition restarting will not fix on its own (missing topic, bad credentials)."""
 
 
 @dataclass
@@ -94,6 +103,7 @@ class Service:
 
     def run(self) -> None:
         s = self.settings
+        check_tls_material(s)
         try:
             consumer = with_backoff(
                 lambda: new_consumer(s), "consumer", s.retry_backoff_max_s, self._stop.is_set
@@ -104,11 +114,11 @@ class Service:
             return
         except KafkaError as err:
             if is_fatal(err):
-                raise FatalError(_fatal_message(err)) from err
+                raise FatalError(_fatal_message(err, self.settings)) from err
             raise
         self._consumer = consumer
         try:
-            self._check_output_topics(consumer)
+            with_backoff(lambda: check_topic_access(s), "admin", s.retry_backoff_max_s, self._stop.is_set)
             listener = _Assignment(self)
             if s.input_pattern:
                 consumer.subscribe(pattern=s.input_pattern, listener=listener)
@@ -123,6 +133,8 @@ class Service:
             )
             self._consuming = True
             self._loop(consumer)
+        except StopRequested:
+            log.info("stopped before the brokers answered")
         finally:
             self._consuming = False
             if self._batch is not None:
@@ -139,15 +151,6 @@ class Service:
                 with contextlib.suppress(KeyError):  # never measured yet
                     self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         log.info(f"partitions {change}", partitions=sorted(f"{p.topic}/{p.partition}" for p in partitions))
-
-    def _check_output_topics(self, consumer: KafkaConsumer) -> None:
-        existing = consumer.topics()
-        missing = [t for t in (self.settings.alert_topic, self.settings.dlq_topic) if t not in existing]
-        if missing:
-            raise FatalError(
-                f"output topic(s) {', '.join(missing)} do not exist; create them "
-                "(see README 'Topics') or point TDM_ALERT_TOPIC / TDM_DLQ_TOPIC at existing ones"
-            )
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -181,7 +184,7 @@ class Service:
                     self._commit(consumer, batch)
             except KafkaError as err:
                 if is_fatal(err):
-                    raise FatalError(_fatal_message(err)) from err
+                    raise FatalError(_fatal_message(err, self.settings)) from err
                 self._fail(consumer, err)
         if self._batch is not None:
             try:
@@ -245,7 +248,7 @@ class Service:
             self.delivery.abort()
         except KafkaError as err:
             if is_fatal(err):
-                raise FatalError(_fatal_message(err)) from err
+                raise FatalError(_fatal_message(err, self.settings)) from err
         log.info("batch aborted", why=why)
 
     def _fail(self, consumer: KafkaConsumer, err: KafkaError) -> None:
@@ -278,7 +281,7 @@ class Service:
             log.warning("batch not committed before rebalance", error=type(err).__name__)
             try:
                 if is_fatal(err):
-                    raise FatalError(_fatal_message(err)) from err
+                    raise FatalError(_fatal_message(err, self.settings)) from err
                 self._abort("rebalance")
             except FatalError as fatal:
                 self._fatal = fatal
@@ -347,13 +350,29 @@ class Service:
         m.last_processed.set(time.time())
 
 
-def _fatal_message(err: BaseException) -> str:
+def _fatal_message(err: BaseException, settings: Settings) -> str:
+    """What went wrong and which setting or ACL fixes it."""
     name = type(err).__name__
-    if name in ("ProducerFencedError", "InvalidProducerEpochError"):
+    if isinstance(err, (kafka_errors.ProducerFencedError, kafka_errors.InvalidProducerEpochError)):
         return (
             f"{name}: another instance took over this instance's transactional id; "
             "give each instance its own TDM_INSTANCE_ID"
         )
+    if isinstance(err, kafka_errors.GroupAuthorizationFailedError):
+        return (
+            f"{name}: not authorised to use consumer group {settings.group_id} (TDM_GROUP_ID): "
+            f"grant READ on Group:{settings.group_id} (README 'Security')"
+        )
+    if isinstance(err, kafka_errors.TransactionalIdAuthorizationFailedError):
+        return (
+            f"{name}: not authorised to use transactional id {settings.group_id}-{settings.instance_id}: "
+            f"grant WRITE on TransactionalId prefixed {settings.group_id}- (README 'Security'), "
+            "or set TDM_DELIVERY=at_least_once"
+        )
+    if isinstance(err, kafka_errors.TopicAuthorizationFailedError):
+        return f"{name}: not authorised for a topic this service reads or writes (README 'Security')"
+    if isinstance(err, kafka_errors.ClusterAuthorizationFailedError):
+        return f"{name}: not authorised for a cluster operation (README 'Security')"
     return f"{name}: {str(err)[:300]} (check credentials and ACLs; restarting will not help)"
 
 

@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from consumer.formats import Format
@@ -53,9 +53,30 @@ class Settings(BaseSettings):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None  # a mounted Kubernetes secret, read at start
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None  # of an encrypted TDM_SSL_KEYFILE
+    ssl_password_file: Path | None = None
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: object) -> object:
+        """TDM_X_FILE fills secret X (unless X is also set): secrets mounted as files, not in env."""
+        if not isinstance(data, dict):
+            return data
+        for secret in ("sasl_password", "ssl_password"):
+            path = data.get(f"{secret}_file")
+            if path and not data.get(secret):
+                try:
+                    data[secret] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+                except OSError as err:
+                    raise ValueError(
+                        f"TDM_{secret.upper()}_FILE {path} cannot be read: {err.strerror}"
+                    ) from None
+        return data
 
     @field_validator("bootstrap_servers", "input_topics", mode="before")
     @classmethod
@@ -76,7 +97,7 @@ class Settings(BaseSettings):
                 continue
             topic, sep, fmt = item.partition("=")
             if not sep or not topic.strip():
-                raise ValueError(f"{item!r} is not topic=format")
+                raise ValueError(f"item {len(pairs) + 1} is not topic=format")
             pairs[topic.strip()] = fmt.strip()
         return pairs
 
@@ -90,7 +111,11 @@ class Settings(BaseSettings):
         if outputs & set(self.input_topics):
             raise ValueError("the alert and dead-letter topics must not also be input topics")
         if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
-            raise ValueError("TDM_SASL_MECHANISM needs TDM_SASL_USERNAME and TDM_SASL_PASSWORD")
+            raise ValueError(
+                "TDM_SASL_MECHANISM needs TDM_SASL_USERNAME and TDM_SASL_PASSWORD (or TDM_SASL_PASSWORD_FILE)"
+            )
+        if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
+            raise ValueError(f"TDM_SECURITY_PROTOCOL={self.security_protocol} needs TDM_SASL_MECHANISM")
         return self
 
     def kafka_security(self) -> dict[str, object]:
@@ -105,4 +130,18 @@ class Settings(BaseSettings):
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             if (path := getattr(self, name)) is not None:
                 options[name] = str(path)
+        if self.ssl_password is not None:
+            options["ssl_password"] = self.ssl_password.get_secret_value()
+        if "SSL" in self.security_protocol:
+            options["ssl_check_hostname"] = self.ssl_check_hostname
         return options
+
+
+def describe_settings_error(err: ValidationError) -> str:
+    """A configuration error by variable name and rule, never by the value given (it may be a secret)."""
+    lines = []
+    for e in err.errors(include_url=False, include_input=False, include_context=False):
+        field = str(e["loc"][0]) if e["loc"] else ""
+        where = f"TDM_{field.upper()}" if field else "settings"
+        lines.append(f"  - {where}: {e['msg']}")
+    return "\n".join(lines)

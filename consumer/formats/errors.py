@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from consumer.dead_letters import Reason
 from interpretation import LabResult
@@ -25,10 +27,40 @@ class DecodeError(ValueError):
         self.detail = detail
 
 
+@cache
+def _known_field_names() -> frozenset[str]:
+    """Every field name (and alias) of the models this service defines."""
+    names: set[str] = set()
+    pending: list[type[BaseModel]] = [BaseModel]
+    while pending:
+        model = pending.pop()
+        pending.extend(model.__subclasses__())
+        if model.__module__.split(".")[0] in ("consumer", "interpretation"):
+            for name, info in model.model_fields.items():
+                names.add(name)
+                if info.alias:
+                    names.add(info.alias)
+    return frozenset(names)
+
+
+def _safe_location(loc: tuple[int | str, ...]) -> str:
+    """A field path by position and by our own field names; a key the sender chose is not shown."""
+    known = _known_field_names()
+    return ".".join(str(p) if isinstance(p, int) or p in known else "<key>" for p in loc)
+
+
+def _safe_message(error: ErrorDetails) -> str:
+    # The only pydantic message that quotes the input is a tagged union's: say what was expected.
+    if error["type"] == "union_tag_invalid":
+        expected = (error.get("ctx") or {}).get("expected_tags", "")
+        return f"the tag is not one of the expected ones ({expected})"
+    return error["msg"]
+
+
 def describe_validation_error(err: ValidationError) -> str:
-    """pydantic's error list without the offending input values, which may be patient data."""
+    """pydantic's error list without the offending input values or keys, which may be patient data."""
     parts = [
-        f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['msg']}"
+        f"{_safe_location(e['loc']) or '(message)'}: {_safe_message(e)}"
         for e in err.errors(include_url=False, include_input=False)[:5]
     ]
     more = f" (+{err.error_count() - 5} more)" if err.error_count() > 5 else ""

@@ -165,7 +165,8 @@ def resource_type(document: dict[str, Any]) -> Literal["Observation", "Bundle"]:
     kind = document.get("resourceType")
     if kind in ("Observation", "Bundle"):
         return cast(Literal["Observation", "Bundle"], kind)
-    shown = repr(kind)[:40] if isinstance(kind, str) else "missing"
+    # The value is the sender's free text (it could be anything, a name included): never echoed.
+    shown = "is not one this service reads" if isinstance(kind, str) else "is missing"
     raise DecodeError(Reason.UNSUPPORTED_FORMAT, f"FHIR resourceType {shown}: expected Observation or Bundle")
 
 
@@ -221,7 +222,8 @@ class _Resolver:
     def _result(self, obs: Observation, coding: Coding, full_url: str | None, where: str) -> LabResult:
         if (status := _STATUS.get(obs.status)) is None:
             raise DecodeError(
-                Reason.INVALID, f"{where}: status {obs.status[:30]!r} is not an Observation status"
+                Reason.INVALID,
+                f"{where}: status is not an Observation status (one of {', '.join(sorted(_STATUS))})",
             )
         specimen = self._resolve(obs.specimen, "Specimen", Specimen)
         value, unit = _value(obs)

@@ -158,7 +158,7 @@ class _Reader:
         if not version.startswith("2."):
             raise DecodeError(
                 Reason.UNSUPPORTED_FORMAT,
-                f"message {self.number}: HL7 version {version[:20]!r} is not 2.x (MSH-12)",
+                f"message {self.number}: HL7 version (MSH-12) is not 2.x",
             )
         return [
             result
@@ -221,7 +221,7 @@ class _Reader:
             raise DecodeError(Reason.INVALID, f"{where}: no patient identifier in PID-3")
         status_code = self.part(obx, 11)
         if (status := _STATUS.get(status_code)) is None:
-            shown = f"{status_code[:5]!r} is not an HL7 result status" if status_code else "is missing"
+            shown = "is not an HL7 result status (table 0085)" if status_code else "is missing"
             raise DecodeError(Reason.INVALID, f"{where}: result status (OBX-11) {shown}")
         obr, orc, spm = order.obr, order.orc, order.spm
         return lab_result(

@@ -1,0 +1,152 @@
+"""Secrets from files, configuration errors that echo nothing, failure causes, safe correlation ids."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+import pytest
+from kafka import errors as kafka_errors
+from kafka.consumer.fetcher import ConsumerRecord
+
+from consumer.cli import main
+from consumer.connection_failures import Cause, FailureWatch, classify
+from consumer.fatal import FatalError
+from consumer.kafka_clients import check_tls_material
+from consumer.service import correlation_id
+from consumer.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for key in list(__import__("os").environ):
+        if key.startswith("TDM_"):
+            monkeypatch.delenv(key)
+
+
+def test_sasl_password_is_read_from_a_file(monkeypatch, tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("s3cret-from-file\n")
+    monkeypatch.setenv("TDM_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("TDM_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("TDM_SASL_USERNAME", "tdm-alerts")
+    monkeypatch.setenv("TDM_SASL_PASSWORD_FILE", str(secret))
+    options = Settings().kafka_security()
+    assert options["sasl_plain_password"] == "s3cret-from-file"  # the trailing newline is not part of it
+
+
+def test_an_unreadable_secret_file_names_the_variable_not_the_content(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("TDM_SSL_PASSWORD_FILE", str(tmp_path / "missing"))
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "TDM_SSL_PASSWORD_FILE" in err and "No such file" in err
+
+
+def test_a_configuration_error_never_echoes_any_value(monkeypatch, capsys):
+    monkeypatch.setenv("TDM_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("TDM_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("TDM_SASL_USERNAME", "tdm-alerts")
+    monkeypatch.setenv("TDM_SASL_PASSWORD", "hunter2-very-secret")
+    monkeypatch.setenv("TDM_COMMIT_INTERVAL_MS", "ten-hunter2")
+    monkeypatch.setenv("TDM_TOPIC_FORMATS", "Jane Doe")
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "TDM_COMMIT_INTERVAL_MS" in err and "TDM_TOPIC_FORMATS" in err
+    assert "hunter2" not in err and "Jane" not in err
+
+
+def test_sasl_protocol_without_a_mechanism_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TDM_SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(ValueError, match="needs TDM_SASL_MECHANISM"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (kafka_errors.SaslAuthenticationFailedError("invalid credentials"), Cause.AUTHENTICATION),
+        (kafka_errors.UnsupportedSaslMechanismError("no SCRAM"), Cause.SASL_MECHANISM),
+        (
+            kafka_errors.KafkaConnectionError(
+                "Handshake failed: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+                "unable to get local issuer certificate"
+            ),
+            Cause.TLS_TRUST,
+        ),
+        (
+            kafka_errors.KafkaConnectionError(
+                "Handshake failed: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+                "IP address mismatch, certificate is not valid for '127.0.0.1'"
+            ),
+            Cause.TLS_HOSTNAME,
+        ),
+        (
+            kafka_errors.KafkaConnectionError(
+                ssl.SSLError(1, "[SSL: SSLV3_ALERT_BAD_CERTIFICATE] bad certificate")
+            ),
+            Cause.TLS_CLIENT_CERTIFICATE,
+        ),
+        (kafka_errors.KafkaConnectionError("socket disconnected"), None),
+        (ConnectionRefusedError(111, "Connection refused"), None),
+    ],
+)
+def test_connection_failures_are_classified_by_cause(error, cause):
+    assert classify(error) is cause
+
+
+def test_the_watch_counts_one_failure_per_exception_however_often_it_is_logged():
+    watch = FailureWatch()
+    log = logging.getLogger("kafka.test-watch")
+    log.addHandler(watch)
+    try:
+        first, second = (kafka_errors.SaslAuthenticationFailedError("no") for _ in range(2))
+        for error in (first, first, first, second):  # kafka-python logs one failure three times
+            log.error("Connection lost: %s", error)
+        log.error("Connection lost: %s", kafka_errors.KafkaConnectionError("Connection refused"))
+        assert watch.take() == (Cause.AUTHENTICATION, 2)
+        assert watch.take() == (None, 0)
+    finally:
+        log.removeHandler(watch)
+
+
+def test_tls_material_that_cannot_be_loaded_is_fatal_before_any_connection(monkeypatch, tmp_path):
+    monkeypatch.setenv("TDM_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("TDM_SSL_CAFILE", str(tmp_path / "no-such-ca.pem"))
+    with pytest.raises(FatalError, match="TLS file not found"):
+        check_tls_material(Settings())
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    monkeypatch.setenv("TDM_SSL_CAFILE", str(bad))
+    with pytest.raises(FatalError, match="TDM_SSL_CAFILE"):
+        check_tls_material(Settings())
+
+
+def _record(headers: list[tuple[str, bytes]]) -> ConsumerRecord:
+    return ConsumerRecord(
+        topic="lab.results",
+        partition=2,
+        leader_epoch=0,
+        offset=41,
+        timestamp=0,
+        timestamp_type=0,
+        key=None,
+        value=b"",
+        headers=headers,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=0,
+        serialized_header_size=0,
+    )
+
+
+@pytest.mark.parametrize(
+    "sent",
+    ["Jane.Doe", "MRN-4829105", "4829105", "1980-01-01", "x" * 200, "ab/cd", "deadbeef"],
+)
+def test_an_upstream_correlation_id_that_could_carry_phi_is_replaced(sent):
+    assert correlation_id(_record([("tdm.correlation_id", sent.encode())])) == "lab.results/2/41"
+
+
+@pytest.mark.parametrize("sent", ["0f8fad5b-d9cb-469f-a165-70867728950e", "4bf92f3577b34da6a3ce929d0e0e4736"])
+def test_a_uuid_or_trace_id_correlation_is_kept(sent):
+    assert correlation_id(_record([("tdm.correlation_id", sent.encode())])) == sent
