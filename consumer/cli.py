@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from kafka import KafkaProducer
 from pydantic import ValidationError
 
 from consumer.dead_letters import Reason
@@ -29,6 +30,8 @@ from consumer.pipeline import Pipeline
 from consumer.replay import ReplayRequest, replay
 from consumer.service import Service
 from consumer.settings import Settings, describe_settings_error
+from consumer.state.manager import COMMAND_HEADER, FORGET
+from consumer.state.topics import state_topics
 from interpretation import (
     Alert,
     AntibodyInterpretation,
@@ -44,6 +47,8 @@ from interpretation import (
     default_ruleset,
     parse_ruleset,
 )
+from interpretation.correlation import correlate_result
+from interpretation.patient_state import PatientState
 from interpretation.ruleset import PACKAGED_RULESETS, packaged_ruleset
 
 VERSION = "0.1.0"
@@ -147,6 +152,8 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     else:
         name, data = str(args.file), Path(args.file).read_bytes()
     failures = 0
+    # The same correlation the service runs, over the file in order, with patients kept in memory.
+    patients: dict[str, PatientState] = {}
     for source, message in messages_in(data, name, fmt):
         result = pipeline.process(message, source, fmt)
         if result.dead_letter is not None:
@@ -156,8 +163,49 @@ def cmd_interpret(args: argparse.Namespace) -> int:
             print(f"{where}: {dl.reason.value} ({dl.stage.value}): {dl.detail}", file=sys.stderr)
             continue
         for item in result.interpretations:
-            print(json.dumps(interpretation_line(item, source), default=str), flush=True)
+            line = interpretation_line(item, source)
+            if not args.no_state:
+                patient = item.result.patient_id
+                done = correlate_result(
+                    patients.get(patient), item.result, source, pipeline.ruleset, override=override
+                )
+                if done is not None:
+                    patients[patient], events = done
+                    line["events"] = [event_line(e) for e in events]
+            print(json.dumps(line, default=str), flush=True)
     return 1 if failures else 0
+
+
+def event_line(event: Alert) -> dict[str, Any]:
+    """What `interpret` shows of an alert event: the lifecycle fields (the rest is in the line)."""
+    return {
+        "action": event.action.value,
+        "incident_key": event.incident_key,
+        "event_id": event.event_id,
+        "severity": event.severity.value,
+        "category": event.category.value,
+        "pattern": event.pattern.value if event.pattern else None,
+        "resolve_reason": event.resolve_reason,
+        "previous_levels": [float(p.value) for p in event.previous_levels],
+    }
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Ask the instance that owns the patient to delete its state (and tombstone the changelog)."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    topics = state_topics(settings)
+    producer = KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", **settings.kafka_security()
+    )
+    try:
+        producer.send(
+            topics.patients, key=args.patient_id.encode(), value=b"", headers=[(COMMAND_HEADER, FORGET)]
+        ).get(timeout=30)
+    finally:
+        producer.close(timeout=10)
+    print(f"forget request sent to {topics.patients}; the owning instance removes the state when it reads it")
+    return 0
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
@@ -279,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     interp.add_argument(
         "--max-message-bytes", type=int, default=Settings.model_fields["max_message_bytes"].default
     )
+    interp.add_argument(
+        "--no-state",
+        action="store_true",
+        help="read each message alone (by default results are correlated per patient, as the service does)",
+    )
     interp.set_defaults(handler=cmd_interpret)
 
     rules = commands.add_parser("rules", help="check or show interpretation rule sets")
@@ -311,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--limit", type=int, help="stop after this many re-submissions")
     again.add_argument("--dry-run", action="store_true", help="count what would be replayed; produce nothing")
     again.set_defaults(handler=cmd_dlq_replay)
+
+    forget = commands.add_parser(
+        "forget",
+        help="remove a patient's remembered state (data-protection request; settings: TDM_* env)",
+    )
+    forget.add_argument("patient_id", help="the patient id as the lab feed sends it")
+    forget.set_defaults(handler=cmd_forget)
 
     schema = commands.add_parser("alert-schema", help="print the JSON schema of published alerts")
     schema.set_defaults(handler=cmd_alert_schema)

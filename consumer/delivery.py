@@ -65,8 +65,18 @@ class Delivery(ABC):
     def begin(self) -> None:
         self._futures = []
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        self._futures.append(self.producer.send(topic, key=key, value=value, headers=headers))
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        partition: int | None = None,
+    ) -> FutureRecordMetadata:
+        """Send into the open batch; the future resolves once the batch is committed."""
+        future = self.producer.send(topic, key=key, value=value, headers=headers, partition=partition)
+        self._futures.append(future)
+        return future
 
     @abstractmethod
     def commit(self, offsets: dict[TopicPartition, int], consumer: KafkaConsumer) -> None:

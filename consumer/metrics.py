@@ -64,6 +64,29 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.state_patients = Gauge(
+            "tdm_state_patients",
+            "Patients whose state this instance holds (its assigned partitions).",
+            registry=r,
+        )
+        self.state_restore_remaining = Gauge(
+            "tdm_state_restore_remaining_records",
+            "Changelog records still to replay before a partition's patient state is ready.",
+            ["partition"],
+            registry=r,
+        )
+        self.state_restore_seconds = Histogram(
+            "tdm_state_restore_seconds",
+            "Time to restore one partition's patient state from its changelog.",
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.state_expired = Counter(
+            "tdm_state_expired_patients", "Patient states removed after the retention time.", registry=r
+        )
+        self.state_forgotten = Counter(
+            "tdm_state_forgotten_patients", "Patient states removed by a forget request.", registry=r
+        )
         self.processing_seconds = Histogram(
             "tdm_message_processing_seconds",
             "Intake, decode and interpret time per message.",

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
@@ -33,8 +33,10 @@ from consumer.kafka_clients import (
     with_backoff,
 )
 from consumer.metrics import Metrics
-from consumer.pipeline import Pipeline, Processed
+from consumer.pipeline import Outcome, Pipeline, Processed
 from consumer.settings import Settings
+from consumer.state.manager import PatientStates, is_forget, repartition_value
+from consumer.state.topics import ensure_state_topics
 from interpretation import SourceRef
 
 log = structlog.get_logger("tdm_alerts.service")
@@ -67,9 +69,15 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         # partition this instance no longer owns and the next owner starts where we stopped.
         self._service.close_batch_for_rebalance()
         self._service.assigned -= set(revoked)
+        if (states := self._service.states) is not None:
+            states.revoke(tp.partition for tp in revoked if tp.topic == states.topics.patients)
         self._service.on_assignment_changed("revoked", revoked)
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        # A patient partition's state is restored from its changelog before any of its
+        # records is processed: poll() returns only after this callback.
+        if (states := self._service.states) is not None:
+            states.assign(tp.partition for tp in assigned if tp.topic == states.topics.patients)
         self._service.assigned |= set(assigned)
         self._service.on_assignment_changed("assigned", assigned)
 
@@ -90,6 +98,7 @@ class Service:
         self._consumer: KafkaConsumer | None = None
         self._backoff = 0.5
         self._fatal: FatalError | None = None
+        self.states: PatientStates | None = None
         metrics.ready.set_function(lambda: float(self.is_ready()))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -119,11 +128,22 @@ class Service:
         self._consumer = consumer
         try:
             with_backoff(lambda: check_topic_access(s), "admin", s.retry_backoff_max_s, self._stop.is_set)
+            topics, pattern = list(s.input_topics), s.input_pattern
+            if s.patient_state:
+                state_topics = with_backoff(
+                    lambda: ensure_state_topics(s), "admin", s.retry_backoff_max_s, self._stop.is_set
+                )
+                self.states = PatientStates(
+                    s, state_topics, self.pipeline.ruleset, self.delivery, self.metrics
+                )
+                if state_topics.repartition:
+                    topics.append(state_topics.patients)
+                    pattern = f"(?:{pattern})|{re.escape(state_topics.patients)}" if pattern else None
             listener = _Assignment(self)
-            if s.input_pattern:
-                consumer.subscribe(pattern=s.input_pattern, listener=listener)
+            if pattern:
+                consumer.subscribe(pattern=pattern, listener=listener)
             else:
-                consumer.subscribe(topics=s.input_topics, listener=listener)
+                consumer.subscribe(topics=topics, listener=listener)
             log.info(
                 "consuming",
                 topics=s.input_topics if not s.input_pattern else None,
@@ -139,6 +159,8 @@ class Service:
             self._consuming = False
             if self._batch is not None:
                 self._abort("stopping")
+            if self.states is not None:
+                self.states.close()
             self.delivery.close()
             consumer.close(autocommit=False)
             log.info("stopped")
@@ -201,12 +223,52 @@ class Service:
             batch.next[tp] = records[-1].offset + 1
         if opening:
             self.delivery.begin()
+            if self.states is not None:
+                self.states.expire(time.time())
+        states = self.states
         for records in polled.values():
             for record in records:
                 source = SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
-                result = self.pipeline.process(record.value, source)
+                if (
+                    states is not None
+                    and record.topic == states.topics.patients
+                    and (states.topics.repartition or is_forget(record))
+                ):
+                    result = self._patient_record(states, record)
+                else:
+                    result = self.pipeline.process(record.value, source)
+                    if states is not None and result.interpretations:
+                        result = self._with_state(states, record, result, source)
                 batch.processed.append((record, result))
                 self._send(record, result)
+
+    def _patient_record(self, states: PatientStates, record: ConsumerRecord) -> Processed:
+        """A result already keyed by patient: read with the patient's state."""
+        if is_forget(record):
+            states.forget(record.partition, record.key.decode() if record.key else "")
+            return Processed(Outcome.SKIPPED)
+        events = states.process(record)
+        return Processed(Outcome.ALERTED if events else Outcome.INTERPRETED, alerts=events)
+
+    def _with_state(
+        self, states: PatientStates, record: ConsumerRecord, result: Processed, source: SourceRef
+    ) -> Processed:
+        """Stateful mode: publish nothing on the message alone; the patient's state decides."""
+        if states.topics.repartition:
+            for item in result.interpretations:
+                self.delivery.send(
+                    states.topics.patients,
+                    item.result.patient_id.encode(),
+                    repartition_value(item.result, source),
+                    [(CORRELATION_HEADER, correlation_id(record).encode())],
+                )
+            return replace(result, alerts=[])
+        events = [
+            e
+            for item in result.interpretations
+            for e in states.correlate(record.partition, item.result, source)
+        ]
+        return replace(result, alerts=events)
 
     def _send(self, record: ConsumerRecord, result: Processed) -> None:
         if result.dead_letter is None and not result.alerts:
@@ -229,7 +291,9 @@ class Service:
                 alert.model_dump_json().encode(),
                 [
                     ("tdm.alert_schema", alert.alert_schema.encode()),
-                    ("tdm.dedup_key", alert.dedup_key.encode()),
+                    ("tdm.action", alert.action.value.encode()),
+                    ("tdm.incident_key", alert.incident_key.encode()),
+                    ("tdm.event_id", alert.event_id.encode()),
                     correlation,
                 ],
             )
@@ -238,12 +302,16 @@ class Service:
         began = time.perf_counter()
         self.delivery.commit(batch.next, consumer)
         self._batch = None
+        if self.states is not None:
+            self.states.committed()
         self._backoff = 0.5
         self._account(batch.processed, time.perf_counter() - began)
 
     def _abort(self, why: str) -> None:
         """Drop the open batch's outputs; its records are processed again by whoever owns them next."""
         self._batch = None
+        if self.states is not None:
+            self.states.discarded()
         try:
             self.delivery.abort()
         except KafkaError as err:
@@ -328,7 +396,9 @@ class Service:
                     "alert published",
                     category=alert.category.value,
                     severity=alert.severity.value,
-                    dedup_key=alert.dedup_key,
+                    action=alert.action.value,
+                    incident_key=alert.incident_key,
+                    event_id=alert.event_id,
                     correlation_id=correlation_id(record),
                     topic=record.topic,
                     partition=record.partition,

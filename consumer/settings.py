@@ -49,6 +49,17 @@ class Settings(BaseSettings):
 
     ruleset: Path | None = None
 
+    # Patient state (see README "Patient state").
+    patient_state: bool = True
+    input_keyed_by_patient: bool = False  # skip the repartition hop (single input topic only)
+    state_dir: Path = Path("state")
+    state_partitions: Annotated[int, Field(ge=1, le=1000)] = 6
+    create_internal_topics: bool = True
+    patient_retention_days: Annotated[int, Field(ge=1, le=36500)] = 400
+    pair_window_hours: Annotated[int, Field(ge=0, le=336)] = 24
+    partner_keep_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    previous_levels: Annotated[int, Field(ge=0, le=20)] = 5
+
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -107,6 +118,8 @@ class Settings(BaseSettings):
             raise ValueError("TDM_BOOTSTRAP_SERVERS must name at least one broker")
         if not self.input_topics and not self.input_pattern:
             raise ValueError("set TDM_INPUT_TOPICS or TDM_INPUT_PATTERN")
+        if self.input_keyed_by_patient and (self.input_pattern or len(self.input_topics) != 1):
+            raise ValueError("TDM_INPUT_KEYED_BY_PATIENT needs exactly one topic in TDM_INPUT_TOPICS")
         outputs = {self.alert_topic, self.dlq_topic}
         if outputs & set(self.input_topics):
             raise ValueError("the alert and dead-letter topics must not also be input topics")

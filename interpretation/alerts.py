@@ -25,7 +25,7 @@ from interpretation.findings import (
     Interpretation,
     Pattern,
 )
-from interpretation.lab_result import Frozen, ResultStatus, TreatmentContext
+from interpretation.lab_result import Frozen, LabResult, ResultStatus, TreatmentContext
 from interpretation.quantities import Comparator
 from interpretation.ruleset import Citation
 
@@ -67,17 +67,57 @@ class AlertTarget(Frozen):
     applies_to: str
 
 
-class Alert(Frozen):
-    """One alert; `dedup_key` is the same for the same result however often it is delivered."""
+class Action(StrEnum):
+    """What an event does to its incident (PagerDuty `event_action`)."""
 
-    alert_schema: Literal["tdm-alerts/alert@1"] = "tdm-alerts/alert@1"
-    dedup_key: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    TRIGGER = "trigger"  # a new problem
+    UPDATE = "update"  # the same incident, new facts (a partner result, a correction)
+    RESOLVE = "resolve"  # corrected into range, entered in error, cancelled
+
+
+class PreviousLevel(Frozen):
+    """An earlier infliximab level of the same patient, as a clinician reads the trend."""
+
+    value: JsonNumber
+    comparator: Comparator | None
+    unit: str
+    collected_at: datetime | None
+    finding: DrugLevelFinding
+
+
+class Partner(Frozen):
+    """The other half of a level + antibody pair, from another message (or the same one)."""
+
+    analyte: str
+    finding: DrugLevelFinding | AntibodyFinding
+    value: JsonNumber | None
+    comparator: Comparator | None
+    unit: str | None
+    collected_at: datetime | None
+    specimen_id: str | None
+    accession: str | None
+
+
+class Alert(Frozen):
+    """One event in an alert's life: trigger, update or resolve, for one incident.
+
+    `incident_key` is the same for every event of one incident (patient + specimen or
+    accession + category): a paging system's dedup key. `event_id` is the same for one event
+    however often it is delivered: the idempotency key.
+    """
+
+    alert_schema: Literal["tdm-alerts/alert@2"] = "tdm-alerts/alert@2"
+    action: Action
+    incident_key: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    event_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    resolve_reason: str | None = None
     severity: Severity
     category: Category
     summary: str
     analyte: str
     finding: DrugLevelFinding | AntibodyFinding
     pattern: Pattern | None
+    partner: Partner | None = None
     value: JsonNumber | None
     comparator: Comparator | None
     unit: str | None
@@ -94,66 +134,116 @@ class Alert(Frozen):
     specimen_id: str | None
     result_id: str | None
     collected_at: datetime | None
+    previous_levels: tuple[PreviousLevel, ...] = ()
+    change_from_last: JsonNumber | None = None  # ug/mL, this level minus the previous one
     source: SourceRef
 
 
-def dedup_key(interpretation: Interpretation) -> str:
-    """A stable key for one lab result: its identity, value and status, never where it was read.
+def _digest(*parts: object) -> str:
+    text = "\x1f".join("" if part is None else str(part) for part in parts)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    A redelivered or replayed message gives the same key; a corrected result (new value or
-    status) gives a new one, because a correction is news to the clinician.
-    """
-    r = interpretation.result
-    identity = "\x1f".join(
-        str(part or "")
-        for part in (
-            r.patient_id,
-            r.accession,
-            r.specimen_id,
-            r.result_id,
-            r.code,
-            r.value,
-            r.unit,
-            r.status.value,
-            r.collected_at.isoformat() if r.collected_at else "",
-        )
+
+def result_identity(result: LabResult) -> tuple[object, ...]:
+    """What makes one reported result this one: its identity, value and status, never where it was read."""
+    r = result
+    return (
+        r.patient_id,
+        r.accession,
+        r.specimen_id,
+        r.result_id,
+        r.code,
+        r.value,
+        r.unit,
+        r.status.value,
+        r.collected_at.isoformat() if r.collected_at else "",
     )
-    return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
-def _summary(interpretation: Interpretation) -> str:
+def incident_key(result: LabResult, category: Category) -> str:
+    """The incident a result opens: patient + specimen (else accession, else result) + category."""
+    where = result.specimen_id or result.accession or result.result_id or _digest(*result_identity(result))
+    return _digest("incident", result.patient_id, where, category.value)
+
+
+def event_id(incident: str, action: Action, result: LabResult, detail: object = None) -> str:
+    """Stable for one event: redelivery or replay of the same message gives the same id."""
+    return _digest("event", incident, action.value, detail, *result_identity(result))
+
+
+def _summary(interpretation: Interpretation, partner: Partner | None, action: Action) -> str:
+    status = interpretation.result.status
+    if status.is_withdrawn:
+        analyte = "infliximab level" if isinstance(interpretation, DrugLevelInterpretation) else "antibody"
+        text = f"The {analyte} result was {status.value.replace('_', ' ')}"
+        if action is Action.UPDATE and partner is not None:
+            text += f"; the {partner.analyte.replace('_', ' ')} result still calls for attention"
+        return ("Resolved: " if action is Action.RESOLVE else "") + text + "."
     if isinstance(interpretation, DrugLevelInterpretation):
         shown = f"{interpretation.comparator or ''}{interpretation.value} {interpretation.unit}"
         target = interpretation.target
         where = f" below target {target.describe_range()} ({target.description})" if target else ""
         text = f"Infliximab trough {shown}{where}"
+        if partner is not None:
+            text += f"; antibodies {partner.finding.value.replace('antibodies_', '').replace('_', ' ')}"
     else:
-        text = "Anti-infliximab antibodies detected"
+        said = interpretation.finding.value.replace("antibodies_", "").replace("_", " ")
+        text = f"Anti-infliximab antibodies {said}"
         if interpretation.value is not None:
             shown = f"{interpretation.comparator or ''}{interpretation.value} {interpretation.unit or ''}"
             text += f" ({shown.rstrip()})"
+        if partner is not None and partner.value is not None:
+            text += f"; trough {partner.comparator or ''}{partner.value} {partner.unit or ''}".rstrip()
     if interpretation.pattern is Pattern.IMMUNOGENIC_FAILURE:
         text += "; low level with antibodies (immunogenic failure)"
+    if action is Action.RESOLVE:
+        text = "Resolved: " + text
     return text + "."
 
 
-def alert_for(interpretation: Interpretation, source: SourceRef) -> Alert | None:
-    """The alert this interpretation calls for, or None when it does not page."""
-    if not interpretation.alert:
-        return None
-    is_level = isinstance(interpretation, DrugLevelInterpretation)
+def severity_of(pattern: Pattern | None) -> Severity:
+    return Severity.CRITICAL if pattern is Pattern.IMMUNOGENIC_FAILURE else Severity.HIGH
+
+
+def category_of(interpretation: Interpretation) -> Category:
+    if isinstance(interpretation, DrugLevelInterpretation):
+        return Category.SUBTHERAPEUTIC_LEVEL
+    return Category.ANTI_DRUG_ANTIBODIES
+
+
+def event_for(
+    interpretation: Interpretation,
+    source: SourceRef,
+    *,
+    action: Action,
+    incident: str,
+    category: Category,
+    partner: Partner | None = None,
+    previous_levels: tuple[PreviousLevel, ...] = (),
+    resolve_reason: str | None = None,
+) -> Alert:
+    """The event `action` on `incident`, described by this interpretation (and its partner)."""
     target = interpretation.target if isinstance(interpretation, DrugLevelInterpretation) else None
     r = interpretation.result
+    change = None
+    if (
+        isinstance(interpretation, DrugLevelInterpretation)
+        and interpretation.value is not None
+        and previous_levels
+    ):
+        change = interpretation.value - previous_levels[0].value
     return Alert(
-        dedup_key=dedup_key(interpretation),
-        severity=Severity.CRITICAL
-        if interpretation.pattern is Pattern.IMMUNOGENIC_FAILURE
-        else Severity.HIGH,
-        category=Category.SUBTHERAPEUTIC_LEVEL if is_level else Category.ANTI_DRUG_ANTIBODIES,
-        summary=_summary(interpretation),
+        action=action,
+        incident_key=incident,
+        event_id=event_id(incident, action, r, partner.model_dump_json() if partner else None),
+        resolve_reason=resolve_reason,
+        severity=severity_of(interpretation.pattern),
+        category=category,
+        summary=_summary(interpretation, partner, action),
         analyte=interpretation.analyte.value,
         finding=interpretation.finding,
         pattern=interpretation.pattern,
+        partner=partner,
         value=interpretation.value,
         comparator=interpretation.comparator,
         unit=interpretation.unit,
@@ -179,5 +269,16 @@ def alert_for(interpretation: Interpretation, source: SourceRef) -> Alert | None
         specimen_id=r.specimen_id,
         result_id=r.result_id,
         collected_at=r.collected_at,
+        previous_levels=previous_levels,
+        change_from_last=change,
         source=source,
     )
+
+
+def alert_for(interpretation: Interpretation, source: SourceRef) -> Alert | None:
+    """The trigger event for an alerting interpretation read on its own (no patient memory)."""
+    if not interpretation.alert:
+        return None
+    category = category_of(interpretation)
+    incident = incident_key(interpretation.result, category)
+    return event_for(interpretation, source, action=Action.TRIGGER, incident=incident, category=category)

@@ -156,7 +156,7 @@ class RunningService:
 
 
 @pytest.fixture
-def service_env(kafka_bootstrap: str, topics: dict[str, str]) -> dict[str, str]:
+def service_env(kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TDM_")}
     env.update(
         TDM_BOOTSTRAP_SERVERS=kafka_bootstrap,
@@ -166,6 +166,7 @@ def service_env(kafka_bootstrap: str, topics: dict[str, str]) -> dict[str, str]:
         TDM_GROUP_ID=f"g-{uuid.uuid4().hex[:8]}",
         TDM_METRICS_PORT="0",
         TDM_LOG_FORMAT="json",
+        TDM_STATE_DIR=str(tmp_path / "state"),  # one instance's disk; tests with several give each its own
     )
     return env
 

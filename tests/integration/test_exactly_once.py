@@ -1,7 +1,7 @@
 """Exactly-once alerting under kill -9, a broker restart, and scale-out, on the real broker.
 
 Each test ends by reading the alert topic with read_committed and comparing, by accession
-and by dedup_key, with the alerts the generated feed calls for: none missing, none twice.
+and by event_id, with the alerts the generated feed calls for: none missing, none twice.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class AlertReader:
 def assert_exact(reader: AlertReader, feed: Feed) -> dict[str, int]:
     reader.settle()
     accessions = [str(a["accession"]) for a in reader.alerts]
-    keys = {str(a["dedup_key"]) for a in reader.alerts}
+    keys = {str(a["event_id"]) for a in reader.alerts}
     numbers = {
         "expected": len(feed.expected),
         "found": len(reader.alerts),
@@ -143,7 +143,9 @@ def test_broker_restart_mid_stream(kafka_broker, topics, start_service):
 
 
 @pytest.mark.input_partitions(6)
-def test_three_instances_then_two_share_the_work_exactly_once(kafka_bootstrap, topics, start_service):
+def test_three_instances_then_two_share_the_work_exactly_once(
+    kafka_bootstrap, topics, start_service, tmp_path
+):
     feed = canonical_feed(total=12_000, alerting=300, seed=777)
     half = len(feed.messages) // 2
     reader = AlertReader(kafka_bootstrap, topics["alerts"])
@@ -153,12 +155,17 @@ def test_three_instances_then_two_share_the_work_exactly_once(kafka_bootstrap, t
     # within a minute; see the issue note.
     services, ports = [], []
     for n in range(3):
-        services.append(start_service(TDM_INSTANCE_ID=f"i{n}", TDM_GROUP_ID=group, **SERVICE))
+        services.append(
+            start_service(
+                TDM_INSTANCE_ID=f"i{n}", TDM_GROUP_ID=group, TDM_STATE_DIR=f"{tmp_path}/i{n}", **SERVICE
+            )
+        )
         ports.append(metrics_port(wait_for_log(services[-1], '"metrics_port"')))
         wait_for_log(services[-1], '"partitions assigned"', timeout_s=60)
     try:
+        # 6 input partitions and 6 patient (repartition) partitions, two of each per instance.
         wait_until(
-            lambda: [metric_total(scrape(p), "tdm_assigned_partitions") for p in ports] == [2, 2, 2], 90
+            lambda: [metric_total(scrape(p), "tdm_assigned_partitions") for p in ports] == [4, 4, 4], 90
         )
         produce(kafka_bootstrap, topics["input"], feed.messages[:half], feed.keys[:half])
         reader.wait_for(60, timeout_s=90, while_alive=services)
@@ -166,7 +173,7 @@ def test_three_instances_then_two_share_the_work_exactly_once(kafka_bootstrap, t
         leaving = services.pop(1)
         ports.pop(1)
         assert leaving.stop() == 0  # SIGTERM: finishes its batch, gives its partitions up
-        wait_until(lambda: sum(metric_total(scrape(p), "tdm_assigned_partitions") for p in ports) == 6, 60)
+        wait_until(lambda: sum(metric_total(scrape(p), "tdm_assigned_partitions") for p in ports) == 12, 60)
         produce(kafka_bootstrap, topics["input"], feed.messages[half:], feed.keys[half:])
         reader.wait_for(len(feed.expected), timeout_s=180, while_alive=services)
         assert_exact(reader, feed)

@@ -63,7 +63,7 @@ def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap,
 
     alerts = read_topic(kafka_bootstrap, topics["alerts"], expected=sum(EXPECTED_ALERTS.values()))
     assert len(alerts) == sum(EXPECTED_ALERTS.values()) == 10
-    assert len({json.loads(a.value)["dedup_key"] for a in alerts}) == 10
+    assert len({json.loads(a.value)["event_id"] for a in alerts}) == 10
 
     dead = read_topic(kafka_bootstrap, topics["dlq"], expected=len(broken))
     assert len(dead) == len(broken)
@@ -83,14 +83,15 @@ def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap,
 
     port = metrics_port(service.log_text())
     deadline = time.monotonic() + 20
-    while metric_total(text := scrape(port), "tdm_messages_consumed_total") < len(values):
+    consumed = "tdm_messages_consumed_total"
+    while metric_total(text := scrape(port), consumed, topic=topics["input"]) < len(values):
         assert time.monotonic() < deadline, text
         time.sleep(0.2)
     outcomes = {
-        o: metric_total(text, "tdm_messages_consumed_total", outcome=o)
+        o: metric_total(text, consumed, topic=topics["input"], outcome=o)
         for o in ("alerted", "interpreted", "skipped", "dead_lettered")
     }
-    assert sum(outcomes.values()) == metric_total(text, "tdm_messages_consumed_total") == len(values)
+    assert sum(outcomes.values()) == metric_total(text, consumed, topic=topics["input"]) == len(values)
     assert outcomes["dead_lettered"] == len(broken)
     assert outcomes["skipped"] == 2  # the lipid panel and the glucose searchset
     assert outcomes["alerted"] + outcomes["interpreted"] == len(good) - 2

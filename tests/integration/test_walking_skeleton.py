@@ -19,20 +19,32 @@ def test_sample_feed_yields_expected_alerts_and_dead_letters(kafka_bootstrap, to
     produce(kafka_bootstrap, topics["input"], lines)
 
     # Expected from the clinical reading of the feed, not from the code's output:
-    # 0001 trough 2.1 (< 3): alert; 0004 "<1.0" and ATI 180 U/mL (>= 50): two alerts;
-    # 0006 induction week 6, 3800 ng/mL = 3.8 (< 4.5): alert. 0007 is preliminary: no page.
+    # 0001 trough 2.1 (< 3): an incident; 0004 "<1.0" and ATI 180 U/mL (>= 50) on one specimen:
+    # one incident, opened by the first result and escalated to critical (immunogenic failure)
+    # by the second; 0006 induction week 6, 3800 ng/mL = 3.8 (< 4.5): an incident.
+    # 0007 is preliminary: no page.
     alerts = read_topic(kafka_bootstrap, topics["alerts"], expected=4)
-    bodies = sorted((json.loads(r.value) for r in alerts), key=lambda a: (a["patient_id"], a["analyte"]))
-    assert [(a["patient_id"], a["analyte"], a["finding"]) for a in bodies] == [
-        ("TDM-PT-0001", "infliximab", "subtherapeutic"),
-        ("TDM-PT-0004", "anti_infliximab_antibody", "antibodies_detected"),
-        ("TDM-PT-0004", "infliximab", "subtherapeutic"),
-        ("TDM-PT-0006", "infliximab", "subtherapeutic"),
+    bodies = sorted((json.loads(r.value) for r in alerts), key=lambda a: (a["patient_id"], a["action"]))
+    assert [(a["patient_id"], a["action"]) for a in bodies] == [
+        ("TDM-PT-0001", "trigger"),
+        ("TDM-PT-0004", "trigger"),
+        ("TDM-PT-0004", "update"),
+        ("TDM-PT-0006", "trigger"),
     ]
+    assert [(a["analyte"], a["finding"]) for a in (bodies[0], bodies[3])] == [
+        ("infliximab", "subtherapeutic")
+    ] * 2
+    assert {(a["analyte"], a["finding"]) for a in bodies[1:3]} == {
+        ("infliximab", "subtherapeutic"),
+        ("anti_infliximab_antibody", "antibodies_detected"),
+    }
+    opened, escalated = bodies[1], bodies[2]
+    assert opened["incident_key"] == escalated["incident_key"]
+    assert (escalated["severity"], escalated["pattern"]) == ("critical", "immunogenic_failure")
     assert {r.key for r in alerts} == {b"TDM-PT-0001", b"TDM-PT-0004", b"TDM-PT-0006"}
     assert bodies[3]["value"] == 3.8 and bodies[3]["target"]["low"] == 4.5
-    assert {a["pattern"] for a in bodies if a["patient_id"] == "TDM-PT-0004"} == {"immunogenic_failure"}
-    assert len({a["dedup_key"] for a in bodies}) == 4
+    assert len({a["event_id"] for a in bodies}) == 4
+    assert all(a["alert_schema"] == "tdm-alerts/alert@2" for a in bodies)
 
     dead = read_topic(kafka_bootstrap, topics["dlq"], expected=2)
     assert sorted(r.value for r in dead) == sorted([lines[6], lines[10]])
@@ -48,7 +60,7 @@ def test_sample_feed_yields_expected_alerts_and_dead_letters(kafka_bootstrap, to
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         text = scrape(port)
-        consumed = metric_total(text, "tdm_messages_consumed_total")
+        consumed = metric_total(text, "tdm_messages_consumed_total", topic=topics["input"])
         if consumed == len(lines):
             break
         time.sleep(0.2)
@@ -71,8 +83,8 @@ def test_committed_offsets_mean_no_reprocessing_after_restart(
     line = (DATA / "sample-feed.jsonl").read_bytes().splitlines()[0]
 
     def distinct(records):
-        """Exactly once: every record. At least once: a re-delivery repeats a dedup_key, by design."""
-        keys = [dict(r.headers)["tdm.dedup_key"] for r in records]
+        """Exactly once: every record. At least once: a re-delivery repeats an event_id, by design."""
+        keys = [dict(r.headers)["tdm.event_id"] for r in records]
         return keys if delivery == "exactly_once" else sorted(set(keys))
 
     first = start_service(TDM_DELIVERY=delivery)
@@ -93,4 +105,4 @@ def test_missing_output_topic_is_a_clear_fatal_error(start_service, topics):
     service = start_service(TDM_ALERT_TOPIC=topics["alerts"] + ".missing")
     code = service.proc.wait(timeout=60)
     assert code == 1
-    assert "do not exist" in service.log_text()
+    assert "does not exist" in service.log_text()

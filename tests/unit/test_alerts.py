@@ -26,9 +26,13 @@ def test_immunogenic_failure_is_critical():
     }
 
 
-def test_dedup_key_is_stable_across_deliveries_and_changes_with_the_result():
+def test_event_id_is_stable_across_deliveries_and_the_incident_key_across_corrections():
     first = alert_for(read(level("2.0")), HERE)
     redelivered = alert_for(read(level("2.0")), SourceRef(topic="lab.results", partition=2, offset=99))
     corrected = alert_for(read(level("1.5", status="corrected")), HERE)
-    assert first.dedup_key == redelivered.dedup_key
-    assert corrected.dedup_key != first.dedup_key
+    assert first is not None and redelivered is not None and corrected is not None
+    assert first.event_id == redelivered.event_id
+    # A correction is news (a new event) about the same incident (the same paging incident).
+    assert corrected.event_id != first.event_id
+    assert corrected.incident_key == first.incident_key
+    assert first.alert_schema == "tdm-alerts/alert@2" and first.action == "trigger"

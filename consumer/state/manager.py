@@ -1,0 +1,252 @@
+"""The service's patient states: one store per owned partition, written through the changelog.
+
+Within a batch (a Kafka transaction) writes go to a cache that reads see (read-your-writes)
+and to the changelog topic. Only after the transaction commits are they applied to the local
+store, together with the changelog offset they reach; an aborted batch just drops the cache.
+A crash between commit and apply leaves the store behind its changelog, which the restore on
+the next assignment replays.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import structlog
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.producer.future import FutureRecordMetadata
+
+from consumer.delivery import Delivery
+from consumer.metrics import Metrics
+from consumer.settings import Settings
+from consumer.state.store import PartitionStore
+from consumer.state.topics import StateTopics
+from interpretation import Alert, LabResult, RuleSet, SourceRef
+from interpretation.correlation import correlate_result
+from interpretation.lab_result import Frozen
+from interpretation.patient_state import CorrelationRules, PatientState
+
+log = structlog.get_logger("tdm_alerts.state")
+
+COMMAND_HEADER = "tdm.command"
+FORGET = b"forget"
+LAST_SEEN_HEADER = "tdm.last_seen"  # epoch seconds of the write, for expiry after a restore
+RESTORE_CHUNK = 5000  # changelog records applied per SQLite transaction while restoring
+EXPIRY_CHUNK = 1000  # patients expired per batch, so one batch never grows unbounded
+
+
+def is_forget(record: ConsumerRecord) -> bool:
+    return any(key == COMMAND_HEADER and value == FORGET for key, value in record.headers or [])
+
+
+def repartition_value(result: LabResult, source: SourceRef) -> bytes:
+    """What the repartition topic carries: the decoded result and where it was read."""
+    return (
+        b'{"result":'
+        + result.model_dump_json(exclude_defaults=True).encode()
+        + b',"source":'
+        + source.model_dump_json(exclude_none=True).encode()
+        + b"}"
+    )
+
+
+class PatientStates:
+    """Owns the stores of the assigned partitions and the open batch's writes."""
+
+    def __init__(
+        self, settings: Settings, topics: StateTopics, ruleset: RuleSet, delivery: Delivery, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.ruleset = ruleset
+        self.delivery = delivery
+        self.metrics = metrics
+        self.rules = CorrelationRules(
+            pair_window_hours=settings.pair_window_hours,
+            partner_keep_days=settings.partner_keep_days,
+            previous_levels=settings.previous_levels,
+        )
+        self.root = Path(settings.state_dir) / topics.changelog
+        self.stores: dict[int, PartitionStore] = {}
+        self._writes: dict[int, dict[str, tuple[bytes, float] | None]] = {}
+        self._last_sent: dict[int, FutureRecordMetadata] = {}
+        self._expiry_due = 0.0
+
+    # -- assignment ------------------------------------------------------------------------
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """Open each partition's store and bring it up to its changelog before it is used."""
+        for partition in sorted(partitions):
+            if partition in self.stores:
+                continue
+            store = PartitionStore(self.root / f"{partition}.sqlite")
+            self.stores[partition] = store
+            self._restore(partition, store)
+        self.metrics.state_patients.set(sum(s.count() for s in self.stores.values()))
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Close the stores of partitions given up (the open batch is committed before this)."""
+        for partition in partitions:
+            store = self.stores.pop(partition, None)
+            if store is not None:
+                store.close()
+            self._writes.pop(partition, None)
+            self._last_sent.pop(partition, None)
+
+    def close(self) -> None:
+        self.revoke(list(self.stores))
+
+    def _restore(self, partition: int, store: PartitionStore) -> None:
+        """Replay the changelog from the store's offset to the end (read_committed): resumable."""
+        tp = TopicPartition(self.topics.changelog, partition)
+        reader = KafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            client_id=f"{self.settings.client_id}-restore",
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            max_poll_records=RESTORE_CHUNK,
+            **self.settings.kafka_security(),
+        )
+        try:
+            reader.assign([tp])
+            end = reader.end_offsets([tp])[tp]
+            start = store.changelog_offset()
+            if start is None:
+                reader.seek_to_beginning(tp)
+            else:
+                reader.seek(tp, start + 1)
+            position = reader.position(tp)
+            if position >= end:
+                return
+            began, applied = time.monotonic(), 0
+            log.info("restoring patient state", partition=partition, start=position, end=end)
+            while reader.position(tp) < end:
+                writes: dict[str, tuple[bytes, float] | None] = {}
+                last = None
+                for record in reader.poll(timeout_ms=1000).get(tp, []):
+                    key = record.key.decode()
+                    writes[key] = None if record.value is None else (record.value, _last_seen(record))
+                    last = record.offset
+                if last is None:
+                    continue
+                store.apply(writes, last)  # each chunk commits with its offset: a crash resumes here
+                applied += len(writes)
+                remaining = max(end - reader.position(tp), 0)
+                self.metrics.state_restore_remaining.labels(str(partition)).set(remaining)
+                log.info("restoring patient state", partition=partition, applied=applied, remaining=remaining)
+            self.metrics.state_restore_remaining.labels(str(partition)).set(0)
+            self.metrics.state_restore_seconds.observe(time.monotonic() - began)
+            log.info(
+                "patient state restored",
+                partition=partition,
+                records=applied,
+                seconds=round(time.monotonic() - began, 2),
+            )
+        finally:
+            reader.close()
+
+    # -- processing ------------------------------------------------------------------------
+
+    def _read(self, partition: int, patient_id: str) -> PatientState | None:
+        pending = self._writes.get(partition, {})
+        if patient_id in pending:
+            entry = pending[patient_id]
+            return None if entry is None else PatientState.model_validate_json(entry[0])
+        stored = self.stores[partition].get(patient_id)
+        return None if stored is None else PatientState.model_validate_json(stored)
+
+    def _write(self, partition: int, patient_id: str, state: PatientState | None) -> None:
+        now = time.time()
+        value = None if state is None else state.model_dump_json().encode()
+        self._writes.setdefault(partition, {})[patient_id] = None if value is None else (value, now)
+        self._last_sent[partition] = self.delivery.send(
+            self.topics.changelog,
+            patient_id.encode(),
+            value,
+            [(LAST_SEEN_HEADER, str(int(now)).encode())],
+            partition=partition,
+        )
+
+    def process(self, record: ConsumerRecord) -> list[Alert]:
+        """Correlate one repartitioned result (or carry out a forget command); return its events."""
+        patient_id = record.key.decode() if record.key else ""
+        if is_forget(record):
+            self.forget(record.partition, patient_id)
+            return []
+        payload = _RepartitionedResult.model_validate_json(record.value)
+        return self.correlate(record.partition, payload.result, payload.source)
+
+    def correlate(self, partition: int, result: LabResult, source: SourceRef) -> list[Alert]:
+        state = self._read(partition, result.patient_id)
+        done = correlate_result(state, result, source, self.ruleset, rules=self.rules)
+        if done is None:
+            return []
+        new_state, events = done
+        if new_state != state:
+            self._write(partition, result.patient_id, new_state)
+        return events
+
+    def forget(self, partition: int, patient_id: str) -> None:
+        """Remove a patient's state (a data-protection request): local store and changelog tombstone."""
+        if partition in self.stores and patient_id:
+            self._write(partition, patient_id, None)
+            self.metrics.state_forgotten.inc()
+            log.info("patient state forgotten on request", partition=partition)
+
+    def expire(self, now: float) -> int:
+        """Tombstone patients not seen for the retention time; called with a batch open."""
+        if now < self._expiry_due:
+            return 0
+        self._expiry_due = now + 3600
+        before = now - self.settings.patient_retention_days * 86400
+        expired = 0
+        for partition, store in self.stores.items():
+            for patient_id in store.expired(before, EXPIRY_CHUNK):
+                if patient_id not in self._writes.get(partition, {}):
+                    self._write(partition, patient_id, None)
+                    expired += 1
+        if expired:
+            self.metrics.state_expired.inc(expired)
+            log.info(
+                "patient states expired", count=expired, retention_days=self.settings.patient_retention_days
+            )
+        return expired
+
+    # -- the commit protocol ---------------------------------------------------------------
+
+    def committed(self) -> None:
+        """The batch's transaction committed: apply its writes locally with their changelog offsets."""
+        for partition, writes in self._writes.items():
+            store = self.stores.get(partition)
+            sent = self._last_sent.get(partition)
+            if store is None or sent is None:
+                continue
+            store.apply(writes, sent.get(timeout=30).offset)
+        self._writes.clear()
+        self._last_sent.clear()
+        self.metrics.state_patients.set(sum(s.count() for s in self.stores.values()))
+
+    def discarded(self) -> None:
+        """The batch was aborted: its writes never happened."""
+        self._writes.clear()
+        self._last_sent.clear()
+
+
+def _last_seen(record: ConsumerRecord) -> float:
+    for key, value in record.headers or []:
+        if key == LAST_SEEN_HEADER:
+            try:
+                return float(value.decode())
+            except ValueError:
+                break
+    return time.time()
+
+
+class _RepartitionedResult(Frozen):
+    """The repartition topic's record: a decoded result and where it was first read."""
+
+    result: LabResult
+    source: SourceRef

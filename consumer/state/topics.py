@@ -1,0 +1,107 @@
+"""The internal topics state needs: a repartition topic keyed by patient id, and a changelog.
+
+Both have the same number of partitions: changelog partition N backs the patient states of
+repartition partition N. They are created at start when the service may; otherwise the error
+lists each with its partitions and cleanup policy, so an operator can create them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import structlog
+from kafka import errors as kafka_errors
+from kafka.admin import NewTopic
+
+from consumer.fatal import FatalError
+from consumer.kafka_clients import new_admin
+from consumer.settings import Settings
+
+log = structlog.get_logger("tdm_alerts.state")
+REPARTITION_RETENTION_MS = 7 * 24 * 3600 * 1000  # read within seconds; a week covers any outage
+
+
+@dataclass(frozen=True)
+class InternalTopic:
+    name: str
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        settings = ", ".join(f"{k}={v}" for k, v in self.configs.items())
+        return f"{self.name} ({self.partitions} partitions, {settings})"
+
+
+@dataclass(frozen=True)
+class StateTopics:
+    """Where patient results are keyed by patient id, and where their state is logged."""
+
+    patients: str  # the topic whose partitions own patients (the repartition topic, or the input)
+    changelog: str
+    repartition: bool  # False when the input is already keyed by patient id
+
+
+def state_topics(settings: Settings) -> StateTopics:
+    changelog = f"{settings.group_id}.patient-state-changelog"
+    if settings.input_keyed_by_patient:
+        return StateTopics(patients=settings.input_topics[0], changelog=changelog, repartition=False)
+    return StateTopics(patients=f"{settings.group_id}.patient-results", changelog=changelog, repartition=True)
+
+
+def ensure_state_topics(settings: Settings) -> StateTopics:
+    """Create the internal topics if missing (and allowed); check their partition counts agree."""
+    topics = state_topics(settings)
+    admin = new_admin(settings)
+    try:
+        partitions = settings.state_partitions
+        if not topics.repartition:
+            described = admin.describe_topics([topics.patients])[0]
+            if described["error_code"] != 0:
+                raise FatalError(
+                    f"input topic {topics.patients} cannot be described: "
+                    f"{kafka_errors.for_code(described['error_code']).__name__}"
+                )
+            partitions = len(described["partitions"])
+        wanted = [InternalTopic(topics.changelog, partitions, {"cleanup.policy": "compact"})]
+        if topics.repartition:
+            wanted.append(
+                InternalTopic(
+                    topics.patients,
+                    partitions,
+                    {"cleanup.policy": "delete", "retention.ms": str(REPARTITION_RETENTION_MS)},
+                )
+            )
+        found = {d["name"]: d for d in admin.describe_topics([t.name for t in wanted])}
+        missing = [t for t in wanted if found.get(t.name, {}).get("error_code") != 0]
+        if missing and settings.create_internal_topics:
+            try:
+                admin.create_topics(
+                    [NewTopic(t.name, t.partitions, -1, topic_configs=t.configs) for t in missing]
+                )
+                log.info("internal topics created", topics=[t.describe() for t in missing])
+            except kafka_errors.TopicAlreadyExistsError:
+                pass  # another instance won the race
+            except (
+                kafka_errors.TopicAuthorizationFailedError,
+                kafka_errors.ClusterAuthorizationFailedError,
+            ) as err:
+                raise _create_them(missing, type(err).__name__) from None
+            found = {d["name"]: d for d in admin.describe_topics([t.name for t in wanted])}
+        elif missing:
+            raise _create_them(missing, "TDM_CREATE_INTERNAL_TOPICS is false")
+        counts = {t.name: len(found[t.name]["partitions"]) for t in wanted}
+        if len(set(counts.values())) != 1 or partitions not in counts.values():
+            raise FatalError(
+                "internal topics must have the same number of partitions as each other and as "
+                f"TDM_STATE_PARTITIONS (or the keyed input topic): found {counts}, expected {partitions}"
+            )
+    finally:
+        admin.close()
+    return topics
+
+
+def _create_them(missing: list[InternalTopic], why: str) -> FatalError:
+    listed = "; ".join(t.describe() for t in missing)
+    return FatalError(
+        f"internal topics are missing and the service may not create them ({why}); create: {listed}"
+    )

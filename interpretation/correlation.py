@@ -1,0 +1,363 @@
+"""Reading a result with what is remembered of the patient: pairs, corrections, incidents.
+
+`correlate(state, interpretation, ...)` is pure: state in, new state and events out, with every
+time taken from the messages. The rules, as a TDM pharmacist applies them:
+
+- A level and an antibody result belong together when they share a specimen id or accession,
+  or failing that were collected within the pair window. Either may come first, up to the
+  partner keep time apart. A pair is one incident: the second result updates the incident the
+  first opened (immunogenic failure escalates it to critical), or triggers one if only the pair
+  calls for attention.
+- A corrected result replaces the one it corrects (same result id, else same specimen or
+  accession and analyte): the incident is updated while still abnormal, else resolved. An
+  entered-in-error or cancelled result resolves its incident with the reason.
+- A preliminary result never pages; the final after it does.
+- Every event carries the patient's previous levels and the change from the last one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from interpretation.alerts import (
+    Action,
+    Alert,
+    Partner,
+    PreviousLevel,
+    SourceRef,
+    category_of,
+    event_for,
+    event_id,
+    incident_key,
+    severity_of,
+)
+from interpretation.engine import interpret, pattern_of
+from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, Interpretation, Pattern
+from interpretation.lab_result import LabResult, TreatmentContext
+from interpretation.patient_state import CorrelationRules, OpenIncident, PatientState, RememberedResult
+from interpretation.ruleset import RuleSet
+
+# Patterns that call for attention; "adequate level without antibodies" does not.
+_ALERTING_PATTERNS = frozenset(
+    {Pattern.IMMUNOGENIC_FAILURE, Pattern.NON_IMMUNE_LOW_LEVEL, Pattern.ANTIBODIES_WITH_ADEQUATE_LEVEL}
+)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+DEFAULT_RULES = CorrelationRules()
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """Times without an offset are read as UTC, so that any two can be compared."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def result_key(result: LabResult, analyte: Analyte) -> str:
+    """What a correction of this result shares with it: the result id, else the draw and analyte."""
+    if result.result_id:
+        return f"id:{result.result_id}"
+    where = result.specimen_id or result.accession
+    if where:
+        return f"{analyte.value}:{where}"
+    collected = _utc(result.collected_at)
+    return f"{analyte.value}:{result.code}:{collected.isoformat() if collected else '-'}"
+
+
+def _remember(interpretation: Interpretation) -> RememberedResult:
+    r = interpretation.result
+    return RememberedResult(
+        key=result_key(r, interpretation.analyte),
+        fingerprint=event_id("result", Action.TRIGGER, r),
+        analyte=interpretation.analyte,
+        specimen_id=r.specimen_id,
+        accession=r.accession,
+        collected_at=_utc(r.collected_at),
+        status=r.status,
+        finding=interpretation.finding,
+        value=interpretation.value,
+        comparator=interpretation.comparator,
+        unit=interpretation.unit,
+    )
+
+
+def _shares_draw(a: RememberedResult, b: RememberedResult) -> bool:
+    return bool(
+        (a.specimen_id and a.specimen_id == b.specimen_id) or (a.accession and a.accession == b.accession)
+    )
+
+
+def _partner_of(
+    new: RememberedResult, kept: tuple[RememberedResult, ...], rules: CorrelationRules
+) -> RememberedResult | None:
+    """The released result of the other analyte from the same draw: shared ids, else nearest in time."""
+    window, keep = timedelta(hours=rules.pair_window_hours), timedelta(days=rules.partner_keep_days)
+
+    def apart(r: RememberedResult) -> timedelta | None:
+        if r.collected_at is None or new.collected_at is None:
+            return None
+        return abs(r.collected_at - new.collected_at)
+
+    candidates = [
+        r
+        for r in kept
+        if r.analyte is not new.analyte
+        and r.status.may_page
+        and r.finding.value != "uninterpretable"
+        and ((gap := apart(r)) is None or gap <= keep)
+    ]
+    sharing = [r for r in candidates if _shares_draw(new, r)]
+    if sharing:
+        return sharing[-1]
+    near = [(gap, r) for r in candidates if (gap := apart(r)) is not None and gap <= window]
+    return min(near, key=lambda pair: pair[0])[1] if near else None
+
+
+def _as_partner(r: RememberedResult) -> Partner:
+    return Partner(
+        analyte=r.analyte.value,
+        finding=r.finding,
+        value=r.value,
+        comparator=r.comparator,
+        unit=r.unit,
+        collected_at=r.collected_at,
+        specimen_id=r.specimen_id,
+        accession=r.accession,
+    )
+
+
+def _previous_levels(
+    kept: tuple[RememberedResult, ...], new: RememberedResult, rules: CorrelationRules
+) -> tuple[PreviousLevel, ...]:
+    """Earlier readable levels, newest first."""
+    earlier = [
+        r
+        for r in kept
+        if r.analyte is Analyte.INFLIXIMAB
+        and r.value is not None
+        and r.status.may_page
+        and isinstance(r.finding, DrugLevelFinding)
+        and r.finding is not DrugLevelFinding.UNINTERPRETABLE
+        and (new.collected_at is None or r.collected_at is None or r.collected_at <= new.collected_at)
+    ]
+    earlier.sort(key=lambda r: r.collected_at or _EARLIEST, reverse=True)
+    return tuple(
+        PreviousLevel(
+            value=r.value,
+            comparator=r.comparator,
+            unit=r.unit or "ug/mL",
+            collected_at=r.collected_at,
+            finding=r.finding,
+        )
+        for r in earlier[: rules.previous_levels]
+        if r.value is not None and isinstance(r.finding, DrugLevelFinding)
+    )
+
+
+def _with_pattern(interpretation: Interpretation, pattern: Pattern, ruleset: RuleSet) -> Interpretation:
+    advice = ruleset.advice(pattern.value)
+    if advice is None:
+        return interpretation.model_copy(update={"pattern": pattern})
+    cited = (*interpretation.citations, *(ruleset.citation(c) for c in advice.citations))
+    return interpretation.model_copy(
+        update={"pattern": pattern, "recommendation": advice.text, "citations": tuple(dict.fromkeys(cited))}
+    )
+
+
+class _Fold:
+    """The state being built for one result: remembered results, open incidents, events."""
+
+    def __init__(self, state: PatientState, source: SourceRef) -> None:
+        self.state = state
+        self.source = source
+        self.kept = state.results
+        self.incidents = list(state.incidents)
+        self.events: list[Alert] = []
+
+    def detach(self, incident: OpenIncident) -> None:
+        self.kept = tuple(
+            r.model_copy(update={"incident_key": None}) if r.incident_key == incident.key else r
+            for r in self.kept
+        )
+
+    def resolve(self, incident: OpenIncident, reason: str, described_by: Interpretation) -> None:
+        self.incidents.remove(incident)
+        self.detach(incident)
+        self.events.append(
+            event_for(
+                described_by,
+                self.source,
+                action=Action.RESOLVE,
+                incident=incident.key,
+                category=incident.category,
+                resolve_reason=reason,
+            )
+        )
+
+    def done(self, rules: CorrelationRules, seen: datetime | None) -> tuple[PatientState, list[Alert]]:
+        open_keys = {i.key for i in self.incidents}
+        results = _pruned(self.kept, seen, rules, open_keys)
+        return (
+            self.state.model_copy(
+                update={"results": results, "incidents": tuple(self.incidents), "last_seen": seen}
+            ),
+            self.events,
+        )
+
+
+def _pruned(
+    results: tuple[RememberedResult, ...], seen: datetime | None, rules: CorrelationRules, open_keys: set[str]
+) -> tuple[RememberedResult, ...]:
+    """Forget antibody results too old to be anyone's partner, then the oldest beyond the cap.
+
+    Levels are kept longer (the trend a clinician reads); a result of an open incident stays.
+    """
+    if seen is not None:
+        horizon = seen - timedelta(days=rules.partner_keep_days)
+        results = tuple(
+            r
+            for r in results
+            if r.analyte is Analyte.INFLIXIMAB
+            or r.incident_key in open_keys
+            or r.collected_at is None
+            or r.collected_at >= horizon
+        )
+    while len(results) > rules.max_results:
+        oldest = next((r for r in results if r.incident_key not in open_keys), results[0])
+        results = tuple(r for r in results if r is not oldest)
+    return results
+
+
+def _stands_alone(r: RememberedResult) -> bool:
+    """Whether a released result calls for attention by itself (a low level, antibodies present)."""
+    return r.status.may_page and r.finding in (
+        DrugLevelFinding.SUBTHERAPEUTIC,
+        AntibodyFinding.ANTIBODIES_DETECTED,
+    )
+
+
+def _withdraw(fold: _Fold, incident: OpenIncident, interpretation: Interpretation) -> None:
+    """A withdrawn result leaves its incident: resolved, unless another result of it still stands."""
+    remaining = next((r for r in fold.kept if r.incident_key == incident.key and _stands_alone(r)), None)
+    if remaining is None:
+        fold.resolve(
+            incident, f"the result was {interpretation.result.status.value.replace('_', ' ')}", interpretation
+        )
+        return
+    fold.incidents[fold.incidents.index(incident)] = incident.model_copy(
+        update={"severity": severity_of(None), "pattern": None}
+    )
+    fold.events.append(
+        event_for(
+            interpretation,
+            fold.source,
+            action=Action.UPDATE,
+            incident=incident.key,
+            category=incident.category,
+            partner=_as_partner(remaining),
+        )
+    )
+
+
+def correlate(
+    state: PatientState | None,
+    interpretation: Interpretation,
+    source: SourceRef,
+    ruleset: RuleSet,
+    rules: CorrelationRules = DEFAULT_RULES,
+) -> tuple[PatientState, list[Alert]]:
+    """Fold one interpreted result into the patient's state; return the new state and its events."""
+    result = interpretation.result
+    state = state or PatientState(patient_id=result.patient_id)
+    fold = _Fold(state, source)
+    new = _remember(interpretation)
+    seen = max((t for t in (state.last_seen, new.collected_at) if t is not None), default=None)
+    superseded = next((r for r in state.results if r.key == new.key), None)
+    if superseded is not None and superseded.fingerprint == new.fingerprint:
+        return state, []  # the same report again (a replay): nothing new to say
+    if superseded is not None:
+        fold.kept = tuple(r for r in fold.kept if r is not superseded)
+    earlier = state.incident(superseded.incident_key) if superseded else None
+
+    if result.status.is_withdrawn:
+        if earlier is not None:
+            _withdraw(fold, earlier, interpretation)
+        return fold.done(rules, seen)
+    if not result.status.may_page:  # preliminary: remembered, never paged
+        fold.kept = (*fold.kept, new)
+        return fold.done(rules, seen)
+
+    partner = _partner_of(new, fold.kept, rules)
+    pattern = None
+    if partner is not None:
+        level, antibodies = (new, partner) if new.analyte is Analyte.INFLIXIMAB else (partner, new)
+        if isinstance(level.finding, DrugLevelFinding) and isinstance(antibodies.finding, AntibodyFinding):
+            pattern = pattern_of(level.finding, antibodies.finding)
+    if pattern is not None:
+        interpretation = _with_pattern(interpretation, pattern, ruleset)
+    alerting = interpretation.alert or pattern in _ALERTING_PATTERNS
+    incident = earlier or (state.incident(partner.incident_key) if partner else None)
+    shown_partner = _as_partner(partner) if partner else None
+    previous = _previous_levels(fold.kept, new, rules)
+    if incident is not None and alerting:
+        fold.incidents[fold.incidents.index(incident)] = incident.model_copy(
+            update={"severity": severity_of(pattern), "pattern": pattern}
+        )
+        fold.events.append(
+            event_for(
+                interpretation,
+                source,
+                action=Action.UPDATE,
+                incident=incident.key,
+                category=incident.category,
+                partner=shown_partner,
+                previous_levels=previous,
+            )
+        )
+        new = new.model_copy(update={"incident_key": incident.key})
+    elif incident is not None:
+        why = (
+            "corrected into range"
+            if earlier is not None
+            else "read with its partner, nothing calls for attention"
+        )
+        fold.resolve(incident, why, interpretation)
+    elif alerting:
+        category = category_of(interpretation)
+        key = incident_key(result, category)
+        fold.incidents.append(
+            OpenIncident(key=key, category=category, severity=severity_of(pattern), pattern=pattern)
+        )
+        fold.events.append(
+            event_for(
+                interpretation,
+                source,
+                action=Action.TRIGGER,
+                incident=key,
+                category=category,
+                partner=shown_partner,
+                previous_levels=previous,
+            )
+        )
+        new = new.model_copy(update={"incident_key": key})
+    if partner is not None and new.incident_key is not None:
+        fold.kept = tuple(
+            r.model_copy(update={"incident_key": new.incident_key}) if r is partner else r for r in fold.kept
+        )
+    fold.kept = (*fold.kept, new)
+    return fold.done(rules, seen)
+
+
+def correlate_result(
+    state: PatientState | None,
+    result: LabResult,
+    source: SourceRef,
+    ruleset: RuleSet,
+    *,
+    rules: CorrelationRules = DEFAULT_RULES,
+    override: TreatmentContext | None = None,
+) -> tuple[PatientState, list[Alert]] | None:
+    """(state, lab result) -> (new state, events); None when the result is not about infliximab."""
+    found = interpret(result, ruleset, override or TreatmentContext())
+    if found is None:
+        return None
+    return correlate(state, found, source, ruleset, rules)

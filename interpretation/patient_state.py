@@ -1,0 +1,69 @@
+"""What the service remembers about one patient: recent results and open incidents, nothing more.
+
+State holds only what correlation needs (result identities, findings, values, times, incident
+keys): no names, no raw messages, no free text. It is bounded per patient.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import Field
+
+from interpretation.alerts import Category, Severity
+from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, Pattern
+from interpretation.lab_result import Frozen, ResultStatus
+from interpretation.quantities import Comparator
+
+
+class CorrelationRules(Frozen):
+    """How results of one patient are put together; operational settings, not clinical thresholds."""
+
+    # A level and an antibody result with no shared specimen or accession belong together when
+    # drawn this close in time (the same visit).
+    pair_window_hours: Annotated[int, Field(ge=0, le=24 * 14)] = 24
+    # How long a result waits for its partner (reference labs run the reflex test days later).
+    partner_keep_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    # How many earlier levels an alert shows, and how many results are kept per patient.
+    previous_levels: Annotated[int, Field(ge=0, le=20)] = 5
+    max_results: Annotated[int, Field(ge=2, le=200)] = 30
+
+
+class RememberedResult(Frozen):
+    """One result as correlation needs it."""
+
+    key: str  # the result's identity: result id, else specimen/accession + analyte
+    fingerprint: str  # the reported content: a redelivery has the same one, a correction not
+    analyte: Analyte
+    specimen_id: str | None
+    accession: str | None
+    collected_at: datetime | None
+    status: ResultStatus
+    finding: DrugLevelFinding | AntibodyFinding
+    value: Decimal | None
+    comparator: Comparator | None
+    unit: str | None
+    incident_key: str | None = None  # the open incident this result is part of
+
+
+class OpenIncident(Frozen):
+    """An incident that has been triggered and not resolved."""
+
+    key: str
+    category: Category
+    severity: Severity
+    pattern: Pattern | None
+
+
+class PatientState(Frozen):
+    """Everything remembered about one patient; `last_seen` drives retention."""
+
+    patient_id: str
+    results: tuple[RememberedResult, ...] = ()  # oldest first
+    incidents: tuple[OpenIncident, ...] = ()
+    last_seen: datetime | None = None
+
+    def incident(self, key: str | None) -> OpenIncident | None:
+        return next((i for i in self.incidents if i.key == key), None)

@@ -1,0 +1,353 @@
+"""Remembering the patient on the real broker: pairs across messages and days, corrections,
+kill -9 recovery of state, and state moving between instances.
+
+Expected events are derived from the clinical reading of each generated result (see `feed`),
+and the crash run is also compared, event id for event id, with a clean run of the same input.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from kafka import KafkaConsumer
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from tests.conftest import REPO, metric_total, metrics_port, produce, scrape
+from tests.integration.test_exactly_once import SERVICE, AlertReader, wait_for_log, wait_until
+
+pytestmark = pytest.mark.integration
+
+DAY0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+
+
+def message(patient: str, accession: str, specimen: str, at: datetime, result: dict[str, object]) -> bytes:
+    return json.dumps(
+        {
+            "patient_id": patient,
+            "accession": accession,
+            "specimen_id": specimen,
+            "collected_at": at.isoformat(),
+            "results": [result],
+        }
+    ).encode()
+
+
+def level(value: str, status: str = "final", result_id: str | None = None) -> dict[str, object]:
+    return {"code": "39803-2", "value": value, "unit": "ug/mL", "status": status, "result_id": result_id}
+
+
+def antibodies(value: str, status: str = "final", result_id: str | None = None) -> dict[str, object]:
+    return {"code": "INXAB", "value": value, "unit": "U/mL", "status": status, "result_id": result_id}
+
+
+def events_of(reader: AlertReader) -> list[dict[str, object]]:
+    reader.settle(2.0)
+    return reader.alerts
+
+
+@pytest.mark.parametrize("antibody_first", [False, True], ids=["level-first", "antibodies-first"])
+def test_a_reflex_antibody_days_later_turns_the_page_critical(
+    kafka_bootstrap, topics, start_service, antibody_first
+):
+    patient = f"PT-{uuid.uuid4().hex[:6]}"
+    first = message(patient, "ACC-1", "SPM-1", DAY0, level("1.4"))
+    # The reflex test runs two days later at the reference lab, on the same specimen.
+    reflex = message(patient, "ACC-1-R", "SPM-1", DAY0, antibodies("180"))
+    ordered = [reflex, first] if antibody_first else [first, reflex]
+    service = start_service()
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    try:
+        produce(kafka_bootstrap, topics["input"], [ordered[0]], [patient.encode()])
+        reader.wait_for(1, timeout_s=60, while_alive=[service])
+        produce(kafka_bootstrap, topics["input"], [ordered[1]], [patient.encode()])
+        reader.wait_for(2, timeout_s=60, while_alive=[service])
+        trigger, update = events_of(reader)
+    finally:
+        reader.close()
+    assert (trigger["action"], trigger["severity"]) == ("trigger", "high")
+    assert (update["action"], update["severity"], update["pattern"]) == (
+        "update",
+        "critical",
+        "immunogenic_failure",
+    )
+    assert update["incident_key"] == trigger["incident_key"]
+    assert update["partner"] is not None
+    assert service.stop() == 0
+
+
+def test_one_incident_from_trigger_to_resolve(kafka_bootstrap, topics, start_service):
+    """Low level; reflex antibodies; the level corrected into range; the antibody result withdrawn."""
+    patient = f"PT-{uuid.uuid4().hex[:6]}"
+    chain = [
+        message(patient, "ACC-9", "SPM-9", DAY0, level("2.0", result_id="LVL-9")),
+        message(patient, "ACC-9-R", "SPM-9", DAY0, antibodies("150", result_id="ATI-9")),
+        message(patient, "ACC-9", "SPM-9", DAY0, level("4.5", status="corrected", result_id="LVL-9")),
+        message(
+            patient, "ACC-9-R", "SPM-9", DAY0, antibodies("150", status="entered_in_error", result_id="ATI-9")
+        ),
+    ]
+    expected = [
+        ("trigger", "high", None),  # 2.0 < 3: intensify, check antibodies
+        ("update", "critical", "immunogenic_failure"),  # low level with antibodies
+        ("update", "high", "antibodies_with_adequate_level"),  # 4.5 is in range, antibodies remain
+        ("resolve", "high", None),  # without the antibody result nothing calls for attention
+    ]
+    produce(kafka_bootstrap, topics["input"], chain, [patient.encode()] * len(chain))
+    service = start_service()
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    try:
+        reader.wait_for(len(expected), timeout_s=60, while_alive=[service])
+        found = events_of(reader)
+    finally:
+        reader.close()
+    assert [(e["action"], e["severity"], e["pattern"]) for e in found] == expected
+    assert len({e["incident_key"] for e in found}) == 1
+    assert "entered in error" in str(found[-1]["resolve_reason"])
+    assert service.stop() == 0
+
+
+@dataclass(frozen=True)
+class StatefulFeed:
+    messages: list[bytes]
+    keys: list[bytes]
+    actions: Counter[str]  # expected events by action, from the clinical reading of each patient
+
+
+def feed(patients: int, total: int, seed: int) -> StatefulFeed:
+    """Per patient: a level, its reflex antibody result in a later message, sometimes a correction.
+
+    Read clinically: a low level (2.0) opens an incident; its antibody partner updates it
+    (critical when detected); a correction to 4.0 then updates it (antibodies still detected) or
+    resolves it. A normal level (5.0) with antibodies detected opens one incident; without, nothing.
+    """
+    rng = random.Random(seed)
+    per_patient: list[list[bytes]] = []
+    actions: Counter[str] = Counter()
+    for n in range(patients):
+        patient, at = f"SP-{seed}-{n:05d}", DAY0 + timedelta(minutes=n)
+        low, detected, corrected = rng.random() < 0.6, rng.random() < 0.5, rng.random() < 0.25
+        spm = f"S{n}"
+        chain = [
+            message(patient, f"A{n}", spm, at, level("2.0" if low else "5.0", result_id=f"L{n}")),
+            message(patient, f"A{n}R", spm, at, antibodies("180" if detected else "20", result_id=f"B{n}")),
+        ]
+        if low:
+            actions["trigger"] += 1
+            actions["update"] += 1
+            if corrected:
+                chain.append(message(patient, f"A{n}", spm, at, level("4.0", "corrected", f"L{n}")))
+                actions["update" if detected else "resolve"] += 1
+        elif detected:
+            actions["trigger"] += 1
+        per_patient.append(chain)
+    messages, keys = [], []
+    pending = [(i, 0) for i in range(patients)]
+    filler = total - sum(len(c) for c in per_patient)
+    assert filler >= 0
+    glucose = json.dumps(
+        {"patient_id": "X", "results": [{"code": "2345-7", "display": "Glucose", "value": "98"}]}
+    )
+    slots = ["p"] * sum(len(c) for c in per_patient) + ["f"] * filler
+    rng.shuffle(slots)
+    for slot in slots:
+        if slot == "f":
+            messages.append(glucose.encode())
+            keys.append(f"f{len(messages)}".encode())
+            continue
+        at = rng.randrange(len(pending))
+        patient, step = pending[at]
+        chain = per_patient[patient]
+        messages.append(chain[step])
+        keys.append(f"SP-{seed}-{patient:05d}".encode())  # keyed by patient: one input partition each
+        if step + 1 < len(chain):
+            pending[at] = (patient, step + 1)
+        else:
+            pending.pop(at)
+    return StatefulFeed(messages, keys, actions)
+
+
+def _topics(bootstrap: str, stem: str) -> dict[str, str]:
+    names = {"input": f"{stem}.in", "alerts": f"{stem}.alerts", "dlq": f"{stem}.dlq"}
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics(
+            [NewTopic(names["input"], 3, 1), NewTopic(names["alerts"], 3, 1), NewTopic(names["dlq"], 1, 1)]
+        )
+    finally:
+        admin.close()
+    return names
+
+
+def _changelog(bootstrap: str, group: str) -> dict[str, object]:
+    """The last changelog value per patient: the state a from-scratch rebuild would restore."""
+    reader = KafkaConsumer(
+        f"{group}.patient-state-changelog",
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        group_id=None,
+    )
+    state: dict[str, object] = {}
+    idle = 0
+    try:
+        while idle < 5:
+            polled = reader.poll(timeout_ms=400)
+            idle = 0 if polled else idle + 1
+            for records in polled.values():
+                for r in records:
+                    if r.value is None:
+                        state.pop(r.key.decode(), None)
+                    else:
+                        state[r.key.decode()] = json.loads(r.value)
+    finally:
+        reader.close()
+    return state
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_stateful_stream_matches_a_clean_run(kafka_bootstrap, start_service, tmp_path):
+    seed = random.randrange(1_000_000)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    data = feed(patients=2_000, total=20_000, seed=seed)
+    expected = sum(data.actions.values())
+    results = {}
+    for run in ("clean", "crash"):
+        stem = f"sp-{run}-{uuid.uuid4().hex[:6]}"
+        names = _topics(kafka_bootstrap, stem)
+        produce(kafka_bootstrap, names["input"], data.messages, data.keys)
+        group = f"g-{stem}"
+        env = dict(
+            TDM_INPUT_TOPICS=names["input"],
+            TDM_ALERT_TOPIC=names["alerts"],
+            TDM_DLQ_TOPIC=names["dlq"],
+            TDM_GROUP_ID=group,
+            TDM_INSTANCE_ID="one",
+            TDM_STATE_DIR=str(tmp_path / run),
+            **SERVICE,
+        )
+        reader = AlertReader(kafka_bootstrap, names["alerts"])
+        kills = 0
+        try:
+            if run == "crash":
+                for target in sorted(rng.sample(range(50, expected - 50), 5)):
+                    service = start_service(**env)
+                    reader.wait_for(target, timeout_s=120, while_alive=[service])
+                    time.sleep(rng.uniform(0, 0.2))
+                    service.kill()
+                    kills += 1
+            final = start_service(**env)
+            reader.wait_for(expected, timeout_s=300, while_alive=[final])
+            reader.settle(3.0)
+            assert final.stop() == 0
+        finally:
+            reader.close()
+        events = reader.alerts
+        results[run] = {
+            "event_ids": Counter(str(e["event_id"]) for e in events),
+            "actions": Counter(str(e["action"]) for e in events),
+            "state": _changelog(kafka_bootstrap, group),
+        }
+        print(f"{run}: {len(events)} events {dict(results[run]['actions'])}, kills {kills}")
+    assert results["clean"]["actions"] == data.actions
+    assert results["crash"]["event_ids"] == results["clean"]["event_ids"]  # none lost, none twice
+    assert results["crash"]["state"] == results["clean"]["state"]
+    assert len(results["clean"]["state"]) == 2_000
+
+
+@pytest.mark.slow
+@pytest.mark.input_partitions(6)
+def test_state_moves_with_its_partitions_when_an_instance_stops(
+    kafka_bootstrap, topics, start_service, tmp_path
+):
+    group = f"move-{topics['input']}"
+    patients = [f"MV-{n:03d}" for n in range(60)]
+    levels = [message(p, f"A-{p}", f"S-{p}", DAY0, level("1.8")) for p in patients]
+    reflexes = [message(p, f"R-{p}", f"S-{p}", DAY0, antibodies("200")) for p in patients]
+    keys = [p.encode() for p in patients]
+    services, ports = [], []
+    for n in range(3):
+        # Each instance its own disk, as pods have: a moved partition must come from the changelog.
+        services.append(
+            start_service(
+                TDM_INSTANCE_ID=f"m{n}", TDM_GROUP_ID=group, TDM_STATE_DIR=str(tmp_path / f"m{n}"), **SERVICE
+            )
+        )
+        ports.append(metrics_port(wait_for_log(services[-1], '"metrics_port"')))
+        wait_for_log(services[-1], '"partitions assigned"', timeout_s=60)
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    try:
+        # 6 input and 6 patient partitions, shared by three.
+        wait_until(
+            lambda: [metric_total(scrape(p), "tdm_assigned_partitions") for p in ports] == [4, 4, 4], 90
+        )
+        produce(kafka_bootstrap, topics["input"], levels, keys)
+        reader.wait_for(len(patients), timeout_s=90, while_alive=services)
+        held = metric_total(scrape(ports[1]), "tdm_state_patients")
+        assert held > 0  # the instance about to leave holds some patients' state
+
+        leaving = services.pop(1)
+        ports.pop(1)
+        assert leaving.stop() == 0
+        wait_until(lambda: sum(metric_total(scrape(p), "tdm_assigned_partitions") for p in ports) == 12, 60)
+        produce(kafka_bootstrap, topics["input"], reflexes, keys)
+        reader.wait_for(2 * len(patients), timeout_s=120, while_alive=services)
+        updates = [e for e in events_of(reader) if e["action"] == "update"]
+        # Every reflex found its level, including those whose state had to move.
+        assert len(updates) == len(patients)
+        assert {e["pattern"] for e in updates} == {"immunogenic_failure"}
+        assert sum(metric_total(scrape(p), "tdm_state_patients") for p in ports) == len(patients)
+        for service in services:
+            assert service.stop() == 0
+    finally:
+        reader.close()
+
+
+def test_forget_removes_a_patients_state(kafka_bootstrap, topics, start_service, service_env):
+    patient = f"PT-{uuid.uuid4().hex[:6]}"
+    group = service_env["TDM_GROUP_ID"]
+    service = start_service()
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    try:
+        produce(
+            kafka_bootstrap,
+            topics["input"],
+            [message(patient, "F1", "FS1", DAY0, level("1.0"))],
+            [patient.encode()],
+        )
+        reader.wait_for(1, timeout_s=60, while_alive=[service])
+        assert patient in _changelog(kafka_bootstrap, group)
+        forgot = subprocess.run(
+            [sys.executable, "-m", "consumer", "forget", patient],
+            env=service_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert forgot.returncode == 0, forgot.stderr
+        wait_until(lambda: patient not in _changelog(kafka_bootstrap, group), 30)
+        # Forgotten: the reflex result that follows finds no level to pair with.
+        produce(
+            kafka_bootstrap,
+            topics["input"],
+            [message(patient, "F1R", "FS1", DAY0, antibodies("200"))],
+            [patient.encode()],
+        )
+        reader.wait_for(2, timeout_s=60, while_alive=[service])
+        assert [e["action"] for e in events_of(reader)] == ["trigger", "trigger"]
+    finally:
+        reader.close()
+    assert service.stop() == 0
+    assert patient not in service.log_text()
