@@ -47,6 +47,12 @@ CORRELATION_HEADER = "tdm.correlation_id"
 _CORRELATION_TEXT = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{16,64}"
 )
+_REBALANCE_ERRORS = (
+    kafka_errors.CommitFailedError,
+    kafka_errors.RebalanceInProgressError,
+    kafka_errors.IllegalGenerationError,
+    kafka_errors.UnknownMemberIdError,
+)
 LAG_REFRESH_S = 10.0  # end offsets cost a broker round trip; lag does not need sub-second detail
 
 
@@ -75,9 +81,12 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         # A patient partition's state is restored from its changelog before any of its
-        # records is processed: poll() returns only after this callback.
+        # records is processed: it stays paused until the loop has restored it.
         if (states := self._service.states) is not None:
-            states.assign(tp.partition for tp in assigned if tp.topic == states.topics.patients)
+            patients = [tp for tp in assigned if tp.topic == states.topics.patients]
+            states.assign(tp.partition for tp in patients)
+            if patients and self._service._consumer is not None:
+                self._service._consumer.pause(*patients)  # resumed once restored, in the loop
         self._service.assigned |= set(assigned)
         self._service.on_assignment_changed("assigned", assigned)
 
@@ -180,6 +189,8 @@ class Service:
         s = self.settings
         interval = s.commit_interval_ms / 1000
         while not self._stop.is_set():
+            if self.states is not None and self.states.pending:
+                self._restore_state(consumer, self.states)
             if time.monotonic() >= self._lag_due:
                 self._refresh_lag(consumer)
                 self._lag_due = time.monotonic() + LAG_REFRESH_S
@@ -213,6 +224,17 @@ class Service:
                 self._commit(consumer, self._batch)  # SIGTERM: the batch in hand is finished, not dropped
             except KafkaError as err:
                 log.warning("last batch not committed; it will be processed again", error=type(err).__name__)
+
+    def _restore_state(self, consumer: KafkaConsumer, states: PatientStates) -> None:
+        try:
+            restored = states.restore_pending()
+        except KafkaError as err:  # retried on the next turn: the partitions stay paused
+            log.warning("patient state restore failed; retrying", error=type(err).__name__)
+            self._stop.wait(1.0)
+            return
+        owned = consumer.assignment()
+        ready = [TopicPartition(states.topics.patients, p) for p in restored]
+        consumer.resume(*[tp for tp in ready if tp in owned])
 
     def _process(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         opening = self._batch is None
@@ -320,9 +342,15 @@ class Service:
         log.info("batch aborted", why=why)
 
     def _fail(self, consumer: KafkaConsumer, err: KafkaError) -> None:
-        """Abort the batch, rewind to its first offsets, and wait before trying again."""
+        """Abort the batch, rewind to its first offsets, and wait before trying again.
+
+        A commit refused because the group moved on (a rebalance, an expired member) is retried
+        at once: waiting only delays the rejoin. Other failures back off up to the maximum.
+        """
         batch = self._batch
         self.metrics.batch_failures.inc()
+        if isinstance(err, _REBALANCE_ERRORS):
+            self._backoff = 0.1
         log.error(
             "batch failed; will retry",
             error=type(err).__name__,

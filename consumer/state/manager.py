@@ -73,18 +73,29 @@ class PatientStates:
         self._writes: dict[int, dict[str, tuple[bytes, float] | None]] = {}
         self._last_sent: dict[int, FutureRecordMetadata] = {}
         self._expiry_due = 0.0
+        self.pending: set[int] = set()  # assigned, store open, not yet restored
 
     # -- assignment ------------------------------------------------------------------------
 
     def assign(self, partitions: Iterable[int]) -> None:
-        """Open each partition's store and bring it up to its changelog before it is used."""
-        for partition in sorted(partitions):
-            if partition in self.stores:
-                continue
-            store = PartitionStore(self.root / f"{partition}.sqlite")
-            self.stores[partition] = store
-            self._restore(partition, store)
+        """Open each partition's store; it is restored by `restore_pending` before it is used.
+
+        Called from the rebalance callback, so it does no I/O on Kafka: a long restore there
+        starves the group's heartbeats and the member is expired (seen with kafka-python 3).
+        """
+        for partition in partitions:
+            if partition not in self.stores:
+                self.stores[partition] = PartitionStore(self.root / f"{partition}.sqlite")
+                self.pending.add(partition)
+
+    def restore_pending(self) -> list[int]:
+        """Bring every newly assigned partition up to its changelog; return the ones done."""
+        done = sorted(self.pending)
+        for partition in done:
+            self._restore(partition, self.stores[partition])
+        self.pending.clear()
         self.metrics.state_patients.set(sum(s.count() for s in self.stores.values()))
+        return done
 
     def revoke(self, partitions: Iterable[int]) -> None:
         """Close the stores of partitions given up (the open batch is committed before this)."""
@@ -92,6 +103,7 @@ class PatientStates:
             store = self.stores.pop(partition, None)
             if store is not None:
                 store.close()
+            self.pending.discard(partition)
             self._writes.pop(partition, None)
             self._last_sent.pop(partition, None)
 
@@ -126,7 +138,9 @@ class PatientStates:
             while reader.position(tp) < end:
                 writes: dict[str, tuple[bytes, float] | None] = {}
                 last = None
-                for record in reader.poll(timeout_ms=1000).get(tp, []):
+                # Short polls: the tail is often only transaction markers or aborted records,
+                # which read_committed skips without returning anything.
+                for record in reader.poll(timeout_ms=100).get(tp, []):
                     key = record.key.decode()
                     writes[key] = None if record.value is None else (record.value, _last_seen(record))
                     last = record.offset
