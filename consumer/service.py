@@ -23,8 +23,11 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
 from consumer.access import check_topic_access
+from consumer.dead_letters import DeadLetter, Stage
 from consumer.delivery import Delivery, delivery_for, is_fatal
 from consumer.fatal import FatalError
+from consumer.formats import DecodeError
+from consumer.formats.treatment import decode_treatment
 from consumer.kafka_clients import (
     POLL_MAX_RECORDS,
     StopRequested,
@@ -35,7 +38,14 @@ from consumer.kafka_clients import (
 from consumer.metrics import Metrics
 from consumer.pipeline import Outcome, Pipeline, Processed
 from consumer.settings import Settings
-from consumer.state.manager import PatientStates, is_forget, repartition_value
+from consumer.state.manager import (
+    KIND_HEADER,
+    TREATMENT,
+    PatientStates,
+    is_forget,
+    repartition_value,
+    treatment_value,
+)
 from consumer.state.topics import ensure_state_topics
 from interpretation import SourceRef
 
@@ -145,9 +155,11 @@ class Service:
                 self.states = PatientStates(
                     s, state_topics, self.pipeline.ruleset, self.delivery, self.metrics
                 )
-                if state_topics.repartition:
-                    topics.append(state_topics.patients)
-                    pattern = f"(?:{pattern})|{re.escape(state_topics.patients)}" if pattern else None
+                extra = [state_topics.patients] if state_topics.repartition else []
+                extra += [s.context_topic] if s.context_topic else []
+                topics += extra
+                if pattern and extra:
+                    pattern = "|".join([f"(?:{pattern})", *(re.escape(t) for t in extra)])
             listener = _Assignment(self)
             if pattern:
                 consumer.subscribe(pattern=pattern, listener=listener)
@@ -257,6 +269,8 @@ class Service:
                     and (states.topics.repartition or is_forget(record))
                 ):
                     result = self._patient_record(states, record)
+                elif states is not None and record.topic == self.settings.context_topic:
+                    result = self._treatment_record(states, record)
                 else:
                     result = self.pipeline.process(record.value, source)
                     if states is not None and result.interpretations:
@@ -271,6 +285,29 @@ class Service:
             return Processed(Outcome.SKIPPED)
         events = states.process(record)
         return Processed(Outcome.ALERTED if events else Outcome.INTERPRETED, alerts=events)
+
+    def _treatment_record(self, states: PatientStates, record: ConsumerRecord) -> Processed:
+        """A treatment-context record: kept with the patient's state, next to their results."""
+        try:
+            update = decode_treatment(record.key, record.value, self.pipeline.ruleset.recognition)
+        except DecodeError as err:
+            return Processed(
+                Outcome.DEAD_LETTERED, dead_letter=DeadLetter(err.reason, Stage.DECODE, err.detail)
+            )
+        if update is None:
+            return Processed(Outcome.SKIPPED)
+        if states.topics.repartition:
+            self.delivery.send(
+                states.topics.patients,
+                update.patient_id.encode(),
+                treatment_value(update.record, update.replace),
+                [(KIND_HEADER, TREATMENT)],
+            )
+        else:  # keyed input: the context topic is co-partitioned with it
+            states.record_treatment(
+                record.partition, update.patient_id, update.record, replace=update.replace
+            )
+        return Processed(Outcome.INTERPRETED)
 
     def _with_state(
         self, states: PatientStates, record: ConsumerRecord, result: Processed, source: SourceRef

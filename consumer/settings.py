@@ -51,6 +51,7 @@ class Settings(BaseSettings):
 
     # Patient state (see README "Patient state").
     patient_state: bool = True
+    context_topic: str | None = None  # the treatment-context topic (compacted, keyed by patient id)
     input_keyed_by_patient: bool = False  # skip the repartition hop (single input topic only)
     state_dir: Path = Path("state")
     state_partitions: Annotated[int, Field(ge=1, le=1000)] = 6
@@ -118,6 +119,10 @@ class Settings(BaseSettings):
             raise ValueError("TDM_BOOTSTRAP_SERVERS must name at least one broker")
         if not self.input_topics and not self.input_pattern:
             raise ValueError("set TDM_INPUT_TOPICS or TDM_INPUT_PATTERN")
+        if self.context_topic and not self.patient_state:
+            raise ValueError(
+                "TDM_CONTEXT_TOPIC needs TDM_PATIENT_STATE=true (the record is kept per patient)"
+            )
         if self.input_keyed_by_patient and (self.input_pattern or len(self.input_topics) != 1):
             raise ValueError("TDM_INPUT_KEYED_BY_PATIENT needs exactly one topic in TDM_INPUT_TOPICS")
         outputs = {self.alert_topic, self.dlq_topic}

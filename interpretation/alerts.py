@@ -28,6 +28,7 @@ from interpretation.findings import (
 from interpretation.lab_result import Frozen, LabResult, ResultStatus, TreatmentContext
 from interpretation.quantities import Comparator
 from interpretation.ruleset import Citation
+from interpretation.treatment import ContextSource
 
 # A JSON number, not pydantic's default string, so consumers can compare it directly.
 JsonNumber = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
@@ -124,6 +125,7 @@ class Alert(Frozen):
     decided_by: DecidedBy | None
     target: AlertTarget | None
     context: TreatmentContext
+    context_source: dict[str, ContextSource] = Field(default_factory=dict)
     recommendation: str | None
     citations: tuple[Citation, ...]
     rule_id: str
@@ -198,7 +200,18 @@ def _summary(interpretation: Interpretation, partner: Partner | None, action: Ac
         text += "; low level with antibodies (immunogenic failure)"
     if action is Action.RESOLVE:
         text = "Resolved: " + text
+    assumed = [
+        str(getattr(interpretation.context, name))
+        for name in _TARGET_FIELDS
+        if interpretation.context_source.get(name) is ContextSource.DEFAULT
+    ]
+    if assumed and isinstance(interpretation, DrugLevelInterpretation):
+        text += f". Treatment context assumed, not known: {', '.join(assumed)}"
     return text + "."
+
+
+# The context fields that choose a drug-level target; the summary says when one was assumed.
+_TARGET_FIELDS = ("phase", "route", "goal", "monitoring")
 
 
 def severity_of(pattern: Pattern | None) -> Severity:
@@ -259,6 +272,7 @@ def event_for(
         if target
         else None,
         context=interpretation.context,
+        context_source=interpretation.context_source,
         recommendation=interpretation.recommendation,
         citations=interpretation.citations,
         rule_id=interpretation.rule_id,

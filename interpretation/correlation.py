@@ -36,6 +36,7 @@ from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, 
 from interpretation.lab_result import LabResult, TreatmentContext
 from interpretation.patient_state import CorrelationRules, OpenIncident, PatientState, RememberedResult
 from interpretation.ruleset import RuleSet
+from interpretation.treatment import TreatmentRecord
 
 # Patterns that call for attention; "adequate level without antibodies" does not.
 _ALERTING_PATTERNS = frozenset(
@@ -356,8 +357,31 @@ def correlate_result(
     rules: CorrelationRules = DEFAULT_RULES,
     override: TreatmentContext | None = None,
 ) -> tuple[PatientState, list[Alert]] | None:
-    """(state, lab result) -> (new state, events); None when the result is not about infliximab."""
-    found = interpret(result, ruleset, override or TreatmentContext())
+    """(state, lab result) -> (new state, events); None when the result is not about infliximab.
+
+    The patient's treatment record, if any, supplies the context the message leaves unsaid.
+    """
+    treatment = state.treatment if state is not None else None
+    record = treatment.context_at(result.collected_at) if treatment is not None else None
+    found = interpret(result, ruleset, override or TreatmentContext(), record)
     if found is None:
         return None
     return correlate(state, found, source, ruleset, rules)
+
+
+def record_treatment(
+    state: PatientState | None, patient_id: str, update: TreatmentRecord | None, *, replace: bool
+) -> PatientState | None:
+    """The state after a treatment-context record: replaced, merged (a dose given), or deleted (None).
+
+    A patient with no results and no record is no state at all.
+    """
+    state = state or PatientState(patient_id=patient_id)
+    if update is None:
+        treatment = None
+    elif replace or state.treatment is None:
+        treatment = update
+    else:
+        treatment = state.treatment.merged_with(update)
+    new = state.model_copy(update={"treatment": treatment})
+    return None if not new.results and not new.incidents and treatment is None else new

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from interpretation.findings import NO_RULE, DrugLevelFinding, DrugLevelInterpretation
-from interpretation.lab_result import LabResult, TreatmentContext
+from interpretation.lab_result import LabResult, Phase, TreatmentContext
 from interpretation.qualitative import Reading, read_text
 from interpretation.quantities import (
     DRUG_LEVEL_UNIT,
@@ -103,14 +103,37 @@ def interpret_drug_level(
             f"either side of the target {shown_range}"
         )
         return _uninterpretable(result, context, ruleset, reason, target=target, **known)
+    early = _early_sample(context, ruleset)
+    if early is not None and finding is not DrugLevelFinding.SUBTHERAPEUTIC:
+        return _uninterpretable(
+            result, context, ruleset, f"not a trough sample: {early}", target=target, **known
+        )
     advice_key = finding.value
     if finding is DrugLevelFinding.ABOVE_TARGET and target.advice_above is not None:
         advice_key = target.advice_above
     reason = f"{finding.value}: target {shown_range} ({target.description})"
     if not with_ceiling and target.high is not None:
         reason += f"; goal {context.goal} sets a floor, so the {target.high} upper bound is not applied"
+    if early is not None:
+        reason += f"; {early}, and a level this low before the trough will be lower at it"
     return _decided(
         result, context, ruleset, level, target=target, finding=finding, reason=reason, advice_key=advice_key
+    )
+
+
+def _early_sample(context: TreatmentContext, ruleset: RuleSet) -> str | None:
+    """Why a maintenance sample is too early in the dosing interval to be a trough, if it is."""
+    timing = ruleset.trough_timing
+    if timing is None or context.days_since_last_dose is None or context.phase is not Phase.MAINTENANCE:
+        return None
+    interval = context.dosing_interval_days or (
+        timing.default_interval_days.get(context.route) if context.route else None
+    )
+    if interval is None or context.days_since_last_dose >= timing.earliest_fraction_of_interval * interval:
+        return None
+    return (
+        f"drawn {context.days_since_last_dose} days after the last dose of a {interval}-day interval, "
+        f"before {timing.earliest_fraction_of_interval:.0%} of it had passed"
     )
 
 

@@ -18,24 +18,36 @@ from interpretation.findings import (
     Pattern,
 )
 from interpretation.lab_result import LabResult, TreatmentContext
-from interpretation.recognition import recognise
+from interpretation.recognition import Recognised, recognise
 from interpretation.ruleset import RuleSet
+from interpretation.treatment import resolve_context
 
 _NO_OVERRIDE = TreatmentContext()
 
 
 def interpret(
-    result: LabResult, ruleset: RuleSet, override: TreatmentContext = _NO_OVERRIDE
+    result: LabResult,
+    ruleset: RuleSet,
+    override: TreatmentContext = _NO_OVERRIDE,
+    record: TreatmentContext | None = None,
 ) -> Interpretation | None:
     """Interpret one result, or return None when it is not about infliximab.
 
-    The context is the rule set's defaults, overlaid by what the message says, overlaid by
-    `override` (an operator's explicit choice, such as `interpret --phase induction`).
+    Each context field comes from `override` (an operator's explicit choice, such as
+    `interpret --phase induction`), else the message, else the patient's treatment `record`,
+    else the rule set's defaults; the interpretation says which (`context_source`).
     """
     recognised = recognise(result.code, result.display, ruleset.recognition, result.unit)
     if recognised is None:
         return None
-    context = ruleset.defaults.overlaid_with(result.context).overlaid_with(override)
+    context, sources = resolve_context(ruleset.defaults, record, result.context, override)
+    found = _interpret(result, ruleset, recognised, context)
+    return found.model_copy(update={"context_source": sources})
+
+
+def _interpret(
+    result: LabResult, ruleset: RuleSet, recognised: Recognised, context: TreatmentContext
+) -> Interpretation:
     if recognised.conflict is not None:
         kind = DrugLevelInterpretation if recognised.analyte is Analyte.INFLIXIMAB else AntibodyInterpretation
         return kind.model_validate(

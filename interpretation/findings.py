@@ -11,6 +11,7 @@ from pydantic import Field
 from interpretation.lab_result import Frozen, LabResult, TreatmentContext
 from interpretation.quantities import Comparator
 from interpretation.ruleset import Citation, DrugLevelTarget
+from interpretation.treatment import ContextSource
 
 NO_RULE = "none"  # rule_id of an interpretation no rule could decide
 
@@ -59,6 +60,8 @@ class Pattern(StrEnum):
 class _InterpretationBase(Frozen):
     result: LabResult
     context: TreatmentContext
+    # Where each context field came from: the message, the patient's record or the default.
+    context_source: dict[str, ContextSource] = Field(default_factory=dict)
     alert: bool
     reason: str
     value: Decimal | None = None

@@ -86,6 +86,7 @@ class TreatmentContext(Frozen):
     goal: Goal | None = None
     monitoring: Monitoring | None = None
     days_since_last_dose: Annotated[int, Field(ge=0, le=3650)] | None = None
+    dosing_interval_days: Annotated[int, Field(ge=1, le=365)] | None = None
 
     def overlaid_with(self, override: TreatmentContext) -> TreatmentContext:
         """This context with every field that `override` sets replaced by the override's value."""

@@ -16,6 +16,7 @@ from interpretation.alerts import Category, Severity
 from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, Pattern
 from interpretation.lab_result import Frozen, ResultStatus
 from interpretation.quantities import Comparator
+from interpretation.treatment import TreatmentRecord
 
 
 class CorrelationRules(Frozen):
@@ -63,6 +64,7 @@ class PatientState(Frozen):
     patient_id: str
     results: tuple[RememberedResult, ...] = ()  # oldest first
     incidents: tuple[OpenIncident, ...] = ()
+    treatment: TreatmentRecord | None = None  # from the treatment-context topic
     last_seen: datetime | None = None
 
     def incident(self, key: str | None) -> OpenIncident | None:

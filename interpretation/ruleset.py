@@ -170,6 +170,8 @@ class Recognition(Frozen):
     drug_level_units: tuple[str, ...] = ()
     antibody_units: tuple[str, ...] = ()
     shared_units: tuple[str, ...] = ()
+    # Brands that exist only as a subcutaneous product: naming one sets the route.
+    subcutaneous_brands: tuple[str, ...] = ()
     citation: RuleId
 
     def known_unit(self, unit: str | None) -> str | None:
@@ -197,6 +199,18 @@ class AssayLimits(Frozen):
     citation: RuleId
 
 
+class TroughTiming(Frozen):
+    """When a sample counts as a trough: drawn in the last part of the dosing interval.
+
+    A level drawn earlier is higher than the trough, so it can only be read when it is low
+    (the trough will be lower still).
+    """
+
+    earliest_fraction_of_interval: Annotated[Decimal, Field(gt=0, lt=1)]
+    default_interval_days: dict[Route, Annotated[int, Field(ge=1, le=365)]] = Field(default_factory=dict)
+    citations: tuple[RuleId, ...] = Field(min_length=1)
+
+
 class Plausibility(Frozen):
     """Values beyond these are treated as errors of entry or units, never interpreted."""
 
@@ -217,6 +231,7 @@ class RuleSet(Frozen):
     recommendations: dict[RecommendationKey, Recommendation]
     plausibility: Plausibility
     assay_limits: AssayLimits
+    trough_timing: TroughTiming | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self) -> RuleSet:
@@ -231,6 +246,7 @@ class RuleSet(Frozen):
             self.recognition.citation,
             self.plausibility.citation,
             self.assay_limits.citation,
+            *(self.trough_timing.citations if self.trough_timing else ()),
             *(c for r in self.recommendations.values() for c in r.citations),
         ]
         missing = sorted(set(cited) - known)

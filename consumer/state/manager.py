@@ -24,13 +24,16 @@ from consumer.settings import Settings
 from consumer.state.store import PartitionStore
 from consumer.state.topics import StateTopics
 from interpretation import Alert, LabResult, RuleSet, SourceRef
-from interpretation.correlation import correlate_result
+from interpretation.correlation import correlate_result, record_treatment
 from interpretation.lab_result import Frozen
 from interpretation.patient_state import CorrelationRules, PatientState
+from interpretation.treatment import TreatmentRecord
 
 log = structlog.get_logger("tdm_alerts.state")
 
 COMMAND_HEADER = "tdm.command"
+KIND_HEADER = "tdm.kind"  # on the repartition topic: a lab result, or a treatment record
+TREATMENT = b"treatment"
 FORGET = b"forget"
 LAST_SEEN_HEADER = "tdm.last_seen"  # epoch seconds of the write, for expiry after a restore
 RESTORE_CHUNK = 5000  # changelog records applied per SQLite transaction while restoring
@@ -50,6 +53,15 @@ def repartition_value(result: LabResult, source: SourceRef) -> bytes:
         + source.model_dump_json(exclude_none=True).encode()
         + b"}"
     )
+
+
+def is_treatment(record: ConsumerRecord) -> bool:
+    return any(key == KIND_HEADER and value == TREATMENT for key, value in record.headers or [])
+
+
+def treatment_value(record: TreatmentRecord | None, replace: bool) -> bytes:
+    shown = "null" if record is None else record.model_dump_json(exclude_none=True)
+    return f'{{"record":{shown},"replace":{"true" if replace else "false"}}}'.encode()
 
 
 class PatientStates:
@@ -190,8 +202,21 @@ class PatientStates:
         if is_forget(record):
             self.forget(record.partition, patient_id)
             return []
+        if is_treatment(record):
+            update = _RepartitionedTreatment.model_validate_json(record.value)
+            self.record_treatment(record.partition, patient_id, update.record, replace=update.replace)
+            return []
         payload = _RepartitionedResult.model_validate_json(record.value)
         return self.correlate(record.partition, payload.result, payload.source)
+
+    def record_treatment(
+        self, partition: int, patient_id: str, update: TreatmentRecord | None, *, replace: bool
+    ) -> None:
+        """A treatment-context record: the patient's record replaced, updated, or deleted."""
+        state = self._read(partition, patient_id)
+        new = record_treatment(state, patient_id, update, replace=replace)
+        if new != state:
+            self._write(partition, patient_id, new)
 
     def correlate(self, partition: int, result: LabResult, source: SourceRef) -> list[Alert]:
         state = self._read(partition, result.patient_id)
@@ -257,6 +282,11 @@ def _last_seen(record: ConsumerRecord) -> float:
             except ValueError:
                 break
     return time.time()
+
+
+class _RepartitionedTreatment(Frozen):
+    record: TreatmentRecord | None
+    replace: bool
 
 
 class _RepartitionedResult(Frozen):

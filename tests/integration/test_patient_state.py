@@ -351,3 +351,36 @@ def test_forget_removes_a_patients_state(kafka_bootstrap, topics, start_service,
         reader.close()
     assert service.stop() == 0
     assert patient not in service.log_text()
+
+
+def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, start_service):
+    """A subcutaneous patient's 15 ug/mL is low (threshold 17.5), not above the IV range."""
+    context = f"{topics['input']}.context"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(context, 2, 1, topic_configs={"cleanup.policy": "compact"})])
+    finally:
+        admin.close()
+    sc, iv = f"SC-{uuid.uuid4().hex[:6]}", f"IV-{uuid.uuid4().hex[:6]}"
+    produce(
+        kafka_bootstrap,
+        context,
+        [json.dumps({"route": "subcutaneous", "phase": "maintenance"}).encode()],
+        [sc.encode()],
+    )
+    service = start_service(TDM_CONTEXT_TOPIC=context)
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    try:
+        wait_for_log(service, '"partitions assigned"', timeout_s=60)
+        time.sleep(2)  # the context record is read and kept before the results arrive
+        results = [message(p, f"A-{p}", f"S-{p}", DAY0, level("15")) for p in (sc, iv)]
+        produce(kafka_bootstrap, topics["input"], results, [sc.encode(), iv.encode()])
+        reader.wait_for(1, timeout_s=60, while_alive=[service])
+        found = events_of(reader)
+    finally:
+        reader.close()
+    assert [e["patient_id"] for e in found] == [sc]  # the IV patient's 15 is above range: no page
+    (alert,) = found
+    assert alert["target"]["low"] == 17.5
+    assert alert["context_source"]["route"] == "patient_record"
+    assert service.stop() == 0
