@@ -37,8 +37,24 @@ FATAL_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+def fatal_cause(err: BaseException) -> BaseException | None:
+    """The fatal error in `err` or wrapped in it (kafka-python wraps a fence seen at send time in
+    a plain KafkaError whose args hold the ProducerFencedError), or None."""
+    pending, seen = [err], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, FATAL_ERRORS):
+            return current
+        pending.extend(a for a in current.args if isinstance(a, BaseException))
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None
+
+
 def is_fatal(err: BaseException) -> bool:
-    return isinstance(err, FATAL_ERRORS)
+    return fatal_cause(err) is not None
 
 
 class Delivery(ABC):

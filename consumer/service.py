@@ -24,7 +24,7 @@ from kafka.errors import KafkaError
 
 from consumer.access import check_topic_access
 from consumer.dead_letters import DeadLetter, Stage
-from consumer.delivery import Delivery, delivery_for, is_fatal
+from consumer.delivery import Delivery, delivery_for, fatal_cause, is_fatal
 from consumer.fatal import FatalError
 from consumer.formats import DecodeError
 from consumer.formats.treatment import decode_treatment
@@ -487,6 +487,7 @@ class Service:
 
 def _fatal_message(err: BaseException, settings: Settings) -> str:
     """What went wrong and which setting or ACL fixes it."""
+    err = fatal_cause(err) or err
     name = type(err).__name__
     if isinstance(err, (kafka_errors.ProducerFencedError, kafka_errors.InvalidProducerEpochError)):
         return (

@@ -18,10 +18,12 @@ time taken from the messages. The rules, as a TDM pharmacist applies them:
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from interpretation.alerts import (
     Action,
     Alert,
+    Category,
     Partner,
     PreviousLevel,
     SourceRef,
@@ -54,14 +56,16 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 
 def result_key(result: LabResult, analyte: Analyte) -> str:
-    """What a correction of this result shares with it: the result id, else the draw and analyte."""
+    """What a correction of this result shares with it: the result id, else the draw and analyte.
+
+    A result with neither is its own key: without an identity nothing can claim to correct it.
+    """
     if result.result_id:
         return f"id:{result.result_id}"
     where = result.specimen_id or result.accession
     if where:
         return f"{analyte.value}:{where}"
-    collected = _utc(result.collected_at)
-    return f"{analyte.value}:{result.code}:{collected.isoformat() if collected else '-'}"
+    return f"{analyte.value}:report:{event_id('result', Action.TRIGGER, result)}"
 
 
 def _remember(interpretation: Interpretation) -> RememberedResult:
@@ -259,6 +263,58 @@ def _withdraw(fold: _Fold, incident: OpenIncident, interpretation: Interpretatio
     )
 
 
+class _Facts(NamedTuple):
+    """What an event says: the (paired) interpretation, its pattern, partner and history."""
+
+    interpretation: Interpretation
+    pattern: Pattern | None
+    partner: Partner | None
+    previous: tuple[PreviousLevel, ...]
+
+
+def _decide(fold: _Fold, facts: _Facts, incident: OpenIncident | None, *, corrects: bool) -> str | None:
+    """Trigger, update or resolve; return the incident the new result now belongs to."""
+    interpretation, pattern = facts.interpretation, facts.pattern
+    alerting = interpretation.alert or pattern in _ALERTING_PATTERNS
+
+    def event(action: Action, key: str, category: Category) -> None:
+        fold.events.append(
+            event_for(
+                interpretation,
+                fold.source,
+                action=action,
+                incident=key,
+                category=category,
+                partner=facts.partner,
+                previous_levels=facts.previous,
+            )
+        )
+
+    if incident is not None and alerting:
+        fold.incidents[fold.incidents.index(incident)] = incident.model_copy(
+            update={"severity": severity_of(pattern), "pattern": pattern}
+        )
+        event(Action.UPDATE, incident.key, incident.category)
+        return incident.key
+    if incident is not None and corrects and interpretation.finding.value == "uninterpretable":
+        # A correction that cannot be read does not close the incident: say so, keep it open.
+        event(Action.UPDATE, incident.key, incident.category)
+        return incident.key
+    if incident is not None:
+        why = "corrected into range" if corrects else "read with its partner, nothing calls for attention"
+        fold.resolve(incident, why, interpretation)
+        return None
+    if alerting:
+        category = category_of(interpretation)
+        key = incident_key(interpretation.result, category)
+        fold.incidents.append(
+            OpenIncident(key=key, category=category, severity=severity_of(pattern), pattern=pattern)
+        )
+        event(Action.TRIGGER, key, category)
+        return key
+    return None
+
+
 def correlate(
     state: PatientState | None,
     interpretation: Interpretation,
@@ -295,51 +351,16 @@ def correlate(
             pattern = pattern_of(level.finding, antibodies.finding)
     if pattern is not None:
         interpretation = _with_pattern(interpretation, pattern, ruleset)
-    alerting = interpretation.alert or pattern in _ALERTING_PATTERNS
     incident = earlier or (state.incident(partner.incident_key) if partner else None)
-    shown_partner = _as_partner(partner) if partner else None
-    previous = _previous_levels(fold.kept, new, rules)
-    if incident is not None and alerting:
-        fold.incidents[fold.incidents.index(incident)] = incident.model_copy(
-            update={"severity": severity_of(pattern), "pattern": pattern}
-        )
-        fold.events.append(
-            event_for(
-                interpretation,
-                source,
-                action=Action.UPDATE,
-                incident=incident.key,
-                category=incident.category,
-                partner=shown_partner,
-                previous_levels=previous,
-            )
-        )
-        new = new.model_copy(update={"incident_key": incident.key})
-    elif incident is not None:
-        why = (
-            "corrected into range"
-            if earlier is not None
-            else "read with its partner, nothing calls for attention"
-        )
-        fold.resolve(incident, why, interpretation)
-    elif alerting:
-        category = category_of(interpretation)
-        key = incident_key(result, category)
-        fold.incidents.append(
-            OpenIncident(key=key, category=category, severity=severity_of(pattern), pattern=pattern)
-        )
-        fold.events.append(
-            event_for(
-                interpretation,
-                source,
-                action=Action.TRIGGER,
-                incident=key,
-                category=category,
-                partner=shown_partner,
-                previous_levels=previous,
-            )
-        )
-        new = new.model_copy(update={"incident_key": key})
+    facts = _Facts(
+        interpretation,
+        pattern,
+        _as_partner(partner) if partner else None,
+        _previous_levels(fold.kept, new, rules),
+    )
+    new = new.model_copy(
+        update={"incident_key": _decide(fold, facts, incident, corrects=earlier is not None)}
+    )
     if partner is not None and new.incident_key is not None:
         fold.kept = tuple(
             r.model_copy(update={"incident_key": new.incident_key}) if r is partner else r for r in fold.kept

@@ -76,13 +76,14 @@ def test_planted_identifiers_never_reach_logs_headers_or_alerts(kafka_bootstrap,
     produce(kafka_bootstrap, topics["input"], PROBES, keys)
     _produce_with_correlation(kafka_bootstrap, topics["input"])
     service = start_service(TDM_LOG_LEVEL="DEBUG")
-    # Alerts, read clinically: the canonical and two HL7 antibody results the lab flagged H (one
-    # with a name for a unit, one with an MRN for a value), and the FHIR 1.5 ug/mL level whose
-    # only oddity is an extra key.
-    alerts = read_topic(kafka_bootstrap, topics["alerts"], expected=4, timeout_s=60)
+    # Events, read clinically per patient: the canonical antibody result flagged H (trigger) and
+    # its re-report on the same accession whose text cannot be read (update: still open); the HL7
+    # antibody result flagged H with a name for a unit (trigger) and its re-report with an MRN
+    # for a value, still flagged H (update); the FHIR 1.5 ug/mL level with an extra key (trigger).
+    alerts = read_topic(kafka_bootstrap, topics["alerts"], expected=5, timeout_s=60)
     dead = read_topic(kafka_bootstrap, topics["dlq"], expected=1, timeout_s=30)
     assert service.stop() == 0
-    assert len(alerts) == 4, service.log_text()[-3000:]
+    assert len(alerts) == 5, service.log_text()[-3000:]
     assert dead, "the probes include undecodable messages"
     for record in [*alerts, *dead]:
         for key, value in record.headers:

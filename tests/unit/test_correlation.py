@@ -192,3 +192,15 @@ def test_withdrawing_one_result_of_a_pair_keeps_the_incident_open_for_the_other(
     assert (downgraded.severity, downgraded.pattern) == (Severity.HIGH, None)
     assert downgraded.incident_key == events[0].incident_key
     assert "entered in error" in downgraded.summary and "still calls for attention" in downgraded.summary
+
+
+def test_a_correction_that_cannot_be_read_keeps_the_incident_open():
+    _, events = feed(level("2.0", result_id="R1"), level("see comment", result_id="R1", status="corrected"))
+    assert [e.action for e in events] == [Action.TRIGGER, Action.UPDATE]
+    assert events[1].finding.value == "uninterpretable"
+
+
+def test_reports_without_any_identity_never_correct_each_other():
+    no_ids = {"accession": None, "specimen_id": None}
+    _, events = feed(level("2.0", **no_ids), level("6.0", at=DAY0 + timedelta(days=60), **no_ids))
+    assert [e.action for e in events] == [Action.TRIGGER]  # the later normal level resolves nothing

@@ -150,3 +150,12 @@ def test_an_upstream_correlation_id_that_could_carry_phi_is_replaced(sent):
 @pytest.mark.parametrize("sent", ["0f8fad5b-d9cb-469f-a165-70867728950e", "4bf92f3577b34da6a3ce929d0e0e4736"])
 def test_a_uuid_or_trace_id_correlation_is_kept(sent):
     assert correlation_id(_record([("tdm.correlation_id", sent.encode())])) == sent
+
+
+def test_a_fence_wrapped_in_a_plain_kafka_error_is_still_fatal():
+    from consumer.delivery import fatal_cause, is_fatal
+
+    fenced = kafka_errors.ProducerFencedError()
+    wrapped = kafka_errors.KafkaError("Cannot perform send because ... has failed with errors.", fenced)
+    assert is_fatal(wrapped) and fatal_cause(wrapped) is fenced
+    assert not is_fatal(kafka_errors.KafkaError("transient", kafka_errors.KafkaTimeoutError()))
