@@ -87,10 +87,14 @@ class Delivery(ABC):
         key: bytes | None,
         value: bytes | None,
         headers: list[tuple[str, bytes]],
+        *,
         partition: int | None = None,
+        timestamp_ms: int | None = None,
     ) -> FutureRecordMetadata:
         """Send into the open batch; the future resolves once the batch is committed."""
-        future = self.producer.send(topic, key=key, value=value, headers=headers, partition=partition)
+        future = self.producer.send(
+            topic, key=key, value=value, headers=headers, partition=partition, timestamp_ms=timestamp_ms
+        )
         self._futures.append(future)
         return future
 

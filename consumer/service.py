@@ -320,6 +320,9 @@ class Service:
                     item.result.patient_id.encode(),
                     repartition_value(item.result, source),
                     [(CORRELATION_HEADER, correlation_id(record).encode())],
+                    # The lab message's time travels with it, so end-to-end latency still
+                    # measures lab message to alert (Kafka Streams propagates it the same way).
+                    timestamp_ms=record.timestamp if record.timestamp and record.timestamp > 0 else None,
                 )
             return replace(result, alerts=[])
         events = [
@@ -442,7 +445,8 @@ class Service:
             if result.dead_letter is None:
                 m.decode_seconds.observe(result.decode_seconds)
                 m.interpret_seconds.observe(result.interpret_seconds)
-            if record.timestamp is not None and record.timestamp > 0:
+            internal = self.states is not None and record.topic == self.states.topics.patients
+            if record.timestamp is not None and record.timestamp > 0 and (not internal or result.alerts):
                 m.end_to_end_seconds.observe(max(now - record.timestamp / 1000, 0.0))
             if result.recognition_gap:
                 m.recognition_gaps.labels(record.topic).inc()

@@ -82,6 +82,9 @@ class Grants:
             "write-alerts": (ACLOperation.WRITE, ResourceType.TOPIC, self.alerts, Pattern.LITERAL),
             "write-dlq": (ACLOperation.WRITE, ResourceType.TOPIC, self.dlq, Pattern.LITERAL),
         }
+        # Patient state: the internal topics, named after the group, created by the service.
+        for op in (ACLOperation.CREATE, ACLOperation.READ, ACLOperation.WRITE):
+            wanted[f"state-{op.name.lower()}"] = (op, ResourceType.TOPIC, f"{self.group}.", Pattern.PREFIXED)
         if transactional:
             wanted["write-txn"] = (
                 ACLOperation.WRITE,
@@ -223,6 +226,12 @@ FAILURES = {
     "no-write-on-alerts": ({}, ("write-alerts",), "not authorised to use topic", "TDM_ALERT_TOPIC"),
     "no-read-on-group": ({}, ("read-group",), "GroupAuthorizationFailedError", "TDM_GROUP_ID"),
     "no-transactional-id": ({}, ("write-txn",), "TransactionalIdAuthorizationFailedError", "TransactionalId"),
+    "no-state-topic-acls": (
+        {},
+        ("state-create", "state-read", "state-write"),
+        "internal topics are missing",
+        "patient-state-changelog (6 partitions, cleanup.policy=compact)",
+    ),
 }
 
 

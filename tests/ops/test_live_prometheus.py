@@ -103,7 +103,8 @@ def test_prometheus_scrapes_the_service_and_loads_the_rules(kafka_bootstrap, top
     try:
         produce(kafka_bootstrap, topics["input"], lines)
         deadline = time.monotonic() + 60
-        while prometheus.value("sum(tdm_messages_consumed_total)") != len(lines):
+        consumed = f'sum(tdm_messages_consumed_total{{topic="{topics["input"]}"}})'
+        while prometheus.value(consumed) != len(lines):
             assert time.monotonic() < deadline, prometheus.api("targets")
             time.sleep(0.5)
         # The sample feed's clinical reading: 4 alerts, 2 dead letters (see the walking-skeleton test).
@@ -112,8 +113,9 @@ def test_prometheus_scrapes_the_service_and_loads_the_rules(kafka_bootstrap, top
         assert prometheus.value('sum(tdm_messages_consumed_total{outcome="dead_lettered"})') == 2
         assert prometheus.value('tdm_dead_letters_total{reason="invalid"}') == 1
         assert prometheus.value("tdm_ready") == 1
-        assert prometheus.value("tdm_assigned_partitions") == 3
-        assert prometheus.value("sum(tdm_end_to_end_seconds_count)") == len(lines)
+        assert prometheus.value("tdm_assigned_partitions") == 3 + 6  # input, and patient-state partitions
+        # Every lab message, and each patient-topic record that produced an event (the 4 alerts).
+        assert prometheus.value("sum(tdm_end_to_end_seconds_count)") == len(lines) + 4
         assert prometheus.value("count(tdm_ruleset_info)") == 1
 
         groups = prometheus.api("rules")["groups"]
