@@ -37,9 +37,11 @@ def free_port(preferred: int) -> int:
         return int(s.getsockname()[1])
 
 
-def consumed_total(metrics_url: str) -> float:
+def consumed_total(metrics_url: str, topic: str) -> float:
+    """Messages of `topic` the service has committed (the patient-state hop is counted apart)."""
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    return sum(float(v) for v in re.findall(r"^tdm_messages_consumed_total\{[^}]*\} (\S+)$", text, re.M))
+    pattern = rf'^tdm_messages_consumed_total\{{[^}}]*topic="{re.escape(topic)}"[^}}]*\}} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
 
 
 def read_all(bootstrap: str, topic: str) -> list:
@@ -82,6 +84,7 @@ def main() -> int:
             "TDM_BOOTSTRAP_SERVERS": bootstrap,
             "TDM_METRICS_PORT": str(port),
             "TDM_LOG_FORMAT": "json",
+            "TDM_STATE_DIR": str(WORK / "state"),
         }
         log_path = WORK / "service.log"
         print(f"== starting tdm-alerts run (log: {log_path.relative_to(REPO)})")
@@ -107,20 +110,22 @@ def main() -> int:
             if service.poll() is not None:
                 raise RuntimeError(f"the service exited early; see {log_path}")
             with contextlib.suppress(OSError):  # the metrics server may not be up yet
-                done = consumed_total(metrics_url)
+                done = consumed_total(metrics_url, INPUT)
             time.sleep(0.3)
         if done < len(messages):
             raise RuntimeError(
                 f"only {done:.0f} of {len(messages)} messages processed in 60 s; see {log_path}"
             )
 
+        time.sleep(2)  # the patient-state stage runs a batch behind the intake
         alerts = read_all(bootstrap, ALERTS)
         print(f"\n== {len(alerts)} alerts published to {ALERTS}")
         for record in alerts:
             alert = json.loads(record.value)
             print(
-                f"  [{alert['severity']:8}] {alert['category']:21} patient={alert['patient_id']} "
-                f"accession={alert['accession']}"
+                f"  [{alert['severity']:8}] {alert['action']:8} {alert['category']:21} "
+                f"patient={alert['patient_id']} accession={alert['accession']} "
+                f"incident={alert['incident_key'][:8]}"
             )
             print(f"             {alert['summary']}")
             print(
