@@ -132,7 +132,9 @@ def proc_usage(pid: int) -> dict[str, float]:
     }
 
 
-def service_env(bootstrap: str, topic: str, alerts: str, dlq: str, delivery: str) -> dict[str, str]:
+def service_env(
+    bootstrap: str, topic: str, alerts: str, dlq: str, delivery: str, *, state: bool = True
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TDM_")}
     env.update(
         TDM_BOOTSTRAP_SERVERS=bootstrap,
@@ -144,6 +146,8 @@ def service_env(bootstrap: str, topic: str, alerts: str, dlq: str, delivery: str
         TDM_METRICS_PORT="0",
         TDM_LOG_FORMAT="json",
         TDM_DELIVERY=delivery,
+        TDM_PATIENT_STATE="true" if state else "false",
+        TDM_STATE_DIR=str(WORK / f"state-{uuid.uuid4().hex[:6]}"),
     )
     return env
 
@@ -181,10 +185,15 @@ class Service:
                 return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
         raise RuntimeError("no assignment logged")
 
-    def consumed(self) -> float:
+    def metric(self, name: str, topic_suffix: str = "") -> float:
+        """A metric's total; with `topic_suffix`, only the series of topics ending so."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as answer:
             text = answer.read().decode()
-        return sum(float(v) for v in re.findall(r"^tdm_messages_consumed_total\{[^}]*\} (\S+)$", text, re.M))
+        labels = rf'[^}}]*topic="[^"]*{re.escape(topic_suffix)}"[^}}]*' if topic_suffix else r"[^}]*"
+        return sum(float(v) for v in re.findall(rf"^{name}(?:\{{{labels}\}})? (\S+)$", text, re.M))
+
+    def consumed(self, topic: str = "") -> float:
+        return self.metric("tdm_messages_consumed_total", topic)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -192,12 +201,18 @@ class Service:
         self._log.close()
 
 
-def run_service(bootstrap: str, topic: str, expect: int, delivery: str) -> dict[str, float]:
+def run_service(
+    bootstrap: str, topic: str, expect: int, delivery: str, *, state: bool = True, patient_records: int = 0
+) -> dict[str, float]:
+    """Until every input message is committed and, with state, every patient record too."""
     alerts, dlq = f"bench.tdm.alerts.{uuid.uuid4().hex[:6]}", f"bench.tdm.dlq.{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, (alerts, PARTITIONS), (dlq, 1))
-    service = Service(service_env(bootstrap, topic, alerts, dlq, delivery), WORK / f"service-{delivery}.log")
+    env = service_env(bootstrap, topic, alerts, dlq, delivery, state=state)
+    service = Service(env, WORK / f"service-{delivery}-{'state' if state else 'stateless'}.log")
     try:
-        while service.consumed() < expect:
+        while service.consumed(topic) < expect or (
+            state and service.consumed(".patient-results") < patient_records
+        ):
             if service.proc.poll() is not None:
                 raise RuntimeError(service.log_path.read_text()[-3000:])
             time.sleep(0.05)
@@ -207,6 +222,76 @@ def run_service(bootstrap: str, topic: str, expect: int, delivery: str) -> dict[
     finally:
         service.stop()
     return {"first_at": first, "done_at": done, "messages": expect, "wall_s": done - service.started, **usage}
+
+
+def state_scale(bootstrap: str, patients: int) -> dict[str, float]:
+    """`patients` distinct patients' levels through the service, then a cold restore of their state.
+
+    The second instance starts with an empty disk in the same group after the first stops, so
+    every patient's state comes back from the changelog.
+    """
+    topic = f"bench.patients.{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, (topic, PARTITIONS))
+    levels = [
+        feed.Message(
+            json.dumps(
+                {
+                    "patient_id": f"BP-{n:06d}",
+                    "accession": f"BA-{n:06d}",
+                    "results": [{"code": "39803-2", "value": "5.0", "unit": "ug/mL"}],
+                }
+            ).encode(),
+            f"BP-{n:06d}".encode(),
+            "canonical",
+            True,
+        )
+        for n in range(patients)
+    ]
+    preload(bootstrap, topic, levels)
+    alerts, dlq = f"bench.state.alerts.{uuid.uuid4().hex[:6]}", f"bench.state.dlq.{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, (alerts, PARTITIONS), (dlq, 1))
+    env = service_env(bootstrap, topic, alerts, dlq, "exactly_once")
+    first = Service(env, WORK / "service-state-fill.log")
+    try:
+        while first.consumed(".patient-results") < patients:
+            if first.proc.poll() is not None:
+                raise RuntimeError(first.log_path.read_text()[-3000:])
+            time.sleep(0.2)
+        done = time.time()
+        fill = proc_usage(first.proc.pid)
+        began = first.assigned_at()
+        held = first.metric("tdm_state_patients")
+    finally:
+        first.stop()
+    cold = {
+        **env,
+        "TDM_STATE_DIR": str(WORK / f"state-cold-{uuid.uuid4().hex[:6]}"),
+        "TDM_INSTANCE_ID": "cold",
+    }
+    second = Service(cold, WORK / "service-state-restore.log")
+    try:
+        deadline = time.monotonic() + 600
+        while second.metric("tdm_state_patients") < patients:
+            if second.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(second.log_path.read_text()[-3000:])
+            time.sleep(0.2)
+        restore_s = sum(
+            json.loads(line)["seconds"]
+            for line in second.log_path.read_text().splitlines()
+            if '"patient state restored"' in line
+        )
+        restored = proc_usage(second.proc.pid)
+    finally:
+        second.stop()
+    return {
+        "patients": patients,
+        "held_after_fill": held,
+        "fill_per_s": patients / (done - began),
+        "fill_peak_rss_mb": fill["peak_rss_mb"],
+        "restore_s": restore_s,
+        "restore_per_s": patients / restore_s if restore_s else 0.0,
+        "restore_peak_rss_mb": restored["peak_rss_mb"],
+    }
 
 
 # -- latency -------------------------------------------------------------------------------
@@ -326,6 +411,15 @@ def in_process(messages: list[feed.Message]) -> dict[str, dict[str, float]]:
 # -- report --------------------------------------------------------------------------------
 
 
+def patient_records(messages: list[feed.Message]) -> int:
+    """How many results the intake forwards to the patient stage (infliximab results)."""
+    from consumer.pipeline import Pipeline
+    from interpretation import SourceRef, default_ruleset
+
+    pipeline = Pipeline(default_ruleset(), 1 << 20)
+    return sum(len(pipeline.process(m.value, SourceRef()).interpretations) for m in messages if m.relevant)
+
+
 def machine() -> dict[str, object]:
     cpu = next(
         (
@@ -376,6 +470,20 @@ def table(results: dict[str, object]) -> str:
         )
     lines += _grid(rows)
     lines.append("")
+    st = results.get("state")
+    if st:
+        stateful = results["throughput"]["tdm-alerts exactly-once, patient state"]["per_s"]
+        stateless = results["throughput"]["tdm-alerts exactly-once, stateless"]["per_s"]
+        lines.append(
+            f"patient state: {stateful / stateless:.2f}x the stateless throughput (the repartition hop)"
+        )
+        lines.append(
+            f"{st['patients']:,} patients: filled at {st['fill_per_s']:,.0f} results/s "
+            f"(peak RSS {st['fill_peak_rss_mb']:.0f} MB); cold restore from the changelog "
+            f"{st['restore_s']:.1f} s ({st['restore_per_s']:,.0f} patients/s, peak RSS "
+            f"{st['restore_peak_rss_mb']:.0f} MB)"
+        )
+        lines.append("")
     rows = [("format", "message kind", "us per message")]
     for fmt, costs in results["in_process_us"].items():
         rows += [(fmt, kind, f"{us:.1f}") for kind, us in costs.items()]
@@ -395,10 +503,12 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "benchmarks.json")
+    parser.add_argument("--state-patients", type=int, default=100_000)
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     messages = list(feed.generate(args.messages))
     relevant = sum(m.relevant for m in messages)
+    records = patient_records(messages)
     size = sum(len(m.value) for m in messages) / len(messages)
     log(
         f"feed: {len(messages):,} messages, {relevant:,} with infliximab results "
@@ -424,10 +534,19 @@ def main() -> None:
                 "kafka-python consume only",
                 lambda: run_loop("kafka-python-consume", bootstrap, topic, len(messages)),
             ),
-            ("tdm-alerts exactly-once", lambda: run_service(bootstrap, topic, len(messages), "exactly_once")),
+            (
+                "tdm-alerts exactly-once, patient state",
+                lambda: run_service(bootstrap, topic, len(messages), "exactly_once", patient_records=records),
+            ),
+            (
+                "tdm-alerts exactly-once, stateless",
+                lambda: run_service(bootstrap, topic, len(messages), "exactly_once", state=False),
+            ),
             (
                 "tdm-alerts at-least-once",
-                lambda: run_service(bootstrap, topic, len(messages), "at_least_once"),
+                lambda: run_service(
+                    bootstrap, topic, len(messages), "at_least_once", patient_records=records
+                ),
             ),
             (
                 "confluent-kafka consume-then-produce",
@@ -451,6 +570,9 @@ def main() -> None:
             }
             log(f"  {throughput[name]['per_s']:,.0f} msgs/s, {r['peak_rss_mb']:.0f} MB peak RSS")
         results["throughput"] = throughput
+        log(f"patient state at scale: {args.state_patients:,} patients")
+        results["state"] = state_scale(bootstrap, args.state_patients)
+        log(f"  {results['state']}")
         results["latency"] = []
         for rate in (500, 2000):
             log(f"latency at {rate} msgs/s for {args.latency_seconds:.0f} s")

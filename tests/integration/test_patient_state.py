@@ -384,3 +384,25 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
     assert alert["target"]["low"] == 17.5
     assert alert["context_source"]["route"] == "patient_record"
     assert service.stop() == 0
+
+
+def test_a_low_level_corrected_into_range_resolves_its_incident(kafka_bootstrap, topics, start_service):
+    patient = f"PT-{uuid.uuid4().hex[:6]}"
+    chain = [
+        message(patient, "ACC-C", "SPM-C", DAY0, level("1.9", result_id="LVL-C")),
+        message(patient, "ACC-C", "SPM-C", DAY0, level("3.6", status="corrected", result_id="LVL-C")),
+    ]
+    produce(kafka_bootstrap, topics["input"], chain, [patient.encode()] * 2)
+    service = start_service()
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    try:
+        reader.wait_for(2, timeout_s=60, while_alive=[service])
+        found = events_of(reader)
+    finally:
+        reader.close()
+    assert [(e["action"], e["resolve_reason"]) for e in found] == [
+        ("trigger", None),
+        ("resolve", "corrected into range"),  # 3.6 is within 3-7
+    ]
+    assert found[0]["incident_key"] == found[1]["incident_key"]
+    assert service.stop() == 0
