@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 from consumer.dead_letters import Reason
 from consumer.fatal import FatalError
 from consumer.formats import Format
+from consumer.health import Watchdog
 from consumer.logs import configure_logging
 from consumer.message_files import messages_in
 from consumer.metrics import Metrics, MetricsServer
@@ -85,8 +87,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics.build.info({"version": VERSION})
     pipeline = Pipeline(ruleset, settings.max_message_bytes, topic_formats=settings.topic_formats)
     service = Service(settings, pipeline, metrics)
-    server = MetricsServer(settings.metrics_host, settings.metrics_port, metrics.registry, service.is_ready)
+    server = MetricsServer(
+        settings.metrics_host, settings.metrics_port, metrics.registry, service.is_ready, service.health.alive
+    )
     server.start()
+
+    def stalled(reason: str) -> None:
+        # The loop is wedged (seen inside kafka-python after rebalances): nothing in this process
+        # can unwedge it, so exit for the orchestrator to start a fresh one. Exactly-once
+        # delivery means the open transaction is aborted and its records processed again.
+        log.error("stalled; exiting so that a fresh instance takes over", reason=reason)
+        logging.shutdown()
+        os._exit(1)
+
+    watchdog = Watchdog(service.health, stalled).start()
     log.info(
         "starting",
         version=VERSION,
@@ -107,6 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("fatal", error=str(err))
         return 1
     finally:
+        watchdog.stop()
         server.stop()
     return 0
 

@@ -148,13 +148,15 @@ class Metrics:
 class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry
     ready: Callable[[], bool]
+    alive: Callable[[], bool]
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             self._reply(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
-            self._reply(200, b"ok\n")
+            ok = self.alive()
+            self._reply(200 if ok else 503, b"ok\n" if ok else b"main loop stalled\n")
         elif path == "/readyz":
             ok = self.ready()
             self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
@@ -175,8 +177,19 @@ class _Handler(BaseHTTPRequestHandler):
 class MetricsServer:
     """Serves /metrics, /healthz and /readyz on a background thread."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
-        handler = type("Handler", (_Handler,), {"registry": registry, "ready": staticmethod(ready)})
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+        alive: Callable[[], bool] = lambda: True,
+    ) -> None:
+        handler = type(
+            "Handler",
+            (_Handler,),
+            {"registry": registry, "ready": staticmethod(ready), "alive": staticmethod(alive)},
+        )
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)

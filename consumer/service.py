@@ -28,6 +28,7 @@ from consumer.delivery import Delivery, delivery_for, fatal_cause, is_fatal
 from consumer.fatal import FatalError
 from consumer.formats import DecodeError
 from consumer.formats.treatment import decode_treatment
+from consumer.health import Health
 from consumer.kafka_clients import (
     POLL_MAX_RECORDS,
     StopRequested,
@@ -118,6 +119,7 @@ class Service:
         self._backoff = 0.5
         self._fatal: FatalError | None = None
         self.states: PatientStates | None = None
+        self.health = Health(settings.liveness_timeout_s, settings.stall_timeout_s)
         metrics.ready.set_function(lambda: float(self.is_ready()))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -127,7 +129,9 @@ class Service:
         self._stop.set()
 
     def is_ready(self) -> bool:
-        return self._consuming and bool(self.assigned) and not self._stop.is_set()
+        """Consuming assigned partitions, and the loop turned recently (a hung loop is not ready)."""
+        fresh = self.health.since_beat() < min(30.0, self.settings.liveness_timeout_s)
+        return self._consuming and bool(self.assigned) and not self._stop.is_set() and fresh
 
     def run(self) -> None:
         s = self.settings
@@ -173,11 +177,13 @@ class Service:
                 delivery=s.delivery,
             )
             self._consuming = True
+            self.health.started()
             self._loop(consumer)
         except StopRequested:
             log.info("stopped before the brokers answered")
         finally:
             self._consuming = False
+            self.health.stopped()
             if self._batch is not None:
                 self._abort("stopping")
             if self.states is not None:
@@ -201,6 +207,7 @@ class Service:
         s = self.settings
         interval = s.commit_interval_ms / 1000
         while not self._stop.is_set():
+            self.health.beat()
             if self.states is not None and self.states.pending:
                 self._restore_state(consumer, self.states)
             if time.monotonic() >= self._lag_due:
@@ -366,6 +373,8 @@ class Service:
         self._batch = None
         if self.states is not None:
             self.states.committed()
+        if batch.processed:
+            self.health.progressed()
         self._backoff = 0.5
         self._account(batch.processed, time.perf_counter() - began)
 
@@ -429,9 +438,12 @@ class Service:
             return
         try:
             ends = consumer.end_offsets(partitions)
+            total = 0
             for tp in partitions:
                 lag = max(ends[tp] - consumer.position(tp), 0)
+                total += lag
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+            self.health.lag(total)
         except KafkaError as err:  # a missed sample is not worth failing the loop for
             log.warning("could not measure consumer lag", error=type(err).__name__)
 

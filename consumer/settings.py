@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     batch_max_records: Annotated[int, Field(gt=0, le=100_000)] = 5000
     poll_timeout_ms: Annotated[int, Field(ge=0)] = 100
     retry_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
+    liveness_timeout_s: Annotated[float, Field(ge=5)] = 60.0
+    stall_timeout_s: Annotated[float, Field(ge=10)] = 300.0
 
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9108

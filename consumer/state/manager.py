@@ -10,7 +10,7 @@ the next assignment replays.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import structlog
@@ -86,6 +86,7 @@ class PatientStates:
         self._last_sent: dict[int, FutureRecordMetadata] = {}
         self._expiry_due = 0.0
         self.pending: set[int] = set()  # assigned, store open, not yet restored
+        self.on_restore_chunk: Callable[[], None] = lambda: None  # a long restore is progress
 
     # -- assignment ------------------------------------------------------------------------
 
@@ -159,6 +160,7 @@ class PatientStates:
                 if last is None:
                     continue
                 store.apply(writes, last)  # each chunk commits with its offset: a crash resumes here
+                self.on_restore_chunk()
                 applied += len(writes)
                 remaining = max(end - reader.position(tp), 0)
                 self.metrics.state_restore_remaining.labels(str(partition)).set(remaining)

@@ -1,0 +1,93 @@
+"""Whether the service is alive and making progress, told honestly to probes and the watchdog.
+
+The loop beats once a turn. Liveness fails when it has not turned within a bound (a hung
+client); a stall is lag at the broker with no record processed for a longer bound. kafka-python
+3 has been seen to wedge after rebalances (4 minutes without progress after UnknownMemberId, a
+100% CPU spin in poll): a process that cannot recover in place exits, and the orchestrator
+starts a fresh one (with exactly-once delivery nothing is lost or sent twice).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Health:
+    """The loop's heartbeat and progress, read by probes (another thread) and the watchdog."""
+
+    liveness_timeout_s: float
+    stall_timeout_s: float
+    clock: Callable[[], float] = time.monotonic
+    _beat: float = field(init=False)
+    _progress: float = field(init=False)
+    _lag: int = field(init=False, default=0)
+    _running: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self._beat = self._progress = self.clock()
+
+    def started(self) -> None:
+        self._running = True
+        self._beat = self._progress = self.clock()
+
+    def stopped(self) -> None:
+        self._running = False
+
+    def beat(self) -> None:
+        """One turn of the loop (or a chunk of a long restore)."""
+        self._beat = self.clock()
+
+    def progressed(self) -> None:
+        """Records were processed and committed (or a chunk of state restored)."""
+        self._beat = self._progress = self.clock()
+
+    def lag(self, messages: int) -> None:
+        """The latest lag at the broker; none means nothing to make progress on."""
+        self._lag = messages
+        if messages == 0:
+            self._progress = self.clock()
+
+    def since_beat(self) -> float:
+        return self.clock() - self._beat
+
+    def alive(self) -> bool:
+        return not self._running or self.since_beat() < self.liveness_timeout_s
+
+    def stalled(self) -> str | None:
+        """Why the service should be restarted, or None."""
+        if not self._running:
+            return None
+        if self.since_beat() >= self.stall_timeout_s:
+            return f"the main loop has not turned for {self.since_beat():.0f} s"
+        idle = self.clock() - self._progress
+        if self._lag > 0 and idle >= self.stall_timeout_s:
+            return f"no record processed for {idle:.0f} s while {self._lag} messages wait at the broker"
+        return None
+
+
+class Watchdog:
+    """Checks `health` every few seconds; on a stall calls `on_stall(reason)` once."""
+
+    def __init__(self, health: Health, on_stall: Callable[[str], None], every_s: float = 5.0) -> None:
+        self._health = health
+        self._on_stall = on_stall
+        self._every = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+
+    def start(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            if (reason := self._health.stalled()) is not None:
+                self._on_stall(reason)
+                return

@@ -1,0 +1,74 @@
+"""Liveness, readiness freshness and stall detection, on a clock the test moves."""
+
+from __future__ import annotations
+
+import threading
+
+from consumer.health import Health, Watchdog
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make() -> tuple[Health, Clock]:
+    clock = Clock()
+    health = Health(liveness_timeout_s=60, stall_timeout_s=300, clock=clock)
+    health.started()
+    return health, clock
+
+
+def test_a_loop_that_stops_turning_is_not_alive_and_then_stalled():
+    health, clock = make()
+    clock.now += 59
+    assert health.alive() and health.stalled() is None
+    clock.now += 2
+    assert not health.alive()
+    clock.now += 300
+    assert "has not turned" in (health.stalled() or "")
+
+
+def test_turning_without_progress_while_lag_waits_is_a_stall():
+    health, clock = make()
+    health.lag(1200)
+    for _ in range(31):  # the loop keeps turning (a poll spin), nothing is processed
+        clock.now += 10
+        health.beat()
+    assert health.alive()
+    assert "1200 messages wait" in (health.stalled() or "")
+
+
+def test_no_lag_means_nothing_to_progress_on():
+    health, clock = make()
+    for _ in range(40):
+        clock.now += 10
+        health.beat()
+        health.lag(0)
+    assert health.stalled() is None
+
+
+def test_before_start_and_after_stop_it_is_alive():
+    clock = Clock()
+    health = Health(liveness_timeout_s=60, stall_timeout_s=300, clock=clock)
+    clock.now += 10_000
+    assert health.alive() and health.stalled() is None
+
+
+def test_the_watchdog_reports_a_stall_once():
+    health, clock = make()
+    clock.now += 1000
+    seen: list[str] = []
+    done = threading.Event()
+
+    def on_stall(reason: str) -> None:
+        seen.append(reason)
+        done.set()
+
+    dog = Watchdog(health, on_stall, every_s=0.01).start()
+    assert done.wait(5)
+    dog.stop()
+    assert len(seen) == 1
