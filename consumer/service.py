@@ -446,6 +446,8 @@ class Service:
             self.health.lag(total)
         except KafkaError as err:  # a missed sample is not worth failing the loop for
             log.warning("could not measure consumer lag", error=type(err).__name__)
+            # Cluster unreachable: a restart cannot fix that, so it is not a stall to restart for.
+            self.health.lag(0)
 
     def _account(self, processed: list[tuple[ConsumerRecord, Processed]], batch_seconds: float) -> None:
         """Count a batch only once it is committed, so a retried batch is not counted twice."""
