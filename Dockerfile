@@ -12,10 +12,10 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && pip install --no-cache-dir --prefix=/install --no-deps /wheels/*.whl
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 tdm
+RUN useradd --system --uid 10001 tdm && install -d -o 10001 -g 10001 /var/lib/tdm-alerts
 COPY --from=build /install /usr/local
 USER 10001
-ENV TDM_LOG_FORMAT=json
+ENV TDM_LOG_FORMAT=json TDM_STATE_DIR=/var/lib/tdm-alerts/state
 EXPOSE 9108
 # SIGTERM finishes the batch in hand, commits and exits 0.
 STOPSIGNAL SIGTERM
