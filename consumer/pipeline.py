@@ -87,7 +87,8 @@ class Pipeline:
             fmt = self.topic_formats.get(source.topic or "", Format.AUTO)
         try:
             decoding = time.perf_counter()
-            results = decode(data, self.relevant, fmt, self.prefilter)
+            maybe = self.prefilter.may_be_relevant(data)
+            results = decode(data, self.relevant, fmt, maybe)
         except DecodeError as err:
             return _dead(err.reason, Stage.DECODE, err.detail, began)
         except Exception as err:
@@ -113,7 +114,8 @@ class Pipeline:
             done - began,
             interpreting - decoding,
             done - interpreting,
-            recognition_gap=not interpretations and self.prefilter.names_drug(data),
+            # Only a message the pre-filter let through can name the drug (checked once, here).
+            recognition_gap=not interpretations and maybe and self.prefilter.names_drug(data),
         )
 
 

@@ -9,7 +9,6 @@ from consumer.formats.canonical import decode_canonical
 from consumer.formats.errors import DecodeError, Relevance
 from consumer.formats.fhir import decode_fhir, parse_json, resource_type
 from consumer.formats.hl7v2 import decode_hl7v2
-from consumer.formats.prefilter import Prefilter
 from interpretation import LabResult
 
 _LEADING = b" \t\r\n\x0b\xef\xbb\xbf"  # whitespace, an MLLP start byte, a UTF-8 byte-order mark
@@ -34,15 +33,15 @@ def detect(data: bytes) -> Format | None:
 
 
 def decode(
-    data: bytes, relevant: Relevance, fmt: Format = Format.AUTO, prefilter: Prefilter | None = None
+    data: bytes, relevant: Relevance, fmt: Format = Format.AUTO, maybe_relevant: bool = True
 ) -> list[LabResult]:
     """The relevant lab results in one message; raises DecodeError for anything unreadable.
 
-    With a `prefilter`, a message that cannot hold an infliximab result is checked only for
-    its format (an HL7 header; JSON syntax and, for FHIR, a known resource type), not parsed
-    in full. The canonical format, ours, is always validated whole.
+    A message the pre-filter ruled out (`maybe_relevant` False) is checked only for its format
+    (an HL7 header; JSON syntax and, for FHIR, a known resource type), not parsed in full. The
+    canonical format, ours, is always validated whole.
     """
-    maybe = prefilter is None or prefilter.may_be_relevant(data)
+    maybe = maybe_relevant
     if fmt is Format.AUTO:
         found = detect(data)
         if found is None:
