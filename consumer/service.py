@@ -212,6 +212,8 @@ class Service:
                 self._restore_state(consumer, self.states)
             if time.monotonic() >= self._lag_due:
                 self._refresh_lag(consumer)
+                if self.states is not None:
+                    self.states.refresh_gauges()
                 self._lag_due = time.monotonic() + LAG_REFRESH_S
             try:
                 batch = self._batch

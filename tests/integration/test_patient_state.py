@@ -293,8 +293,8 @@ def test_state_moves_with_its_partitions_when_an_instance_stops(
         )
         produce(kafka_bootstrap, topics["input"], levels, keys)
         reader.wait_for(len(patients), timeout_s=90, while_alive=services)
-        held = metric_total(scrape(ports[1]), "tdm_state_patients")
-        assert held > 0  # the instance about to leave holds some patients' state
+        # The instance about to leave holds some patients' state (the gauge refreshes every 10 s).
+        wait_until(lambda: metric_total(scrape(ports[1]), "tdm_state_patients") > 0, 30)
 
         leaving = services.pop(1)
         ports.pop(1)
@@ -306,7 +306,9 @@ def test_state_moves_with_its_partitions_when_an_instance_stops(
         # Every reflex found its level, including those whose state had to move.
         assert len(updates) == len(patients)
         assert {e["pattern"] for e in updates} == {"immunogenic_failure"}
-        assert sum(metric_total(scrape(p), "tdm_state_patients") for p in ports) == len(patients)
+        wait_until(
+            lambda: sum(metric_total(scrape(p), "tdm_state_patients") for p in ports) == len(patients), 30
+        )
         for service in services:
             assert service.stop() == 0
     finally:
