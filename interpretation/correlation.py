@@ -23,7 +23,6 @@ from typing import NamedTuple
 from interpretation.alerts import (
     Action,
     Alert,
-    Category,
     Partner,
     PreviousLevel,
     SourceRef,
@@ -184,19 +183,34 @@ class _Fold:
             for r in self.kept
         )
 
-    def resolve(self, incident: OpenIncident, reason: str, described_by: Interpretation) -> None:
-        self.incidents.remove(incident)
-        self.detach(incident)
+    def emit(
+        self,
+        described_by: Interpretation,
+        action: Action,
+        incident: OpenIncident,
+        *,
+        partner: Partner | None = None,
+        previous: tuple[PreviousLevel, ...] = (),
+        reason: str | None = None,
+    ) -> None:
+        """Add the event `action` on `incident`, described by an interpretation."""
         self.events.append(
             event_for(
                 described_by,
                 self.source,
-                action=Action.RESOLVE,
+                action=action,
                 incident=incident.key,
                 category=incident.category,
+                partner=partner,
+                previous_levels=previous,
                 resolve_reason=reason,
             )
         )
+
+    def resolve(self, incident: OpenIncident, reason: str, described_by: Interpretation) -> None:
+        self.incidents.remove(incident)
+        self.detach(incident)
+        self.emit(described_by, Action.RESOLVE, incident, reason=reason)
 
     def done(self, rules: CorrelationRules, seen: datetime | None) -> tuple[PatientState, list[Alert]]:
         open_keys = {i.key for i in self.incidents}
@@ -251,16 +265,7 @@ def _withdraw(fold: _Fold, incident: OpenIncident, interpretation: Interpretatio
     fold.incidents[fold.incidents.index(incident)] = incident.model_copy(
         update={"severity": severity_of(None), "pattern": None}
     )
-    fold.events.append(
-        event_for(
-            interpretation,
-            fold.source,
-            action=Action.UPDATE,
-            incident=incident.key,
-            category=incident.category,
-            partner=_as_partner(remaining),
-        )
-    )
+    fold.emit(interpretation, Action.UPDATE, incident, partner=_as_partner(remaining))
 
 
 class _Facts(NamedTuple):
@@ -277,28 +282,18 @@ def _decide(fold: _Fold, facts: _Facts, incident: OpenIncident | None, *, correc
     interpretation, pattern = facts.interpretation, facts.pattern
     alerting = interpretation.alert or pattern in _ALERTING_PATTERNS
 
-    def event(action: Action, key: str, category: Category) -> None:
-        fold.events.append(
-            event_for(
-                interpretation,
-                fold.source,
-                action=action,
-                incident=key,
-                category=category,
-                partner=facts.partner,
-                previous_levels=facts.previous,
-            )
-        )
+    def event(action: Action, incident: OpenIncident) -> None:
+        fold.emit(interpretation, action, incident, partner=facts.partner, previous=facts.previous)
 
     if incident is not None and alerting:
         fold.incidents[fold.incidents.index(incident)] = incident.model_copy(
             update={"severity": severity_of(pattern), "pattern": pattern}
         )
-        event(Action.UPDATE, incident.key, incident.category)
+        event(Action.UPDATE, incident)
         return incident.key
     if incident is not None and corrects and interpretation.finding.value == "uninterpretable":
         # A correction that cannot be read does not close the incident: say so, keep it open.
-        event(Action.UPDATE, incident.key, incident.category)
+        event(Action.UPDATE, incident)
         return incident.key
     if incident is not None:
         why = "corrected into range" if corrects else "read with its partner, nothing calls for attention"
@@ -307,10 +302,9 @@ def _decide(fold: _Fold, facts: _Facts, incident: OpenIncident | None, *, correc
     if alerting:
         category = category_of(interpretation)
         key = incident_key(interpretation.result, category)
-        fold.incidents.append(
-            OpenIncident(key=key, category=category, severity=severity_of(pattern), pattern=pattern)
-        )
-        event(Action.TRIGGER, key, category)
+        opened = OpenIncident(key=key, category=category, severity=severity_of(pattern), pattern=pattern)
+        fold.incidents.append(opened)
+        event(Action.TRIGGER, opened)
         return key
     return None
 

@@ -88,10 +88,6 @@ class TreatmentContext(Frozen):
     days_since_last_dose: Annotated[int, Field(ge=0, le=3650)] | None = None
     dosing_interval_days: Annotated[int, Field(ge=1, le=365)] | None = None
 
-    def overlaid_with(self, override: TreatmentContext) -> TreatmentContext:
-        """This context with every field that `override` sets replaced by the override's value."""
-        return self.model_copy(update=override.model_dump(exclude_none=True))
-
 
 class LabResult(Frozen):
     """One coded observation as the lab reported it, plus who and what it is about.

@@ -9,7 +9,7 @@ heap (measured in docs/benchmarks.md).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 _SCHEMA = """
@@ -70,10 +70,6 @@ class PartitionStore:
 
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM patient").fetchone()[0])
-
-    def items(self) -> Iterator[tuple[str, bytes]]:
-        for patient_id, state in self._db.execute("SELECT id, state FROM patient ORDER BY id"):
-            yield str(patient_id), bytes(state)
 
     def close(self) -> None:
         self._db.close()
