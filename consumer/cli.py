@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-submit dead letters to their source topic (settings: TDM_* env)",
         description="Reads the dead-letter topic from the start (or --since) up to its end when the "
         "command starts, and produces each dead letter's original key, value and headers to the "
-        "topic it came from. Downstream, dedup_key makes a replayed alert recognisable.",
+        "topic it came from. A replayed result the patient's state already holds publishes nothing new.",
     )
     again.add_argument(
         "--reason", action="append", choices=[r.value for r in Reason], help="only this reason (repeatable)"

@@ -7,7 +7,7 @@ instance (`{group}-{instance}`), so a restarted instance aborts whatever its dea
 predecessor left open.
 
 At least once: outputs are sent and acknowledged, then the offsets are committed; a crash
-between the two re-delivers the batch, and `dedup_key` tells the duplicates apart.
+between the two re-delivers the batch, and `event_id` tells the duplicates apart.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each dead letter goes back, with its original key, value and headers, to the topic it came
 from. The replay keeps no state of its own: it reads the dead-letter topic from a point in
 time up to the end it saw on start, so it can be run again safely; the service's
-`dedup_key` lets downstream systems recognise an alert they already have.
+`event_id` lets downstream systems recognise an event they already have.
 """
 
 from __future__ import annotations
