@@ -17,6 +17,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -57,6 +58,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.relevant_dead_letters = Counter(
+            "tdm_relevant_dead_letters",
+            "Dead letters whose bytes may hold an infliximab result (the pre-filter passed them), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        # Process metrics (start time, CPU, memory, open files) for the restart and crash-loop alert.
+        ProcessCollector(registry=r)
         self.recognition_gaps = Counter(
             "tdm_recognition_gaps",
             "Messages that name infliximab but hold no recognised drug-level or antibody result "

@@ -53,6 +53,9 @@ class Processed:
     # The bytes name infliximab (or a biosimilar) but no result was recognised: a new local
     # code or test name that would otherwise silence alerting without anyone noticing.
     recognition_gap: bool = False
+    # A dead letter that may have held an infliximab result: these are the ones that matter
+    # clinically, and 1% of a feed hides among the rest.
+    maybe_relevant: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +82,11 @@ class Pipeline:
             return _dead(Reason.EMPTY, Stage.INTAKE, "message has no value", began)
         if len(data) > self.max_message_bytes:
             detail = f"message is {len(data)} bytes; the limit is {self.max_message_bytes}"
-            return _dead(Reason.TOO_LARGE, Stage.INTAKE, detail, began)
+            return _dead(Reason.TOO_LARGE, Stage.INTAKE, detail, began, self.prefilter.may_be_relevant(data))
         if (at := data.translate(_CONTROL_TO_NUL).find(0)) >= 0:
             detail = f"binary content: control byte 0x{data[at]:02x} at byte {at}"
             return _dead(Reason.BINARY, Stage.INTAKE, detail, began)
+        maybe = False
         if fmt is None:
             fmt = self.topic_formats.get(source.topic or "", Format.AUTO)
         try:
@@ -90,15 +94,17 @@ class Pipeline:
             maybe = self.prefilter.may_be_relevant(data)
             results = decode(data, self.relevant, fmt, maybe)
         except DecodeError as err:
-            return _dead(err.reason, Stage.DECODE, err.detail, began)
+            return _dead(err.reason, Stage.DECODE, err.detail, began, maybe)
         except Exception as err:
-            return _dead(Reason.PROCESSING_ERROR, Stage.DECODE, type(err).__name__, began)
+            return _dead(Reason.PROCESSING_ERROR, Stage.DECODE, type(err).__name__, began, maybe)
         try:
             interpreting = time.perf_counter()
             interpretations = interpret_all(results, self.ruleset, self.context_override)
             alerts = [a for i in interpretations if (a := alert_for(i, source)) is not None]
         except Exception as err:
-            return _dead(Reason.PROCESSING_ERROR, Stage.INTERPRET, type(err).__name__, began)
+            return _dead(
+                Reason.PROCESSING_ERROR, Stage.INTERPRET, type(err).__name__, began, maybe_relevant=True
+            )
         done = time.perf_counter()
         if alerts:
             outcome = Outcome.ALERTED
@@ -119,9 +125,10 @@ class Pipeline:
         )
 
 
-def _dead(reason: Reason, stage: Stage, detail: str, began: float) -> Processed:
+def _dead(reason: Reason, stage: Stage, detail: str, began: float, maybe_relevant: bool = False) -> Processed:
     return Processed(
         Outcome.DEAD_LETTERED,
         dead_letter=DeadLetter(reason, stage, detail),
         seconds=time.perf_counter() - began,
+        maybe_relevant=maybe_relevant,
     )

@@ -491,6 +491,8 @@ class Service:
                 )
             if result.dead_letter is not None:
                 m.dead_letters.labels(result.dead_letter.reason.value).inc()
+                if result.maybe_relevant:
+                    m.relevant_dead_letters.labels(result.dead_letter.reason.value).inc()
                 log.warning(
                     "dead-lettered",
                     reason=result.dead_letter.reason.value,
