@@ -408,3 +408,23 @@ def test_a_low_level_corrected_into_range_resolves_its_incident(kafka_bootstrap,
     ]
     assert found[0]["incident_key"] == found[1]["incident_key"]
     assert service.stop() == 0
+
+
+def test_input_already_keyed_by_patient_skips_the_repartition_hop(kafka_bootstrap, topics, start_service):
+    patient = f"KY-{uuid.uuid4().hex[:6]}"
+    results = [
+        message(patient, "ACC-K", "SPM-K", DAY0, level("1.2")),
+        message(patient, "ACC-K-R", "SPM-K", DAY0, antibodies("150")),
+    ]
+    produce(kafka_bootstrap, topics["input"], results, [patient.encode()] * 2)
+    service = start_service(TDM_INPUT_KEYED_BY_PATIENT="true")
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    try:
+        reader.wait_for(2, timeout_s=60, while_alive=[service])
+        found = events_of(reader)
+    finally:
+        reader.close()
+    assert [(e["action"], e["severity"]) for e in found] == [("trigger", "high"), ("update", "critical")]
+    log = service.log_text()
+    assert ".patient-results" not in log  # no repartition topic was created or consumed
+    assert service.stop() == 0
