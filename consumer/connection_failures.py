@@ -49,8 +49,8 @@ _CLIENT_CERT_ALERTS = (
 )
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """The error, the exceptions it wraps in its args, and its causes."""
+def exception_chain(error: BaseException) -> Iterator[BaseException]:
+    """The error, the exceptions it wraps in its args (kafka-python wraps errors so), and its causes."""
     seen: set[int] = set()
     pending = [error]
     while pending:
@@ -65,7 +65,7 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 
 def classify(error: BaseException) -> Cause | None:
     """The cause of a failed connection, or None when it looks like plain unreachability."""
-    for part in _chain(error):
+    for part in exception_chain(error):
         if isinstance(part, kafka_errors.SaslAuthenticationFailedError):
             return Cause.AUTHENTICATION
         if isinstance(part, kafka_errors.UnsupportedSaslMechanismError):

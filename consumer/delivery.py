@@ -20,6 +20,7 @@ from kafka import errors as kafka_errors
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
+from consumer.connection_failures import exception_chain
 from consumer.kafka_clients import new_producer
 from consumer.settings import Settings
 
@@ -40,17 +41,7 @@ FATAL_ERRORS: tuple[type[Exception], ...] = (
 def fatal_cause(err: BaseException) -> BaseException | None:
     """The fatal error in `err` or wrapped in it (kafka-python wraps a fence seen at send time in
     a plain KafkaError whose args hold the ProducerFencedError), or None."""
-    pending, seen = [err], set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, FATAL_ERRORS):
-            return current
-        pending.extend(a for a in current.args if isinstance(a, BaseException))
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return None
+    return next((e for e in exception_chain(err) if isinstance(e, FATAL_ERRORS)), None)
 
 
 def is_fatal(err: BaseException) -> bool:

@@ -162,9 +162,14 @@ def result_identity(result: LabResult) -> tuple[object, ...]:
     )
 
 
+def result_fingerprint(result: LabResult) -> str:
+    """The reported content of a result: a redelivery has the same one, a correction not."""
+    return _digest(*result_identity(result))
+
+
 def incident_key(result: LabResult, category: Category) -> str:
     """The incident a result opens: patient + specimen (else accession, else result) + category."""
-    where = result.specimen_id or result.accession or result.result_id or _digest(*result_identity(result))
+    where = result.specimen_id or result.accession or result.result_id or result_fingerprint(result)
     return _digest("incident", result.patient_id, where, category.value)
 
 

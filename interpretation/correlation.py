@@ -28,13 +28,13 @@ from interpretation.alerts import (
     SourceRef,
     category_of,
     event_for,
-    event_id,
     incident_key,
+    result_fingerprint,
     severity_of,
 )
 from interpretation.engine import interpret, pattern_of
 from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, Interpretation, Pattern
-from interpretation.lab_result import LabResult, TreatmentContext
+from interpretation.lab_result import LabResult, TreatmentContext, as_utc
 from interpretation.patient_state import CorrelationRules, OpenIncident, PatientState, RememberedResult
 from interpretation.ruleset import RuleSet
 from interpretation.treatment import TreatmentRecord
@@ -47,13 +47,6 @@ _EARLIEST = datetime.min.replace(tzinfo=UTC)
 DEFAULT_RULES = CorrelationRules()
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    """Times without an offset are read as UTC, so that any two can be compared."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
-
-
 def result_key(result: LabResult, analyte: Analyte) -> str:
     """What a correction of this result shares with it: the result id, else the draw and analyte.
 
@@ -64,18 +57,18 @@ def result_key(result: LabResult, analyte: Analyte) -> str:
     where = result.specimen_id or result.accession
     if where:
         return f"{analyte.value}:{where}"
-    return f"{analyte.value}:report:{event_id('result', Action.TRIGGER, result)}"
+    return f"{analyte.value}:report:{result_fingerprint(result)}"
 
 
 def _remember(interpretation: Interpretation) -> RememberedResult:
     r = interpretation.result
     return RememberedResult(
         key=result_key(r, interpretation.analyte),
-        fingerprint=event_id("result", Action.TRIGGER, r),
+        fingerprint=result_fingerprint(r),
         analyte=interpretation.analyte,
         specimen_id=r.specimen_id,
         accession=r.accession,
-        collected_at=_utc(r.collected_at),
+        collected_at=as_utc(r.collected_at) if r.collected_at else None,
         status=r.status,
         finding=interpretation.finding,
         value=interpretation.value,

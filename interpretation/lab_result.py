@@ -6,11 +6,16 @@ the decoders sees raw bytes.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A time without an offset read as UTC, so that any two reported times can be compared."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class Frozen(BaseModel):

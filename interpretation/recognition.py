@@ -23,7 +23,7 @@ from interpretation.ruleset import Recognition
 _WORD = re.compile(r"[a-z0-9]+")
 
 
-def _phrase_text(text: str) -> str:
+def phrase_text(text: str) -> str:
     """Lower-cased words joined by single spaces and padded, so ` phrase ` matches whole words."""
     return " " + " ".join(_WORD.findall(text.lower())) + " "
 
@@ -58,17 +58,17 @@ def _compiled(recognition: Recognition) -> _Vocabulary:
     return _Vocabulary(
         drug_codes=frozenset(recognition.drug_level_codes),
         antibody_codes=frozenset(recognition.antibody_codes),
-        names=tuple(_phrase_text(n) for n in recognition.drug_names),
-        markers=tuple(_phrase_text(m) for m in recognition.antibody_markers),
-        reflex=tuple(_phrase_text(m) for m in recognition.reflex_markers),
-        panel=tuple(_phrase_text(m) for m in recognition.panel_markers),
+        names=tuple(phrase_text(n) for n in recognition.drug_names),
+        markers=tuple(phrase_text(m) for m in recognition.antibody_markers),
+        reflex=tuple(phrase_text(m) for m in recognition.reflex_markers),
+        panel=tuple(phrase_text(m) for m in recognition.panel_markers),
         level_units=frozenset(unit_key(u) for u in recognition.drug_level_units),
         antibody_units=frozenset(unit_key(u) for u in recognition.antibody_units),
     )
 
 
 def _name_says(display: str, vocabulary: _Vocabulary) -> _NameSays:
-    words = _phrase_text(display)
+    words = phrase_text(display)
     if not any(name in words for name in vocabulary.names):
         return _NameSays.NOT_INFLIXIMAB
     # "Infliximab QN with Reflex to Ab": what follows a reflex marker is another test the lab

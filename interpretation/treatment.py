@@ -9,13 +9,13 @@ each field: the message's own context, then the patient's record, then the rule 
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from interpretation.lab_result import Frozen, Goal, Monitoring, Phase, Route, TreatmentContext
+from interpretation.lab_result import Frozen, Goal, Monitoring, Phase, Route, TreatmentContext, as_utc
 
 
 class ContextSource(StrEnum):
@@ -45,14 +45,14 @@ class TreatmentRecord(Frozen):
         """The context this record implies for a sample drawn at `collected_at`."""
         week = days_since = None
         if collected_at is not None:
-            drawn = _utc(collected_at)
+            drawn = as_utc(collected_at)
             if self.induction_start is not None and self.phase is not Phase.MAINTENANCE:
                 days = (drawn.date() - self.induction_start).days
                 # Induction troughs are drawn at the infusion of that week (day 14, 42, 98),
                 # a day or two either side: the nearest whole week.
                 week = round(days / 7) if days >= 0 else None
             if self.last_dose_at is not None:
-                elapsed = (drawn - _utc(self.last_dose_at)).days
+                elapsed = (drawn - as_utc(self.last_dose_at)).days
                 days_since = elapsed if elapsed >= 0 else None
         return TreatmentContext(
             phase=self.phase,
@@ -63,10 +63,6 @@ class TreatmentRecord(Frozen):
             days_since_last_dose=days_since,
             dosing_interval_days=self.dosing_interval_days,
         )
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def resolve_context(

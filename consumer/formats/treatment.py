@@ -13,7 +13,6 @@ a subcutaneous product (Zymfentra, Remsima SC) sets the route.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,13 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from consumer.dead_letters import Reason
 from consumer.formats.errors import DecodeError, describe_validation_error
 from interpretation.lab_result import Route
+from interpretation.recognition import mentions_infliximab, phrase_text
 from interpretation.ruleset import Recognition
 from interpretation.treatment import TreatmentRecord
 
 # SNOMED CT route codes (FHIR's route value set) for the two ways infliximab is given.
 _ROUTES = {"47625008": Route.INTRAVENOUS, "34206005": Route.SUBCUTANEOUS}
 _PERIOD_DAYS = {"d": 1, "wk": 7}
-_WORD = re.compile(r"[a-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,8 @@ class _Concept(BaseModel):
     text: str | None = None
 
     def words(self) -> str:
-        texts = [self.text or "", *(c.display or "" for c in self.coding)]
-        return " " + " ".join(_WORD.findall(" ".join(texts).lower())) + " "
+        """The concept's text and displays as recognition compares names (" word word ")."""
+        return phrase_text(" ".join([self.text or "", *(c.display or "" for c in self.coding)]))
 
 
 class _Repeat(BaseModel):
@@ -125,7 +124,7 @@ def _from_fhir(patient_id: str, document: dict[str, Any], recognition: Recogniti
             "FHIR resourceType: expected MedicationAdministration or MedicationRequest",
         )
     words = med.medicationCodeableConcept.words() if med.medicationCodeableConcept else " "
-    if not any(f" {' '.join(_WORD.findall(name.lower()))} " in words for name in recognition.drug_names):
+    if not mentions_infliximab("", words, recognition):
         return None  # another medication
     given = med.resourceType == "MedicationAdministration"
     if (given and med.status != "completed") or (not given and med.status != "active"):
@@ -164,6 +163,6 @@ def _route(concept: _Concept | None) -> Route | None:
 
 def _route_of_brand(words: str, recognition: Recognition) -> Route | None:
     for brand in recognition.subcutaneous_brands:
-        if f" {' '.join(_WORD.findall(brand.lower()))} " in words:
+        if phrase_text(brand) in words:
             return Route.SUBCUTANEOUS
     return None

@@ -49,6 +49,11 @@ def antibodies(value: str, status: str = "final", result_id: str | None = None) 
     return {"code": "INXAB", "value": value, "unit": "U/mL", "status": status, "result_id": result_id}
 
 
+def send(bootstrap: str, topic: str, patient: str, *messages: bytes) -> None:
+    """Produce messages keyed by the patient, as a patient-keyed feed would."""
+    produce(bootstrap, topic, list(messages), [patient.encode()] * len(messages))
+
+
 def events_of(reader: AlertReader) -> list[dict[str, object]]:
     reader.settle(2.0)
     return reader.alerts
@@ -66,9 +71,9 @@ def test_a_reflex_antibody_days_later_turns_the_page_critical(
     service = start_service()
     reader = AlertReader(kafka_bootstrap, topics["alerts"])
     try:
-        produce(kafka_bootstrap, topics["input"], [ordered[0]], [patient.encode()])
+        send(kafka_bootstrap, topics["input"], patient, ordered[0])
         reader.wait_for(1, timeout_s=60, while_alive=[service])
-        produce(kafka_bootstrap, topics["input"], [ordered[1]], [patient.encode()])
+        send(kafka_bootstrap, topics["input"], patient, ordered[1])
         reader.wait_for(2, timeout_s=60, while_alive=[service])
         trigger, update = events_of(reader)
     finally:
@@ -101,7 +106,7 @@ def test_one_incident_from_trigger_to_resolve(kafka_bootstrap, topics, start_ser
         ("update", "high", "antibodies_with_adequate_level"),  # 4.5 is in range, antibodies remain
         ("resolve", "high", None),  # without the antibody result nothing calls for attention
     ]
-    produce(kafka_bootstrap, topics["input"], chain, [patient.encode()] * len(chain))
+    send(kafka_bootstrap, topics["input"], patient, *chain)
     service = start_service()
     reader = AlertReader(kafka_bootstrap, topics["alerts"])
     try:
@@ -321,12 +326,7 @@ def test_forget_removes_a_patients_state(kafka_bootstrap, topics, start_service,
     service = start_service()
     reader = AlertReader(kafka_bootstrap, topics["alerts"])
     try:
-        produce(
-            kafka_bootstrap,
-            topics["input"],
-            [message(patient, "F1", "FS1", DAY0, level("1.0"))],
-            [patient.encode()],
-        )
+        send(kafka_bootstrap, topics["input"], patient, message(patient, "F1", "FS1", DAY0, level("1.0")))
         reader.wait_for(1, timeout_s=60, while_alive=[service])
         assert patient in _changelog(kafka_bootstrap, group)
         forgot = subprocess.run(
@@ -341,12 +341,8 @@ def test_forget_removes_a_patients_state(kafka_bootstrap, topics, start_service,
         assert forgot.returncode == 0, forgot.stderr
         wait_until(lambda: patient not in _changelog(kafka_bootstrap, group), 30)
         # Forgotten: the reflex result that follows finds no level to pair with.
-        produce(
-            kafka_bootstrap,
-            topics["input"],
-            [message(patient, "F1R", "FS1", DAY0, antibodies("200"))],
-            [patient.encode()],
-        )
+        reflex = message(patient, "F1R", "FS1", DAY0, antibodies("200"))
+        send(kafka_bootstrap, topics["input"], patient, reflex)
         reader.wait_for(2, timeout_s=60, while_alive=[service])
         assert [e["action"] for e in events_of(reader)] == ["trigger", "trigger"]
     finally:
@@ -364,12 +360,7 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
     finally:
         admin.close()
     sc, iv = f"SC-{uuid.uuid4().hex[:6]}", f"IV-{uuid.uuid4().hex[:6]}"
-    produce(
-        kafka_bootstrap,
-        context,
-        [json.dumps({"route": "subcutaneous", "phase": "maintenance"}).encode()],
-        [sc.encode()],
-    )
+    send(kafka_bootstrap, context, sc, json.dumps({"route": "subcutaneous", "phase": "maintenance"}).encode())
     service = start_service(TDM_CONTEXT_TOPIC=context)
     reader = AlertReader(kafka_bootstrap, topics["alerts"])
     try:
@@ -394,7 +385,7 @@ def test_a_low_level_corrected_into_range_resolves_its_incident(kafka_bootstrap,
         message(patient, "ACC-C", "SPM-C", DAY0, level("1.9", result_id="LVL-C")),
         message(patient, "ACC-C", "SPM-C", DAY0, level("3.6", status="corrected", result_id="LVL-C")),
     ]
-    produce(kafka_bootstrap, topics["input"], chain, [patient.encode()] * 2)
+    send(kafka_bootstrap, topics["input"], patient, *chain)
     service = start_service()
     reader = AlertReader(kafka_bootstrap, topics["alerts"])
     try:
@@ -416,7 +407,7 @@ def test_input_already_keyed_by_patient_skips_the_repartition_hop(kafka_bootstra
         message(patient, "ACC-K", "SPM-K", DAY0, level("1.2")),
         message(patient, "ACC-K-R", "SPM-K", DAY0, antibodies("150")),
     ]
-    produce(kafka_bootstrap, topics["input"], results, [patient.encode()] * 2)
+    send(kafka_bootstrap, topics["input"], patient, *results)
     service = start_service(TDM_INPUT_KEYED_BY_PATIENT="true")
     reader = AlertReader(kafka_bootstrap, topics["alerts"])
     try:
