@@ -11,6 +11,7 @@ from typing import TypeVar
 import structlog
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+from kafka.structs import MemberState
 
 from consumer.connection_failures import ADVICE, WATCH, Cause
 from consumer.fatal import FatalError
@@ -110,6 +111,19 @@ def new_consumer(settings: Settings) -> KafkaConsumer:
         heartbeat_interval_ms=settings.session_timeout_ms // 3,
         **settings.kafka_security(),
     )
+
+
+def in_group(consumer: KafkaConsumer) -> bool:
+    """A stable member of its group with a known coordinator (an idle member with no partitions is).
+
+    Safe from another thread: it reads the membership snapshot and the coordinator id, with no
+    I/O. The coordinator id is kafka-python's own attribute, read defensively: without it, the
+    membership state alone decides.
+    """
+    if consumer.group_metadata().state != MemberState.STABLE:
+        return False
+    coordinator = getattr(consumer, "_coordinator", None)
+    return getattr(coordinator, "coordinator_id", 0) is not None
 
 
 def new_producer(settings: Settings, transactional_id: str | None = None) -> KafkaProducer:

@@ -148,7 +148,9 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge(
-            "tdm_ready", "1 when partitions are assigned and the loop is consuming.", registry=r
+            "tdm_ready",
+            "1 while a member of the consumer group (with or without partitions) and the loop turns.",
+            registry=r,
         )
         self.ruleset = Info("tdm_ruleset", "Active interpretation rule set.", registry=r)
         self.build = Info("tdm_build", "tdm-alerts build.", registry=r)

@@ -33,6 +33,7 @@ from consumer.kafka_clients import (
     POLL_MAX_RECORDS,
     StopRequested,
     check_tls_material,
+    in_group,
     new_consumer,
     with_backoff,
 )
@@ -129,9 +130,20 @@ class Service:
         self._stop.set()
 
     def is_ready(self) -> bool:
-        """Consuming assigned partitions, and the loop turned recently (a hung loop is not ready)."""
+        """Consuming as a member of the group, and the loop turned recently (a hung loop is not ready).
+
+        An extra instance the group gave no partitions is ready: it is healthy and takes over
+        partitions as soon as another member leaves, so it must not page as not ready.
+        """
         fresh = self.health.since_beat() < min(30.0, self.settings.liveness_timeout_s)
-        return self._consuming and bool(self.assigned) and not self._stop.is_set() and fresh
+        consumer = self._consumer
+        return (
+            self._consuming
+            and not self._stop.is_set()
+            and fresh
+            and consumer is not None
+            and in_group(consumer)
+        )
 
     def run(self) -> None:
         s = self.settings

@@ -72,6 +72,34 @@ def test_alertmanager_config_is_valid():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.parametrize(
+    ("severity", "receiver"), [("critical", "pager"), ("warning", "tickets")], ids=["page", "ticket"]
+)
+def test_alertmanager_pages_critical_and_tickets_warnings(severity, receiver):
+    done = subprocess.run(
+        [
+            tool("amtool"),
+            "config",
+            "routes",
+            "test",
+            f"--config.file={OPS / 'alertmanager/alertmanager.yml'}",
+            f"severity={severity}",
+            "alertname=TdmAlertsDown",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.stdout.split() == [receiver], done.stdout + done.stderr
+
+
+def test_every_rule_severity_has_a_route():
+    """A new severity would fall through to tickets unnoticed: every one used is routed on purpose."""
+    rules = yaml.safe_load((OPS / "prometheus/alerts.yml").read_text())
+    severities = {r["labels"]["severity"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    assert severities == {"critical", "warning"}
+
+
 def test_compose_prometheus_has_its_rules_and_alertmanager():
     config = yaml.safe_load((OPS / "prometheus/prometheus.yml").read_text())
     mounts = dict(v.split(":")[:2] for v in COMPOSE["prometheus"]["volumes"])
@@ -85,9 +113,11 @@ def test_compose_prometheus_has_its_rules_and_alertmanager():
 
 def test_alertmanager_routes_to_the_webhook_service():
     config = yaml.safe_load((OPS / "alertmanager/alertmanager.yml").read_text())
-    [url] = [w["url"] for r in config["receivers"] for w in r.get("webhook_configs", [])]
-    host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()
-    assert host in COMPOSE and COMPOSE[host]["environment"]["HTTP_PORT"] == port
+    urls = [w["url"] for r in config["receivers"] for w in r.get("webhook_configs", [])]
+    assert len(urls) == len(config["receivers"]) == 2  # the pager and the ticket queue
+    for url in urls:
+        host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()
+        assert host in COMPOSE and COMPOSE[host]["environment"]["HTTP_PORT"] == port
     mount = next(v for v in COMPOSE["alertmanager"]["volumes"] if "alertmanager.yml" in v)
     assert mount.startswith("./ops/alertmanager/alertmanager.yml:")
 
