@@ -128,7 +128,10 @@ def in_group(consumer: KafkaConsumer) -> bool:
 
 def new_producer(settings: Settings, transactional_id: str | None = None) -> KafkaProducer:
     if transactional_id is not None:
-        extra: dict[str, object] = {"retry_backoff_ms": TRANSACTIONAL_RETRY_BACKOFF_MS}
+        extra: dict[str, object] = {
+            "retry_backoff_ms": TRANSACTIONAL_RETRY_BACKOFF_MS,
+            "transaction_timeout_ms": settings.transaction_timeout_ms,
+        }
     else:
         extra = {}
     return KafkaProducer(

@@ -76,6 +76,10 @@ class _Batch:
     first: dict[TopicPartition, int] = field(default_factory=dict)
     next: dict[TopicPartition, int] = field(default_factory=dict)
     processed: list[tuple[ConsumerRecord, Processed]] = field(default_factory=list)
+    # Holds an alert, or a result on its way to the patient's state: commit it now, not at the
+    # end of the interval, so a page is readable in milliseconds. Batches of skipped records
+    # (~99% of a feed) still fill up to the interval or the size limit.
+    urgent: bool = False
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -220,14 +224,18 @@ class Service:
         interval = s.commit_interval_ms / 1000
         while not self._stop.is_set():
             self.health.beat()
-            if self.states is not None and self.states.pending:
-                self._restore_state(consumer, self.states)
             if time.monotonic() >= self._lag_due:
                 self._refresh_lag(consumer)
                 if self.states is not None:
                     self.states.refresh_gauges()
                 self._lag_due = time.monotonic() + LAG_REFRESH_S
             try:
+                if self.states is not None and self.states.pending:
+                    if self._batch is not None:
+                        # A restore can outlast the transaction timeout: commit what is in
+                        # hand first, so no transaction stays open across it.
+                        self._commit(consumer, self._batch)
+                    self._restore_state(consumer, self.states)
                 batch = self._batch
                 room = min(POLL_MAX_RECORDS, s.batch_max_records - (len(batch.processed) if batch else 0))
                 wait_ms = (
@@ -245,7 +253,9 @@ class Service:
                     self._process(polled)
                 batch = self._batch
                 if batch is not None and (
-                    len(batch.processed) >= s.batch_max_records or time.monotonic() - batch.opened >= interval
+                    batch.urgent
+                    or len(batch.processed) >= s.batch_max_records
+                    or time.monotonic() - batch.opened >= interval
                 ):
                     self._commit(consumer, batch)
             except KafkaError as err:
@@ -297,6 +307,7 @@ class Service:
                     if states is not None and result.interpretations:
                         result = self._with_state(states, record, result, source)
                 batch.processed.append((record, result))
+                batch.urgent = batch.urgent or bool(result.alerts or result.interpretations)
                 self._send(record, result)
 
     def _patient_record(self, states: PatientStates, record: ConsumerRecord) -> Processed:

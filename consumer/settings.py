@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     )
     commit_interval_ms: Annotated[int, Field(gt=0, le=60_000)] = 100
     session_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 10_000
+    # An instance killed mid-transaction holds every read_committed reader of the partitions it
+    # wrote until the broker aborts the transaction at this timeout (kafka-python's default is a
+    # minute). Kafka Streams uses 10 s for exactly-once; a batch lasts TDM_COMMIT_INTERVAL_MS.
+    transaction_timeout_ms: Annotated[int, Field(ge=1000, le=900_000)] = 10_000
 
     max_message_bytes: Annotated[int, Field(gt=0)] = 1_048_576
     batch_max_records: Annotated[int, Field(gt=0, le=100_000)] = 5000
@@ -127,6 +131,11 @@ class Settings(BaseSettings):
             )
         if self.input_keyed_by_patient and (self.input_pattern or len(self.input_topics) != 1):
             raise ValueError("TDM_INPUT_KEYED_BY_PATIENT needs exactly one topic in TDM_INPUT_TOPICS")
+        if self.transaction_timeout_ms < 2 * self.commit_interval_ms:
+            raise ValueError(
+                "TDM_TRANSACTION_TIMEOUT_MS must be at least twice TDM_COMMIT_INTERVAL_MS "
+                "(a batch's transaction stays open for the interval)"
+            )
         outputs = {self.alert_topic, self.dlq_topic}
         if outputs & set(self.input_topics):
             raise ValueError("the alert and dead-letter topics must not also be input topics")

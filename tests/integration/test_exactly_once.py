@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from tests.conftest import metric_total, metrics_port, produce, scrape
+from tests.conftest import metric_total, metrics_port, produce, read_topic, scrape
 from tests.integration.feeds import Feed, canonical_feed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -251,6 +251,36 @@ def test_broker_unreachable_at_start_up_retries_not_ready_then_stops_cleanly(sta
     began = time.monotonic()
     assert service.stop() == 0
     assert time.monotonic() - began < 15
+
+
+def test_a_killed_instance_replaced_under_a_new_name_holds_readers_for_seconds_not_a_minute(
+    kafka_bootstrap, topics, start_service
+):
+    """A Deployment's replacement pod has a new name, so its transactional id cannot fence the
+    killed pod's open transaction: read_committed readers of every partition that transaction
+    wrote wait until the broker aborts it at TDM_TRANSACTION_TIMEOUT_MS (10 s, checked every
+    10 s by the broker), not kafka-python's default minute (measured: 66 s with 60000).
+
+    Dead letters make the open transaction deterministic: they do not commit early as alerts
+    do, so a batch holding one stays open for the commit interval (5 s here) and the kill lands
+    inside it.
+    """
+    bad = [b"{not json"]
+    old = start_service(TDM_INSTANCE_ID="old", TDM_COMMIT_INTERVAL_MS="5000", TDM_PATIENT_STATE="false")
+    wait_for_log(old, '"partitions assigned"', timeout_s=60)
+    produce(kafka_bootstrap, topics["input"], bad)
+    time.sleep(2.0)  # polled within milliseconds; its transaction commits 5 s after opening
+    old.kill()
+    killed_at = time.monotonic()
+    new = start_service(TDM_INSTANCE_ID="new", TDM_PATIENT_STATE="false", **SERVICE)
+    produce(kafka_bootstrap, topics["input"], [b"{also not json"])
+    # The dead-letter topic has one partition, which the killed transaction wrote.
+    letters = read_topic(kafka_bootstrap, topics["dlq"], expected=2, timeout_s=90)
+    waited = time.monotonic() - killed_at
+    print(f"dead letters readable {waited:.1f} s after the kill")
+    assert sorted(r.value for r in letters) == sorted([*bad, b"{also not json"])  # re-done once, not lost
+    assert waited < 40, f"readers waited {waited:.0f} s for the killed instance's transaction"
+    assert new.stop() == 0
 
 
 def ready(port: int) -> bool:

@@ -69,3 +69,12 @@ def test_delivery_and_instance(monkeypatch):
     monkeypatch.setenv("TDM_INSTANCE_ID", "pod 1")  # becomes part of the transactional id
     with pytest.raises(ValidationError, match="instance_id"):
         Settings()
+
+
+def test_transaction_timeout_is_seconds_and_outlasts_a_batch(monkeypatch):
+    assert Settings().transaction_timeout_ms == 10_000  # not kafka-python's minute
+    monkeypatch.setenv("TDM_COMMIT_INTERVAL_MS", "6000")
+    with pytest.raises(ValidationError, match="TDM_TRANSACTION_TIMEOUT_MS must be at least twice"):
+        Settings()
+    monkeypatch.setenv("TDM_TRANSACTION_TIMEOUT_MS", "12000")
+    assert Settings().transaction_timeout_ms == 12_000
