@@ -17,6 +17,9 @@ COPY --from=build /install /usr/local
 USER 10001
 ENV TDM_LOG_FORMAT=json TDM_STATE_DIR=/var/lib/tdm-alerts/state
 EXPOSE 9108
+# Where no orchestrator probes /healthz (plain Docker, compose): the same liveness check.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('TDM_METRICS_PORT', '9108'), timeout=4)"]
 # SIGTERM finishes the batch in hand, commits and exits 0.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["tdm-alerts"]

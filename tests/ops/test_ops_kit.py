@@ -152,31 +152,94 @@ def test_dashboard_covers_the_issue_and_uses_only_real_metrics():
 
 
 def test_k8s_probes_and_port_match_the_service():
-    deployment = K8S["Deployment"]
-    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    pods = K8S["StatefulSet"]["spec"]["template"]["spec"]
+    [container] = pods["containers"]
     env = {e["name"]: e for e in container["env"]}
     port = next(p for p in container["ports"] if p["name"] == "metrics")["containerPort"]
     assert env["TDM_METRICS_PORT"]["value"] == str(port)
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert env["TDM_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+    assert pods["terminationGracePeriodSeconds"] >= 30
     assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
     assert K8S["Service"]["spec"]["ports"][0]["targetPort"] == "metrics"
     assert K8S["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
 
 
-def test_k8s_config_is_valid_settings_and_keda_watches_the_same_group_and_topic():
+def test_k8s_replacement_pods_keep_their_transactional_id():
+    """A StatefulSet pod's name is stable, and it is the instance id: a replacement fences its
+    predecessor's open transaction instead of leaving readers to wait for its time-out."""
+    statefulset = K8S["StatefulSet"]
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TDM_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert K8S["Service"]["spec"]["clusterIP"] == "None"
+    assert statefulset["spec"]["serviceName"] == K8S["Service"]["metadata"]["name"]
+    assert "Deployment" not in K8S
+
+
+def test_k8s_availability_and_hardening():
+    statefulset = K8S["StatefulSet"]["spec"]
+    pods = statefulset["template"]["spec"]
+    assert "replicas" not in statefulset  # KEDA owns the count: a fixed one would fight it
+    assert K8S["ScaledObject"]["spec"]["minReplicaCount"] >= 2
+    assert K8S["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    labels = statefulset["template"]["metadata"]["labels"]
+    assert K8S["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    [on_nodes, _] = pods["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert on_nodes["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    security = pods["securityContext"]
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert isinstance(security["runAsUser"], int) and isinstance(security["runAsGroup"], int)
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert f"USER {security['runAsUser']}" in dockerfile  # the image's user, by number
+    [container] = pods["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_k8s_kafka_secrets_are_required_files_shared_with_keda():
     config = K8S["ConfigMap"]["data"]
-    settings = Settings(**{k.removeprefix("TDM_").lower(): v for k, v in config.items()})
+    pods = K8S["StatefulSet"]["spec"]["template"]["spec"]
+    [container] = pods["containers"]
+    assert not any("SASL_PASSWORD" in e["name"] and "_FILE" not in e["name"] for e in container["env"])
+    assert not any("secretRef" in source for source in container["envFrom"])  # no secrets in the env
+    [volume] = [v for v in pods["volumes"] if "secret" in v]
+    assert "optional" not in volume["secret"]  # required: a pod without credentials does not start
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    for setting in ("TDM_SASL_PASSWORD_FILE", "TDM_SSL_CAFILE"):
+        assert config[setting].startswith(mount["mountPath"] + "/")
+    auth = K8S["TriggerAuthentication"]["spec"]
+    secret_keys = {ref["parameter"]: ref["key"] for ref in auth["secretTargetRef"]}
+    assert secret_keys == {
+        "password": config["TDM_SASL_PASSWORD_FILE"].rsplit("/", 1)[1],
+        "ca": config["TDM_SSL_CAFILE"].rsplit("/", 1)[1],
+    }
+    assert all(ref["name"] == volume["secret"]["secretName"] for ref in auth["secretTargetRef"])
+    [username] = auth["configMapTargetRef"]
+    assert (username["name"], username["key"]) == (K8S["ConfigMap"]["metadata"]["name"], "TDM_SASL_USERNAME")
+    [trigger] = K8S["ScaledObject"]["spec"]["triggers"]
+    assert trigger["authenticationRef"]["name"] == K8S["TriggerAuthentication"]["metadata"]["name"]
+    assert trigger["metadata"]["sasl"] == config["TDM_SASL_MECHANISM"].lower().replace("-sha-", "_sha")
+    assert (trigger["metadata"]["tls"] == "enable") == config["TDM_SECURITY_PROTOCOL"].endswith("SSL")
+
+
+def test_k8s_config_is_valid_settings_and_keda_watches_the_same_group_and_topic(tmp_path):
+    config = K8S["ConfigMap"]["data"]
+    values = {k.removeprefix("TDM_").lower(): v for k, v in config.items()}
+    (tmp_path / "sasl-password").write_text("mounted from the Secret\n")
+    values["sasl_password_file"] = str(tmp_path / "sasl-password")  # the pod's mount, here
+    settings = Settings(**values)
     keda = K8S["ScaledObject"]["spec"]
     [trigger] = keda["triggers"]
     assert trigger["type"] == "kafka"
-    assert trigger["metadata"]["consumerGroup"] == settings.group_id
-    assert trigger["metadata"]["topic"] in settings.input_topics
-    assert trigger["metadata"]["bootstrapServers"] == ",".join(settings.bootstrap_servers)
-    assert keda["scaleTargetRef"]["name"] == K8S["Deployment"]["metadata"]["name"]
-    labels = K8S["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    # One place for the broker list, group and topic: KEDA reads the pods' own variables.
+    env_from = {"bootstrapServersFromEnv", "consumerGroupFromEnv", "topicFromEnv"}
+    assert env_from <= trigger["metadata"].keys()
+    assert not {"bootstrapServers", "consumerGroup", "topic"} & trigger["metadata"].keys()
+    assert all(trigger["metadata"][k] in config for k in env_from)
+    assert len(settings.input_topics) == 1
+    target = keda["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("StatefulSet", K8S["StatefulSet"]["metadata"]["name"])
+    labels = K8S["StatefulSet"]["spec"]["template"]["metadata"]["labels"]
     assert K8S["PodMonitor"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
     kustomized = yaml.safe_load((OPS / "k8s/kustomization.yaml").read_text())["resources"]
     assert sorted(kustomized) == sorted(

@@ -37,3 +37,10 @@ def test_service_is_built_from_the_dockerfile_and_runs_the_cli():
     assert SERVICES["tdm-alerts"]["build"] == "."
     dockerfile = (REPO / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["tdm-alerts"]' in dockerfile
+
+
+def test_long_running_services_come_back_after_a_crash_or_a_reboot():
+    services = COMPOSE["services"]
+    for name, service in services.items():
+        expected = "on-failure" if name == "create-topics" else "unless-stopped"
+        assert service.get("restart") == expected, name
