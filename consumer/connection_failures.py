@@ -116,8 +116,16 @@ class FailureWatch(logging.Handler):
         )
         if record.exc_info and record.exc_info[1] is not None:
             errors.append(record.exc_info[1])
+        # The "Connection lost" record carries the connection too: one the broker closed during
+        # SASL was refused at authentication, though the error says only "socket disconnected".
+        closed_during_sasl = isinstance(record.args, tuple) and any(
+            _closed_during_sasl(a) for a in record.args if not isinstance(a, BaseException)
+        )
         for error in errors:
-            if (cause := classify(error)) is not None:
+            cause = classify(error)
+            if cause is None and closed_during_sasl and isinstance(error, kafka_errors.KafkaConnectionError):
+                cause = Cause.AUTHENTICATION
+            if cause is not None:
                 with self._lock:
                     known = self._seen.setdefault(cause, [])
                     if not any(error is k for k in known):

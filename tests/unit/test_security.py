@@ -159,3 +159,43 @@ def test_a_fence_wrapped_in_a_plain_kafka_error_is_still_fatal():
     wrapped = kafka_errors.KafkaError("Cannot perform send because ... has failed with errors.", fenced)
     assert is_fatal(wrapped) and fatal_cause(wrapped) is fenced
     assert not is_fatal(kafka_errors.KafkaError("transient", kafka_errors.KafkaTimeoutError()))
+
+
+class _Init:
+    def __init__(self, failed: bool) -> None:
+        self._failed = failed
+
+    def failed(self) -> bool:
+        return self._failed
+
+
+class _Connection:
+    """The kafka-python connection attributes the watch reads (a stand-in, not a Kafka client)."""
+
+    def __init__(self, *, sasl: bool, versions_exchanged: bool, init_failed: bool) -> None:
+        self.sasl_enabled = sasl
+        self.broker_version_data = (4, 1) if versions_exchanged else None
+        self._init_future = _Init(init_failed)
+
+
+@pytest.mark.parametrize(
+    ("connection", "cause"),
+    [
+        (_Connection(sasl=True, versions_exchanged=True, init_failed=True), Cause.AUTHENTICATION),
+        (_Connection(sasl=False, versions_exchanged=True, init_failed=True), None),  # no SASL to refuse
+        (_Connection(sasl=True, versions_exchanged=False, init_failed=True), None),  # never got that far
+    ],
+    ids=["closed-during-sasl", "plaintext", "before-versions"],
+)
+def test_a_socket_closed_during_sasl_counts_as_a_refused_password(connection, cause):
+    """A broker that rejects the password often closes the socket before kafka-python reads the
+    SASL error: the log then says only "socket disconnected", with the connection in its args."""
+    watch = FailureWatch()
+    log = logging.getLogger("kafka.test-watch-sasl")
+    log.addHandler(watch)
+    try:
+        lost = kafka_errors.KafkaConnectionError("socket disconnected")
+        log.error("%s: Connection lost: %s", connection, lost)
+        assert watch.take() == ((cause, 1) if cause else (None, 0))
+    finally:
+        log.removeHandler(watch)
