@@ -21,9 +21,11 @@ import structlog
 from kafka import KafkaProducer
 from pydantic import ValidationError
 
+from consumer.dead_letter_reader import DeadLetterView, Position, dead_letters, new_reader
 from consumer.dead_letters import Reason
 from consumer.fatal import FatalError
 from consumer.formats import Format
+from consumer.group_status import group_status
 from consumer.health import Watchdog
 from consumer.logs import configure_logging
 from consumer.message_files import messages_in
@@ -54,6 +56,7 @@ from interpretation.patient_state import PatientState
 from interpretation.ruleset import PACKAGED_RULESETS, packaged_ruleset
 
 VERSION = "0.1.0"
+SINCE_HELP = "only dead letters written at or after this ISO 8601 time with a UTC offset (2026-11-27T08:00Z)"
 log = structlog.get_logger("tdm_alerts")
 
 
@@ -232,10 +235,96 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         since_ms=int(args.since.timestamp() * 1000) if args.since else None,
         limit=args.limit,
         dry_run=args.dry_run,
+        at=args.at,
     )
     report = replay(settings, request)
     print(report.describe())
     return 1 if report.failed else 0
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    reasons = set(args.reason or ())
+    consumer = new_reader(settings, "dlq-list")
+    shown = 0
+    try:
+        since_ms = int(args.since.timestamp() * 1000) if args.since else None
+        for record in dead_letters(consumer, settings.dlq_topic, since_ms):
+            view = DeadLetterView.of(record)
+            if reasons and view.reason not in reasons:
+                continue
+            print(view.line())
+            shown += 1
+            if args.limit is not None and shown >= args.limit:
+                break
+    finally:
+        consumer.close()
+    print(f"{shown} dead letter(s) on {settings.dlq_topic}", file=sys.stderr)
+    return 0
+
+
+def cmd_dlq_show(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    consumer = new_reader(settings, "dlq-show")
+    try:
+        record = next(dead_letters(consumer, settings.dlq_topic, at=args.position), None)
+    finally:
+        consumer.close()
+    if record is None:  # an aborted record or a transaction marker sits at that offset
+        raise FatalError(f"no committed dead letter at {args.position.partition}:{args.position.offset}")
+    print(DeadLetterView.of(record).describe())
+    if args.body:
+        # Asked for explicitly: the lab message as it arrived, patient data included.
+        sys.stdout.write("\n")
+        sys.stdout.buffer.write(record.value or b"")
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    print(group_status(settings).render())
+    return 0
+
+
+def aware_time(text: str) -> datetime:
+    """An ISO 8601 time with its UTC offset: a bare time would silently mean this machine's zone."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no UTC offset: add one, for example {text}+00:00 or {text}Z"
+        )
+    return moment
+
+
+def position(text: str) -> Position:
+    try:
+        return Position.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def settings_help() -> str:
+    """Every TDM_* setting with its default, for `run --help` (the README says what each does)."""
+    lines = ["settings (environment variables; the README's Settings table explains each):"]
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=False)
+        if info.default_factory:
+            shown = "(this host's name)"
+        elif isinstance(default, bool):
+            shown = str(default).lower()
+        elif isinstance(default, list):
+            shown = ",".join(str(v) for v in default)
+        else:
+            shown = "(unset)" if default in (None, {}) else str(default)
+        lines.append(f"  TDM_{name.upper():<32} {shown}")
+    return "\n".join(lines)
 
 
 # -- rules and schema -----------------------------------------------------------------------
@@ -316,8 +405,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tdm-alerts {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="consume lab results and publish alerts (settings: TDM_* env)")
+    run = commands.add_parser(
+        "run",
+        help="consume lab results and publish alerts (settings: TDM_* env)",
+        description="Consume lab results from Kafka and publish infliximab alerts until SIGTERM.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.set_defaults(handler=cmd_run)
+    status = commands.add_parser(
+        "status",
+        help="the consumer group: members, assignment, committed offsets and lag (settings: TDM_* env)",
+    )
+    status.set_defaults(handler=cmd_status)
 
     interp = commands.add_parser(
         "interpret",
@@ -334,13 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
     interp.add_argument(
         "--format", choices=[f.value for f in Format], default="auto", help="input format (default: detect)"
     )
-    interp.add_argument("--phase", choices=[p.value for p in Phase])
+    interp.add_argument("--phase", choices=[p.value for p in Phase], help="treatment phase of every result")
     interp.add_argument("--week", type=int, help="weeks since the start of induction")
-    interp.add_argument("--route", choices=[r.value for r in Route])
-    interp.add_argument("--goal", choices=[g.value for g in Goal])
+    interp.add_argument("--route", choices=[r.value for r in Route], help="intravenous or subcutaneous")
+    interp.add_argument("--goal", choices=[g.value for g in Goal], help="the treatment goal to judge against")
     interp.add_argument("--ruleset", type=Path, help="rule file (default: $TDM_RULESET or the packaged one)")
     interp.add_argument(
-        "--max-message-bytes", type=int, default=Settings.model_fields["max_message_bytes"].default
+        "--max-message-bytes",
+        type=int,
+        default=Settings.model_fields["max_message_bytes"].default,
+        help="larger messages are refused, as the service refuses them (default: %(default)s)",
     )
     interp.add_argument(
         "--no-state",
@@ -352,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     rules = commands.add_parser("rules", help="check or show interpretation rule sets")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     check = rules_commands.add_parser("check", help="validate a rule file and explain its errors")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, help="the rule set JSON file to validate")
     check.set_defaults(handler=cmd_rules_check)
     show = rules_commands.add_parser("show", help="print the active rules with their citations")
     show.add_argument(
@@ -373,12 +476,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--reason", action="append", choices=[r.value for r in Reason], help="only this reason (repeatable)"
     )
     again.add_argument("--to", metavar="TOPIC", help="produce here instead of each message's source topic")
-    again.add_argument(
-        "--since", type=datetime.fromisoformat, help="only dead letters written at or after this ISO time"
-    )
+    again.add_argument("--since", type=aware_time, help=SINCE_HELP)
+    again.add_argument("--at", type=position, metavar="PARTITION:OFFSET", help="only this one dead letter")
     again.add_argument("--limit", type=int, help="stop after this many re-submissions")
     again.add_argument("--dry-run", action="store_true", help="count what would be replayed; produce nothing")
     again.set_defaults(handler=cmd_dlq_replay)
+    listing = dlq_commands.add_parser(
+        "list",
+        help="one line per dead letter: position, time, reason, source, error (never the message)",
+    )
+    listing.add_argument(
+        "--reason", action="append", choices=[r.value for r in Reason], help="only this reason (repeatable)"
+    )
+    listing.add_argument("--since", type=aware_time, help=SINCE_HELP)
+    listing.add_argument("--limit", type=int, help="stop after this many lines")
+    listing.set_defaults(handler=cmd_dlq_list)
+    show_one = dlq_commands.add_parser(
+        "show", help="one dead letter's headers and reason; its message only with --body"
+    )
+    show_one.add_argument(
+        "position", type=position, metavar="PARTITION:OFFSET", help="as `dlq list` prints it"
+    )
+    show_one.add_argument(
+        "--body", action="store_true", help="also print the message as it arrived (it holds patient data)"
+    )
+    show_one.set_defaults(handler=cmd_dlq_show)
 
     forget = commands.add_parser(
         "forget",
@@ -405,6 +527,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"tdm-alerts: {err.filename}: no such file", file=sys.stderr)
         return 2
+    except FatalError as err:  # operator commands: a clear line, no traceback
+        print(f"tdm-alerts: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

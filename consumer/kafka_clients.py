@@ -70,6 +70,19 @@ def with_backoff(make: Callable[[], T], what: str, max_backoff_s: float, stoppin
             delay = min(delay * 2, max_backoff_s)
 
 
+def connect_once(make: Callable[[], T], settings: Settings) -> T:
+    """For operator commands: one attempt, and a failure is a clear error naming its cause."""
+    check_tls_material(settings)
+    WATCH.take()
+    try:
+        return make()
+    except (KafkaTimeoutError, KafkaConnectionError):
+        cause, _ = WATCH.take()
+        why = ADVICE[cause] if cause else "check TDM_BOOTSTRAP_SERVERS, the network and the security settings"
+        servers = ",".join(settings.bootstrap_servers)
+        raise FatalError(f"cannot connect to the Kafka cluster at {servers}: {why}") from None
+
+
 def check_tls_material(settings: Settings) -> None:
     """Load the CA, certificate and key now, so a wrong path or key password is a clear error.
 
@@ -151,6 +164,7 @@ def new_producer(settings: Settings, transactional_id: str | None = None) -> Kaf
 def new_admin(settings: Settings) -> KafkaAdminClient:
     return KafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers,
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         client_id=settings.client_id,
         **settings.kafka_security(),
     )

@@ -2,7 +2,7 @@
 
 Each dead letter goes back, with its original key, value and headers, to the topic it came
 from. The replay keeps no state of its own: it reads the dead-letter topic from a point in
-time up to the end it saw on start, so it can be run again safely; the service's
+time (or only one position) up to the end it saw on start, so it can be run again safely; the service's
 `event_id` lets downstream systems recognise an event they already have.
 """
 
@@ -12,9 +12,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import structlog
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 
+from consumer.dead_letter_reader import Position, dead_letters, new_reader, partitions_of
 from consumer.dead_letters import HEADER_PREFIX, Reason
 from consumer.kafka_clients import new_producer
 from consumer.settings import Settings
@@ -31,6 +32,7 @@ class ReplayRequest:
     since_ms: int | None = None
     limit: int | None = None
     dry_run: bool = False
+    at: Position | None = None  # only this dead letter
 
 
 @dataclass
@@ -70,16 +72,11 @@ def _target(record: ConsumerRecord, request: ReplayRequest, report: ReplayReport
 
 
 def replay(settings: Settings, request: ReplayRequest) -> ReplayReport:
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-dlq-replay",
-        group_id=None,  # stateless: no offsets are committed
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        **settings.kafka_security(),
-    )
+    consumer = new_reader(settings, "dlq-replay")
     producer = None if request.dry_run else new_producer(settings)
     try:
+        if request.to_topic is not None:
+            partitions_of(consumer, request.to_topic, "--to")  # before anything is sent
         return _replay(consumer, producer, settings.dlq_topic, request)
     finally:
         consumer.close()
@@ -90,35 +87,17 @@ def replay(settings: Settings, request: ReplayRequest) -> ReplayReport:
 def _replay(
     consumer: KafkaConsumer, producer: KafkaProducer | None, dlq_topic: str, request: ReplayRequest
 ) -> ReplayReport:
-    partitions = consumer.partitions_for_topic(dlq_topic)
-    if not partitions:
-        raise ValueError(f"dead-letter topic {dlq_topic!r} does not exist")
-    tps = [TopicPartition(dlq_topic, p) for p in sorted(partitions)]
-    consumer.assign(tps)
-    ends = consumer.end_offsets(tps)
-    starts = consumer.beginning_offsets(tps)
-    if request.since_ms is not None:
-        found = consumer.offsets_for_times(dict.fromkeys(tps, request.since_ms))
-        starts = {tp: (found[tp].offset if found[tp] is not None else ends[tp]) for tp in tps}
-    for tp in tps:
-        consumer.seek(tp, starts[tp])
-
     report = ReplayReport(dry_run=request.dry_run)
     futures = []
-    remaining = {tp for tp in tps if starts[tp] < ends[tp]}
-    while remaining and not report.reached(request.limit):
-        for tp, records in consumer.poll(timeout_ms=1000).items():
-            for record in records:
-                if record.offset >= ends[tp] or report.reached(request.limit):
-                    break
-                target = _target(record, request, report)
-                if target is not None and producer is not None:
-                    original = [(k, v) for k, v in record.headers or [] if not k.startswith(HEADER_PREFIX)]
-                    origin = f"{record.topic}/{record.partition}/{record.offset}".encode()
-                    headers = [*original, (REPLAYED_FROM, origin)]
-                    futures.append(producer.send(target, key=record.key, value=record.value, headers=headers))
-            if consumer.position(tp) >= ends[tp]:
-                remaining.discard(tp)
+    for record in dead_letters(consumer, dlq_topic, request.since_ms, request.at):
+        if report.reached(request.limit):
+            break
+        target = _target(record, request, report)
+        if target is not None and producer is not None:
+            original = [(k, v) for k, v in record.headers or [] if not k.startswith(HEADER_PREFIX)]
+            origin = f"{record.topic}/{record.partition}/{record.offset}".encode()
+            headers = [*original, (REPLAYED_FROM, origin)]
+            futures.append(producer.send(target, key=record.key, value=record.value, headers=headers))
     if producer is not None:
         producer.flush(timeout=SEND_TIMEOUT_S)
         for future in futures:

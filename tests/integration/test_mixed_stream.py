@@ -118,8 +118,82 @@ def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap,
     assert {r.value for r in second_time} == {
         (DATA / n).read_bytes() for n, why in EXPECTED_DEAD.items() if why == "invalid"
     }
+
+    # The operator looks before replaying: list and show say what and why, never the message.
+    listed = cli(service.env, "dlq", "list")
+    lines = listed.stdout.splitlines()
+    assert len(lines) == len(broken) + 5
+    assert sum(" invalid " in line for line in lines) == 10  # the five, and their second coming
+    partition, offset = lines[0].split()[0].split(":")
+    shown = cli(service.env, "dlq", "show", f"{partition}:{offset}")
+    assert "reason:" in shown.stdout and f"source: {topics['input']}/" in shown.stdout
+    with_body = cli(service.env, "dlq", "show", f"{partition}:{offset}", "--body")
+    first = next(r for r in again if (r.partition, r.offset) == (int(partition), int(offset)))
+    # text mode reads the segments' CRs as newlines
+    body = first.value.decode(errors="replace").replace("\r", "\n").strip()
+    assert body in with_body.stdout and body not in shown.stdout
+    one = cli(service.env, "dlq", "replay", "--at", f"{partition}:{offset}", "--dry-run")
+    assert "would replay 1 dead letters" in one.stdout
+    status = cli(service.env, "status")
+    assert f"group {service.env['TDM_GROUP_ID']}: Stable, 1 member(s)" in status.stdout
+    assert f"{topics['input']}/0" in status.stdout and "total lag:" in status.stdout
+
     assert service.stop() == 0
-    assert_no_patient_data(service.log_text() + replayed.stdout + replayed.stderr)
+    assert_no_patient_data(
+        service.log_text() + replayed.stdout + replayed.stderr + listed.stdout + shown.stdout + status.stdout
+    )
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "consumer", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_operator_commands_fail_fast_and_clearly(kafka_bootstrap, topics, service_env):
+    """No traceback: one line naming what is wrong, in seconds."""
+    import socket
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "consumer", "dlq", "replay", "--to", "no-such-topic"],
+        env=service_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        "tdm-alerts: --to topic 'no-such-topic' does not exist (or this user may not describe it)"
+    )
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for command in (["dlq", "list"], ["status"]):
+        began = time.monotonic()
+        unreachable = subprocess.run(
+            [sys.executable, "-m", "consumer", *command],
+            env={**service_env, "TDM_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert unreachable.returncode == 1, unreachable.stderr
+        expected = f"tdm-alerts: cannot connect to the Kafka cluster at 127.0.0.1:{port}: check TDM_"
+        assert unreachable.stderr.splitlines()[-1].startswith(expected), unreachable.stderr
+        assert "Traceback" not in unreachable.stderr
+        assert time.monotonic() - began < 30
 
 
 # Every patient identifier, name and birth date in the fixtures above (all invented).

@@ -1,8 +1,10 @@
+import argparse
 import json
 
 import pytest
 
 from consumer.cli import main
+from consumer.settings import Settings
 from interpretation import Alert
 from tests.conftest import DATA, REPO
 
@@ -103,3 +105,46 @@ def test_help_and_version_exit_cleanly(argv):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 0
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:  # argparse keeps its sub-parsers here and nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _subcommands(sub)
+    return found
+
+
+def test_every_command_and_option_has_help_text():
+    from consumer.cli import build_parser
+
+    for parser in _subcommands(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"{parser.prog}: {action.option_strings or action.dest} has no help"
+
+
+def test_run_help_lists_every_setting_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    for name in Settings.model_fields:
+        assert f"TDM_{name.upper()} " in out
+    assert "TDM_COMMIT_INTERVAL_MS" in out and " 100\n" in out
+
+
+@pytest.mark.parametrize("command", [["dlq", "replay"], ["dlq", "list"]])
+def test_a_since_time_without_a_utc_offset_is_refused_not_read_as_local(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--since", "2026-11-27T08:00"])
+    assert exit_info.value.code == 2
+    assert "has no UTC offset" in capsys.readouterr().err
+
+
+def test_a_position_must_be_partition_colon_offset(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dlq", "show", "12"])
+    assert exit_info.value.code == 2
+    assert "is not PARTITION:OFFSET" in capsys.readouterr().err

@@ -1,0 +1,148 @@
+"""Reading the dead-letter topic for operators: `dlq list`, `dlq show` and `dlq replay`.
+
+A dead letter's body is the lab message as it arrived, so it holds patient data: what is shown
+by default is only what tdm-alerts wrote itself (reason, stage, error, where the message came
+from, when) and the names of the sender's headers. The body is printed only on request.
+The reader keeps no state: it reads from a point in time (or one position) up to the end it saw
+on start, so every command can be repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from consumer.dead_letters import HEADER_PREFIX
+from consumer.fatal import FatalError
+from consumer.kafka_clients import BOOTSTRAP_TIMEOUT_MS, connect_once
+from consumer.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One record of the dead-letter topic, as `PARTITION:OFFSET` on the command line."""
+
+    partition: int
+    offset: int
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        partition, sep, offset = text.partition(":")
+        if not sep or not partition.isdigit() or not offset.isdigit():
+            raise ValueError(f"{text!r} is not PARTITION:OFFSET (for example 0:1234)")
+        return cls(int(partition), int(offset))
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterView:
+    """What `dlq list` and `dlq show` print of one dead letter: never its body."""
+
+    partition: int
+    offset: int
+    written: datetime | None
+    reason: str
+    stage: str
+    error: str
+    source: str  # topic/partition/offset of the original message
+    other_headers: tuple[str, ...]  # names only: their values are the sender's
+    size: int
+
+    @classmethod
+    def of(cls, record: ConsumerRecord) -> DeadLetterView:
+        ours = {
+            k.removeprefix(HEADER_PREFIX): v.decode(errors="replace")
+            for k, v in record.headers or []
+            if k.startswith(HEADER_PREFIX)
+        }
+        source = "/".join(ours.get(f"source.{part}", "?") for part in ("topic", "partition", "offset"))
+        return cls(
+            partition=record.partition,
+            offset=record.offset,
+            written=datetime.fromtimestamp(record.timestamp / 1000, UTC) if record.timestamp > 0 else None,
+            reason=ours.get("reason", "unknown"),
+            stage=ours.get("stage", "?"),
+            error=ours.get("error", ""),
+            source=source,
+            other_headers=tuple(k for k, _ in record.headers or [] if not k.startswith(HEADER_PREFIX)),
+            size=len(record.value or b""),
+        )
+
+    def line(self) -> str:
+        when = self.written.isoformat(timespec="seconds") if self.written else "?"
+        return f"{self.partition}:{self.offset}  {when}  {self.reason:<18} {self.source}  {self.error}"
+
+    def describe(self) -> str:
+        rows = [
+            ("position", f"{self.partition}:{self.offset}"),
+            ("written", self.written.isoformat() if self.written else "?"),
+            ("reason", self.reason),
+            ("stage", self.stage),
+            ("error", self.error),
+            ("source", self.source),
+            ("size", f"{self.size} bytes"),
+            ("other headers", ", ".join(self.other_headers) or "none"),
+        ]
+        return "\n".join(f"{name:>14}: {value}" for name, value in rows)
+
+
+def new_reader(settings: Settings, purpose: str) -> KafkaConsumer:
+    """A group-less read_committed consumer; an unreachable cluster is a clear error in seconds."""
+    return connect_once(
+        lambda: KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+            client_id=f"{settings.client_id}-{purpose}",
+            group_id=None,  # stateless: no offsets are committed
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            **settings.kafka_security(),
+        ),
+        settings,
+    )
+
+
+def partitions_of(consumer: KafkaConsumer, topic: str, what: str) -> list[TopicPartition]:
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise FatalError(f"{what} topic {topic!r} does not exist (or this user may not describe it)")
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+def dead_letters(
+    consumer: KafkaConsumer, topic: str, since_ms: int | None = None, at: Position | None = None
+) -> Iterator[ConsumerRecord]:
+    """The dead letters from `since_ms` (or the start) up to the end seen now; or only the one `at`."""
+    tps = partitions_of(consumer, topic, "dead-letter")
+    if at is not None:
+        tps = [tp for tp in tps if tp.partition == at.partition]
+        if not tps:
+            raise FatalError(f"dead-letter topic {topic!r} has no partition {at.partition}")
+    consumer.assign(tps)
+    ends = consumer.end_offsets(tps)
+    starts = consumer.beginning_offsets(tps)
+    if at is not None:
+        tp = tps[0]
+        if not starts[tp] <= at.offset < ends[tp]:
+            raise FatalError(
+                f"no dead letter at {at.partition}:{at.offset} (partition {at.partition} holds "
+                f"offsets {starts[tp]} to {ends[tp] - 1})"
+            )
+        starts, ends = {tp: at.offset}, {tp: at.offset + 1}
+    elif since_ms is not None:
+        found = consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+        starts = {tp: (found[tp].offset if found[tp] is not None else ends[tp]) for tp in tps}
+    for tp in tps:
+        consumer.seek(tp, starts[tp])
+    remaining = {tp for tp in tps if starts[tp] < ends[tp]}
+    while remaining:
+        for tp, records in consumer.poll(timeout_ms=1000).items():
+            for record in records:
+                if record.offset >= ends[tp]:
+                    break
+                yield record
+            if consumer.position(tp) >= ends[tp]:
+                remaining.discard(tp)
