@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -52,6 +53,14 @@ class Broker:
 
     def start(self) -> None:
         self._local("start")
+
+    def freeze(self, frozen: bool) -> None:
+        """SIGSTOP / SIGCONT the broker: connections stay open and nothing answers, the way a
+        wedged client or a hung network looks from the service's side."""
+        if self.local_dir is None:
+            pytest.skip("freezing the broker needs the local jar broker (no KAFKA_BOOTSTRAP_SERVERS)")
+        pid = int((self.local_dir / "broker.pid").read_text().strip())
+        os.kill(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
 
 
 @pytest.fixture(scope="session")

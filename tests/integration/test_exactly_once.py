@@ -283,6 +283,39 @@ def test_a_killed_instance_replaced_under_a_new_name_holds_readers_for_seconds_n
     assert new.stop() == 0
 
 
+def test_a_wedged_service_exits_for_its_orchestrator_and_the_restart_loses_nothing(
+    kafka_broker, topics, start_service
+):
+    """Frozen mid-stream (the broker stops answering on open connections), the main loop stops
+    turning; the watchdog exits 1 within the stall timeout instead of hanging on as "alive", and
+    the restarted instance finishes the stream exactly once."""
+    bootstrap = kafka_broker.bootstrap
+    feed = canonical_feed(total=4_000, alerting=120, seed=77)
+    produce(bootstrap, topics["input"], feed.messages, feed.keys)
+    settings = {"TDM_INSTANCE_ID": "wedged", "TDM_STALL_TIMEOUT_S": "15", **SERVICE}
+    reader = AlertReader(bootstrap, topics["alerts"])
+    try:
+        service = start_service(**settings)
+        reader.wait_for(10, timeout_s=90, while_alive=[service])
+        reader.consumer.close()  # our own reader must not sit in the broker while it is frozen
+        kafka_broker.freeze(True)
+        try:
+            began = time.monotonic()
+            code = service.proc.wait(timeout=90)
+            exited_after = time.monotonic() - began
+        finally:
+            kafka_broker.freeze(False)
+        assert code == 1 and '"stalled; exiting' in service.log_text(), service.log_text()[-3000:]
+        print(f"exited {exited_after:.0f} s after the freeze (stall timeout 15 s)")
+        reader = AlertReader(bootstrap, topics["alerts"])
+        restarted = start_service(**settings)
+        reader.wait_for(len(feed.expected), timeout_s=180, while_alive=[restarted])
+        assert restarted.stop() == 0
+        assert_exact(reader, feed)
+    finally:
+        reader.close()
+
+
 def ready(port: int) -> bool:
     try:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status == 200
