@@ -130,7 +130,25 @@ def test_grafana_provisioning_points_at_the_dashboard_and_prometheus():
     source = yaml.safe_load((OPS / "grafana/provisioning/datasources/prometheus.yml").read_text())
     [prometheus] = source["datasources"]
     assert prometheus["url"] == "http://prometheus:9090" and "9090:9090" in COMPOSE["prometheus"]["ports"]
-    assert {t["datasource"]["uid"] for p in DASHBOARD["panels"] for t in p["targets"]} == {prometheus["uid"]}
+    # Every query goes through the datasource variable, whose default is the provisioned source.
+    assert {t["datasource"]["uid"] for p in DASHBOARD["panels"] for t in p["targets"]} == {"${datasource}"}
+    variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
+    assert variables["datasource"]["current"]["value"] == prometheus["uid"]
+
+
+def test_dashboard_filters_by_instance_and_shows_what_operators_asked_for():
+    variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
+    assert variables["instance"]["includeAll"] and variables["instance"]["multi"]
+    assert variables["instance"]["query"]["query"] == "label_values(tdm_build_info, instance)"
+    for query in dashboard_queries():
+        for selector in re.findall(r"\btdm_[a-z_]+(\{[^}]*\})?", query):
+            assert 'instance=~"$instance"' in selector, query
+    titles = {p["title"]: p for p in DASHBOARD["panels"]}
+    assert "up{" in titles["Instances up (scraped)"]["targets"][0]["expr"]
+    assert "ALERTS{" in titles["Service alerts firing"]["targets"][0]["expr"]
+    assert "tdm_ready" in titles["Readiness by instance"]["targets"][0]["expr"]
+    assert "by (analyte, finding)" in titles["Interpretations by finding"]["targets"][0]["expr"]
+    assert "tdm_ruleset_info" in titles["Rule-set version"]["targets"][0]["expr"]
 
 
 def test_dashboard_covers_the_issue_and_uses_only_real_metrics():
