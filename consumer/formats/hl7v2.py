@@ -98,7 +98,7 @@ def decode_hl7v2(data: bytes, relevant: Relevance) -> list[LabResult]:
     results: list[LabResult] = []
     for number, text in enumerate(messages, start=1):
         try:
-            message = hl7.parse(text)
+            message = hl7.parse(_what_we_read(text, relevant))
         # python-hl7 reads untrusted bytes and raises what its slicing hits (IndexError,
         # ValueError, its own ParseException); each means the same: not parseable.
         except Exception as err:
@@ -107,6 +107,59 @@ def decode_hl7v2(data: bytes, relevant: Relevance) -> list[LabResult]:
             ) from err
         results.extend(_Reader(message, number, relevant).results())
     return results
+
+
+# The segments the reader looks at; python-hl7 parses every field of what it is given, and a
+# lab message is mostly other segments and other analytes' OBX (parsing them was ~60% of a
+# relevant message's cost).
+_READ_SEGMENTS = frozenset({"MSH", "PID", "ORC", "OBR", "SPM"})
+_NEW_GROUP = frozenset({"PID", "ORC", "OBR"})  # after these, an NTE belongs to no observation
+
+
+def _what_we_read(text: str, relevant: Relevance) -> str:
+    """The message without the segments the reader would pass over: other analytes' OBX (and
+    their NTE comments), and segment kinds it never reads. python-hl7 still parses all it reads.
+
+    Whether an OBX may be ours is decided on OBX-3 split by the message's own separators; when
+    OBX-3 holds an escape, a repetition or a subcomponent, the OBX is kept (python-hl7 decides).
+    """
+    segments = text.split("\r")
+    msh = segments[0]
+    if len(msh) < 8:
+        return text  # let python-hl7 report what is wrong with it
+    field, component, repetition, escape, subcomponent = msh[3], msh[4], msh[5], msh[6], msh[7]
+    kept: list[str] = []
+    keep_notes = False
+    for segment in segments:
+        kind = segment[:3]
+        if kind == "OBX":
+            fields = segment.split(field, 4)
+            obx3 = fields[3] if len(fields) > 3 else ""
+            keep_notes = (
+                escape in obx3
+                or repetition in obx3
+                or subcomponent in obx3
+                or _may_be_ours(obx3.split(component), relevant)
+            )
+            if keep_notes:
+                kept.append(segment)
+        elif kind == "NTE":
+            if keep_notes:
+                kept.append(segment)
+        elif kind in _READ_SEGMENTS:
+            kept.append(segment)
+            keep_notes = keep_notes and kind not in _NEW_GROUP  # as the reader attaches NTEs
+    return "\r".join(kept)
+
+
+def _may_be_ours(components: list[str], relevant: Relevance) -> bool:
+    """`_Reader._code` on plain components: the first coding, else the alternate one."""
+    for start in (0, 3):
+        code = components[start].strip() if start < len(components) else ""
+        display = components[start + 1].strip() if start + 1 < len(components) else ""
+        if (code or display) and relevant(code, display or None):
+            return True
+    return False
 
 
 def hl7_text(data: bytes) -> str:

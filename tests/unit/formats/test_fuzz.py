@@ -100,3 +100,33 @@ def test_mutated_fhir_is_always_handled(data):
 @given(st.binary(max_size=400).map(lambda tail: b"MSH|^~\\&|" + tail))
 def test_arbitrary_bytes_after_an_hl7_header_are_handled(data):
     assert_handled(data)
+
+
+def _decode_both(data: bytes, monkeypatch_context):
+    from consumer.formats import hl7v2
+    from consumer.formats.errors import DecodeError
+
+    relevant = PIPE.relevant
+    try:
+        with monkeypatch_context() as patch:
+            patch.setattr(hl7v2, "_what_we_read", lambda text, _relevant: text)
+            whole = hl7v2.decode_hl7v2(data, relevant)
+    except DecodeError:
+        return None, None
+    return whole, hl7v2.decode_hl7v2(data, relevant)
+
+
+BROKEN_HL7 = [p.read_bytes() for p in sorted((DATA / "broken").glob("*.hl7"))]
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=300)
+@given(st.one_of(mutated_hl7(), st.sampled_from(HL7 + BROKEN_HL7)))
+def test_reading_only_our_segments_finds_exactly_what_reading_them_all_finds(data):
+    """The decoder hands python-hl7 only the segments it reads: whenever the whole message
+    decodes, the trimmed one gives the same results (it may also read a message whose
+    unreadable parts are other analytes')."""
+    import pytest
+
+    whole, trimmed = _decode_both(data, pytest.MonkeyPatch.context)
+    if whole is not None:
+        assert trimmed == whole
