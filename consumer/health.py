@@ -25,6 +25,7 @@ class Health:
     _beat: float = field(init=False)
     _progress: float = field(init=False)
     _lag: int = field(init=False, default=0)
+    _outside_since: float | None = field(init=False, default=None)  # not a group member since
     _running: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
@@ -51,6 +52,13 @@ class Health:
         if messages == 0:
             self._progress = self.clock()
 
+    def member(self, joined: bool) -> None:
+        """Whether the consumer is a stable member of its group, as seen on this turn."""
+        if joined:
+            self._outside_since = None
+        elif self._outside_since is None:
+            self._outside_since = self.clock()
+
     def since_beat(self) -> float:
         return self.clock() - self._beat
 
@@ -63,6 +71,9 @@ class Health:
             return None
         if self.since_beat() >= self.stall_timeout_s:
             return f"the main loop has not turned for {self.since_beat():.0f} s"
+        if self._outside_since is not None and self.clock() - self._outside_since >= self.stall_timeout_s:
+            # A join that never completes: kafka-python 3 has been seen to hang in one for good.
+            return f"not a member of the consumer group for {self.clock() - self._outside_since:.0f} s"
         idle = self.clock() - self._progress
         if self._lag > 0 and idle >= self.stall_timeout_s:
             return f"no record processed for {idle:.0f} s while {self._lag} messages wait at the broker"

@@ -65,6 +65,7 @@ _REBALANCE_ERRORS = (
     kafka_errors.IllegalGenerationError,
     kafka_errors.UnknownMemberIdError,
 )
+METADATA_WAIT_S = 30.0  # for a just-created topic's partitions to show in metadata
 LAG_REFRESH_S = 10.0  # end offsets cost a broker round trip; lag does not need sub-second detail
 
 
@@ -181,6 +182,8 @@ class Service:
                 if pattern and extra:
                     pattern = "|".join([f"(?:{pattern})", *(re.escape(t) for t in extra)])
             listener = _Assignment(self)
+            if not pattern:
+                self._await_metadata(consumer, topics)
             if pattern:
                 consumer.subscribe(pattern=pattern, listener=listener)
             else:
@@ -208,6 +211,22 @@ class Service:
             consumer.close(autocommit=False)
             log.info("stopped")
 
+    def _await_metadata(self, consumer: KafkaConsumer, topics: list[str]) -> None:
+        """Know every subscribed topic's partitions before joining the group.
+
+        A member that leads the first join without them (an internal topic created a moment
+        ago) assigns nothing, and kafka-python 3 has been seen to hang for good in the re-join
+        that follows (CI: "No partition metadata for topic ...", then silence).
+        """
+        deadline = time.monotonic() + METADATA_WAIT_S
+        missing = list(topics)
+        while missing and time.monotonic() < deadline and not self._stop.is_set():
+            missing = [t for t in missing if not consumer.partitions_for_topic(t)]
+            if missing:
+                self._stop.wait(0.2)
+        if missing:  # joining anyway: the group re-balances when they appear
+            log.warning("topics without partition metadata yet", topics=missing)
+
     def on_assignment_changed(self, change: str, partitions: Iterable[TopicPartition]) -> None:
         self.metrics.assigned_partitions.set(len(self.assigned))
         self._lag_due = 0.0  # measure the new assignment on the next turn of the loop
@@ -224,6 +243,7 @@ class Service:
         interval = s.commit_interval_ms / 1000
         while not self._stop.is_set():
             self.health.beat()
+            self.health.member(in_group(consumer))
             if time.monotonic() >= self._lag_due:
                 self._refresh_lag(consumer)
                 if self.states is not None:
@@ -534,10 +554,19 @@ def _fatal_message(err: BaseException, settings: Settings) -> str:
     """What went wrong and which setting or ACL fixes it."""
     err = fatal_cause(err) or err
     name = type(err).__name__
-    if isinstance(err, (kafka_errors.ProducerFencedError, kafka_errors.InvalidProducerEpochError)):
+    if isinstance(err, kafka_errors.ProducerFencedError):
         return (
             f"{name}: another instance took over this instance's transactional id; "
             "give each instance its own TDM_INSTANCE_ID"
+        )
+    if isinstance(err, kafka_errors.InvalidProducerEpochError):
+        # Either a successor with our id, or the broker aborting a transaction that outlived
+        # TDM_TRANSACTION_TIMEOUT_MS (a broker outage mid-batch): a fresh start recovers from
+        # the second and exposes the first.
+        return (
+            f"{name}: the broker fenced this instance's transaction: another instance uses this "
+            "TDM_INSTANCE_ID, or a broker outage outlasted TDM_TRANSACTION_TIMEOUT_MS; "
+            "restarting recovers from the outage"
         )
     if isinstance(err, kafka_errors.GroupAuthorizationFailedError):
         return (

@@ -7,6 +7,7 @@ and the crash run is also compared, event id for event id, with a clean run of t
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import subprocess
@@ -22,7 +23,13 @@ from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from tests.conftest import REPO, metric_total, metrics_port, produce, scrape
-from tests.integration.test_exactly_once import SERVICE, AlertReader, wait_for_log, wait_until
+from tests.integration.test_exactly_once import (
+    SERVICE,
+    AlertReader,
+    wait_for_log,
+    wait_restarting_stalls,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -239,20 +246,20 @@ def test_kill_9_during_a_stateful_stream_matches_a_clean_run(kafka_bootstrap, st
             TDM_GROUP_ID=group,
             TDM_INSTANCE_ID="one",
             TDM_STATE_DIR=str(tmp_path / run),
+            TDM_STALL_TIMEOUT_S="45",  # a hung re-join is restarted, as an orchestrator would
             **SERVICE,
         )
+        start = functools.partial(start_service, **env)
         reader = AlertReader(kafka_bootstrap, names["alerts"])
         kills = 0
         try:
             if run == "crash":
                 for target in sorted(rng.sample(range(50, expected - 50), 5)):
-                    service = start_service(**env)
-                    reader.wait_for(target, timeout_s=120, while_alive=[service])
+                    service = wait_restarting_stalls(reader, target, 120, start(), start)
                     time.sleep(rng.uniform(0, 0.2))
                     service.kill()
                     kills += 1
-            final = start_service(**env)
-            reader.wait_for(expected, timeout_s=300, while_alive=[final])
+            final = wait_restarting_stalls(reader, expected, 300, start(), start)
             reader.settle(3.0)
             assert final.stop() == 0
         finally:

@@ -51,6 +51,26 @@ def test_no_lag_means_nothing_to_progress_on():
     assert health.stalled() is None
 
 
+def test_a_join_that_never_completes_is_a_stall_even_with_no_lag_known():
+    """Out of the group nothing is assigned, so no lag is measured: the membership itself counts."""
+    health, clock = make()
+    for _ in range(31):  # the loop turns, the join never completes
+        clock.now += 10
+        health.beat()
+        health.lag(0)
+        health.member(False)
+    assert "not a member of the consumer group for 300 s" in (health.stalled() or "")
+
+
+def test_rejoining_in_time_resets_the_membership_clock():
+    health, clock = make()
+    for turn in range(60):
+        clock.now += 10
+        health.beat()
+        health.member(turn % 20 != 0 or turn == 0)  # a rebalance every 200 s, done within a turn
+    assert health.stalled() is None
+
+
 def test_before_start_and_after_stop_it_is_alive():
     clock = Clock()
     health = Health(liveness_timeout_s=60, stall_timeout_s=300, clock=clock)
