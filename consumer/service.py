@@ -258,25 +258,16 @@ class Service:
                     self._restore_state(consumer, self.states)
                 batch = self._batch
                 room = min(POLL_MAX_RECORDS, s.batch_max_records - (len(batch.processed) if batch else 0))
-                wait_ms = (
-                    s.poll_timeout_ms
-                    if batch is None
-                    # Never 0: kafka-python 3 can spin for good in its coordinator lookup on a
-                    # zero-timeout poll after a rebalance (seen in `make bench`, py-spy stack in
-                    # the issue note).
-                    else max(1, int((batch.opened + interval - time.monotonic()) * 1000))
-                )
-                polled = consumer.poll(timeout_ms=wait_ms, max_records=room)
+                polled = consumer.poll(timeout_ms=self._wait_ms(batch, interval), max_records=room)
                 if self._fatal is not None:  # raised in a rebalance callback, which kafka-python swallows
                     raise self._fatal
                 if polled:
                     self._process(polled)
+                # A poll that filled up means a backlog: there, large batches catch up fastest
+                # and an alert's wait is the backlog's, so only a caught-up batch commits early.
+                caught_up = sum(len(records) for records in polled.values()) < room
                 batch = self._batch
-                if batch is not None and (
-                    batch.urgent
-                    or len(batch.processed) >= s.batch_max_records
-                    or time.monotonic() - batch.opened >= interval
-                ):
+                if batch is not None and self._commit_due(batch, caught_up, interval):
                     self._commit(consumer, batch)
             except KafkaError as err:
                 if is_fatal(err):
@@ -411,6 +402,23 @@ class Service:
                     correlation,
                 ],
             )
+
+    def _wait_ms(self, batch: _Batch | None, interval: float) -> int:
+        """How long the next poll may wait: until the open batch is due to commit."""
+        if batch is None:
+            return self.settings.poll_timeout_ms
+        due = batch.opened + interval
+        # Never 0: kafka-python 3 can spin for good in its coordinator lookup on a zero-timeout
+        # poll after a rebalance (seen in `make bench`, py-spy stack in the issue note).
+        return max(1, int((due - time.monotonic()) * 1000))
+
+    def _commit_due(self, batch: _Batch, caught_up: bool, interval: float) -> bool:
+        now = time.monotonic()
+        return (
+            (batch.urgent and caught_up)
+            or len(batch.processed) >= self.settings.batch_max_records
+            or now - batch.opened >= interval
+        )
 
     def _commit(self, consumer: KafkaConsumer, batch: _Batch) -> None:
         began = time.perf_counter()

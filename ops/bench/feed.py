@@ -42,13 +42,20 @@ def _number(rng: random.Random, low: float, high: float) -> str:
     return f"{rng.uniform(low, high):.1f}"
 
 
-def _observations(rng: random.Random, relevant: bool) -> list[tuple[str, str, str, str, str]]:
-    """(code, display, value, unit, system) rows for one report."""
+def _observations(
+    rng: random.Random, relevant: bool, low_share: float | None = None
+) -> list[tuple[str, str, str, str, str]]:
+    """(code, display, value, unit, system) rows for one report; with `low_share`, that share of
+    levels is below the 3 ug/mL target (an alert each), the rest in range."""
     rows = [
         (c, d, _number(rng, lo, hi), u, "LN") for c, d, u, lo, hi in rng.sample(ROUTINE, rng.randint(3, 10))
     ]
     if relevant:
-        rows.insert(rng.randrange(len(rows) + 1), (LEVEL[0], LEVEL[1], _number(rng, 0.5, 12), LEVEL[2], "LN"))
+        if low_share is None:
+            level = _number(rng, 0.5, 12)
+        else:
+            level = _number(rng, 0.5, 2.8) if rng.random() < low_share else _number(rng, 3.5, 6.5)
+        rows.insert(rng.randrange(len(rows) + 1), (LEVEL[0], LEVEL[1], level, LEVEL[2], "LN"))
         if rng.random() < 0.5:
             rows.append((ANTIBODY[0], ANTIBODY[1], str(rng.choice([10, 30, 80, 180, 400])), ANTIBODY[2], "L"))
     return rows
@@ -123,22 +130,23 @@ def _canonical(n: int, patient: str, rows) -> bytes:
     ).encode()
 
 
-def generate(count: int, seed: int = 20261124, relevant_share: float = 0.01) -> Iterator[Message]:
+def generate(
+    count: int, seed: int = 20261124, relevant_share: float = 0.01, low_share: float | None = None
+) -> Iterator[Message]:
+    """`count` messages; `relevant_share` of them hold infliximab results (see `_observations`)."""
     rng = random.Random(seed)
     for n in range(count):
         relevant = rng.random() < relevant_share
         patient = f"BENCH-PT-{rng.randrange(50_000):05d}"
         roll = rng.random()
         if roll < 0.40:
-            yield Message(
-                _hl7(n, patient, _observations(rng, relevant), rng), patient.encode(), "hl7v2", relevant
-            )
+            rows = _observations(rng, relevant, low_share)
+            yield Message(_hl7(n, patient, rows, rng), patient.encode(), "hl7v2", relevant)
         elif roll < 0.75:
-            rows = _observations(rng, relevant)
+            rows = _observations(rng, relevant, low_share)
             if not relevant and rng.random() < 0.6:
                 rows = rows[:1]  # most FHIR traffic is single Observations
             yield Message(_fhir(n, patient, rows), patient.encode(), "fhir", relevant)
         else:
-            yield Message(
-                _canonical(n, patient, _observations(rng, relevant)), patient.encode(), "canonical", relevant
-            )
+            rows = _observations(rng, relevant, low_share)
+            yield Message(_canonical(n, patient, rows), patient.encode(), "canonical", relevant)
