@@ -26,6 +26,12 @@ FATAL_AFTER_FAILURES = 2
 BOOTSTRAP_TIMEOUT_MS = 5000
 # Records per poll; a batch (transaction) spans polls up to TDM_BATCH_MAX_RECORDS.
 POLL_MAX_RECORDS = 500
+# Also the group's rebalance timeout: how long the broker holds a re-join open for members that
+# have not re-joined. kafka-python 3 sometimes re-joins under a new member id and leaves its old
+# one behind; the broker then waited the default 300 s for the ghost (seen in CI and `make bench`:
+# "partitions revoked", then five silent minutes). The loop polls every 100 ms; a patient-state
+# restore, the longest pause between polls, replays ~25,000 patients a second.
+MAX_POLL_INTERVAL_MS = 60_000
 # kafka-python retries the first AddPartitionsToTxn of a transaction, which the broker refuses
 # while the previous one's markers are still being written, after retry_backoff_ms: with
 # the default 100 ms every transaction waited ~108 ms; with 10 ms it waits ~15 ms (measured
@@ -120,6 +126,7 @@ def new_consumer(settings: Settings) -> KafkaConsumer:
         auto_offset_reset=settings.auto_offset_reset,
         isolation_level="read_committed",
         max_poll_records=POLL_MAX_RECORDS,
+        max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.session_timeout_ms // 3,
         **settings.kafka_security(),
