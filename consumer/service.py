@@ -65,7 +65,6 @@ _REBALANCE_ERRORS = (
     kafka_errors.IllegalGenerationError,
     kafka_errors.UnknownMemberIdError,
 )
-METADATA_WAIT_S = 30.0  # for a just-created topic's partitions to show in metadata
 LAG_REFRESH_S = 10.0  # end offsets cost a broker round trip; lag does not need sub-second detail
 
 
@@ -182,8 +181,6 @@ class Service:
                 if pattern and extra:
                     pattern = "|".join([f"(?:{pattern})", *(re.escape(t) for t in extra)])
             listener = _Assignment(self)
-            if not pattern:
-                self._await_metadata(consumer, topics)
             if pattern:
                 consumer.subscribe(pattern=pattern, listener=listener)
             else:
@@ -210,22 +207,6 @@ class Service:
             self.delivery.close()
             consumer.close(autocommit=False)
             log.info("stopped")
-
-    def _await_metadata(self, consumer: KafkaConsumer, topics: list[str]) -> None:
-        """Know every subscribed topic's partitions before joining the group.
-
-        A member that leads the first join without them (an internal topic created a moment
-        ago) assigns nothing, and kafka-python 3 has been seen to hang for good in the re-join
-        that follows (CI: "No partition metadata for topic ...", then silence).
-        """
-        deadline = time.monotonic() + METADATA_WAIT_S
-        missing = list(topics)
-        while missing and time.monotonic() < deadline and not self._stop.is_set():
-            missing = [t for t in missing if not consumer.partitions_for_topic(t)]
-            if missing:
-                self._stop.wait(0.2)
-        if missing:  # joining anyway: the group re-balances when they appear
-            log.warning("topics without partition metadata yet", topics=missing)
 
     def on_assignment_changed(self, change: str, partitions: Iterable[TopicPartition]) -> None:
         self.metrics.assigned_partitions.set(len(self.assigned))

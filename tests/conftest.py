@@ -135,13 +135,27 @@ class RunningService:
         self.env = env
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
+        self.restarts = 0
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [sys.executable, "-m", "consumer", "run"],
-            env=env,
+            env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
+
+    def revive(self) -> bool:
+        """Start it again if its watchdog ended it (exit 1, "stalled; exiting"), as Kubernetes
+        would: kafka-python 3 can hang in a re-join for good. False if it ended otherwise."""
+        if self.alive() or self.proc.wait() != 1 or '"stalled; exiting' not in self.log_text()[-2000:]:
+            return False
+        self.restarts += 1
+        print(f"restarted a stalled instance ({self.restarts})")
+        self.proc = self._start()
+        return True
 
     def kill(self) -> None:
         """kill -9: no shutdown, no last commit."""
@@ -176,6 +190,8 @@ def service_env(kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path) ->
         TDM_METRICS_PORT="0",
         TDM_LOG_FORMAT="json",
         TDM_STATE_DIR=str(tmp_path / "state"),  # one instance's disk; tests with several give each its own
+        # A stalled instance exits soon and the tests start it again (`RunningService.revive`).
+        TDM_STALL_TIMEOUT_S="30",
     )
     return env
 

@@ -51,11 +51,12 @@ def _observations(
         (c, d, _number(rng, lo, hi), u, "LN") for c, d, u, lo, hi in rng.sample(ROUTINE, rng.randint(3, 10))
     ]
     if relevant:
+        at = rng.randrange(len(rows) + 1)  # drawn first: the default feed stays the same across sessions
         if low_share is None:
             level = _number(rng, 0.5, 12)
         else:
             level = _number(rng, 0.5, 2.8) if rng.random() < low_share else _number(rng, 3.5, 6.5)
-        rows.insert(rng.randrange(len(rows) + 1), (LEVEL[0], LEVEL[1], level, LEVEL[2], "LN"))
+        rows.insert(at, (LEVEL[0], LEVEL[1], level, LEVEL[2], "LN"))
         if rng.random() < 0.5:
             rows.append((ANTIBODY[0], ANTIBODY[1], str(rng.choice([10, 30, 80, 180, 400])), ANTIBODY[2], "L"))
     return rows
