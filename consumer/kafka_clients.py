@@ -27,10 +27,9 @@ BOOTSTRAP_TIMEOUT_MS = 5000
 # Records per poll; a batch (transaction) spans polls up to TDM_BATCH_MAX_RECORDS.
 POLL_MAX_RECORDS = 500
 # Also the group's rebalance timeout: how long the broker holds a re-join open for members that
-# have not re-joined. kafka-python 3 sometimes re-joins under a new member id and leaves its old
-# one behind; the broker then waited the default 300 s for the ghost (seen in CI and `make bench`:
-# "partitions revoked", then five silent minutes). The loop polls every 100 ms; a patient-state
-# restore, the longest pause between polls, replays ~25,000 patients a second.
+# have not re-joined (kafka-python's default, 300 s, is as long as the watchdog's stall timeout).
+# The loop polls every 100 ms; a patient-state restore, the longest pause between polls,
+# replays ~25,000 patients a second.
 MAX_POLL_INTERVAL_MS = 60_000
 # kafka-python retries the first AddPartitionsToTxn of a transaction, which the broker refuses
 # while the previous one's markers are still being written, after retry_backoff_ms: with
