@@ -62,6 +62,17 @@ def test_a_join_that_never_completes_is_a_stall_even_with_no_lag_known():
     assert "not a member of the consumer group for 300 s" in (health.stalled() or "")
 
 
+def test_out_of_the_group_longer_than_any_rebalance_is_a_stall_before_the_stall_timeout():
+    health, clock = make()  # stall timeout 300 s
+    health.member(False)
+    clock.now += 80
+    health.beat()
+    assert health.stalled() is None  # a slow rebalance, or a short broker outage
+    clock.now += 10
+    health.beat()
+    assert "not a member of the consumer group for 90 s" in (health.stalled() or "")
+
+
 def test_rejoining_in_time_resets_the_membership_clock():
     health, clock = make()
     for turn in range(60):
