@@ -76,9 +76,9 @@ class _Batch:
     first: dict[TopicPartition, int] = field(default_factory=dict)
     next: dict[TopicPartition, int] = field(default_factory=dict)
     processed: list[tuple[ConsumerRecord, Processed]] = field(default_factory=list)
-    # Holds an alert, or a result on its way to the patient's state: commit it now, not at the
-    # end of the interval, so a page is readable in milliseconds. Batches of skipped records
-    # (~99% of a feed) still fill up to the interval or the size limit.
+    # Holds an alert, or a result on its way to the patient's state: once caught up with the
+    # feed, commit it now, not at the end of the interval, so a page is readable in milliseconds.
+    # Batches of skipped records (~99% of a feed) still fill up to the interval or the size limit.
     urgent: bool = False
 
 
