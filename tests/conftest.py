@@ -252,6 +252,21 @@ def produce(bootstrap: str, topic: str, values: list[bytes | None], keys: list[b
     producer.close()
 
 
+def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`tdm-alerts ARGS` (as `python -m consumer`) with `env`; it must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", "consumer", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def metrics_port(log_text: str) -> int:
     """The metrics port the service logged at start (it binds port 0 in tests)."""
     match = re.search(r'"metrics_port": (\d+)', log_text)

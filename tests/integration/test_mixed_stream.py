@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.conftest import DATA, REPO, metric_total, metrics_port, produce, read_topic, scrape
+from tests.conftest import DATA, REPO, metric_total, metrics_port, produce, read_topic, run_cli, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -99,16 +99,7 @@ def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap,
     assert metric_total(text, "tdm_dead_letters_total", reason="invalid") == 5
 
     # After a fix, the operator replays the invalid ones; unfixed, they come back as dead letters.
-    replayed = subprocess.run(
-        [sys.executable, "-m", "consumer", "dlq", "replay", "--reason", "invalid"],
-        env=service.env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert replayed.returncode == 0, replayed.stderr
+    replayed = run_cli(service.env, "dlq", "replay", "--reason", "invalid")
     assert "replayed 5 dead letters (invalid 5)" in replayed.stdout
     assert f"{len(broken) - 5} not selected" in replayed.stdout
     again = read_topic(kafka_bootstrap, topics["dlq"], expected=len(broken) + 5)
@@ -120,21 +111,21 @@ def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap,
     }
 
     # The operator looks before replaying: list and show say what and why, never the message.
-    listed = cli(service.env, "dlq", "list")
+    listed = run_cli(service.env, "dlq", "list")
     lines = listed.stdout.splitlines()
     assert len(lines) == len(broken) + 5
     assert sum(" invalid " in line for line in lines) == 10  # the five, and their second coming
     partition, offset = lines[0].split()[0].split(":")
-    shown = cli(service.env, "dlq", "show", f"{partition}:{offset}")
+    shown = run_cli(service.env, "dlq", "show", f"{partition}:{offset}")
     assert "reason:" in shown.stdout and f"source: {topics['input']}/" in shown.stdout
-    with_body = cli(service.env, "dlq", "show", f"{partition}:{offset}", "--body")
+    with_body = run_cli(service.env, "dlq", "show", f"{partition}:{offset}", "--body")
     first = next(r for r in again if (r.partition, r.offset) == (int(partition), int(offset)))
     # text mode reads the segments' CRs as newlines
     body = first.value.decode(errors="replace").replace("\r", "\n").strip()
     assert body in with_body.stdout and body not in shown.stdout
-    one = cli(service.env, "dlq", "replay", "--at", f"{partition}:{offset}", "--dry-run")
+    one = run_cli(service.env, "dlq", "replay", "--at", f"{partition}:{offset}", "--dry-run")
     assert "would replay 1 dead letters" in one.stdout
-    status = cli(service.env, "status")
+    status = run_cli(service.env, "status")
     assert f"group {service.env['TDM_GROUP_ID']}: Stable, 1 member(s)" in status.stdout
     assert f"{topics['input']}/0" in status.stdout and "total lag:" in status.stdout
 
@@ -142,20 +133,6 @@ def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap,
     assert_no_patient_data(
         service.log_text() + replayed.stdout + replayed.stderr + listed.stdout + shown.stdout + status.stdout
     )
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "consumer", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done
 
 
 def test_operator_commands_fail_fast_and_clearly(kafka_bootstrap, topics, service_env):

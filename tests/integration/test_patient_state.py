@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import random
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -22,7 +20,7 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from tests.conftest import REPO, metric_total, metrics_port, produce, scrape
+from tests.conftest import metric_total, metrics_port, produce, run_cli, scrape
 from tests.integration.test_exactly_once import (
     SERVICE,
     AlertReader,
@@ -336,16 +334,7 @@ def test_forget_removes_a_patients_state(kafka_bootstrap, topics, start_service,
         send(kafka_bootstrap, topics["input"], patient, message(patient, "F1", "FS1", DAY0, level("1.0")))
         reader.wait_for(1, timeout_s=60, while_alive=[service])
         assert patient in _changelog(kafka_bootstrap, group)
-        forgot = subprocess.run(
-            [sys.executable, "-m", "consumer", "forget", patient],
-            env=service_env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert forgot.returncode == 0, forgot.stderr
+        run_cli(service_env, "forget", patient, timeout=60)
         wait_until(lambda: patient not in _changelog(kafka_bootstrap, group), 30)
         # Forgotten: the reflex result that follows finds no level to pair with.
         reflex = message(patient, "F1R", "FS1", DAY0, antibodies("200"))
