@@ -177,6 +177,41 @@ class RunningService:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def diagnosis(self) -> str:
+        """For a time-out: the log's last events (alerts left out) and where open transactions
+        hold its topics."""
+        env, group = self.env, self.env["TDM_GROUP_ID"]
+        names = [env["TDM_ALERT_TOPIC"], env["TDM_DLQ_TOPIC"], *env["TDM_INPUT_TOPICS"].split(",")]
+        names += [f"{group}.patient-results", f"{group}.patient-state-changelog"]
+        events = [line for line in self.log_text().splitlines() if '"alert published"' not in line]
+        return "\n".join(events)[-6000:] + "\n" + open_transactions(self.env["TDM_BOOTSTRAP_SERVERS"], names)
+
+
+def open_transactions(bootstrap: str, topics: list[str]) -> str:
+    """Partitions whose last stable offset trails the high watermark: an open transaction holds
+    read_committed readers (ours and the service's) there until it ends."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    lines = []
+    raw = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, isolation_level="read_uncommitted")
+    committed = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed")
+    try:
+        known = raw.topics()
+        for topic in (t for t in topics if t in known):
+            tps = [TopicPartition(topic, p) for p in sorted(raw.partitions_for_topic(topic) or [])]
+            high, stable = raw.end_offsets(tps), committed.end_offsets(tps)
+            lines += [
+                f"{tp.topic}/{tp.partition}: high watermark {high[tp]}, last stable {stable[tp]}"
+                for tp in tps
+                if high[tp] != stable[tp]
+            ]
+    except Exception as err:  # a diagnosis must not hide the failure it explains
+        lines.append(f"offsets not read: {err!r}")
+    finally:
+        raw.close()
+        committed.close()
+    return "open transactions: " + ("; ".join(lines) if lines else "none")
+
 
 @pytest.fixture
 def service_env(kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path) -> dict[str, str]:

@@ -50,9 +50,7 @@ class AlertReader:
             # The services' own logs go with a time-out: a flake on CI is only ever seen once.
             assert time.monotonic() < deadline, (
                 f"{len(self.alerts)} of {count} alerts after {timeout_s} s\n"
-                + (
-                    "\n".join(s.log_text()[-6000:] for s in while_alive or [])  # type: ignore[attr-defined]
-                )
+                + "\n".join(s.diagnosis() for s in while_alive or [])  # type: ignore[attr-defined]
             )
             for service in while_alive or []:
                 assert service.alive() or service.revive(), service.log_text()[-3000:]
@@ -76,7 +74,7 @@ def wait_restarting_stalls(reader: AlertReader, count: int, timeout_s: float, se
     deadline = time.monotonic() + timeout_s
     while reader.read() < count:
         waited = f"{len(reader.alerts)} of {count} alerts after {timeout_s} s\n"
-        assert time.monotonic() < deadline, waited + service.log_text()[-6000:]
+        assert time.monotonic() < deadline, waited + service.diagnosis()
         if not service.alive():
             log = service.log_text()
             for_the_orchestrator = '"stalled; exiting' in log or "outlasted TDM_TRANSACTION_TIMEOUT_MS" in log
