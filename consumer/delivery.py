@@ -12,6 +12,7 @@ between the two re-delivers the batch, and `event_id` tells the duplicates apart
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 
 import structlog
@@ -26,6 +27,17 @@ from consumer.settings import Settings
 
 log = structlog.get_logger("tdm_alerts.delivery")
 SEND_TIMEOUT_S = 30.0
+
+# The broker reads as a fence both another instance claiming our transactional id and its own
+# abort of a transaction that outlived TDM_TRANSACTION_TIMEOUT_MS (a broker restart mid-batch):
+# it bumps the epoch either way. A fresh producer recovers from the second; a fence again this
+# soon after one means another instance really has our id (two such instances fence each other
+# in turn, so one of them meets its second fence within the window).
+FENCES: tuple[type[Exception], ...] = (
+    kafka_errors.ProducerFencedError,
+    kafka_errors.InvalidProducerEpochError,
+)
+REFENCE_WINDOW_S = 300.0
 
 # Errors no retry can fix: another instance owns our transactional id, or we are not allowed in.
 FATAL_ERRORS: tuple[type[Exception], ...] = (
@@ -97,6 +109,10 @@ class Delivery(ABC):
         """Drop the open batch; if the producer cannot say so, replace it (never raises transient)."""
         self._futures = []
 
+    def survive_fence(self, err: BaseException) -> bool:
+        """Whether `err` is a fence this delivery has recovered from (by replacing its producer)."""
+        return False
+
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close(timeout=10)
@@ -110,6 +126,10 @@ class Delivery(ABC):
 
 
 class TransactionalDelivery(Delivery):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._replaced_at: float | None = None  # monotonic time of the last replacement after a fence
+
     @property
     def transactional_id(self) -> str:
         return f"{self.settings.group_id}-{self.settings.instance_id}"
@@ -144,12 +164,32 @@ class TransactionalDelivery(Delivery):
             self._producer.abort_transaction()
         except Exception as err:
             if is_fatal(err):
+                if self.survive_fence(err):
+                    return
                 raise
             # The producer is in a state abort cannot leave (broker gone, fatal internal
             # error). A new producer with the same transactional id aborts the open
             # transaction when it initialises, so replacing this one is always safe.
             log.warning("abort failed; replacing the producer", error=type(err).__name__)
             self.close()
+
+    def survive_fence(self, err: BaseException) -> bool:
+        """Replace the producer after the broker's abort of a timed-out transaction; False (a
+        fatal fence) for anything else, or for a second fence within REFENCE_WINDOW_S."""
+        if not isinstance(fatal_cause(err), FENCES):
+            return False
+        now = time.monotonic()
+        if self._replaced_at is not None and now - self._replaced_at < REFENCE_WINDOW_S:
+            return False
+        self._replaced_at = now
+        log.warning(
+            "transaction fenced; replacing the producer (a broker outage longer than "
+            "TDM_TRANSACTION_TIMEOUT_MS, or another instance with this TDM_INSTANCE_ID)",
+            error=type(fatal_cause(err)).__name__,
+        )
+        self._futures = []
+        self.close()  # the next batch's producer claims the id again and aborts what is open
+        return True
 
 
 class AtLeastOnceDelivery(Delivery):

@@ -1,7 +1,8 @@
 """Whether the service is alive and making progress, told honestly to probes and the watchdog.
 
 The loop beats once a turn. Liveness fails when it has not turned within a bound (a hung
-client); a stall is lag at the broker with no record processed for a longer bound. kafka-python
+client); a stall is lag at the broker with no record processed for a longer bound, or one
+partition with messages waiting whose position has not moved for that bound. kafka-python
 3 has been seen to wedge after rebalances (4 minutes without progress after UnknownMemberId, a
 100% CPU spin in poll): a process that cannot recover in place exits, and the orchestrator
 starts a fresh one (with exactly-once delivery nothing is lost or sent twice).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 # A re-join completes within the rebalance timeout (60 s, MAX_POLL_INTERVAL_MS); longer out of
@@ -31,6 +32,8 @@ class Health:
     _beat: float = field(init=False)
     _progress: float = field(init=False)
     _lag: int = field(init=False, default=0)
+    # Partitions with messages waiting: (position, since when it has been there).
+    _waiting: dict[str, tuple[int, float]] = field(init=False, default_factory=dict)
     _outside_since: float | None = field(init=False, default=None)  # not a group member since
     _running: bool = field(init=False, default=False)
 
@@ -52,11 +55,25 @@ class Health:
         """Records were processed and committed (or a chunk of state restored)."""
         self._beat = self._progress = self.clock()
 
-    def lag(self, messages: int) -> None:
-        """The latest lag at the broker; none means nothing to make progress on."""
+    def restored_chunk(self) -> None:
+        """A chunk of patient state restored: progress, for the loop and the partitions waiting."""
+        self._beat = self._progress = self.clock()
+        self._waiting = {name: (position, self._progress) for name, (position, _) in self._waiting.items()}
+
+    def lag(self, messages: int, positions: Mapping[str, tuple[int, int]] | None = None) -> None:
+        """The latest lag at the broker; none means nothing to make progress on. `positions`
+        names each partition's (position, lag), so one that stops while others move is seen:
+        kafka-python 3 has been seen to leave some partitions unfetched after a rebalance."""
+        now = self.clock()
         self._lag = messages
         if messages == 0:
-            self._progress = self.clock()
+            self._progress = now
+        waiting: dict[str, tuple[int, float]] = {}
+        for name, (position, lag) in (positions or {}).items():
+            if lag > 0:
+                before = self._waiting.get(name)
+                waiting[name] = before if before is not None and before[0] == position else (position, now)
+        self._waiting = waiting
 
     def member(self, joined: bool) -> None:
         """Whether the consumer is a stable member of its group, as seen on this turn."""
@@ -84,6 +101,9 @@ class Health:
         idle = self.clock() - self._progress
         if self._lag > 0 and idle >= self.stall_timeout_s:
             return f"no record processed for {idle:.0f} s while {self._lag} messages wait at the broker"
+        for name, (position, since) in sorted(self._waiting.items()):
+            if (still := self.clock() - since) >= self.stall_timeout_s:
+                return f"partition {name} stuck at offset {position} for {still:.0f} s while messages wait"
         return None
 
 

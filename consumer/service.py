@@ -24,7 +24,7 @@ from kafka.errors import KafkaError
 
 from consumer.access import check_topic_access
 from consumer.dead_letters import DeadLetter, Stage
-from consumer.delivery import Delivery, delivery_for, fatal_cause, is_fatal
+from consumer.delivery import FENCES, REFENCE_WINDOW_S, Delivery, delivery_for, fatal_cause, is_fatal
 from consumer.fatal import FatalError
 from consumer.formats import DecodeError
 from consumer.formats.treatment import decode_treatment
@@ -175,6 +175,7 @@ class Service:
                 self.states = PatientStates(
                     s, state_topics, self.pipeline.ruleset, self.delivery, self.metrics
                 )
+                self.states.on_restore_chunk = self.health.restored_chunk
                 extra = [state_topics.patients] if state_topics.repartition else []
                 extra += [s.context_topic] if s.context_topic else []
                 topics += extra
@@ -251,8 +252,7 @@ class Service:
                 if batch is not None and self._commit_due(batch, caught_up, interval):
                     self._commit(consumer, batch)
             except KafkaError as err:
-                if is_fatal(err):
-                    raise FatalError(_fatal_message(err, self.settings)) from err
+                self._raise_if_fatal(err)
                 self._fail(consumer, err)
         if self._batch is not None:
             try:
@@ -420,9 +420,13 @@ class Service:
         try:
             self.delivery.abort()
         except KafkaError as err:
-            if is_fatal(err):
-                raise FatalError(_fatal_message(err, self.settings)) from err
+            self._raise_if_fatal(err)
         log.info("batch aborted", why=why)
+
+    def _raise_if_fatal(self, err: KafkaError) -> None:
+        """FatalError for what no retry fixes; a fence the delivery recovered from is not that."""
+        if is_fatal(err) and not self.delivery.survive_fence(err):
+            raise FatalError(_fatal_message(err, self.settings)) from err
 
     def _fail(self, consumer: KafkaConsumer, err: KafkaError) -> None:
         """Abort the batch, rewind to its first offsets, and wait before trying again.
@@ -442,28 +446,28 @@ class Service:
         )
         self._abort("failure")
         if batch is not None:
-            owned = consumer.assignment()
-            for tp, offset in batch.first.items():
-                if tp in owned:
-                    consumer.seek(tp, offset)
+            _rewind(consumer, batch)
         self._stop.wait(self._backoff)
         self._backoff = min(self._backoff * 2, self.settings.retry_backoff_max_s)
 
     def close_batch_for_rebalance(self) -> None:
-        if self._batch is None or self._consumer is None:
+        if (batch := self._batch) is None or (consumer := self._consumer) is None:
             return
         try:
-            self._commit(self._consumer, self._batch)
+            self._commit(consumer, batch)
         except KafkaError as err:
-            # The next owner re-reads from the last committed offsets, so aborting loses nothing.
+            # Another owner re-reads from the last committed offsets. So must we if the
+            # partitions come back to us: kafka-python 3 keeps a partition's position across a
+            # rebalance that leaves it here, so without the rewind the aborted records would be
+            # skipped (seen: alerts lost after a broker restart forced a re-join).
             self.metrics.batch_failures.inc()
             log.warning("batch not committed before rebalance", error=type(err).__name__)
             try:
-                if is_fatal(err):
-                    raise FatalError(_fatal_message(err, self.settings)) from err
+                self._raise_if_fatal(err)
                 self._abort("rebalance")
             except FatalError as fatal:
                 self._fatal = fatal
+            _rewind(consumer, batch)
 
     def _refresh_lag(self, consumer: KafkaConsumer) -> None:
         """Lag per partition: end offset (last stable, under read_committed) minus our position."""
@@ -472,12 +476,13 @@ class Service:
             return
         try:
             ends = consumer.end_offsets(partitions)
-            total = 0
+            positions: dict[str, tuple[int, int]] = {}
             for tp in partitions:
-                lag = max(ends[tp] - consumer.position(tp), 0)
-                total += lag
+                position = consumer.position(tp)
+                lag = max(ends[tp] - position, 0)
+                positions[f"{tp.topic}/{tp.partition}"] = (position, lag)
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-            self.health.lag(total)
+            self.health.lag(sum(lag for _, lag in positions.values()), positions)
         except KafkaError as err:  # a missed sample is not worth failing the loop for
             log.warning("could not measure consumer lag", error=type(err).__name__)
             # Cluster unreachable: a restart cannot fix that, so it is not a stall to restart for.
@@ -539,23 +544,25 @@ class Service:
         m.last_processed.set(time.time())
 
 
+def _rewind(consumer: KafkaConsumer, batch: _Batch) -> None:
+    """Back to the first offset of an aborted batch, on every partition still assigned."""
+    owned = consumer.assignment()
+    for tp, offset in batch.first.items():
+        if tp in owned:
+            consumer.seek(tp, offset)
+
+
 def _fatal_message(err: BaseException, settings: Settings) -> str:
     """What went wrong and which setting or ACL fixes it."""
     err = fatal_cause(err) or err
     name = type(err).__name__
-    if isinstance(err, kafka_errors.ProducerFencedError):
+    if isinstance(err, FENCES):
+        # Reached only on a second fence soon after the producer was replaced for the first
+        # (delivery.survive_fence): one outage longer than the transaction timeout is survived.
         return (
-            f"{name}: another instance took over this instance's transactional id; "
-            "give each instance its own TDM_INSTANCE_ID"
-        )
-    if isinstance(err, kafka_errors.InvalidProducerEpochError):
-        # Either a successor with our id, or the broker aborting a transaction that outlived
-        # TDM_TRANSACTION_TIMEOUT_MS (a broker outage mid-batch): a fresh start recovers from
-        # the second and exposes the first.
-        return (
-            f"{name}: the broker fenced this instance's transaction: another instance uses this "
-            "TDM_INSTANCE_ID, or a broker outage outlasted TDM_TRANSACTION_TIMEOUT_MS; "
-            "restarting recovers from the outage"
+            f"{name}: another instance took over this instance's transactional id (fenced again "
+            f"within {REFENCE_WINDOW_S:.0f} s of a new producer); give each instance its own "
+            "TDM_INSTANCE_ID. After repeated broker outages, a restart recovers"
         )
     if isinstance(err, kafka_errors.GroupAuthorizationFailedError):
         return (

@@ -66,24 +66,6 @@ class AlertReader:
         self.consumer.close()
 
 
-def wait_restarting_stalls(reader: AlertReader, count: int, timeout_s: float, service, start):
-    """Wait for `count` alerts; when the service exits for its orchestrator (its watchdog, as
-    kafka-python 3 can hang in a re-join for good; or a transaction the broker aborted during an
-    outage longer than the transaction timeout), start it again as an orchestrator would. Any
-    other exit fails the test. Returns the service running at the end."""
-    deadline = time.monotonic() + timeout_s
-    while reader.read() < count:
-        waited = f"{len(reader.alerts)} of {count} alerts after {timeout_s} s\n"
-        assert time.monotonic() < deadline, waited + service.diagnosis()
-        if not service.alive():
-            log = service.log_text()
-            for_the_orchestrator = '"stalled; exiting' in log or "outlasted TDM_TRANSACTION_TIMEOUT_MS" in log
-            assert service.proc.wait() == 1 and for_the_orchestrator, log[-3000:]
-            print("restarted an instance that exited for its orchestrator")
-            service = start()
-    return service
-
-
 def assert_exact(reader: AlertReader, feed: Feed) -> dict[str, int]:
     reader.settle()
     accessions = [str(a["accession"]) for a in reader.alerts]
@@ -160,9 +142,7 @@ def test_broker_restart_mid_stream(kafka_broker, topics, start_service):
         kafka_broker.start()
         reader = AlertReader(bootstrap, topics["alerts"])
         produce(bootstrap, topics["input"], feed.messages[half:], feed.keys[half:])
-        service = wait_restarting_stalls(
-            reader, len(feed.expected), 240, service, lambda: start_service(**settings, **SERVICE)
-        )
+        reader.wait_for(len(feed.expected), timeout_s=240, while_alive=[service])
         assert service.stop() == 0
         assert_exact(reader, feed)
     finally:

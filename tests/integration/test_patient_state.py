@@ -25,7 +25,6 @@ from tests.integration.test_exactly_once import (
     SERVICE,
     AlertReader,
     wait_for_log,
-    wait_restarting_stalls,
     wait_until,
 )
 
@@ -253,11 +252,13 @@ def test_kill_9_during_a_stateful_stream_matches_a_clean_run(kafka_bootstrap, st
         try:
             if run == "crash":
                 for target in sorted(rng.sample(range(50, expected - 50), 5)):
-                    service = wait_restarting_stalls(reader, target, 120, start(), start)
+                    service = start()
+                    reader.wait_for(target, timeout_s=120, while_alive=[service])
                     time.sleep(rng.uniform(0, 0.2))
                     service.kill()
                     kills += 1
-            final = wait_restarting_stalls(reader, expected, 300, start(), start)
+            final = start()
+            reader.wait_for(expected, timeout_s=300, while_alive=[final])
             reader.settle(3.0)
             assert final.stop() == 0
         finally:

@@ -103,3 +103,36 @@ def test_the_watchdog_reports_a_stall_once():
     assert done.wait(5)
     dog.stop()
     assert len(seen) == 1
+
+
+def test_one_partition_that_stops_while_others_move_is_a_stall():
+    """Some partitions left unfetched after a rebalance: the others keep the whole from looking stuck."""
+    health, clock = make()
+    for turn in range(31):
+        clock.now += 10
+        health.beat()
+        health.progressed()  # records from the other partitions are processed and committed
+        health.lag(5, {"in/0": (100 + turn, 1), "in/1": (40, 4)})
+        if turn < 29:
+            assert health.stalled() is None
+    assert health.stalled() == "partition in/1 stuck at offset 40 for 300 s while messages wait"
+
+
+def test_a_partition_that_moves_or_catches_up_is_not_stalled():
+    health, clock = make()
+    for turn in range(40):
+        clock.now += 10
+        health.beat()
+        health.progressed()
+        # in/0 moves slowly through a backlog; in/1 sits still but has nothing waiting.
+        health.lag(3, {"in/0": (turn // 5, 3), "in/1": (40, 0)})
+        assert health.stalled() is None
+
+
+def test_a_long_state_restore_is_progress_for_the_loop_and_the_waiting_partitions():
+    health, clock = make()
+    health.lag(50, {"patients/0": (0, 50)})
+    for _ in range(40):  # 400 s of restore, reported chunk by chunk
+        clock.now += 10
+        health.restored_chunk()
+        assert health.alive() and health.stalled() is None
