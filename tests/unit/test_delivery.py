@@ -89,3 +89,11 @@ def test_at_least_once_has_no_fences(monkeypatch):
             monkeypatch.delenv(key)
     monkeypatch.setenv("TDM_DELIVERY", "at_least_once")
     assert not delivery.delivery_for(Settings()).survive_fence(kafka_errors.ProducerFencedError())
+
+
+def test_a_producer_is_not_reused_after_an_abort(transactional, clock):
+    """kafka-python 3 keeps a refused TxnOffsetCommit's offsets past the abort and commits them
+    with the next transaction: only a new producer is safe."""
+    old = transactional._producer = _Producer()
+    transactional.abort()
+    assert old.closed and transactional._producer is None
