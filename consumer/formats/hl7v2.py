@@ -114,11 +114,18 @@ def decode_hl7v2(data: bytes, relevant: Relevance) -> list[LabResult]:
 # relevant message's cost).
 _READ_SEGMENTS = frozenset({"MSH", "PID", "ORC", "OBR", "SPM"})
 _NEW_GROUP = frozenset({"PID", "ORC", "OBR"})  # after these, an NTE belongs to no observation
+# The last field the reader reads in each segment, and the OBX fields before that it never
+# reads: python-hl7 splits every field down to subcomponents, and names, addresses, observers
+# and equipment were most of what it split. MSH counts its field separator as MSH-1, so MSH-12
+# (the version) is the 12th piece of the split, numbered 11 here like the others' fields.
+_LAST_FIELD_READ = {"MSH": 11, "PID": 3, "ORC": 3, "OBR": 7, "SPM": 17, "OBX": 23, "NTE": 3}
+_OBX_UNREAD = (4, 9, 10, 12, 13, 16, 17, 18, 19, 20, 22)
 
 
 def _what_we_read(text: str, relevant: Relevance) -> str:
-    """The message without the segments the reader would pass over: other analytes' OBX (and
-    their NTE comments), and segment kinds it never reads. python-hl7 still parses all it reads.
+    """The message without what the reader would pass over: other analytes' OBX (and their NTE
+    comments), segment kinds it never reads, and the fields it never reads in the segments it
+    does. python-hl7 still parses all it reads.
 
     Whether an OBX may be ours is decided on OBX-3 split by the message's own separators; when
     OBX-3 holds an escape, a repetition or a subcomponent, the OBX is kept (python-hl7 decides).
@@ -133,7 +140,7 @@ def _what_we_read(text: str, relevant: Relevance) -> str:
     for segment in segments:
         kind = segment[:3]
         if kind == "OBX":
-            fields = segment.split(field, 4)
+            fields = segment.split(field, _LAST_FIELD_READ["OBX"] + 1)[: _LAST_FIELD_READ["OBX"] + 1]
             obx3 = fields[3] if len(fields) > 3 else ""
             keep_notes = (
                 escape in obx3
@@ -142,14 +149,22 @@ def _what_we_read(text: str, relevant: Relevance) -> str:
                 or _may_be_ours(obx3.split(component), relevant)
             )
             if keep_notes:
-                kept.append(segment)
+                for unread in _OBX_UNREAD:
+                    if unread < len(fields):
+                        fields[unread] = ""
+                kept.append(field.join(fields))
         elif kind == "NTE":
             if keep_notes:
-                kept.append(segment)
+                kept.append(_first_fields(segment, field, _LAST_FIELD_READ["NTE"]))
         elif kind in _READ_SEGMENTS:
-            kept.append(segment)
+            kept.append(_first_fields(segment, field, _LAST_FIELD_READ[kind]))
             keep_notes = keep_notes and kind not in _NEW_GROUP  # as the reader attaches NTEs
     return "\r".join(kept)
+
+
+def _first_fields(segment: str, separator: str, last: int) -> str:
+    """The segment up to field `last`: a field separator never occurs escaped inside a field."""
+    return separator.join(segment.split(separator, last + 1)[: last + 1])
 
 
 def _may_be_ours(components: list[str], relevant: Relevance) -> bool:

@@ -186,3 +186,22 @@ def test_python_hl7_never_logs_message_content(relevant, caplog):
     with caplog.at_level("DEBUG"):
         decode(hl7(MSH, PID, OBR, obx), relevant)
     assert "SECRET-NAME" not in caplog.text
+
+
+def test_fields_late_in_their_segments_are_read(relevant):
+    """A message with every field filled in (names, addresses, observers, equipment): the fields
+    the reader needs sit among them, up to OBX-23, and come out as HL7 defines them."""
+    level, antibody = decode((DATA / "hl7" / "oru-every-field.hl7").read_bytes(), relevant)
+    assert level.patient_id == "TDM-PT-0202"  # PID-3's MR identifier, not PID-2 or the NHS number
+    assert (level.accession, level.specimen_id) == ("ACC-26-8001", "SPM-8001")  # OBR-3, SPM-2
+    assert level.collected_at.isoformat() == "2026-11-10T07:50:00+00:00"  # SPM-17 before OBR-7
+    assert (level.value, level.unit, level.reference_range, level.abnormal_flags) == (
+        "5.6",
+        "ug/mL",
+        "3.0-7.0",
+        ("N",),
+    )
+    assert level.result_id == "OBS-INST-991"  # OBX-21
+    assert level.performing_lab == "PATHOLOGY PARTNERS LAB"  # OBX-23 (v2.5) before OBX-15
+    assert level.comments == ("Drawn & labelled at the infusion suite.",)
+    assert (antibody.value, antibody.result_id, antibody.performing_lab) == ("Not detected", None, "GENLAB")
