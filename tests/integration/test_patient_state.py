@@ -63,6 +63,30 @@ def events_of(reader: AlertReader) -> list[dict[str, object]]:
     return reader.alerts
 
 
+def alerts_after(
+    bootstrap: str,
+    topics: dict[str, str],
+    start_service,
+    *,
+    patient: str,
+    chain: list[bytes],
+    count: int,
+    **env,
+) -> tuple[list[dict[str, object]], str]:
+    """Send `chain` for `patient`, run the service until `count` alerts and stop it cleanly:
+    the alerts (read a little longer, so an extra one shows) and the service's log."""
+    send(bootstrap, topics["input"], patient, *chain)
+    service = start_service(**env)
+    reader = AlertReader(bootstrap, topics["alerts"])
+    try:
+        reader.wait_for(count, timeout_s=60, while_alive=[service])
+        found = events_of(reader)
+    finally:
+        reader.close()
+    assert service.stop() == 0
+    return found, service.log_text()
+
+
 @pytest.mark.parametrize("antibody_first", [False, True], ids=["level-first", "antibodies-first"])
 def test_a_reflex_antibody_days_later_turns_the_page_critical(
     kafka_bootstrap, topics, start_service, antibody_first
@@ -110,18 +134,12 @@ def test_one_incident_from_trigger_to_resolve(kafka_bootstrap, topics, start_ser
         ("update", "high", "antibodies_with_adequate_level"),  # 4.5 is in range, antibodies remain
         ("resolve", "high", None),  # without the antibody result nothing calls for attention
     ]
-    send(kafka_bootstrap, topics["input"], patient, *chain)
-    service = start_service()
-    reader = AlertReader(kafka_bootstrap, topics["alerts"])
-    try:
-        reader.wait_for(len(expected), timeout_s=60, while_alive=[service])
-        found = events_of(reader)
-    finally:
-        reader.close()
+    found, _ = alerts_after(
+        kafka_bootstrap, topics, start_service, patient=patient, chain=chain, count=len(expected)
+    )
     assert [(e["action"], e["severity"], e["pattern"]) for e in found] == expected
     assert len({e["incident_key"] for e in found}) == 1
     assert "entered in error" in str(found[-1]["resolve_reason"])
-    assert service.stop() == 0
 
 
 @dataclass(frozen=True)
@@ -382,20 +400,12 @@ def test_a_low_level_corrected_into_range_resolves_its_incident(kafka_bootstrap,
         message(patient, "ACC-C", "SPM-C", DAY0, level("1.9", result_id="LVL-C")),
         message(patient, "ACC-C", "SPM-C", DAY0, level("3.6", status="corrected", result_id="LVL-C")),
     ]
-    send(kafka_bootstrap, topics["input"], patient, *chain)
-    service = start_service()
-    reader = AlertReader(kafka_bootstrap, topics["alerts"])
-    try:
-        reader.wait_for(2, timeout_s=60, while_alive=[service])
-        found = events_of(reader)
-    finally:
-        reader.close()
+    found, _ = alerts_after(kafka_bootstrap, topics, start_service, patient=patient, chain=chain, count=2)
     assert [(e["action"], e["resolve_reason"]) for e in found] == [
         ("trigger", None),
         ("resolve", "corrected into range"),  # 3.6 is within 3-7
     ]
     assert found[0]["incident_key"] == found[1]["incident_key"]
-    assert service.stop() == 0
 
 
 def test_input_already_keyed_by_patient_skips_the_repartition_hop(kafka_bootstrap, topics, start_service):
@@ -404,15 +414,14 @@ def test_input_already_keyed_by_patient_skips_the_repartition_hop(kafka_bootstra
         message(patient, "ACC-K", "SPM-K", DAY0, level("1.2")),
         message(patient, "ACC-K-R", "SPM-K", DAY0, antibodies("150")),
     ]
-    send(kafka_bootstrap, topics["input"], patient, *results)
-    service = start_service(TDM_INPUT_KEYED_BY_PATIENT="true")
-    reader = AlertReader(kafka_bootstrap, topics["alerts"])
-    try:
-        reader.wait_for(2, timeout_s=60, while_alive=[service])
-        found = events_of(reader)
-    finally:
-        reader.close()
+    found, log = alerts_after(
+        kafka_bootstrap,
+        topics,
+        start_service,
+        patient=patient,
+        chain=results,
+        count=2,
+        TDM_INPUT_KEYED_BY_PATIENT="true",
+    )
     assert [(e["action"], e["severity"]) for e in found] == [("trigger", "high"), ("update", "critical")]
-    log = service.log_text()
     assert ".patient-results" not in log  # no repartition topic was created or consumed
-    assert service.stop() == 0
