@@ -21,18 +21,23 @@ pytestmark = pytest.mark.integration
 
 
 def _member(bootstrap: str, group: str, topic: str) -> KafkaConsumer:
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
-    deadline = time.monotonic() + 60
-    while not consumer.assignment():
-        assert time.monotonic() < deadline, "no partitions assigned in 60 s"
-        consumer.poll(timeout_ms=200)
-    return consumer
+    """A member of `group` with partitions. kafka-python 3 can hang for good in a join that
+    began before the new topic's metadata arrived (the service's watchdog restarts it): so do we."""
+    for _ in range(3):
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            consumer.poll(timeout_ms=200)
+            if consumer.assignment():
+                return consumer
+        consumer.close(autocommit=False)
+    pytest.fail("no partitions assigned in three joins of 20 s")
 
 
 class _Snapshot:
