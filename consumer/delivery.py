@@ -30,14 +30,12 @@ SEND_TIMEOUT_S = 30.0
 
 # The broker reads as a fence both another instance claiming our transactional id and its own
 # abort of a transaction that outlived TDM_TRANSACTION_TIMEOUT_MS (a broker restart mid-batch):
-# it bumps the epoch either way. A fresh producer recovers from the second; a fence again this
-# soon after one means another instance really has our id (two such instances fence each other
-# in turn, so one of them meets its second fence within the window).
+# it bumps the epoch either way. Only a transaction open that long can have been timed out (the
+# broker's clock for it starts after our begin), so a fence on a younger one is another instance.
 FENCES: tuple[type[Exception], ...] = (
     kafka_errors.ProducerFencedError,
     kafka_errors.InvalidProducerEpochError,
 )
-REFENCE_WINDOW_S = 300.0
 
 # Errors no retry can fix: another instance owns our transactional id, or we are not allowed in.
 FATAL_ERRORS: tuple[type[Exception], ...] = (
@@ -128,7 +126,7 @@ class Delivery(ABC):
 class TransactionalDelivery(Delivery):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._replaced_at: float | None = None  # monotonic time of the last replacement after a fence
+        self._began = 0.0  # monotonic time the open transaction began
 
     @property
     def transactional_id(self) -> str:
@@ -147,6 +145,7 @@ class TransactionalDelivery(Delivery):
     def begin(self) -> None:
         super().begin()
         self.producer.begin_transaction()
+        self._began = time.monotonic()
 
     def commit(self, offsets: dict[TopicPartition, int], consumer: KafkaConsumer) -> None:
         self._await_sends()
@@ -181,17 +180,17 @@ class TransactionalDelivery(Delivery):
 
     def survive_fence(self, err: BaseException) -> bool:
         """Replace the producer after the broker's abort of a timed-out transaction; False (a
-        fatal fence) for anything else, or for a second fence within REFENCE_WINDOW_S."""
-        if not isinstance(fatal_cause(err), FENCES):
+        fatal fence: another instance has our id) for anything else."""
+        if not isinstance(cause := fatal_cause(err), FENCES):
             return False
-        now = time.monotonic()
-        if self._replaced_at is not None and now - self._replaced_at < REFENCE_WINDOW_S:
+        open_s = time.monotonic() - self._began
+        if open_s * 1000 < self.settings.transaction_timeout_ms:
             return False
-        self._replaced_at = now
         log.warning(
-            "transaction fenced; replacing the producer (a broker outage longer than "
-            "TDM_TRANSACTION_TIMEOUT_MS, or another instance with this TDM_INSTANCE_ID)",
-            error=type(fatal_cause(err)).__name__,
+            "transaction fenced after it outlived TDM_TRANSACTION_TIMEOUT_MS (a broker outage); "
+            "replacing the producer",
+            error=type(cause).__name__,
+            open_s=round(open_s, 1),
         )
         self._futures = []
         self.close()  # the next batch's producer claims the id again and aborts what is open

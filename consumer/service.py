@@ -24,7 +24,7 @@ from kafka.errors import KafkaError
 
 from consumer.access import check_topic_access
 from consumer.dead_letters import DeadLetter, Stage
-from consumer.delivery import FENCES, REFENCE_WINDOW_S, Delivery, delivery_for, fatal_cause, is_fatal
+from consumer.delivery import FENCES, Delivery, delivery_for, fatal_cause, is_fatal
 from consumer.fatal import FatalError
 from consumer.formats import DecodeError
 from consumer.formats.treatment import decode_treatment
@@ -557,12 +557,11 @@ def _fatal_message(err: BaseException, settings: Settings) -> str:
     err = fatal_cause(err) or err
     name = type(err).__name__
     if isinstance(err, FENCES):
-        # Reached only on a second fence soon after the producer was replaced for the first
-        # (delivery.survive_fence): one outage longer than the transaction timeout is survived.
+        # A fence on a transaction younger than the transaction timeout (older ones are the
+        # broker's own abort after an outage, survived in delivery.survive_fence).
         return (
-            f"{name}: another instance took over this instance's transactional id (fenced again "
-            f"within {REFENCE_WINDOW_S:.0f} s of a new producer); give each instance its own "
-            "TDM_INSTANCE_ID. After repeated broker outages, a restart recovers"
+            f"{name}: another instance took over this instance's transactional id; "
+            "give each instance its own TDM_INSTANCE_ID"
         )
     if isinstance(err, kafka_errors.GroupAuthorizationFailedError):
         return (

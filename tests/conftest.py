@@ -303,10 +303,20 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess
 
 
 def metrics_port(log_text: str) -> int:
-    """The metrics port the service logged at start (it binds port 0 in tests)."""
-    match = re.search(r'"metrics_port": (\d+)', log_text)
-    assert match, log_text
-    return int(match.group(1))
+    """The metrics port the service logged at its latest start (it binds port 0 in tests)."""
+    found = re.findall(r'"metrics_port": (\d+)', log_text)
+    assert found, log_text
+    return int(found[-1])
+
+
+def gauges(services: list[RunningService], name: str) -> list[float]:
+    """`name` from each instance. One its watchdog ended (kafka-python 3's hung join) is started
+    again first, as an orchestrator would; OSError while it is still starting."""
+    values = []
+    for service in services:
+        assert service.alive() or service.revive(), service.log_text()[-3000:]
+        values.append(metric_total(scrape(metrics_port(service.log_text())), name))
+    return values
 
 
 def scrape(port: int) -> str:

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from tests.conftest import metric_total, metrics_port, produce, read_topic, scrape
+from tests.conftest import gauges, metric_total, metrics_port, produce, read_topic, scrape
 from tests.integration.feeds import Feed, canonical_feed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -160,27 +160,23 @@ def test_three_instances_then_two_share_the_work_exactly_once(
     # Instances join one after another, as a scale-out does. Three kafka-python 3.0.12
     # consumers joining in the same second sometimes never converged (revoked, UnknownMemberId)
     # within a minute; see the issue note.
-    services, ports = [], []
+    services = []
     for n in range(3):
         services.append(
             start_service(
                 TDM_INSTANCE_ID=f"i{n}", TDM_GROUP_ID=group, TDM_STATE_DIR=f"{tmp_path}/i{n}", **SERVICE
             )
         )
-        ports.append(metrics_port(wait_for_log(services[-1], '"metrics_port"')))
         wait_for_log(services[-1], '"partitions assigned"', timeout_s=60)
     try:
         # 6 input partitions and 6 patient (repartition) partitions, two of each per instance.
-        wait_until(
-            lambda: [metric_total(scrape(p), "tdm_assigned_partitions") for p in ports] == [4, 4, 4], 90
-        )
+        wait_until(lambda: gauges(services, "tdm_assigned_partitions") == [4, 4, 4], 90)
         produce(kafka_bootstrap, topics["input"], feed.messages[:half], feed.keys[:half])
         reader.wait_for(60, timeout_s=90, while_alive=services)
 
         leaving = services.pop(1)
-        ports.pop(1)
         assert leaving.stop() == 0  # SIGTERM: finishes its batch, gives its partitions up
-        wait_until(lambda: sum(metric_total(scrape(p), "tdm_assigned_partitions") for p in ports) == 12, 60)
+        wait_until(lambda: sum(gauges(services, "tdm_assigned_partitions")) == 12, 60)
         produce(kafka_bootstrap, topics["input"], feed.messages[half:], feed.keys[half:])
         reader.wait_for(len(feed.expected), timeout_s=180, while_alive=services)
         assert_exact(reader, feed)

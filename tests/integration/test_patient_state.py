@@ -20,7 +20,7 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from tests.conftest import metric_total, metrics_port, produce, run_cli, scrape
+from tests.conftest import gauges, produce, run_cli
 from tests.integration.test_exactly_once import (
     SERVICE,
     AlertReader,
@@ -304,7 +304,7 @@ def test_state_moves_with_its_partitions_when_an_instance_stops(
     levels = [message(p, f"A-{p}", f"S-{p}", DAY0, level("1.8")) for p in patients]
     reflexes = [message(p, f"R-{p}", f"S-{p}", DAY0, antibodies("200")) for p in patients]
     keys = [p.encode() for p in patients]
-    services, ports = [], []
+    services = []
     for n in range(3):
         # Each instance its own disk, as pods have: a moved partition must come from the changelog.
         services.append(
@@ -312,32 +312,26 @@ def test_state_moves_with_its_partitions_when_an_instance_stops(
                 TDM_INSTANCE_ID=f"m{n}", TDM_GROUP_ID=group, TDM_STATE_DIR=str(tmp_path / f"m{n}"), **SERVICE
             )
         )
-        ports.append(metrics_port(wait_for_log(services[-1], '"metrics_port"')))
         wait_for_log(services[-1], '"partitions assigned"', timeout_s=60)
     reader = AlertReader(kafka_bootstrap, topics["alerts"])
     try:
         # 6 input and 6 patient partitions, shared by three.
-        wait_until(
-            lambda: [metric_total(scrape(p), "tdm_assigned_partitions") for p in ports] == [4, 4, 4], 90
-        )
+        wait_until(lambda: gauges(services, "tdm_assigned_partitions") == [4, 4, 4], 90)
         produce(kafka_bootstrap, topics["input"], levels, keys)
         reader.wait_for(len(patients), timeout_s=90, while_alive=services)
         # The instance about to leave holds some patients' state (the gauge refreshes every 10 s).
-        wait_until(lambda: metric_total(scrape(ports[1]), "tdm_state_patients") > 0, 30)
+        wait_until(lambda: gauges(services[1:2], "tdm_state_patients") > [0], 30)
 
         leaving = services.pop(1)
-        ports.pop(1)
         assert leaving.stop() == 0
-        wait_until(lambda: sum(metric_total(scrape(p), "tdm_assigned_partitions") for p in ports) == 12, 60)
+        wait_until(lambda: sum(gauges(services, "tdm_assigned_partitions")) == 12, 60)
         produce(kafka_bootstrap, topics["input"], reflexes, keys)
         reader.wait_for(2 * len(patients), timeout_s=120, while_alive=services)
         updates = [e for e in events_of(reader) if e["action"] == "update"]
         # Every reflex found its level, including those whose state had to move.
         assert len(updates) == len(patients)
         assert {e["pattern"] for e in updates} == {"immunogenic_failure"}
-        wait_until(
-            lambda: sum(metric_total(scrape(p), "tdm_state_patients") for p in ports) == len(patients), 30
-        )
+        wait_until(lambda: sum(gauges(services, "tdm_state_patients")) == len(patients), 30)
         for service in services:
             assert service.stop() == 0
     finally:

@@ -1,4 +1,6 @@
-"""Fences: one after a broker outage is survived by a new producer; a second soon after is fatal."""
+"""Fences and aborts: a fence on a transaction that outlived the transaction timeout is the
+broker's abort after an outage and is survived with a new producer; on a younger one it is
+another instance with our id, which is fatal. No producer is reused after an abort."""
 
 from __future__ import annotations
 
@@ -6,16 +8,21 @@ import pytest
 from kafka import errors as kafka_errors
 
 from consumer import delivery
-from consumer.delivery import REFENCE_WINDOW_S, TransactionalDelivery
+from consumer.delivery import TransactionalDelivery
 from consumer.settings import Settings
+
+TIMEOUT_S = 10.0  # TDM_TRANSACTION_TIMEOUT_MS's default, 10,000
 
 
 class _Producer:
-    """Stands in for a fenced KafkaProducer: its abort fails the way the broker makes it."""
+    """Stands in for a KafkaProducer whose abort fails the way the broker makes it."""
 
     def __init__(self, abort_error: Exception | None = None) -> None:
         self.abort_error = abort_error
         self.closed = False
+
+    def begin_transaction(self) -> None:
+        pass
 
     def abort_transaction(self) -> None:
         if self.abort_error is not None:
@@ -25,6 +32,13 @@ class _Producer:
         self.closed = True
 
 
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for key in list(__import__("os").environ):
+        if key.startswith("TDM_"):
+            monkeypatch.delenv(key)
+
+
 @pytest.fixture
 def clock(monkeypatch):
     now = [1000.0]
@@ -32,68 +46,70 @@ def clock(monkeypatch):
     return now
 
 
-@pytest.fixture
-def transactional(monkeypatch):
-    for key in list(__import__("os").environ):
-        if key.startswith("TDM_"):
-            monkeypatch.delenv(key)
-    return TransactionalDelivery(Settings())
+def opened(
+    clock: list[float], seconds_ago: float, producer: _Producer | None = None
+) -> TransactionalDelivery:
+    """A delivery whose transaction began `seconds_ago`."""
+    transactional = TransactionalDelivery(Settings())
+    assert transactional.settings.transaction_timeout_ms == TIMEOUT_S * 1000
+    transactional._producer = producer or _Producer()
+    transactional.begin()
+    clock[0] += seconds_ago
+    return transactional
 
 
 @pytest.mark.parametrize("fence", [kafka_errors.ProducerFencedError, kafka_errors.InvalidProducerEpochError])
-def test_the_first_fence_replaces_the_producer(transactional, clock, fence):
-    old = transactional._producer = _Producer()
+def test_a_fence_after_the_transaction_timeout_replaces_the_producer(clock, fence):
+    transactional = opened(clock, TIMEOUT_S + 5)  # a broker restart held the batch open
+    old = transactional._producer
     assert transactional.survive_fence(fence())
     assert old.closed and transactional._producer is None  # the next batch claims the id afresh
 
 
-def test_a_fence_wrapped_by_the_client_counts_as_a_fence(transactional, clock):
-    transactional._producer = _Producer()
+@pytest.mark.parametrize("fence", [kafka_errors.ProducerFencedError, kafka_errors.InvalidProducerEpochError])
+def test_a_fence_on_a_younger_transaction_is_another_instance(clock, fence):
+    transactional = opened(clock, TIMEOUT_S - 0.5)  # the broker cannot have timed it out yet
+    assert not transactional.survive_fence(fence())
+    assert not transactional._producer.closed
+
+
+def test_a_fence_wrapped_by_the_client_counts_as_a_fence(clock):
+    transactional = opened(clock, TIMEOUT_S + 1)
     wrapped = kafka_errors.KafkaError("Cannot perform send", kafka_errors.ProducerFencedError())
     assert transactional.survive_fence(wrapped)
-
-
-def test_a_second_fence_within_the_window_is_fatal_and_after_it_is_survived(transactional, clock):
-    transactional._producer = _Producer()
-    assert transactional.survive_fence(kafka_errors.ProducerFencedError())
-    transactional._producer = _Producer()
-    clock[0] += REFENCE_WINDOW_S - 1  # two instances with one id fence each other this fast
-    assert not transactional.survive_fence(kafka_errors.ProducerFencedError())
-    assert not transactional._producer.closed
-    clock[0] += 2  # a second outage, long after the first
-    assert transactional.survive_fence(kafka_errors.ProducerFencedError())
 
 
 @pytest.mark.parametrize(
     "error",
     [kafka_errors.TransactionalIdAuthorizationFailedError(), kafka_errors.KafkaTimeoutError(), ValueError()],
 )
-def test_other_errors_are_not_fences(transactional, clock, error):
-    transactional._producer = _Producer()
+def test_other_errors_are_not_fences(clock, error):
+    transactional = opened(clock, TIMEOUT_S + 1)
     assert not transactional.survive_fence(error)
     assert not transactional._producer.closed
 
 
-def test_an_abort_the_broker_fences_is_survived_once_then_raises(transactional, clock):
-    transactional._producer = _Producer(abort_error=kafka_errors.ProducerFencedError())
-    transactional.abort()  # survived: the producer is replaced, nothing raised
+def test_an_abort_the_broker_fences_after_an_outage_is_survived(clock):
+    transactional = opened(clock, TIMEOUT_S + 1, _Producer(abort_error=kafka_errors.ProducerFencedError()))
+    transactional.abort()  # nothing raised: the producer is replaced
     assert transactional._producer is None
-    transactional._producer = _Producer(abort_error=kafka_errors.ProducerFencedError())
+
+
+def test_an_abort_fenced_by_another_instance_raises(clock):
+    transactional = opened(clock, 0.2, _Producer(abort_error=kafka_errors.ProducerFencedError()))
     with pytest.raises(kafka_errors.ProducerFencedError):
         transactional.abort()
 
 
-def test_at_least_once_has_no_fences(monkeypatch):
-    for key in list(__import__("os").environ):
-        if key.startswith("TDM_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("TDM_DELIVERY", "at_least_once")
-    assert not delivery.delivery_for(Settings()).survive_fence(kafka_errors.ProducerFencedError())
-
-
-def test_a_producer_is_not_reused_after_an_abort(transactional, clock):
+def test_a_producer_is_not_reused_after_an_abort(clock):
     """kafka-python 3 keeps a refused TxnOffsetCommit's offsets past the abort and commits them
     with the next transaction: only a new producer is safe."""
-    old = transactional._producer = _Producer()
+    transactional = opened(clock, 0.1)
+    old = transactional._producer
     transactional.abort()
     assert old.closed and transactional._producer is None
+
+
+def test_at_least_once_has_no_fences(monkeypatch):
+    monkeypatch.setenv("TDM_DELIVERY", "at_least_once")
+    assert not delivery.delivery_for(Settings()).survive_fence(kafka_errors.ProducerFencedError())
