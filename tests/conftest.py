@@ -184,7 +184,7 @@ class RunningService:
         names = [env["TDM_ALERT_TOPIC"], env["TDM_DLQ_TOPIC"], *env["TDM_INPUT_TOPICS"].split(",")]
         names += [f"{group}.patient-results", f"{group}.patient-state-changelog"]
         events = [line for line in self.log_text().splitlines() if '"alert published"' not in line]
-        return "\n".join(events)[-6000:] + "\n" + open_transactions(self.env["TDM_BOOTSTRAP_SERVERS"], names)
+        return "\n".join(events)[-6000:] + "\n" + open_transactions(env["TDM_BOOTSTRAP_SERVERS"], names)
 
 
 def open_transactions(bootstrap: str, topics: list[str]) -> str:
@@ -193,9 +193,13 @@ def open_transactions(bootstrap: str, topics: list[str]) -> str:
     from kafka import KafkaConsumer, TopicPartition
 
     lines = []
-    raw = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, isolation_level="read_uncommitted")
-    committed = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed")
+    readers: list[KafkaConsumer] = []
     try:
+        for isolation in ("read_uncommitted", "read_committed"):
+            readers.append(
+                KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, isolation_level=isolation)
+            )
+        raw, committed = readers
         known = raw.topics()
         for topic in (t for t in topics if t in known):
             tps = [TopicPartition(topic, p) for p in sorted(raw.partitions_for_topic(topic) or [])]
@@ -208,8 +212,8 @@ def open_transactions(bootstrap: str, topics: list[str]) -> str:
     except Exception as err:  # a diagnosis must not hide the failure it explains
         lines.append(f"offsets not read: {err!r}")
     finally:
-        raw.close()
-        committed.close()
+        for reader in readers:
+            reader.close()
     return "open transactions: " + ("; ".join(lines) if lines else "none")
 
 
