@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -129,14 +130,23 @@ def topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> dict[str, st
 
 
 class RunningService:
-    """`tdm-alerts run` as a real subprocess, configured through TDM_* variables."""
+    """`tdm-alerts run` as a real subprocess, configured through TDM_* variables.
+
+    Supervised (the default), it is restarted when its watchdog ends it (exit 1, "stalled;
+    exiting"), as Kubernetes would: kafka-python 3 can hang for good in a join (an empty first
+    assignment when a new topic's metadata is late), and every test should survive that the way
+    production does. A test that watches the watchdog itself takes over (`unsupervised`).
+    """
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.restarts = 0
+        self._lock = threading.Lock()
+        self._supervising = True
         self.proc = self._start()
+        threading.Thread(target=self._supervise, name=f"supervise-{log_path.name}", daemon=True).start()
 
     def _start(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -147,29 +157,49 @@ class RunningService:
             cwd=REPO,
         )
 
+    def _supervise(self) -> None:
+        while self._supervising:
+            time.sleep(0.5)
+            self.revive()
+
     def revive(self) -> bool:
-        """Start it again if its watchdog ended it (exit 1, "stalled; exiting"), as Kubernetes
-        would: kafka-python 3 can hang in a re-join for good. False if it ended otherwise."""
-        if self.alive() or self.proc.wait() != 1 or '"stalled; exiting' not in self.log_text()[-2000:]:
-            return False
-        self.restarts += 1
-        print(f"restarted a stalled instance ({self.restarts})")
-        self.proc = self._start()
-        return True
+        """Start it again if its watchdog ended it; True if it is running (again). Never once the
+        test has taken over, stopped or killed it."""
+        with self._lock:
+            if self.alive():
+                return True
+            if not self._supervising:
+                return False
+            if self.proc.wait() != 1 or '"stalled; exiting' not in self.log_text()[-2000:]:
+                return False
+            self.restarts += 1
+            print(f"restarted a stalled instance ({self.restarts})")
+            self.proc = self._start()
+            return True
+
+    def unsupervised(self) -> None:
+        """From now on the test is the orchestrator: an exit stays an exit."""
+        with self._lock:
+            self._supervising = False
 
     def kill(self) -> None:
-        """kill -9: no shutdown, no last commit."""
-        self.proc.kill()
-        self.proc.wait(timeout=30)
+        """kill -9: no shutdown, no last commit (and no restart)."""
+        with self._lock:
+            self._supervising = False
+            self.proc.kill()
+            self.proc.wait(timeout=30)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        code = self.proc.wait(timeout=timeout)
-        self._log.close()
+        with self._lock:
+            self._supervising = False
+            if self.proc.poll() is None:
+                self.proc.terminate()
+            code = self.proc.wait(timeout=timeout)
+            if not self._log.closed:
+                self._log.close()
         return code
 
     def log_text(self) -> str:

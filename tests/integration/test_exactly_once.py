@@ -281,6 +281,7 @@ def test_a_wedged_service_exits_for_its_orchestrator_and_the_restart_loses_nothi
     try:
         service = start_service(**settings)
         reader.wait_for(10, timeout_s=90, while_alive=[service])
+        service.unsupervised()  # from here this test is the orchestrator: it watches the exit
         reader.consumer.close()  # our own reader must not sit in the broker while it is frozen
         kafka_broker.freeze(True)
         try:
