@@ -60,16 +60,16 @@ class Health:
         self._beat = self._progress = self.clock()
         self._waiting = {name: (position, self._progress) for name, (position, _) in self._waiting.items()}
 
-    def lag(self, messages: int, positions: Mapping[str, tuple[int, int]] | None = None) -> None:
-        """The latest lag at the broker; none means nothing to make progress on. `positions`
-        names each partition's (position, lag), so one that stops while others move is seen:
+    def lag(self, positions: Mapping[str, tuple[int, int]]) -> None:
+        """The latest lag at the broker, as each partition's (position, lag); none means nothing
+        to make progress on. Per partition, so one that stops while others move is seen:
         kafka-python 3 has been seen to leave some partitions unfetched after a rebalance."""
         now = self.clock()
-        self._lag = messages
-        if messages == 0:
+        self._lag = sum(lag for _, lag in positions.values())
+        if self._lag == 0:
             self._progress = now
         waiting: dict[str, tuple[int, float]] = {}
-        for name, (position, lag) in (positions or {}).items():
+        for name, (position, lag) in positions.items():
             if lag > 0:
                 before = self._waiting.get(name)
                 waiting[name] = before if before is not None and before[0] == position else (position, now)

@@ -482,11 +482,11 @@ class Service:
                 lag = max(ends[tp] - position, 0)
                 positions[f"{tp.topic}/{tp.partition}"] = (position, lag)
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-            self.health.lag(sum(lag for _, lag in positions.values()), positions)
+            self.health.lag(positions)
         except KafkaError as err:  # a missed sample is not worth failing the loop for
             log.warning("could not measure consumer lag", error=type(err).__name__)
             # Cluster unreachable: a restart cannot fix that, so it is not a stall to restart for.
-            self.health.lag(0)
+            self.health.lag({})
 
     def _account(self, processed: list[tuple[ConsumerRecord, Processed]], batch_seconds: float) -> None:
         """Count a batch only once it is committed, so a retried batch is not counted twice."""

@@ -34,7 +34,7 @@ def test_a_loop_that_stops_turning_is_not_alive_and_then_stalled():
 
 def test_turning_without_progress_while_lag_waits_is_a_stall():
     health, clock = make()
-    health.lag(1200)
+    health.lag({"in/0": (0, 1200)})
     for _ in range(31):  # the loop keeps turning (a poll spin), nothing is processed
         clock.now += 10
         health.beat()
@@ -47,7 +47,7 @@ def test_no_lag_means_nothing_to_progress_on():
     for _ in range(40):
         clock.now += 10
         health.beat()
-        health.lag(0)
+        health.lag({})
     assert health.stalled() is None
 
 
@@ -57,7 +57,7 @@ def test_a_join_that_never_completes_is_a_stall_even_with_no_lag_known():
     for _ in range(31):  # the loop turns, the join never completes
         clock.now += 10
         health.beat()
-        health.lag(0)
+        health.lag({})
         health.member(False)
     assert "not a member of the consumer group for 300 s" in (health.stalled() or "")
 
@@ -112,7 +112,7 @@ def test_one_partition_that_stops_while_others_move_is_a_stall():
         clock.now += 10
         health.beat()
         health.progressed()  # records from the other partitions are processed and committed
-        health.lag(5, {"in/0": (100 + turn, 1), "in/1": (40, 4)})
+        health.lag({"in/0": (100 + turn, 1), "in/1": (40, 4)})
         if turn < 29:
             assert health.stalled() is None
     assert health.stalled() == "partition in/1 stuck at offset 40 for 300 s while messages wait"
@@ -125,13 +125,13 @@ def test_a_partition_that_moves_or_catches_up_is_not_stalled():
         health.beat()
         health.progressed()
         # in/0 moves slowly through a backlog; in/1 sits still but has nothing waiting.
-        health.lag(3, {"in/0": (turn // 5, 3), "in/1": (40, 0)})
+        health.lag({"in/0": (turn // 5, 3), "in/1": (40, 0)})
         assert health.stalled() is None
 
 
 def test_a_long_state_restore_is_progress_for_the_loop_and_the_waiting_partitions():
     health, clock = make()
-    health.lag(50, {"patients/0": (0, 50)})
+    health.lag({"patients/0": (0, 50)})
     for _ in range(40):  # 400 s of restore, reported chunk by chunk
         clock.now += 10
         health.restored_chunk()
