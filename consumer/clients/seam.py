@@ -1,0 +1,215 @@
+"""What the service needs from a Kafka client, in its own terms (issue #15, work in progress).
+
+Two implementations are planned behind it: kafka-python (the default, as the design card
+names it) and confluent-kafka (librdkafka), chosen by TDM_KAFKA_CLIENT. Above this seam nothing
+imports a client library: records, partitions and failures are ours, so the loop, the delivery,
+the patient-state store and the operator tools are written once, and the tests run each client
+through the same integration suite.
+
+Who uses what (today's call sites, all in `consumer/`):
+- service.py: GroupConsumer (subscribe with a Rebalance listener, poll, pause/resume/seek,
+  position, assignment, end_offsets for lag, group_metadata, in_group) and the Delivery.
+- delivery.py: TransactionalProducer (begin, send, flush, send_offsets, commit, abort) or, at
+  least once, Producer plus GroupConsumer.commit.
+- state/manager.py: an assigned Reader for the changelog restore; Sent.offset() for the
+  changelog offset a write landed at.
+- access.py, state/topics.py, group_status.py: Admin.
+- dead_letter_reader.py, replay.py, cli.py (forget): Reader and Producer.
+
+kafka-python 3.0.12 needs two workarounds that stay in its adapter (see docs/benchmarks.md): a
+new transactional producer after every abort (refused TxnOffsetCommit offsets are otherwise
+committed by the next transaction), and a rewind when a rebalance gives a partition back (its
+position and fetch buffers are kept).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+
+class Partition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed record; headers as sent, timestamp in ms since the epoch (None if absent)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int | None
+
+
+class Failure(enum.Enum):
+    """Why a client call failed, as far as the service's decisions go."""
+
+    TRANSIENT = "transient"  # the cluster or a broker is away, a leader moved: retry with back-off
+    REBALANCED = "rebalanced"  # the group moved on (UnknownMemberId, IllegalGeneration): retry at once
+    FENCED = "fenced"  # our transactional id's epoch was bumped (by the broker or another instance)
+    AUTHENTICATION = "authentication"
+    TLS_TRUST = "tls_trust"
+    TLS_HOSTNAME = "tls_hostname"
+    TLS_CLIENT_CERTIFICATE = "tls_client_certificate"
+    NOT_AUTHORISED_TOPIC = "not_authorised_topic"
+    NOT_AUTHORISED_GROUP = "not_authorised_group"
+    NOT_AUTHORISED_TRANSACTIONAL_ID = "not_authorised_transactional_id"
+    NOT_AUTHORISED_CLUSTER = "not_authorised_cluster"
+    MISSING_TOPIC = "missing_topic"
+    UNSUPPORTED = "unsupported"  # the cluster lacks what the settings ask for (transactions, ...)
+
+    @property
+    def retried(self) -> bool:
+        """Retried in place; a fence is decided by the delivery (the transaction's age)."""
+        return self in (Failure.TRANSIENT, Failure.REBALANCED)
+
+
+class ClientError(Exception):
+    """A failed client call. `detail` names positions and resources, never record contents."""
+
+    def __init__(self, failure: Failure, detail: str, resource: str | None = None) -> None:
+        super().__init__(f"{failure.value}: {detail}")
+        self.failure = failure
+        self.detail = detail
+        self.resource = resource  # the topic, group or transactional id concerned, if known
+
+
+class Rebalance(Protocol):
+    """Called from inside GroupConsumer.poll, on the polling thread's behalf."""
+
+    def assigned(self, partitions: Collection[Partition]) -> None: ...
+
+    def revoked(self, partitions: Collection[Partition]) -> None:
+        """Before the partitions go, while offsets for them can still be committed."""
+
+    def lost(self, partitions: Collection[Partition]) -> None:
+        """The member was expelled: the partitions are gone and nothing for them may commit."""
+
+
+class Reader(Protocol):
+    """A consumer outside any group, reading assigned partitions (restore, dead-letter tools)."""
+
+    def assign(self, partitions: Collection[Partition]) -> None: ...
+
+    def seek(self, partition: Partition, offset: int) -> None: ...
+
+    def poll(self, timeout_ms: int, max_records: int) -> Mapping[Partition, Sequence[Record]]: ...
+
+    def position(self, partition: Partition) -> int: ...
+
+    def end_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
+        """Last stable offsets (the readers are read_committed)."""
+
+    def close(self) -> None: ...
+
+
+class GroupConsumer(Reader, Protocol):
+    """The service's consumer: a member of TDM_GROUP_ID, read_committed, no auto-commit."""
+
+    def subscribe(self, topics: Sequence[str], pattern: str | None, listener: Rebalance) -> None: ...
+
+    def pause(self, partitions: Collection[Partition]) -> None: ...
+
+    def resume(self, partitions: Collection[Partition]) -> None: ...
+
+    def assignment(self) -> frozenset[Partition]: ...
+
+    def commit(self, offsets: Mapping[Partition, int]) -> None:
+        """At-least-once delivery only; exactly once commits through the producer."""
+
+    def group_metadata(self) -> object:
+        """Opaque, for TransactionalProducer.send_offsets (KIP-447 fencing of zombies)."""
+
+    def in_group(self) -> bool:
+        """A stable member with a known coordinator (readiness, the watchdog)."""
+
+
+class Sent(Protocol):
+    def offset(self, timeout_s: float) -> int:
+        """Where the record landed, once the producer has flushed; raises ClientError if it failed."""
+
+
+class Producer(Protocol):
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+        *,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> Sent: ...
+
+    def flush(self, timeout_s: float) -> None:
+        """Every send so far acknowledged; raises the first ClientError among them."""
+
+    def close(self, timeout_s: float) -> None: ...
+
+
+class TransactionalProducer(Producer, Protocol):
+    """Initialised (init_transactions) when made; one transaction open at a time."""
+
+    def begin(self) -> None: ...
+
+    def send_offsets(self, offsets: Mapping[Partition, int], group_metadata: object) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    member_id: str
+    client_id: str
+    host: str
+    partitions: frozenset[Partition]
+
+
+class Admin(Protocol):
+    def partitions(self, topics: Collection[str]) -> Mapping[str, int | Failure]:
+        """Partition count per topic, or why it cannot be described (missing, not authorised)."""
+
+    def create_topics(self, specs: Collection[TopicSpec]) -> Mapping[str, Failure | None]: ...
+
+    def group(self, group_id: str) -> tuple[str, Sequence[Member]]:
+        """The group's state and its members."""
+
+    def committed(
+        self, group_id: str, partitions: Collection[Partition]
+    ) -> Mapping[Partition, int | None]: ...
+
+    def end_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]: ...
+
+    def close(self) -> None: ...
+
+
+class Client(Protocol):
+    """One implementation of the seam, built from the settings (bootstrap, security, ids)."""
+
+    name: str  # "kafka-python" or "confluent-kafka"
+
+    def group_consumer(self) -> GroupConsumer: ...
+
+    def reader(self, purpose: str) -> Reader: ...
+
+    def producer(self) -> Producer: ...
+
+    def transactional_producer(self, transactional_id: str) -> TransactionalProducer: ...
+
+    def admin(self) -> Admin: ...
