@@ -1,0 +1,30 @@
+"""The confluent-kafka adapter's reading of librdkafka errors (work in progress, issue #15)."""
+
+import pytest
+from confluent_kafka import KafkaError
+
+from consumer.clients.confluent import failure_of
+from consumer.clients.seam import Failure
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "failure"),
+    [
+        (KafkaError.PRODUCER_FENCED, "", Failure.FENCED),
+        (KafkaError.INVALID_PRODUCER_EPOCH, "", Failure.FENCED),
+        (KafkaError.UNKNOWN_MEMBER_ID, "", Failure.REBALANCED),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, "", Failure.NOT_AUTHORISED_TOPIC),
+        (KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "", Failure.NOT_AUTHORISED_TRANSACTIONAL_ID),
+        (KafkaError.SASL_AUTHENTICATION_FAILED, "", Failure.AUTHENTICATION),
+        (KafkaError._SSL, "SSL handshake failed: certificate verify failed", Failure.TLS_TRUST),
+        (KafkaError._SSL, "SSL handshake failed: hostname mismatch", Failure.TLS_HOSTNAME),
+        (KafkaError._ALL_BROKERS_DOWN, "", Failure.TRANSIENT),
+        (KafkaError._TRANSPORT, "", Failure.TRANSIENT),
+    ],
+)
+def test_librdkafka_errors_read_as_the_service_decides(code, text, failure):
+    assert failure_of(KafkaError(code, text)) is failure
+
+
+def test_only_transient_and_rebalance_failures_are_retried_in_place():
+    assert {f for f in Failure if f.retried} == {Failure.TRANSIENT, Failure.REBALANCED}
