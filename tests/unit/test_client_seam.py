@@ -28,3 +28,33 @@ def test_librdkafka_errors_read_as_the_service_decides(code, text, failure):
 
 def test_only_transient_and_rebalance_failures_are_retried_in_place():
     assert {f for f in Failure if f.retried} == {Failure.TRANSIENT, Failure.REBALANCED}
+
+
+@pytest.mark.parametrize(
+    ("error", "failure"),
+    [
+        ("ProducerFencedError", Failure.FENCED),
+        ("InvalidProducerEpochError", Failure.FENCED),
+        ("CommitFailedError", Failure.REBALANCED),
+        ("UnknownMemberIdError", Failure.REBALANCED),
+        ("TopicAuthorizationFailedError", Failure.NOT_AUTHORISED_TOPIC),
+        ("GroupAuthorizationFailedError", Failure.NOT_AUTHORISED_GROUP),
+        ("KafkaTimeoutError", Failure.TRANSIENT),
+        ("KafkaConnectionError", Failure.TRANSIENT),
+    ],
+)
+def test_kafka_python_errors_read_the_same_way(error, failure):
+    from kafka import errors as kafka_errors
+
+    from consumer.clients import kafka_python
+
+    assert kafka_python.failure_of(getattr(kafka_errors, error)()) is failure
+
+
+def test_a_fence_kafka_python_wraps_at_send_time_is_still_a_fence():
+    from kafka import errors as kafka_errors
+
+    from consumer.clients import kafka_python
+
+    wrapped = kafka_errors.KafkaError("Cannot perform send", kafka_errors.ProducerFencedError())
+    assert kafka_python.failure_of(wrapped) is Failure.FENCED
