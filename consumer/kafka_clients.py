@@ -1,4 +1,5 @@
-"""Building kafka-python clients from settings, with back-off while the cluster is unreachable."""
+"""Building kafka-python clients from settings, and waiting with back-off (for either client behind
+the seam, and the admin calls) while the cluster is unreachable."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 from kafka.structs import MemberState
 
+from consumer.clients.seam import CONNECTION_REFUSALS, ClientError, Failure
 from consumer.connection_failures import ADVICE, WATCH, Cause
 from consumer.fatal import FatalError
 from consumer.settings import Settings
@@ -54,11 +56,16 @@ def with_backoff(make: Callable[[], T], what: str, max_backoff_s: float, stoppin
     while True:
         try:
             return make()
-        # kafka-python 3 reports every failed bootstrap as a time-out (BOOTSTRAP_TIMEOUT_MS).
-        except (KafkaTimeoutError, KafkaConnectionError):
+        # kafka-python 3 reports every failed bootstrap as a time-out (BOOTSTRAP_TIMEOUT_MS);
+        # its cause, if any, is in its log (WATCH). confluent-kafka's adapter names the cause.
+        except (KafkaTimeoutError, KafkaConnectionError, ClientError) as err:
+            if isinstance(err, ClientError) and err.failure not in CONNECTION_REFUSALS | {Failure.TRANSIENT}:
+                raise
             if stopping():
                 raise StopRequested from None
             cause, failures = WATCH.take()
+            if isinstance(err, ClientError) and err.failure in CONNECTION_REFUSALS:
+                cause, failures = Cause(err.failure.value), max(failures, 1)
             if cause is not None:
                 refused[cause] += failures
             if cause is not None and refused[cause] >= FATAL_AFTER_FAILURES:

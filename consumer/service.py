@@ -13,30 +13,22 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import structlog
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka import errors as kafka_errors
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError
 
 from consumer.access import check_topic_access
+from consumer.clients import client_for
+from consumer.clients.seam import ClientError, Failure, GroupConsumer, Partition, Record
 from consumer.dead_letters import DeadLetter, Stage
-from consumer.delivery import FENCES, Delivery, delivery_for, fatal_cause, is_fatal
+from consumer.delivery import Delivery, delivery_for, is_fatal
 from consumer.fatal import FatalError
 from consumer.formats import DecodeError
 from consumer.formats.treatment import decode_treatment
 from consumer.health import Health
-from consumer.kafka_clients import (
-    POLL_MAX_RECORDS,
-    StopRequested,
-    check_tls_material,
-    in_group,
-    new_consumer,
-    with_backoff,
-)
+from consumer.kafka_clients import POLL_MAX_RECORDS, StopRequested, check_tls_material, with_backoff
 from consumer.metrics import Metrics
 from consumer.pipeline import Outcome, Pipeline, Processed
 from consumer.settings import Settings
@@ -59,13 +51,8 @@ CORRELATION_HEADER = "tdm.correlation_id"
 _CORRELATION_TEXT = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{16,64}"
 )
-_REBALANCE_ERRORS = (
-    kafka_errors.CommitFailedError,
-    kafka_errors.RebalanceInProgressError,
-    kafka_errors.IllegalGenerationError,
-    kafka_errors.UnknownMemberIdError,
-)
 LAG_REFRESH_S = 10.0  # end offsets cost a broker round trip; lag does not need sub-second detail
+LAG_RETRY_S = 1.0
 
 
 @dataclass
@@ -73,20 +60,22 @@ class _Batch:
     """Records processed since the batch opened, and the offsets to commit for them."""
 
     opened: float
-    first: dict[TopicPartition, int] = field(default_factory=dict)
-    next: dict[TopicPartition, int] = field(default_factory=dict)
-    processed: list[tuple[ConsumerRecord, Processed]] = field(default_factory=list)
+    first: dict[Partition, int] = field(default_factory=dict)
+    next: dict[Partition, int] = field(default_factory=dict)
+    processed: list[tuple[Record, Processed]] = field(default_factory=list)
     # Holds an alert, or a result on its way to the patient's state: once caught up with the
     # feed, commit it now, not at the end of the interval, so a page is readable in milliseconds.
     # Batches of skipped records (~99% of a feed) still fill up to the interval or the size limit.
     urgent: bool = False
 
 
-class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Assignment:
+    """The group's rebalance callbacks (seam.Rebalance), run inside the consumer's poll."""
+
     def __init__(self, service: Service) -> None:
         self._service = service
 
-    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+    def revoked(self, revoked: Collection[Partition]) -> None:
         # Before the partitions go: close the open batch, so nothing is published for a
         # partition this instance no longer owns and the next owner starts where we stopped.
         self._service.close_batch_for_rebalance()
@@ -95,14 +84,19 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
             states.revoke(tp.partition for tp in revoked if tp.topic == states.topics.patients)
         self._service.on_assignment_changed("revoked", revoked)
 
-    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+    def lost(self, lost: Collection[Partition]) -> None:
+        # The commit that closing the batch attempts is refused, so the batch is aborted and
+        # rewound: the same path as a commit refused for any other reason.
+        self.revoked(lost)
+
+    def assigned(self, assigned: Collection[Partition]) -> None:
         # A patient partition's state is restored from its changelog before any of its
         # records is processed: it stays paused until the loop has restored it.
         if (states := self._service.states) is not None:
             patients = [tp for tp in assigned if tp.topic == states.topics.patients]
             states.assign(tp.partition for tp in patients)
             if patients and self._service._consumer is not None:
-                self._service._consumer.pause(*patients)  # resumed once restored, in the loop
+                self._service._consumer.pause(patients)  # resumed once restored, in the loop
         self._service.assigned |= set(assigned)
         self._service.on_assignment_changed("assigned", assigned)
 
@@ -114,13 +108,14 @@ class Service:
         self.settings = settings
         self.pipeline = pipeline
         self.metrics = metrics
-        self.delivery: Delivery = delivery_for(settings)
-        self.assigned: set[TopicPartition] = set()
+        self.client = client_for(settings)
+        self.delivery: Delivery[Any] = delivery_for(settings, self.client)
+        self.assigned: set[Partition] = set()
         self._stop = threading.Event()
         self._consuming = False
         self._lag_due = 0.0  # monotonic time of the next lag measurement
         self._batch: _Batch | None = None
-        self._consumer: KafkaConsumer | None = None
+        self._consumer: GroupConsumer | None = None
         self._backoff = 0.5
         self._fatal: FatalError | None = None
         self.states: PatientStates | None = None
@@ -146,7 +141,7 @@ class Service:
             and not self._stop.is_set()
             and fresh
             and consumer is not None
-            and in_group(consumer)
+            and consumer.in_group()
         )
 
     def run(self) -> None:
@@ -154,13 +149,13 @@ class Service:
         check_tls_material(s)
         try:
             consumer = with_backoff(
-                lambda: new_consumer(s), "consumer", s.retry_backoff_max_s, self._stop.is_set
+                self.client.group_consumer, "consumer", s.retry_backoff_max_s, self._stop.is_set
             )
             with_backoff(self.delivery.connect, "producer", s.retry_backoff_max_s, self._stop.is_set)
         except StopRequested:
             log.info("stopped before the brokers answered")
             return
-        except KafkaError as err:
+        except ClientError as err:
             if is_fatal(err):
                 raise FatalError(_fatal_message(err, self.settings)) from err
             raise
@@ -181,13 +176,10 @@ class Service:
                 topics += extra
                 if pattern and extra:
                     pattern = "|".join([f"(?:{pattern})", *(re.escape(t) for t in extra)])
-            listener = _Assignment(self)
-            if pattern:
-                consumer.subscribe(pattern=pattern, listener=listener)
-            else:
-                consumer.subscribe(topics=topics, listener=listener)
+            consumer.subscribe(topics, pattern, _Assignment(self))
             log.info(
                 "consuming",
+                client=self.client.name,
                 topics=s.input_topics if not s.input_pattern else None,
                 pattern=s.input_pattern,
                 group=s.group_id,
@@ -206,10 +198,10 @@ class Service:
             if self.states is not None:
                 self.states.close()
             self.delivery.close()
-            consumer.close(autocommit=False)
+            consumer.close()
             log.info("stopped")
 
-    def on_assignment_changed(self, change: str, partitions: Iterable[TopicPartition]) -> None:
+    def on_assignment_changed(self, change: str, partitions: Collection[Partition]) -> None:
         self.metrics.assigned_partitions.set(len(self.assigned))
         self._lag_due = 0.0  # measure the new assignment on the next turn of the loop
         if change == "revoked":
@@ -220,17 +212,18 @@ class Service:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def _loop(self, consumer: KafkaConsumer) -> None:
+    def _loop(self, consumer: GroupConsumer) -> None:
         s = self.settings
         interval = s.commit_interval_ms / 1000
         while not self._stop.is_set():
             self.health.beat()
-            self.health.member(in_group(consumer))
+            self.health.member(consumer.in_group())
             if time.monotonic() >= self._lag_due:
-                self._refresh_lag(consumer)
+                measured = self._refresh_lag(consumer)
                 if self.states is not None:
                     self.states.refresh_gauges()
-                self._lag_due = time.monotonic() + LAG_REFRESH_S
+                # A missed sample (a leader moving, a topic just created) is retried soon.
+                self._lag_due = time.monotonic() + (LAG_REFRESH_S if measured else LAG_RETRY_S)
             try:
                 if self.states is not None and self.states.pending:
                     if self._batch is not None:
@@ -240,7 +233,7 @@ class Service:
                     self._restore_state(consumer, self.states)
                 batch = self._batch
                 room = min(POLL_MAX_RECORDS, s.batch_max_records - (len(batch.processed) if batch else 0))
-                polled = consumer.poll(timeout_ms=self._wait_ms(batch, interval), max_records=room)
+                polled = consumer.poll(self._wait_ms(batch, interval), room)
                 if self._fatal is not None:  # raised in a rebalance callback, which kafka-python swallows
                     raise self._fatal
                 if polled:
@@ -251,27 +244,27 @@ class Service:
                 batch = self._batch
                 if batch is not None and self._commit_due(batch, caught_up, interval):
                     self._commit(consumer, batch)
-            except KafkaError as err:
+            except ClientError as err:
                 self._raise_if_fatal(err)
                 self._fail(consumer, err)
         if self._batch is not None:
             try:
                 self._commit(consumer, self._batch)  # SIGTERM: the batch in hand is finished, not dropped
-            except KafkaError as err:
-                log.warning("last batch not committed; it will be processed again", error=type(err).__name__)
+            except ClientError as err:
+                log.warning("last batch not committed; it will be processed again", error=err.name)
 
-    def _restore_state(self, consumer: KafkaConsumer, states: PatientStates) -> None:
+    def _restore_state(self, consumer: GroupConsumer, states: PatientStates) -> None:
         try:
             restored = states.restore_pending()
-        except KafkaError as err:  # retried on the next turn: the partitions stay paused
-            log.warning("patient state restore failed; retrying", error=type(err).__name__)
+        except ClientError as err:  # retried on the next turn: the partitions stay paused
+            log.warning("patient state restore failed; retrying", error=err.name)
             self._stop.wait(1.0)
             return
         owned = consumer.assignment()
-        ready = [TopicPartition(states.topics.patients, p) for p in restored]
-        consumer.resume(*[tp for tp in ready if tp in owned])
+        ready = [Partition(states.topics.patients, p) for p in restored]
+        consumer.resume([tp for tp in ready if tp in owned])
 
-    def _process(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    def _process(self, polled: Mapping[Partition, Sequence[Record]]) -> None:
         opening = self._batch is None
         batch = self._batch = self._batch or _Batch(opened=time.monotonic())
         # Offsets first: if anything below fails, the rewind must cover every polled record.
@@ -302,7 +295,7 @@ class Service:
                 batch.urgent = batch.urgent or bool(result.alerts or result.interpretations)
                 self._send(record, result)
 
-    def _patient_record(self, states: PatientStates, record: ConsumerRecord) -> Processed:
+    def _patient_record(self, states: PatientStates, record: Record) -> Processed:
         """A result already keyed by patient: read with the patient's state."""
         if is_forget(record):
             states.forget(record.partition, record.key.decode() if record.key else "")
@@ -310,7 +303,7 @@ class Service:
         events = states.process(record)
         return Processed(Outcome.ALERTED if events else Outcome.INTERPRETED, alerts=events)
 
-    def _treatment_record(self, states: PatientStates, record: ConsumerRecord) -> Processed:
+    def _treatment_record(self, states: PatientStates, record: Record) -> Processed:
         """A treatment-context record: kept with the patient's state, next to their results."""
         try:
             update = decode_treatment(record.key, record.value, self.pipeline.ruleset.recognition)
@@ -334,7 +327,7 @@ class Service:
         return Processed(Outcome.INTERPRETED)
 
     def _with_state(
-        self, states: PatientStates, record: ConsumerRecord, result: Processed, source: SourceRef
+        self, states: PatientStates, record: Record, result: Processed, source: SourceRef
     ) -> Processed:
         """Stateful mode: publish nothing on the message alone; the patient's state decides."""
         if states.topics.repartition:
@@ -346,7 +339,7 @@ class Service:
                     [(CORRELATION_HEADER, correlation_id(record).encode())],
                     # The lab message's time travels with it, so end-to-end latency still
                     # measures lab message to alert (Kafka Streams propagates it the same way).
-                    timestamp_ms=record.timestamp if record.timestamp and record.timestamp > 0 else None,
+                    timestamp_ms=record.timestamp_ms,
                 )
             return replace(result, alerts=[])
         events = [
@@ -356,7 +349,7 @@ class Service:
         ]
         return replace(result, alerts=events)
 
-    def _send(self, record: ConsumerRecord, result: Processed) -> None:
+    def _send(self, record: Record, result: Processed) -> None:
         if result.dead_letter is None and not result.alerts:
             return  # the ~99% of records with no output: nothing to build
         s = self.settings
@@ -365,7 +358,7 @@ class Service:
             headers = result.dead_letter.headers(
                 record.topic, record.partition, record.offset, int(time.time() * 1000)
             )
-            original = [h for h in record.headers or [] if h[0] != CORRELATION_HEADER]
+            original = [h for h in record.headers if h[0] != CORRELATION_HEADER]
             self.delivery.send(
                 s.dlq_topic, record.key, record.value or b"", [*headers, correlation, *original]
             )
@@ -401,7 +394,7 @@ class Service:
             or now - batch.opened >= interval
         )
 
-    def _commit(self, consumer: KafkaConsumer, batch: _Batch) -> None:
+    def _commit(self, consumer: GroupConsumer, batch: _Batch) -> None:
         began = time.perf_counter()
         self.delivery.commit(batch.next, consumer)
         self._batch = None
@@ -419,16 +412,16 @@ class Service:
             self.states.discarded()
         try:
             self.delivery.abort()
-        except KafkaError as err:
+        except ClientError as err:
             self._raise_if_fatal(err)
         log.info("batch aborted", why=why)
 
-    def _raise_if_fatal(self, err: KafkaError) -> None:
+    def _raise_if_fatal(self, err: ClientError) -> None:
         """FatalError for what no retry fixes; a fence the delivery recovered from is not that."""
         if is_fatal(err) and not self.delivery.survive_fence(err):
             raise FatalError(_fatal_message(err, self.settings)) from err
 
-    def _fail(self, consumer: KafkaConsumer, err: KafkaError) -> None:
+    def _fail(self, consumer: GroupConsumer, err: ClientError) -> None:
         """Abort the batch, rewind to its first offsets, and wait before trying again.
 
         A commit refused because the group moved on (a rebalance, an expired member) is retried
@@ -436,12 +429,12 @@ class Service:
         """
         batch = self._batch
         self.metrics.batch_failures.inc()
-        if isinstance(err, _REBALANCE_ERRORS):
+        if err.failure is Failure.REBALANCED:
             self._backoff = 0.1
         log.error(
             "batch failed; will retry",
-            error=type(err).__name__,
-            detail=str(err)[:300],
+            error=err.name,
+            detail=err.detail[:300],
             retry_in_s=self._backoff,
         )
         self._abort("failure")
@@ -455,13 +448,13 @@ class Service:
             return
         try:
             self._commit(consumer, batch)
-        except KafkaError as err:
+        except ClientError as err:
             # Another owner re-reads from the last committed offsets. So must we if the
             # partitions come back to us: kafka-python 3 keeps a partition's position across a
             # rebalance that leaves it here, so without the rewind the aborted records would be
             # skipped (seen: alerts lost after a broker restart forced a re-join).
             self.metrics.batch_failures.inc()
-            log.warning("batch not committed before rebalance", error=type(err).__name__)
+            log.warning("batch not committed before rebalance", error=err.name)
             try:
                 self._raise_if_fatal(err)
                 self._abort("rebalance")
@@ -469,11 +462,11 @@ class Service:
                 self._fatal = fatal
             _rewind(consumer, batch)
 
-    def _refresh_lag(self, consumer: KafkaConsumer) -> None:
+    def _refresh_lag(self, consumer: GroupConsumer) -> bool:
         """Lag per partition: end offset (last stable, under read_committed) minus our position."""
         partitions = list(consumer.assignment())
         if not partitions:
-            return
+            return True
         try:
             ends = consumer.end_offsets(partitions)
             positions: dict[str, tuple[int, int]] = {}
@@ -483,12 +476,14 @@ class Service:
                 positions[f"{tp.topic}/{tp.partition}"] = (position, lag)
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
             self.health.lag(positions)
-        except KafkaError as err:  # a missed sample is not worth failing the loop for
-            log.warning("could not measure consumer lag", error=type(err).__name__)
+        except ClientError as err:  # a missed sample is not worth failing the loop for
+            log.warning("could not measure consumer lag", error=err.name)
             # Cluster unreachable: a restart cannot fix that, so it is not a stall to restart for.
             self.health.lag({})
+            return False
+        return True
 
-    def _account(self, processed: list[tuple[ConsumerRecord, Processed]], batch_seconds: float) -> None:
+    def _account(self, processed: list[tuple[Record, Processed]], batch_seconds: float) -> None:
         """Count a batch only once it is committed, so a retried batch is not counted twice."""
         m = self.metrics
         now = time.time()
@@ -499,8 +494,8 @@ class Service:
                 m.decode_seconds.observe(result.decode_seconds)
                 m.interpret_seconds.observe(result.interpret_seconds)
             internal = self.states is not None and record.topic == self.states.topics.patients
-            if record.timestamp is not None and record.timestamp > 0 and (not internal or result.alerts):
-                m.end_to_end_seconds.observe(max(now - record.timestamp / 1000, 0.0))
+            if record.timestamp_ms is not None and (not internal or result.alerts):
+                m.end_to_end_seconds.observe(max(now - record.timestamp_ms / 1000, 0.0))
             if result.recognition_gap:
                 m.recognition_gaps.labels(record.topic).inc()
                 log.warning(
@@ -544,50 +539,55 @@ class Service:
         m.last_processed.set(time.time())
 
 
-def _rewind(consumer: KafkaConsumer, batch: _Batch) -> None:
+def _rewind(consumer: GroupConsumer, batch: _Batch) -> None:
     """Back to the first offset of an aborted batch, on every partition still assigned."""
     owned = consumer.assignment()
     for tp, offset in batch.first.items():
         if tp in owned:
-            consumer.seek(tp, offset)
+            try:
+                consumer.seek(tp, offset)
+            except ClientError as err:
+                # Going on would skip the aborted records. A restart re-reads from the last
+                # committed offsets, which is the same rewind, done by the group.
+                log.error("could not rewind an aborted batch; exiting for a restart", error=err.name)
+                raise
 
 
-def _fatal_message(err: BaseException, settings: Settings) -> str:
+def _fatal_message(err: ClientError, settings: Settings) -> str:
     """What went wrong and which setting or ACL fixes it."""
-    err = fatal_cause(err) or err
-    name = type(err).__name__
-    if isinstance(err, FENCES):
+    name, failure = err.name, err.failure
+    if failure is Failure.FENCED:
         # A fence on a transaction younger than the transaction timeout (older ones are the
         # broker's own abort after an outage, survived in delivery.survive_fence).
         return (
             f"{name}: another instance took over this instance's transactional id; "
             "give each instance its own TDM_INSTANCE_ID"
         )
-    if isinstance(err, kafka_errors.GroupAuthorizationFailedError):
+    if failure is Failure.NOT_AUTHORISED_GROUP:
         return (
             f"{name}: not authorised to use consumer group {settings.group_id} (TDM_GROUP_ID): "
             f"grant READ on Group:{settings.group_id} (README 'Security')"
         )
-    if isinstance(err, kafka_errors.TransactionalIdAuthorizationFailedError):
+    if failure is Failure.NOT_AUTHORISED_TRANSACTIONAL_ID:
         return (
             f"{name}: not authorised to use transactional id {settings.group_id}-{settings.instance_id}: "
             f"grant WRITE on TransactionalId prefixed {settings.group_id}- (README 'Security'), "
             "or set TDM_DELIVERY=at_least_once"
         )
-    if isinstance(err, kafka_errors.TopicAuthorizationFailedError):
+    if failure is Failure.NOT_AUTHORISED_TOPIC:
         return f"{name}: not authorised for a topic this service reads or writes (README 'Security')"
-    if isinstance(err, kafka_errors.ClusterAuthorizationFailedError):
+    if failure is Failure.NOT_AUTHORISED_CLUSTER:
         return f"{name}: not authorised for a cluster operation (README 'Security')"
-    return f"{name}: {str(err)[:300]} (check credentials and ACLs; restarting will not help)"
+    return f"{name}: {err.detail[:300]} (check credentials and ACLs; restarting will not help)"
 
 
-def correlation_id(record: ConsumerRecord) -> str:
+def correlation_id(record: Record) -> str:
     """The id that ties a lab message to its alerts, dead letter and log lines.
 
     A `tdm.correlation_id` header set upstream is kept (if it is a plain token); otherwise the
     message's Kafka coordinates serve, which stay the same when the message is reprocessed.
     """
-    for key, value in record.headers or []:
+    for key, value in record.headers:
         if key == CORRELATION_HEADER:
             text = value.decode(errors="replace") if value else ""
             if _CORRELATION_TEXT.fullmatch(text):

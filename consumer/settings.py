@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     client_id: str = "tdm-alerts"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
 
+    # The Kafka client library behind consumer/clients/seam.py. confluent-kafka (librdkafka) moves
+    # records several times faster and speaks KIP-848; install the `confluent` extra for it.
+    kafka_client: Literal["kafka-python", "confluent-kafka"] = "kafka-python"
+    # "consumer": KIP-848's broker-side assignment (Kafka 4), confluent-kafka only.
+    group_protocol: Literal["classic", "consumer"] = "classic"
+
     delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
     instance_id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")] = Field(
         default_factory=socket.gethostname
@@ -142,6 +148,11 @@ class Settings(BaseSettings):
         if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
             raise ValueError(
                 "TDM_SASL_MECHANISM needs TDM_SASL_USERNAME and TDM_SASL_PASSWORD (or TDM_SASL_PASSWORD_FILE)"
+            )
+        if self.group_protocol == "consumer" and self.kafka_client != "confluent-kafka":
+            raise ValueError(
+                "TDM_GROUP_PROTOCOL=consumer (KIP-848) needs TDM_KAFKA_CLIENT=confluent-kafka: "
+                "kafka-python speaks only the classic protocol"
             )
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
             raise ValueError(f"TDM_SECURITY_PROTOCOL={self.security_protocol} needs TDM_SASL_MECHANISM")

@@ -18,6 +18,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
 LOCAL_BROKER = REPO / "ops" / "kafka" / "local-broker"
+# The client every service under test runs on (TDM_KAFKA_CLIENT); `make test` runs the
+# integration suite once per client.
+KAFKA_CLIENT = os.environ.get("TEST_KAFKA_CLIENT", "kafka-python")
 
 
 def _docker_answers() -> bool:
@@ -251,6 +254,7 @@ def open_transactions(bootstrap: str, topics: list[str]) -> str:
 def service_env(kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TDM_")}
     env.update(
+        TDM_KAFKA_CLIENT=KAFKA_CLIENT,
         TDM_BOOTSTRAP_SERVERS=kafka_bootstrap,
         TDM_INPUT_TOPICS=topics["input"],
         TDM_ALERT_TOPIC=topics["alerts"],

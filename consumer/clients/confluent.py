@@ -1,25 +1,39 @@
-"""The seam on confluent-kafka (librdkafka): the group consumer and the transactional producer.
+"""The seam on confluent-kafka (librdkafka): several times faster per record than kafka-python,
+and it speaks Kafka 4's consumer group protocol (KIP-848, TDM_GROUP_PROTOCOL=consumer).
 
-Work in progress for issue #15: not yet selected by any setting. Smoke-tested against Kafka
-4.1.1 (session 5): 20 records through one exactly-once cycle (consume, send, send_offsets,
-commit), offsets committed and all 20 readable read_committed. Still to do: Reader, Producer
-(at least once), Admin, `in_group` from the group state, lag against the last stable offset
-(check that librdkafka's high watermark is the LSO under read_committed), and the
-security-failure mapping checked against the secured broker.
+librdkafka connects in the background and reports trouble through a callback, not by raising:
+each client here checks at creation that the cluster answers (a metadata request) and turns
+the errors the callback saw meanwhile into the same failures kafka-python's adapter raises, so
+start-up retries an unreachable cluster and stops on refused credentials or certificates.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
-from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message  # type: ignore[import-untyped]
+from confluent_kafka import (  # type: ignore[import-untyped]
+    OFFSET_BEGINNING,
+    OFFSET_STORED,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+)
 from confluent_kafka import Producer as _Producer
 from confluent_kafka import TopicPartition as _TopicPartition
 
 from consumer.clients.seam import ClientError, Failure, Partition, Rebalance, Record
 from consumer.settings import Settings
+
+T = TypeVar("T")
+CONNECT_TIMEOUT_S = 5.0  # as kafka-python's bootstrap time-out (kafka_clients.BOOTSTRAP_TIMEOUT_MS)
+CALL_TIMEOUT_S = 30.0
+# librdkafka's own log lines, through the standard logging the service renders as JSON.
+_LOG = logging.getLogger("tdm_alerts.librdkafka")
 
 _BY_CODE: dict[int, Failure] = {
     KafkaError._FENCED: Failure.FENCED,
@@ -29,6 +43,7 @@ _BY_CODE: dict[int, Failure] = {
     KafkaError.ILLEGAL_GENERATION: Failure.REBALANCED,
     KafkaError.REBALANCE_IN_PROGRESS: Failure.REBALANCED,
     KafkaError.FENCED_MEMBER_EPOCH: Failure.REBALANCED,  # KIP-848
+    KafkaError.STALE_MEMBER_EPOCH: Failure.REBALANCED,  # KIP-848
     KafkaError.TOPIC_AUTHORIZATION_FAILED: Failure.NOT_AUTHORISED_TOPIC,
     KafkaError.GROUP_AUTHORIZATION_FAILED: Failure.NOT_AUTHORISED_GROUP,
     KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: Failure.NOT_AUTHORISED_TRANSACTIONAL_ID,
@@ -46,29 +61,64 @@ def failure_of(error: KafkaError) -> Failure:
     """Our reading of a librdkafka error. TLS problems arrive as _SSL with OpenSSL's words."""
     if (known := _BY_CODE.get(error.code())) is not None:
         return known
-    if error.code() == KafkaError._SSL:
-        text = error.str().lower()
-        if "hostname" in text or "host name" in text:
+    text = error.str().lower()
+    if error.code() == KafkaError._SSL or "ssl handshake failed" in text:
+        if "hostname" in text or "host name" in text or "mismatch" in text:
             return Failure.TLS_HOSTNAME
         if "certificate verify failed" in text:
             return Failure.TLS_TRUST
         return Failure.TLS_CLIENT_CERTIFICATE
+    if error.code() == KafkaError._TRANSPORT and "sasl" in text and "authentication" in text:
+        return Failure.AUTHENTICATION
     if error.fatal():
         return Failure.UNSUPPORTED  # librdkafka's own fatal errors: nothing a retry fixes
     return Failure.TRANSIENT
 
 
-def _raised(err: KafkaException, doing: str) -> ClientError:
-    error: KafkaError = err.args[0]
-    return ClientError(failure_of(error), f"{doing}: {error.name()}")
+def _error(error: KafkaError, doing: str) -> ClientError:
+    # librdkafka's error texts name brokers, topics and ids, never record contents.
+    return ClientError(failure_of(error), f"{doing}: {error.name()}: {error.str()[:200]}", name=error.name())
 
 
-def _options(settings: Settings) -> dict[str, Any]:
+def _call(action: Callable[[], T], doing: str) -> T:
+    try:
+        return action()
+    except KafkaException as err:
+        raise _error(err.args[0], doing) from err
+
+
+class _Errors:
+    """What librdkafka reported through error_cb: the worst cause since the last look."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: list[KafkaError] = []
+        self.all_brokers_down = False
+
+    def __call__(self, error: KafkaError) -> None:
+        with self._lock:
+            self._seen.append(error)
+            del self._seen[:-20]
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.all_brokers_down = True
+        if failure_of(error).fatal:
+            _LOG.warning("client error: %s", error.name())
+
+    def refusal(self) -> KafkaError | None:
+        """The most telling error seen: a refusal (credentials, certificates) over a time-out."""
+        with self._lock:
+            seen = list(self._seen)
+        return next((e for e in reversed(seen) if failure_of(e).fatal), None)
+
+
+def _options(settings: Settings, errors: _Errors, purpose: str) -> dict[str, Any]:
     """librdkafka configuration for the shared settings (bootstrap, identity, TLS/SASL)."""
     options: dict[str, Any] = {
         "bootstrap.servers": ",".join(settings.bootstrap_servers),
-        "client.id": settings.client_id,
+        "client.id": f"{settings.client_id}-{purpose}",
         "security.protocol": settings.security_protocol,
+        "error_cb": errors,
+        "logger": _LOG,
     }
     if settings.sasl_mechanism:
         options["sasl.mechanism"] = settings.sasl_mechanism
@@ -84,9 +134,18 @@ def _options(settings: Settings) -> dict[str, Any]:
             options[theirs] = str(path)
     if settings.ssl_password is not None:
         options["ssl.key.password"] = settings.ssl_password.get_secret_value()
-    if "SSL" in settings.security_protocol and not settings.ssl_check_hostname:
-        options["ssl.endpoint.identification.algorithm"] = "none"
+    if "SSL" in settings.security_protocol:
+        options["ssl.endpoint.identification.algorithm"] = "https" if settings.ssl_check_hostname else "none"
     return options
+
+
+def _check_reachable(client: Any, errors: _Errors, doing: str) -> None:
+    """A metadata request: the cluster answers, or the reason it did not becomes a ClientError."""
+    try:
+        client.list_topics(timeout=CONNECT_TIMEOUT_S)
+    except KafkaException as err:
+        refused = errors.refusal()
+        raise _error(refused if refused is not None else err.args[0], doing) from err
 
 
 def _ours(tp: _TopicPartition) -> Partition:
@@ -94,11 +153,9 @@ def _ours(tp: _TopicPartition) -> Partition:
 
 
 def _theirs(partition: Partition, offset: int | None = None) -> _TopicPartition:
-    return (
-        _TopicPartition(partition.topic, partition.partition)
-        if offset is None
-        else _TopicPartition(partition.topic, partition.partition, offset)
-    )
+    if offset is None:
+        return _TopicPartition(partition.topic, partition.partition)
+    return _TopicPartition(partition.topic, partition.partition, offset)
 
 
 def _record(message: Message) -> Record:
@@ -110,61 +167,133 @@ def _record(message: Message) -> Record:
         key=message.key(),
         value=message.value(),
         headers=tuple(message.headers() or ()),
-        timestamp_ms=stamp if kind != 0 else None,  # 0: TIMESTAMP_NOT_AVAILABLE
+        timestamp_ms=stamp if kind != 0 and stamp > 0 else None,  # 0: TIMESTAMP_NOT_AVAILABLE
     )
 
 
-class GroupConsumer:
-    """read_committed, no auto-commit; callbacks run inside poll, on the polling thread."""
+class _Reader:
+    """read_committed, no auto-commit."""
 
-    def __init__(self, settings: Settings, *, kip848: bool = False) -> None:
+    def __init__(self, settings: Settings, purpose: str, extra: Mapping[str, Any]) -> None:
+        self._errors = _Errors()
         options = {
-            **_options(settings),
-            "group.id": settings.group_id,
+            **_options(settings, self._errors, purpose),
             "enable.auto.commit": False,
-            "auto.offset.reset": settings.auto_offset_reset,
             "isolation.level": "read_committed",
+            **extra,
         }
-        if kip848:
-            options["group.protocol"] = "consumer"  # Kafka 4: the broker assigns; no stop-the-world
+        self._starting: dict[Partition, int] | None = None  # assigned, not yet handed to librdkafka
+        self._consumer = _call(lambda: Consumer(options), "connect")
+        try:
+            _check_reachable(self._consumer, self._errors, "connect")
+        except ClientError:
+            self._consumer.close()
+            raise
+
+    def assign(self, partitions: Collection[Partition]) -> None:
+        # Given to librdkafka with their start offsets on the next poll: it seeks only
+        # partitions it is already fetching, and a seek right after assign races the fetcher.
+        self._starting = dict.fromkeys(partitions, OFFSET_STORED)
+
+    def seek(self, partition: Partition, offset: int) -> None:
+        if (starting := self._starting) is not None and partition in starting:
+            starting[partition] = offset
         else:
-            options["session.timeout.ms"] = settings.session_timeout_ms
-        self._consumer = Consumer(options)
-        self._member = threading.Event()
+            _call(lambda: self._consumer.seek(_theirs(partition, offset)), "seek")
+
+    def seek_to_beginning(self, partition: Partition) -> None:
+        self.seek(partition, OFFSET_BEGINNING)
+
+    def poll(self, timeout_ms: int, max_records: int) -> Mapping[Partition, Sequence[Record]]:
+        if self._starting is not None:
+            starts, self._starting = self._starting, None
+            _call(lambda: self._consumer.assign([_theirs(p, o) for p, o in starts.items()]), "assign")
+        messages = _call(
+            lambda: self._consumer.consume(num_messages=max_records, timeout=timeout_ms / 1000), "poll"
+        )
+        polled: dict[Partition, list[Record]] = {}
+        for message in messages:
+            if (error := message.error()) is not None:
+                if failure_of(error).fatal:
+                    raise _error(error, "poll")
+                continue  # e.g. a subscribed topic not created yet: librdkafka retries it
+            polled.setdefault(Partition(message.topic(), message.partition()), []).append(_record(message))
+        return polled
+
+    def position(self, partition: Partition) -> int:
+        if self._starting is not None and partition in self._starting and self._starting[partition] >= 0:
+            return self._starting[partition]
+        [found] = _call(lambda: self._consumer.position([_theirs(partition)]), "position")
+        if found.offset >= 0:
+            return int(found.offset)
+        # Nothing fetched yet since the assignment: where fetching will start.
+        [committed] = _call(
+            lambda: self._consumer.committed([_theirs(partition)], CALL_TIMEOUT_S), "position"
+        )
+        if committed.offset >= 0:
+            return int(committed.offset)
+        low, _ = _call(
+            lambda: self._consumer.get_watermark_offsets(_theirs(partition), CALL_TIMEOUT_S, False),
+            "position",
+        )
+        return int(low)
+
+    def end_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
+        # Not cached: a query to the leader, answered with the last stable offset for a
+        # read_committed consumer.
+        return {
+            p: int(
+                _call(
+                    lambda p=p: self._consumer.get_watermark_offsets(  # type: ignore[misc]
+                        _theirs(p), timeout=CALL_TIMEOUT_S, cached=False
+                    ),
+                    "end offsets",
+                )[1]
+            )
+            for p in partitions
+        }
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class GroupConsumer(_Reader):
+    """A member of TDM_GROUP_ID; callbacks run inside poll, on the polling thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        extra: dict[str, Any] = {
+            "group.id": settings.group_id,
+            "auto.offset.reset": settings.auto_offset_reset,
+            # The group's state (readiness) arrives with the statistics, served by poll.
+            "statistics.interval.ms": 1000,
+            "stats_cb": self._stats,
+        }
+        if settings.group_protocol == "consumer":
+            extra["group.protocol"] = "consumer"  # KIP-848: the broker assigns, incrementally
+        else:
+            extra["session.timeout.ms"] = settings.session_timeout_ms
+            extra["heartbeat.interval.ms"] = settings.session_timeout_ms // 3
+            extra["max.poll.interval.ms"] = 60_000
+        self._steady = False
+        super().__init__(settings, "consumer", extra)
+
+    def _stats(self, text: str) -> None:
+        group = json.loads(text).get("cgrp", {})
+        self._steady = group.get("state") == "up" and group.get("join_state") == "steady"
 
     def subscribe(self, topics: Sequence[str], pattern: str | None, listener: Rebalance) -> None:
-        def assigned(_: Consumer, partitions: list[_TopicPartition]) -> None:
-            self._member.set()
+        def assigned(consumer: Consumer, partitions: list[_TopicPartition]) -> None:
             listener.assigned([_ours(tp) for tp in partitions])
 
-        def revoked(_: Consumer, partitions: list[_TopicPartition]) -> None:
+        def revoked(consumer: Consumer, partitions: list[_TopicPartition]) -> None:
             listener.revoked([_ours(tp) for tp in partitions])
 
-        def lost(_: Consumer, partitions: list[_TopicPartition]) -> None:
-            self._member.clear()
+        def lost(consumer: Consumer, partitions: list[_TopicPartition]) -> None:
             listener.lost([_ours(tp) for tp in partitions])
 
         # librdkafka reads a subscription that starts with ^ as a regular expression.
         names = [f"^{pattern}"] if pattern else list(topics)
         self._consumer.subscribe(names, on_assign=assigned, on_revoke=revoked, on_lost=lost)
-
-    def poll(self, timeout_ms: int, max_records: int) -> Mapping[Partition, Sequence[Record]]:
-        try:
-            messages = self._consumer.consume(num_messages=max_records, timeout=timeout_ms / 1000)
-        except KafkaException as err:
-            raise _raised(err, "poll") from err
-        polled: dict[Partition, list[Record]] = {}
-        for message in messages:
-            if (error := message.error()) is not None:
-                raise ClientError(failure_of(error), f"poll: {error.name()}")
-            polled.setdefault(Partition(message.topic(), message.partition()), []).append(_record(message))
-        return polled
-
-    def assign(self, partitions: Collection[Partition]) -> None:
-        self._consumer.assign([_theirs(p) for p in partitions])
-
-    def seek(self, partition: Partition, offset: int) -> None:
-        self._consumer.seek(_theirs(partition, offset))
 
     def pause(self, partitions: Collection[Partition]) -> None:
         self._consumer.pause([_theirs(p) for p in partitions])
@@ -172,36 +301,18 @@ class GroupConsumer:
     def resume(self, partitions: Collection[Partition]) -> None:
         self._consumer.resume([_theirs(p) for p in partitions])
 
-    def position(self, partition: Partition) -> int:
-        [found] = self._consumer.position([_theirs(partition)])
-        return int(found.offset)
-
     def assignment(self) -> frozenset[Partition]:
         return frozenset(_ours(tp) for tp in self._consumer.assignment())
 
-    def end_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
-        try:
-            return {
-                p: self._consumer.get_watermark_offsets(_theirs(p), timeout=5.0, cached=False)[1]
-                for p in partitions
-            }
-        except KafkaException as err:
-            raise _raised(err, "end offsets") from err
-
     def commit(self, offsets: Mapping[Partition, int]) -> None:
-        try:
-            self._consumer.commit(offsets=[_theirs(p, o) for p, o in offsets.items()], asynchronous=False)
-        except KafkaException as err:
-            raise _raised(err, "commit") from err
+        marks = [_theirs(p, o) for p, o in offsets.items()]
+        _call(lambda: self._consumer.commit(offsets=marks, asynchronous=False), "commit")
 
     def group_metadata(self) -> object:
         return self._consumer.consumer_group_metadata()
 
     def in_group(self) -> bool:
-        return self._member.is_set()
-
-    def close(self) -> None:
-        self._consumer.close()
+        return self._steady
 
 
 class _Sent:
@@ -217,38 +328,33 @@ class _Sent:
 
     def offset(self, timeout_s: float) -> int:
         if self._error is not None:
-            raise ClientError(failure_of(self._error), f"send: {self._error.name()}")
+            raise _error(self._error, "send")
         if self._offset is None:
             raise ClientError(Failure.TRANSIENT, "send: not acknowledged (flush first)")
         return self._offset
 
 
-class TransactionalProducer:
-    def __init__(self, settings: Settings, transactional_id: str, timeout_s: float = 30.0) -> None:
-        self._producer = _Producer(
-            {
-                **_options(settings),
-                "transactional.id": transactional_id,
-                "transaction.timeout.ms": settings.transaction_timeout_ms,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "message.max.bytes": max(settings.max_message_bytes + 65_536, 1_048_576),
-            }
-        )
-        self._timeout_s = timeout_s
+class Producer:
+    """Idempotent, acks=all; transactional when given an id (initialised here, which fences and
+    aborts whatever a predecessor with the same id left open)."""
+
+    def __init__(self, settings: Settings, transactional_id: str | None = None) -> None:
+        self._errors = _Errors()
+        options = {
+            **_options(settings, self._errors, "producer"),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.max.bytes": max(settings.max_message_bytes + 65_536, 1_048_576),
+        }
+        if transactional_id is not None:
+            options["transactional.id"] = transactional_id
+            options["transaction.timeout.ms"] = settings.transaction_timeout_ms
+        self._producer = _call(lambda: _Producer(options), "connect")
         self._sent: list[_Sent] = []
-        self._call(lambda: self._producer.init_transactions(timeout_s), "init transactions")
-
-    def _call(self, action: Any, doing: str) -> None:
-        try:
-            action()
-        except KafkaException as err:
-            raise _raised(err, doing) from err
-
-    def begin(self) -> None:
-        self._sent = []
-        self._call(self._producer.begin_transaction, "begin")
+        _check_reachable(self._producer, self._errors, "connect")
+        if transactional_id is not None:
+            _call(lambda: self._producer.init_transactions(CALL_TIMEOUT_S), "init transactions")
 
     def send(
         self,
@@ -266,40 +372,67 @@ class TransactionalProducer:
             extra["partition"] = partition
         if timestamp_ms is not None:
             extra["timestamp"] = timestamp_ms
+
+        def produce() -> None:
+            self._producer.produce(
+                topic, value=value, key=key, headers=list(headers), on_delivery=sent.delivered, **extra
+            )
+
         try:
-            self._producer.produce(
-                topic, value=value, key=key, headers=list(headers), on_delivery=sent.delivered, **extra
-            )
+            _call(produce, "send")
         except BufferError:
-            self._producer.poll(0.1)  # the local queue is full: let deliveries drain, once
-            self._producer.produce(
-                topic, value=value, key=key, headers=list(headers), on_delivery=sent.delivered, **extra
-            )
-        except KafkaException as err:
-            raise _raised(err, "send") from err
+            self._producer.poll(1.0)  # the local queue is full: let deliveries drain, once
+            _call(produce, "send")
         self._sent.append(sent)
         return sent
 
     def flush(self, timeout_s: float) -> None:
         if self._producer.flush(timeout_s) > 0:
             raise ClientError(Failure.TRANSIENT, f"flush: records unacknowledged after {timeout_s:.0f} s")
-        for sent in self._sent:
-            sent.offset(0)  # raises the first failed send
+        sent, self._sent = self._sent, []
+        for one in sent:
+            one.offset(0)  # raises the first failed send
+
+    def close(self, timeout_s: float) -> None:
+        self._producer.flush(timeout_s)
+
+    # -- transactions (with a transactional id) ----------------------------------------------
+
+    def begin(self) -> None:
+        self._sent = []
+        _call(self._producer.begin_transaction, "begin")
 
     def send_offsets(self, offsets: Mapping[Partition, int], group_metadata: object) -> None:
-        self._call(
-            lambda: self._producer.send_offsets_to_transaction(
-                [_theirs(p, o) for p, o in offsets.items()], group_metadata, self._timeout_s
-            ),
+        marks = [_theirs(p, o) for p, o in offsets.items()]
+        _call(
+            lambda: self._producer.send_offsets_to_transaction(marks, group_metadata, CALL_TIMEOUT_S),
             "send offsets",
         )
 
     def commit(self) -> None:
-        self._call(lambda: self._producer.commit_transaction(self._timeout_s), "commit")
+        _call(lambda: self._producer.commit_transaction(CALL_TIMEOUT_S), "commit")
 
     def abort(self) -> None:
         self._sent = []
-        self._call(lambda: self._producer.abort_transaction(self._timeout_s), "abort")
+        _call(lambda: self._producer.abort_transaction(CALL_TIMEOUT_S), "abort")
 
-    def close(self, timeout_s: float) -> None:
-        self._producer.flush(timeout_s)
+
+class ConfluentClient:
+    name = "confluent-kafka"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def group_consumer(self) -> GroupConsumer:
+        return GroupConsumer(self._settings)
+
+    def reader(self, purpose: str) -> _Reader:
+        # librdkafka wants a group id even to read assigned partitions. The service's own one
+        # needs no further ACL; a reader never subscribes or commits, so it never joins.
+        return _Reader(self._settings, purpose, {"group.id": self._settings.group_id})
+
+    def producer(self) -> Producer:
+        return Producer(self._settings)
+
+    def transactional_producer(self, transactional_id: str) -> Producer:
+        return Producer(self._settings, transactional_id)

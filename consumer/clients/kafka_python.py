@@ -1,16 +1,18 @@
-"""The seam on kafka-python 3 (the default client): the group consumer and the producers.
+"""The seam on kafka-python 3 (the default client).
 
-Work in progress for issue #15: the service still uses kafka-python directly
-(`consumer/kafka_clients.py`); this adapter is what it will use instead. The failure mapping
-collects what `delivery.FATAL_ERRORS`, `service._REBALANCE_ERRORS` and `service._fatal_message`
-decide today.
+kafka-python 3.0.12 behaviours the layers above work around, all reproduced on a real broker
+(docs/benchmarks.md): refused TxnOffsetCommit offsets are kept past the abort and committed with
+the next transaction (the delivery replaces a producer after every abort); a partition a
+rebalance gives back to the same member keeps its position and fetch buffers (the loop rewinds
+an aborted batch); a first join can hang (the watchdog restarts the instance).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TypeVar
 
-from kafka import ConsumerRebalanceListener, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import errors as kafka_errors
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.producer.future import FutureRecordMetadata
@@ -18,8 +20,10 @@ from kafka.structs import OffsetAndMetadata
 
 from consumer.clients.seam import ClientError, Failure, Partition, Rebalance, Record
 from consumer.connection_failures import exception_chain
-from consumer.kafka_clients import in_group, new_consumer, new_producer
+from consumer.kafka_clients import BOOTSTRAP_TIMEOUT_MS, in_group, new_consumer, new_producer
 from consumer.settings import Settings
+
+T = TypeVar("T")
 
 # First match wins, walking the exception and what it wraps (kafka-python wraps a fence seen
 # at send time in a plain KafkaError).
@@ -34,21 +38,35 @@ _BY_CLASS: tuple[tuple[type[BaseException], Failure], ...] = (
     (kafka_errors.GroupAuthorizationFailedError, Failure.NOT_AUTHORISED_GROUP),
     (kafka_errors.TransactionalIdAuthorizationFailedError, Failure.NOT_AUTHORISED_TRANSACTIONAL_ID),
     (kafka_errors.ClusterAuthorizationFailedError, Failure.NOT_AUTHORISED_CLUSTER),
+    (kafka_errors.AuthorizationError, Failure.NOT_AUTHORISED_CLUSTER),
     (kafka_errors.SaslAuthenticationFailedError, Failure.AUTHENTICATION),
     (kafka_errors.UnsupportedVersionError, Failure.UNSUPPORTED),
 )
 
 
 def failure_of(err: BaseException) -> Failure:
+    return _classified(err)[0]
+
+
+def _classified(err: BaseException) -> tuple[Failure, BaseException]:
     for cause in exception_chain(err):
         for kind, failure in _BY_CLASS:
             if isinstance(cause, kind):
-                return failure
-    return Failure.TRANSIENT
+                return failure, cause
+    return Failure.TRANSIENT, err
 
 
 def _raised(err: BaseException, doing: str) -> ClientError:
-    return ClientError(failure_of(err), f"{doing}: {type(err).__name__}")
+    failure, cause = _classified(err)
+    name = type(cause).__name__
+    return ClientError(failure, f"{doing}: {name}: {str(cause)[:200]}", name=name)
+
+
+def _call(action: Callable[[], T], doing: str) -> T:
+    try:
+        return action()
+    except kafka_errors.KafkaError as err:
+        raise _raised(err, doing) from err
 
 
 def _ours(tp: TopicPartition) -> Partition:
@@ -67,11 +85,13 @@ def _record(record: ConsumerRecord) -> Record:
         key=record.key,
         value=record.value,
         headers=tuple(record.headers or ()),
-        timestamp_ms=record.timestamp if record.timestamp is not None and record.timestamp >= 0 else None,
+        timestamp_ms=record.timestamp if record.timestamp is not None and record.timestamp > 0 else None,
     )
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """kafka-python swallows what a callback raises: the listener keeps its own fatal errors."""
+
     def __init__(self, listener: Rebalance) -> None:
         self._listener = listener
 
@@ -85,25 +105,11 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._listener.lost([_ours(tp) for tp in lost])
 
 
-class GroupConsumer:
-    def __init__(self, settings: Settings) -> None:
-        try:
-            self._consumer = new_consumer(settings)
-        except kafka_errors.KafkaError as err:
-            raise _raised(err, "connect") from err
+class _Reader:
+    """A KafkaConsumer seen through the seam; the group consumer adds membership to it."""
 
-    def subscribe(self, topics: Sequence[str], pattern: str | None, listener: Rebalance) -> None:
-        if pattern:
-            self._consumer.subscribe(pattern=pattern, listener=_Listener(listener))
-        else:
-            self._consumer.subscribe(topics=list(topics), listener=_Listener(listener))
-
-    def poll(self, timeout_ms: int, max_records: int) -> Mapping[Partition, Sequence[Record]]:
-        try:
-            polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        except kafka_errors.KafkaError as err:
-            raise _raised(err, "poll") from err
-        return {_ours(tp): [_record(r) for r in records] for tp, records in polled.items()}
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self._consumer = consumer
 
     def assign(self, partitions: Collection[Partition]) -> None:
         self._consumer.assign([_theirs(p) for p in partitions])
@@ -111,32 +117,44 @@ class GroupConsumer:
     def seek(self, partition: Partition, offset: int) -> None:
         self._consumer.seek(_theirs(partition), offset)
 
+    def seek_to_beginning(self, partition: Partition) -> None:
+        self._consumer.seek_to_beginning(_theirs(partition))
+
+    def poll(self, timeout_ms: int, max_records: int) -> Mapping[Partition, Sequence[Record]]:
+        polled = _call(lambda: self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records), "poll")
+        return {_ours(tp): [_record(r) for r in records] for tp, records in polled.items()}
+
+    def position(self, partition: Partition) -> int:
+        return int(_call(lambda: self._consumer.position(_theirs(partition)), "position"))
+
+    def end_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
+        # The consumer is read_committed, so ListOffsets answers with the last stable offsets.
+        ends = _call(lambda: self._consumer.end_offsets([_theirs(p) for p in partitions]), "end offsets")
+        return {_ours(tp): int(end) for tp, end in ends.items()}
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class GroupConsumer(_Reader):
+    def subscribe(self, topics: Sequence[str], pattern: str | None, listener: Rebalance) -> None:
+        if pattern:
+            self._consumer.subscribe(pattern=pattern, listener=_Listener(listener))
+        else:
+            self._consumer.subscribe(topics=list(topics), listener=_Listener(listener))
+
     def pause(self, partitions: Collection[Partition]) -> None:
         self._consumer.pause(*[_theirs(p) for p in partitions])
 
     def resume(self, partitions: Collection[Partition]) -> None:
         self._consumer.resume(*[_theirs(p) for p in partitions])
 
-    def position(self, partition: Partition) -> int:
-        return int(self._consumer.position(_theirs(partition)))
-
     def assignment(self) -> frozenset[Partition]:
         return frozenset(_ours(tp) for tp in self._consumer.assignment())
 
-    def end_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
-        try:
-            ends = self._consumer.end_offsets([_theirs(p) for p in partitions])
-        except kafka_errors.KafkaError as err:
-            raise _raised(err, "end offsets") from err
-        return {_ours(tp): int(end) for tp, end in ends.items()}
-
     def commit(self, offsets: Mapping[Partition, int]) -> None:
-        try:
-            self._consumer.commit(
-                offsets={_theirs(p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
-            )
-        except kafka_errors.KafkaError as err:
-            raise _raised(err, "commit") from err
+        marks = {_theirs(p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
+        _call(lambda: self._consumer.commit(offsets=marks), "commit")
 
     def group_metadata(self) -> object:
         return self._consumer.group_metadata()
@@ -144,31 +162,29 @@ class GroupConsumer:
     def in_group(self) -> bool:
         return in_group(self._consumer)
 
-    def close(self) -> None:
-        self._consumer.close(autocommit=False)
-
 
 class _Sent:
     def __init__(self, future: FutureRecordMetadata) -> None:
         self._future = future
 
     def offset(self, timeout_s: float) -> int:
-        try:
-            return int(self._future.get(timeout=timeout_s).offset)
-        except kafka_errors.KafkaError as err:
-            raise _raised(err, "send") from err
+        return int(_call(lambda: self._future.get(timeout=timeout_s), "send").offset)
 
 
 class Producer:
-    """Idempotent, acks=all; transactional when given an id (initialised here)."""
+    """Idempotent, acks=all; transactional when given an id (initialised here, which fences and
+    aborts whatever a predecessor with the same id left open)."""
 
     def __init__(self, settings: Settings, transactional_id: str | None = None) -> None:
-        try:
-            self._producer: KafkaProducer = new_producer(settings, transactional_id=transactional_id)
-            if transactional_id is not None:
-                self._producer.init_transactions()
-        except kafka_errors.KafkaError as err:
-            raise _raised(err, "connect") from err
+        self._producer: KafkaProducer = _call(
+            lambda: new_producer(settings, transactional_id=transactional_id), "connect"
+        )
+        if transactional_id is not None:
+            try:
+                _call(self._producer.init_transactions, "init transactions")
+            except ClientError:
+                self._producer.close(timeout=5)
+                raise
         self._sent: list[_Sent] = []
 
     def send(
@@ -181,26 +197,23 @@ class Producer:
         partition: int | None = None,
         timestamp_ms: int | None = None,
     ) -> _Sent:
-        try:
-            future = self._producer.send(
+        future = _call(
+            lambda: self._producer.send(
                 topic,
                 key=key,
                 value=value,
                 headers=list(headers),
                 partition=partition,
                 timestamp_ms=timestamp_ms,
-            )
-        except kafka_errors.KafkaError as err:
-            raise _raised(err, "send") from err
+            ),
+            "send",
+        )
         sent = _Sent(future)
         self._sent.append(sent)
         return sent
 
     def flush(self, timeout_s: float) -> None:
-        try:
-            self._producer.flush(timeout=timeout_s)
-        except kafka_errors.KafkaError as err:
-            raise _raised(err, "flush") from err
+        _call(lambda: self._producer.flush(timeout=timeout_s), "flush")
         sent, self._sent = self._sent, []
         for one in sent:
             one.offset(timeout_s)  # raises the first failed send
@@ -212,21 +225,49 @@ class Producer:
 
     def begin(self) -> None:
         self._sent = []
-        self._call(self._producer.begin_transaction, "begin")
+        _call(self._producer.begin_transaction, "begin")
 
     def send_offsets(self, offsets: Mapping[Partition, int], group_metadata: object) -> None:
         marks = {_theirs(p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
-        self._call(lambda: self._producer.send_offsets_to_transaction(marks, group_metadata), "send offsets")
+        _call(lambda: self._producer.send_offsets_to_transaction(marks, group_metadata), "send offsets")
 
     def commit(self) -> None:
-        self._call(self._producer.commit_transaction, "commit")
+        _call(self._producer.commit_transaction, "commit")
 
     def abort(self) -> None:
         self._sent = []
-        self._call(self._producer.abort_transaction, "abort")
+        _call(self._producer.abort_transaction, "abort")
 
-    def _call(self, action: object, doing: str) -> None:
-        try:
-            action()  # type: ignore[operator]
-        except kafka_errors.KafkaError as err:
-            raise _raised(err, doing) from err
+
+class KafkaPythonClient:
+    name = "kafka-python"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def group_consumer(self) -> GroupConsumer:
+        return GroupConsumer(_call(lambda: new_consumer(self._settings), "connect"))
+
+    def reader(self, purpose: str) -> _Reader:
+        s = self._settings
+        return _Reader(
+            _call(
+                lambda: KafkaConsumer(
+                    bootstrap_servers=s.bootstrap_servers,
+                    bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+                    client_id=f"{s.client_id}-{purpose}",
+                    group_id=None,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    isolation_level="read_committed",
+                    **s.kafka_security(),
+                ),
+                "connect",
+            )
+        )
+
+    def producer(self) -> Producer:
+        return Producer(self._settings)
+
+    def transactional_producer(self, transactional_id: str) -> Producer:
+        return Producer(self._settings, transactional_id)

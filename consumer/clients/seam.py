@@ -1,10 +1,9 @@
-"""What the service needs from a Kafka client, in its own terms (issue #15, work in progress).
+"""What the service needs from a Kafka client, in its own terms.
 
-Two implementations are planned behind it: kafka-python (the default, as the design card
-names it) and confluent-kafka (librdkafka), chosen by TDM_KAFKA_CLIENT. Above this seam nothing
-imports a client library: records, partitions and failures are ours, so the loop, the delivery,
-the patient-state store and the operator tools are written once, and the tests run each client
-through the same integration suite.
+Two implementations sit behind it: kafka-python (the default, as the design card names it) and
+confluent-kafka (librdkafka), chosen by TDM_KAFKA_CLIENT. The loop, the delivery and the
+patient-state store import no client library: records, partitions and failures are ours, so
+they are written once and the integration suite runs each client through them.
 
 Who uses what (today's call sites, all in `consumer/`):
 - service.py: GroupConsumer (subscribe with a Rebalance listener, poll, pause/resume/seek,
@@ -13,8 +12,9 @@ Who uses what (today's call sites, all in `consumer/`):
   least once, Producer plus GroupConsumer.commit.
 - state/manager.py: an assigned Reader for the changelog restore; Sent.offset() for the
   changelog offset a write landed at.
-- access.py, state/topics.py, group_status.py: Admin.
-- dead_letter_reader.py, replay.py, cli.py (forget): Reader and Producer.
+- access.py, state/topics.py, group_status.py, dead_letter_reader.py, replay.py and cli.py
+  (forget) still use kafka-python directly: they are admin and operator tools, which work
+  against any broker whichever client the service runs on. `Admin` is their planned seam.
 
 kafka-python 3.0.12 needs two workarounds that stay in its adapter (see docs/benchmarks.md): a
 new transactional producer after every abort (refused TxnOffsetCommit offsets are otherwise
@@ -70,14 +70,26 @@ class Failure(enum.Enum):
         """Retried in place; a fence is decided by the delivery (the transaction's age)."""
         return self in (Failure.TRANSIENT, Failure.REBALANCED)
 
+    @property
+    def fatal(self) -> bool:
+        """No retry fixes it: credentials, certificates, ACLs, another owner of our id."""
+        return self not in (Failure.TRANSIENT, Failure.REBALANCED, Failure.MISSING_TOPIC)
+
+
+# The failures that say why a connection was refused, as opposed to "nobody answered".
+CONNECTION_REFUSALS = frozenset(
+    {Failure.AUTHENTICATION, Failure.TLS_TRUST, Failure.TLS_HOSTNAME, Failure.TLS_CLIENT_CERTIFICATE}
+)
+
 
 class ClientError(Exception):
     """A failed client call. `detail` names positions and resources, never record contents."""
 
-    def __init__(self, failure: Failure, detail: str, resource: str | None = None) -> None:
+    def __init__(self, failure: Failure, detail: str, name: str = "", resource: str | None = None) -> None:
         super().__init__(f"{failure.value}: {detail}")
         self.failure = failure
         self.detail = detail
+        self.name = name or failure.value  # the client's own name for the error, for the operator
         self.resource = resource  # the topic, group or transactional id concerned, if known
 
 
@@ -100,9 +112,13 @@ class Reader(Protocol):
 
     def seek(self, partition: Partition, offset: int) -> None: ...
 
+    def seek_to_beginning(self, partition: Partition) -> None:
+        """The log start (compaction and retention move it past 0)."""
+
     def poll(self, timeout_ms: int, max_records: int) -> Mapping[Partition, Sequence[Record]]: ...
 
-    def position(self, partition: Partition) -> int: ...
+    def position(self, partition: Partition) -> int:
+        """The next offset to read: past the transaction markers and aborted records skipped."""
 
     def end_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
         """Last stable offsets (the readers are read_committed)."""
@@ -182,6 +198,8 @@ class Member:
 
 
 class Admin(Protocol):
+    """Planned: the seam for the admin and operator tools (they use kafka-python today)."""
+
     def partitions(self, topics: Collection[str]) -> Mapping[str, int | Failure]:
         """Partition count per topic, or why it cannot be described (missing, not authorised)."""
 
@@ -211,5 +229,3 @@ class Client(Protocol):
     def producer(self) -> Producer: ...
 
     def transactional_producer(self, transactional_id: str) -> TransactionalProducer: ...
-
-    def admin(self) -> Admin: ...

@@ -12,12 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import structlog
-from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.producer.future import FutureRecordMetadata
 
+from consumer.clients.seam import Partition, Reader, Record, Sent
 from consumer.delivery import Delivery
 from consumer.metrics import Metrics
 from consumer.settings import Settings
@@ -40,8 +39,8 @@ RESTORE_CHUNK = 5000  # changelog records applied per SQLite transaction while r
 EXPIRY_CHUNK = 1000  # patients expired per batch, so one batch never grows unbounded
 
 
-def is_forget(record: ConsumerRecord) -> bool:
-    return any(key == COMMAND_HEADER and value == FORGET for key, value in record.headers or [])
+def is_forget(record: Record) -> bool:
+    return any(key == COMMAND_HEADER and value == FORGET for key, value in record.headers)
 
 
 def repartition_value(result: LabResult, source: SourceRef) -> bytes:
@@ -55,8 +54,8 @@ def repartition_value(result: LabResult, source: SourceRef) -> bytes:
     )
 
 
-def is_treatment(record: ConsumerRecord) -> bool:
-    return any(key == KIND_HEADER and value == TREATMENT for key, value in record.headers or [])
+def is_treatment(record: Record) -> bool:
+    return any(key == KIND_HEADER and value == TREATMENT for key, value in record.headers)
 
 
 def treatment_value(record: TreatmentRecord | None, replace: bool) -> bytes:
@@ -68,7 +67,12 @@ class PatientStates:
     """Owns the stores of the assigned partitions and the open batch's writes."""
 
     def __init__(
-        self, settings: Settings, topics: StateTopics, ruleset: RuleSet, delivery: Delivery, metrics: Metrics
+        self,
+        settings: Settings,
+        topics: StateTopics,
+        ruleset: RuleSet,
+        delivery: Delivery[Any],
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -83,7 +87,7 @@ class PatientStates:
         self.root = Path(settings.state_dir) / topics.changelog
         self.stores: dict[int, PartitionStore] = {}
         self._writes: dict[int, dict[str, tuple[bytes, float] | None]] = {}
-        self._last_sent: dict[int, FutureRecordMetadata] = {}
+        self._last_sent: dict[int, Sent] = {}
         self._expiry_due = 0.0
         self.pending: set[int] = set()  # assigned, store open, not yet restored
         self.on_restore_chunk: Callable[[], None] = lambda: None  # a long restore is progress
@@ -105,17 +109,9 @@ class PatientStates:
         """Bring every newly assigned partition up to its changelog; return the ones done."""
         done = sorted(self.pending)
         # One reader for them all: a client per partition cost a bootstrap each (~0.2 s).
-        reader = KafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
-            client_id=f"{self.settings.client_id}-restore",
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            max_poll_records=RESTORE_CHUNK,
-            **self.settings.kafka_security(),
-        )
+        reader = self.delivery.client.reader("restore")
         try:
-            tps = [TopicPartition(self.topics.changelog, p) for p in done]
+            tps = [Partition(self.topics.changelog, p) for p in done]
             ends = reader.end_offsets(tps)
             for tp in tps:
                 self._restore(reader, tp, ends[tp], self.stores[tp.partition])
@@ -138,7 +134,7 @@ class PatientStates:
     def close(self) -> None:
         self.revoke(list(self.stores))
 
-    def _restore(self, reader: KafkaConsumer, tp: TopicPartition, end: int, store: PartitionStore) -> None:
+    def _restore(self, reader: Reader, tp: Partition, end: int, store: PartitionStore) -> None:
         """Replay the changelog from the store's offset to `end` (read_committed): resumable."""
         partition = tp.partition
         start = store.changelog_offset()
@@ -156,8 +152,8 @@ class PatientStates:
             last = None
             # Short polls: the tail is often only transaction markers or aborted records,
             # which read_committed skips without returning anything.
-            for record in reader.poll(timeout_ms=100).get(tp, []):
-                writes[record.key.decode()] = (
+            for record in reader.poll(100, RESTORE_CHUNK).get(tp, []):
+                writes[(record.key or b"").decode()] = (
                     None if record.value is None else (record.value, _last_seen(record))
                 )
                 last = record.offset
@@ -200,17 +196,17 @@ class PatientStates:
             partition=partition,
         )
 
-    def process(self, record: ConsumerRecord) -> list[Alert]:
+    def process(self, record: Record) -> list[Alert]:
         """Correlate one repartitioned result (or carry out a forget command); return its events."""
         patient_id = record.key.decode() if record.key else ""
         if is_forget(record):
             self.forget(record.partition, patient_id)
             return []
         if is_treatment(record):
-            update = _RepartitionedTreatment.model_validate_json(record.value)
+            update = _RepartitionedTreatment.model_validate_json(record.value or b"")
             self.record_treatment(record.partition, patient_id, update.record, replace=update.replace)
             return []
-        payload = _RepartitionedResult.model_validate_json(record.value)
+        payload = _RepartitionedResult.model_validate_json(record.value or b"")
         return self.correlate(record.partition, payload.result, payload.source)
 
     def record_treatment(
@@ -267,7 +263,7 @@ class PatientStates:
             sent = self._last_sent.get(partition)
             if store is None or sent is None:
                 continue
-            store.apply(writes, sent.get(timeout=30).offset)
+            store.apply(writes, sent.offset(30))
         self._writes.clear()
         self._last_sent.clear()
 
@@ -281,8 +277,8 @@ class PatientStates:
         self._last_sent.clear()
 
 
-def _last_seen(record: ConsumerRecord) -> float:
-    for key, value in record.headers or []:
+def _last_seen(record: Record) -> float:
+    for key, value in record.headers:
         if key == LAST_SEEN_HEADER:
             try:
                 return float(value.decode())

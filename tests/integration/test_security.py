@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, LOCAL_BROKER, REPO, RunningService, read_topic
+from tests.conftest import DATA, KAFKA_CLIENT, LOCAL_BROKER, REPO, RunningService, read_topic
 
 pytestmark = [
     pytest.mark.integration,
@@ -125,6 +125,7 @@ def _env(
     password_file.write_text(str(secure["users"]["tdm-alerts"]) + "\n")  # type: ignore[index]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TDM_")}
     settings = dict(
+        TDM_KAFKA_CLIENT=KAFKA_CLIENT,
         TDM_BOOTSTRAP_SERVERS=str(secure["bootstrap"]),
         TDM_SECURITY_PROTOCOL="SASL_SSL",
         TDM_SASL_MECHANISM="SCRAM-SHA-512",
@@ -224,8 +225,8 @@ FAILURES = {
     "rogue-client-cert": ("mtls-rogue", (), "tls_client_certificate", "TDM_SSL_CERTFILE"),
     "no-read-on-input": ({}, ("read-input",), "not authorised to use topic", "TDM_INPUT_TOPICS"),
     "no-write-on-alerts": ({}, ("write-alerts",), "not authorised to use topic", "TDM_ALERT_TOPIC"),
-    "no-read-on-group": ({}, ("read-group",), "GroupAuthorizationFailedError", "TDM_GROUP_ID"),
-    "no-transactional-id": ({}, ("write-txn",), "TransactionalIdAuthorizationFailedError", "TransactionalId"),
+    "no-read-on-group": ({}, ("read-group",), "not authorised to use consumer group", "TDM_GROUP_ID"),
+    "no-transactional-id": ({}, ("write-txn",), "not authorised to use transactional id", "TransactionalId"),
     "no-state-topic-acls": (
         {},
         ("state-create", "state-read", "state-write"),

@@ -7,9 +7,9 @@ import ssl
 
 import pytest
 from kafka import errors as kafka_errors
-from kafka.consumer.fetcher import ConsumerRecord
 
 from consumer.cli import main
+from consumer.clients.seam import Record
 from consumer.connection_failures import Cause, FailureWatch, classify
 from consumer.fatal import FatalError
 from consumer.kafka_clients import check_tls_material
@@ -121,22 +121,8 @@ def test_tls_material_that_cannot_be_loaded_is_fatal_before_any_connection(monke
         check_tls_material(Settings())
 
 
-def _record(headers: list[tuple[str, bytes]]) -> ConsumerRecord:
-    return ConsumerRecord(
-        topic="lab.results",
-        partition=2,
-        leader_epoch=0,
-        offset=41,
-        timestamp=0,
-        timestamp_type=0,
-        key=None,
-        value=b"",
-        headers=headers,
-        checksum=None,
-        serialized_key_size=0,
-        serialized_value_size=0,
-        serialized_header_size=0,
-    )
+def _record(headers: list[tuple[str, bytes]]) -> Record:
+    return Record("lab.results", 2, 41, key=None, value=b"", headers=tuple(headers), timestamp_ms=None)
 
 
 @pytest.mark.parametrize(
@@ -153,12 +139,16 @@ def test_a_uuid_or_trace_id_correlation_is_kept(sent):
 
 
 def test_a_fence_wrapped_in_a_plain_kafka_error_is_still_fatal():
-    from consumer.delivery import fatal_cause, is_fatal
+    from consumer.clients.kafka_python import _raised
+    from consumer.delivery import is_fatal
 
     fenced = kafka_errors.ProducerFencedError()
     wrapped = kafka_errors.KafkaError("Cannot perform send because ... has failed with errors.", fenced)
-    assert is_fatal(wrapped) and fatal_cause(wrapped) is fenced
-    assert not is_fatal(kafka_errors.KafkaError("transient", kafka_errors.KafkaTimeoutError()))
+    seen = _raised(wrapped, "send")
+    assert is_fatal(seen) and seen.name == "ProducerFencedError"
+    assert not is_fatal(
+        _raised(kafka_errors.KafkaError("transient", kafka_errors.KafkaTimeoutError()), "send")
+    )
 
 
 class _Init:
