@@ -10,7 +10,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,confluent]'
 	touch $(STAMP)
 
 .cache/kafka/.fetched: ops/kafka/pom.xml
@@ -56,7 +56,7 @@ integration: $(STAMP) .cache/kafka/.fetched
 lock: $(STAMP)
 	$(BIN)/pip install --quiet pip-tools
 	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
-		--output-file requirements.lock pyproject.toml
+		--extra confluent --output-file requirements.lock pyproject.toml
 
 clean:
 	-ops/kafka/local-broker stop

@@ -110,6 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         ruleset=ruleset.version,
         metrics_port=server.port,
         bootstrap=settings.bootstrap_servers,
+        kafka_client=settings.kafka_client,
+        group_protocol=settings.group_protocol,
     )
 
     def stop(signum: int, _frame: object) -> None:

@@ -135,10 +135,18 @@ def proc_usage(pid: int) -> dict[str, float]:
 
 
 def service_env(
-    bootstrap: str, topic: str, alerts: str, dlq: str, delivery: str, *, state: bool = True
+    bootstrap: str,
+    topic: str,
+    alerts: str,
+    dlq: str,
+    delivery: str,
+    *,
+    state: bool = True,
+    client: str = "kafka-python",
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TDM_")}
     env.update(
+        TDM_KAFKA_CLIENT=client,
         TDM_BOOTSTRAP_SERVERS=bootstrap,
         TDM_INPUT_TOPICS=topic,
         TDM_ALERT_TOPIC=alerts,
@@ -204,13 +212,20 @@ class Service:
 
 
 def run_service(
-    bootstrap: str, topic: str, expect: int, delivery: str, *, state: bool = True, patient_records: int = 0
+    bootstrap: str,
+    topic: str,
+    expect: int,
+    delivery: str,
+    *,
+    state: bool = True,
+    patient_records: int = 0,
+    client: str = "kafka-python",
 ) -> dict[str, float]:
     """Until every input message is committed and, with state, every patient record too."""
     alerts, dlq = f"bench.tdm.alerts.{uuid.uuid4().hex[:6]}", f"bench.tdm.dlq.{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, (alerts, PARTITIONS), (dlq, 1))
-    env = service_env(bootstrap, topic, alerts, dlq, delivery, state=state)
-    service = Service(env, WORK / f"service-{delivery}-{'state' if state else 'stateless'}.log")
+    env = service_env(bootstrap, topic, alerts, dlq, delivery, state=state, client=client)
+    service = Service(env, WORK / f"service-{client}-{delivery}-{'state' if state else 'stateless'}.log")
     try:
         while service.consumed(topic) < expect or (
             state and service.consumed(".patient-results") < patient_records
@@ -226,7 +241,7 @@ def run_service(
     return {"first_at": first, "done_at": done, "messages": expect, "wall_s": done - service.started, **usage}
 
 
-def state_scale(bootstrap: str, patients: int) -> dict[str, float]:
+def state_scale(bootstrap: str, patients: int, client: str) -> dict[str, float]:
     """`patients` distinct patients' levels through the service, then a cold restore of their state.
 
     The second instance starts with an empty disk in the same group after the first stops, so
@@ -252,8 +267,8 @@ def state_scale(bootstrap: str, patients: int) -> dict[str, float]:
     preload(bootstrap, topic, levels)
     alerts, dlq = f"bench.state.alerts.{uuid.uuid4().hex[:6]}", f"bench.state.dlq.{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, (alerts, PARTITIONS), (dlq, 1))
-    env = service_env(bootstrap, topic, alerts, dlq, "exactly_once")
-    first = Service(env, WORK / "service-state-fill.log")
+    env = service_env(bootstrap, topic, alerts, dlq, "exactly_once", client=client)
+    first = Service(env, WORK / f"service-state-fill-{client}.log")
     try:
         while first.consumed(".patient-results") < patients:
             if first.proc.poll() is not None:
@@ -272,7 +287,7 @@ def state_scale(bootstrap: str, patients: int) -> dict[str, float]:
         "TDM_STATE_DIR": str(WORK / f"state-cold-{uuid.uuid4().hex[:6]}"),
         "TDM_INSTANCE_ID": "cold",
     }
-    second = Service(cold, WORK / "service-state-restore.log")
+    second = Service(cold, WORK / f"service-state-restore-{client}.log")
     try:
         deadline = time.monotonic() + 600
         while second.metric("tdm_state_patients") < patients:
@@ -298,15 +313,63 @@ def state_scale(bootstrap: str, patients: int) -> dict[str, float]:
     }
 
 
+# -- rebalance -----------------------------------------------------------------------------
+
+
+def rebalance(bootstrap: str, client: str, protocol: str) -> dict[str, float | str]:
+    """Three instances in one group: how long a joining pair and then a leaving one take to be
+    absorbed (every partition assigned again, each instance holding some)."""
+    topic = f"bench.rebalance.{uuid.uuid4().hex[:6]}"
+    alerts, dlq = f"{topic}.alerts", f"{topic}.dlq"
+    create_topics(bootstrap, (topic, PARTITIONS), (alerts, PARTITIONS), (dlq, 1))
+    base = service_env(bootstrap, topic, alerts, dlq, "exactly_once", client=client)
+    base["TDM_GROUP_PROTOCOL"] = protocol
+
+    def start(name: str) -> Service:
+        env = {**base, "TDM_INSTANCE_ID": name, "TDM_STATE_DIR": str(WORK / f"state-{name}-{topic}")}
+        return Service(env, WORK / f"service-rebalance-{client}-{protocol}-{name}.log")
+
+    def settled(members: list[Service], total: int, since: float, timeout: float = 120) -> float:
+        while time.monotonic() - since < timeout:
+            held = [m.metric("tdm_assigned_partitions") for m in members]
+            if sum(held) == total and all(held):
+                return time.monotonic() - since
+            time.sleep(0.05)
+        raise RuntimeError(f"not settled in {timeout} s: {held}")
+
+    first = start("a")
+    members = [first]
+    try:
+        first._wait_log(r'("event": "partitions assigned")')
+        time.sleep(3)  # its own assignment complete (input and the patient topic)
+        total = int(first.metric("tdm_assigned_partitions"))
+        joiners = [start("b"), start("c")]
+        members += joiners
+        for joiner in joiners:
+            joiner._wait_log(r'("event": "consuming")')
+        join_s = settled(members, total, time.monotonic())
+        leaving = members.pop()
+        began = time.monotonic()
+        leaving.stop()
+        leave_s = settled(members, total, began)
+    finally:
+        for member in members:
+            member.stop()
+    return {"client": client, "protocol": protocol, "partitions": total, "join_s": join_s, "leave_s": leave_s}
+
+
 # -- latency -------------------------------------------------------------------------------
 
 
-def latency(bootstrap: str, messages: list[feed.Message], rate: int, seconds: float) -> dict[str, float]:
+def latency(
+    bootstrap: str, messages: list[feed.Message], rate: int, seconds: float, client: str
+) -> dict[str, float]:
     """Offer `rate` messages/s for `seconds` to a running service; time produce -> alert readable."""
     topic, alerts, dlq = (f"bench.lat.{x}.{uuid.uuid4().hex[:6]}" for x in ("in", "alerts", "dlq"))
     create_topics(bootstrap, (topic, PARTITIONS), (alerts, PARTITIONS), (dlq, 1))
     service = Service(
-        service_env(bootstrap, topic, alerts, dlq, "exactly_once"), WORK / f"service-lat-{rate}.log"
+        service_env(bootstrap, topic, alerts, dlq, "exactly_once", client=client),
+        WORK / f"service-lat-{rate}-{client}.log",
     )
     sent: dict[tuple[int, int], float] = {}
     seen: dict[tuple[int, int], float] = {}
@@ -369,6 +432,7 @@ def latency(bootstrap: str, messages: list[feed.Message], rate: int, seconds: fl
         return waits[min(len(waits) - 1, int(p * len(waits)))] * 1000
 
     return {
+        "client": client,
         "offered_per_s": rate,
         "achieved_per_s": achieved,
         "alerts": len(waits),
@@ -444,6 +508,11 @@ def machine() -> dict[str, object]:
     }
 
 
+CLIENTS = ("kafka-python", "confluent-kafka")
+CONFLUENT_STATEFUL = "tdm-alerts exactly-once, patient state (confluent-kafka)"
+CONFLUENT_STATELESS = "tdm-alerts exactly-once, stateless (confluent-kafka)"
+
+
 def table(results: dict[str, object]) -> str:
     rows = [("contender", "msgs/s", "x ceiling", "peak RSS MB", "CPU s/100k", "wall s")]
     ceiling = results["throughput"]["kafka-python consume-then-produce (ceiling)"]["per_s"]
@@ -460,10 +529,15 @@ def table(results: dict[str, object]) -> str:
         )
     lines = _grid(rows)
     lines.append("")
-    rows = [("offered msgs/s", "achieved", "alerts", "p50 ms", "p99 ms", "max ms")]
+    quix = results["throughput"]["Quix Streams + our core, exactly-once"]["per_s"]
+    for name in ("tdm-alerts exactly-once, patient state", CONFLUENT_STATEFUL):
+        lines.append(f"{name}: {results['throughput'][name]['per_s'] / quix:.2f}x Quix Streams")
+    lines.append("")
+    rows = [("client", "offered msgs/s", "achieved", "alerts", "p50 ms", "p99 ms", "max ms")]
     for r in results["latency"]:
         rows.append(
             (
+                r["client"],
                 f"{r['offered_per_s']:,}",
                 f"{r['achieved_per_s']:,.0f}",
                 str(r["alerts"]),
@@ -474,20 +548,29 @@ def table(results: dict[str, object]) -> str:
         )
     lines += _grid(rows)
     lines.append("")
-    st = results.get("state")
-    if st:
-        stateful = results["throughput"]["tdm-alerts exactly-once, patient state"]["per_s"]
-        stateless = results["throughput"]["tdm-alerts exactly-once, stateless"]["per_s"]
-        lines.append(
-            f"patient state: {stateful / stateless:.2f}x the stateless throughput (the repartition hop)"
+    rows = [("client", "protocol", "partitions", "2 join 1: s", "1 of 3 leaves: s")]
+    for r in results["rebalance"]:
+        rows.append(
+            (r["client"], r["protocol"], str(r["partitions"]), f"{r['join_s']:.1f}", f"{r['leave_s']:.1f}")
         )
+    lines += _grid(rows)
+    lines.append("")
+    for client, st in results["state"].items():
+        stateful_name, stateless_name = (
+            ("tdm-alerts exactly-once, patient state", "tdm-alerts exactly-once, stateless")
+            if client == "kafka-python"
+            else (CONFLUENT_STATEFUL, CONFLUENT_STATELESS)
+        )
+        stateful = results["throughput"][stateful_name]["per_s"]
+        stateless = results["throughput"][stateless_name]["per_s"]
         lines.append(
-            f"{st['patients']:,} patients: filled at {st['fill_per_s']:,.0f} results/s "
+            f"{client}: patient state {stateful / stateless:.2f}x the stateless throughput (the "
+            f"repartition hop); {st['patients']:,} patients filled at {st['fill_per_s']:,.0f} results/s "
             f"(peak RSS {st['fill_peak_rss_mb']:.0f} MB); cold restore from the changelog "
             f"{st['restore_s']:.1f} s ({st['restore_per_s']:,.0f} patients/s, peak RSS "
             f"{st['restore_peak_rss_mb']:.0f} MB)"
         )
-        lines.append("")
+    lines.append("")
     rows = [("format", "message kind", "us per message")]
     for fmt, costs in results["in_process_us"].items():
         rows += [(fmt, kind, f"{us:.1f}") for kind, us in costs.items()]
@@ -547,6 +630,23 @@ def main() -> None:
                 lambda: run_service(bootstrap, topic, len(messages), "exactly_once", state=False),
             ),
             (
+                CONFLUENT_STATEFUL,
+                lambda: run_service(
+                    bootstrap,
+                    topic,
+                    len(messages),
+                    "exactly_once",
+                    patient_records=records,
+                    client="confluent-kafka",
+                ),
+            ),
+            (
+                CONFLUENT_STATELESS,
+                lambda: run_service(
+                    bootstrap, topic, len(messages), "exactly_once", state=False, client="confluent-kafka"
+                ),
+            ),
+            (
                 "tdm-alerts at-least-once",
                 lambda: run_service(
                     bootstrap, topic, len(messages), "at_least_once", patient_records=records
@@ -574,11 +674,22 @@ def main() -> None:
             }
             log(f"  {throughput[name]['per_s']:,.0f} msgs/s, {r['peak_rss_mb']:.0f} MB peak RSS")
         results["throughput"] = throughput
-        log(f"patient state at scale: {args.state_patients:,} patients")
-        results["state"] = state_scale(bootstrap, args.state_patients)
-        log(f"  {results['state']}")
+        results["state"] = {}
+        for client in CLIENTS:
+            log(f"patient state at scale: {args.state_patients:,} patients ({client})")
+            results["state"][client] = state_scale(bootstrap, args.state_patients, client)
+            log(f"  {results['state'][client]}")
+        results["rebalance"] = []
+        for client, protocol in (
+            ("kafka-python", "classic"),
+            ("confluent-kafka", "classic"),
+            ("confluent-kafka", "consumer"),
+        ):
+            log(f"rebalance, three instances ({client}, {protocol} protocol)")
+            results["rebalance"].append(rebalance(bootstrap, client, protocol))
+            log(f"  {results['rebalance'][-1]}")
         results["latency"] = []
-        for rate in (500, 2000):
+        for client, rate in ((c, r) for c in CLIENTS for r in (500, 2000)):
             # Its own feed: 2% infliximab, nearly all of it low, so at 2,000 msgs/s for 30 s about
             # 1,100 alerts carry the p99 (the 1% mixed feed gave under 300), while the load stays
             # near a real feed's (8% infliximab saturated the service and measured its backlog).
@@ -588,8 +699,8 @@ def main() -> None:
                     count, seed=rate, relevant_share=LATENCY_RELEVANT_SHARE, low_share=LATENCY_LOW_SHARE
                 )
             )
-            log(f"latency at {rate} msgs/s for {args.latency_seconds:.0f} s")
-            results["latency"].append(latency(bootstrap, lat_feed, rate, args.latency_seconds))
+            log(f"latency at {rate} msgs/s for {args.latency_seconds:.0f} s ({client})")
+            results["latency"].append(latency(bootstrap, lat_feed, rate, args.latency_seconds, client))
         log("in-process costs")
         results["in_process_us"] = in_process(messages)
     finally:

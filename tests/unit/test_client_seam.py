@@ -58,3 +58,29 @@ def test_a_fence_kafka_python_wraps_at_send_time_is_still_a_fence():
 
     wrapped = kafka_errors.KafkaError("Cannot perform send", kafka_errors.ProducerFencedError())
     assert kafka_python.failure_of(wrapped) is Failure.FENCED
+
+
+def test_the_confluent_client_without_its_package_is_a_clear_fatal_error(monkeypatch):
+    import sys
+
+    from consumer.clients import client_for
+    from consumer.fatal import FatalError
+    from consumer.settings import Settings
+
+    monkeypatch.setenv("TDM_KAFKA_CLIENT", "confluent-kafka")
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)  # what an install without the extra sees
+    monkeypatch.delitem(sys.modules, "consumer.clients.confluent", raising=False)
+    with pytest.raises(FatalError, match=r"pip install 'tdm-alerts\[confluent\]'"):
+        client_for(Settings())
+
+
+def test_kip848_needs_the_confluent_client(monkeypatch):
+    from pydantic import ValidationError
+
+    from consumer.settings import Settings
+
+    monkeypatch.setenv("TDM_GROUP_PROTOCOL", "consumer")
+    with pytest.raises(ValidationError, match="TDM_KAFKA_CLIENT=confluent-kafka"):
+        Settings()
+    monkeypatch.setenv("TDM_KAFKA_CLIENT", "confluent-kafka")
+    assert Settings().group_protocol == "consumer"
