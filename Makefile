@@ -35,9 +35,16 @@ bench: $(STAMP) .venv/.bench-installed .cache/kafka/.fetched
 	$(BIN)/pip install -q -e '.[bench]'
 	touch $@
 
-## test: lint, type checks, then every test (unit, integration on a real broker, slow ones)
-test: lint typecheck .cache/prometheus.installed
-	$(BIN)/pytest
+## test: lint, type checks, then every test (unit, integration on a real broker, slow ones), and
+## the integration suite again on the other Kafka client (confluent-kafka), alongside on its own broker
+test: lint typecheck .cache/prometheus.installed .cache/kafka/.fetched
+	@TEST_KAFKA_CLIENT=confluent-kafka $(BIN)/pytest tests/integration -q -p no:cacheprovider \
+		> .cache/pytest-confluent-kafka.log 2>&1 & other=$$!; \
+	$(BIN)/pytest; first=$$?; \
+	wait $$other; second=$$?; \
+	echo "--- the integration suite on confluent-kafka (exit $$second; whole log in .cache/pytest-confluent-kafka.log) ---"; \
+	tail -n 40 .cache/pytest-confluent-kafka.log; \
+	test $$first -eq 0 && test $$second -eq 0
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -51,6 +58,7 @@ unit: $(STAMP)
 
 integration: $(STAMP) .cache/kafka/.fetched
 	$(BIN)/pytest tests/integration
+	TEST_KAFKA_CLIENT=confluent-kafka $(BIN)/pytest tests/integration
 
 ## lock: re-pin the runtime dependencies (with hashes) after changing pyproject.toml
 lock: $(STAMP)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
+import socket
+import ssl
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -62,14 +63,20 @@ def failure_of(error: KafkaError) -> Failure:
     if (known := _BY_CODE.get(error.code())) is not None:
         return known
     text = error.str().lower()
-    if error.code() == KafkaError._SSL or "ssl handshake failed" in text:
-        if "hostname" in text or "host name" in text or "mismatch" in text:
-            return Failure.TLS_HOSTNAME
-        if "certificate verify failed" in text:
-            return Failure.TLS_TRUST
+    if "certificate verify failed" in text:
+        # librdkafka words a host-name mismatch the same way: _check_reachable tells them apart.
+        return Failure.TLS_HOSTNAME if "hostname" in text or "host name" in text else Failure.TLS_TRUST
+    if (
+        error.code() == KafkaError._SSL
+        or "ssl handshake failed" in text
+        or ("alert" in text and "certificate" in text)
+    ):
+        # The broker's TLS alert: it does not accept our certificate (missing, rogue, expired).
         return Failure.TLS_CLIENT_CERTIFICATE
     if error.code() == KafkaError._TRANSPORT and "sasl" in text and "authentication" in text:
         return Failure.AUTHENTICATION
+    if error.code() == KafkaError._FATAL and "fenced" in text:
+        return Failure.FENCED
     if error.fatal():
         return Failure.UNSUPPORTED  # librdkafka's own fatal errors: nothing a retry fixes
     return Failure.TRANSIENT
@@ -88,27 +95,19 @@ def _call(action: Callable[[], T], doing: str) -> T:
 
 
 class _Errors:
-    """What librdkafka reported through error_cb: the worst cause since the last look."""
+    """What librdkafka reported through error_cb that a call's own error does not say."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._seen: list[KafkaError] = []
-        self.all_brokers_down = False
+        self.refused: KafkaError | None = None  # the last refusal: credentials, certificates, ACLs
+        self.fatal: KafkaError | None = None  # a fatal error's own code (a call reports only _FATAL)
 
     def __call__(self, error: KafkaError) -> None:
-        with self._lock:
-            self._seen.append(error)
-            del self._seen[:-20]
-        if error.code() == KafkaError._ALL_BROKERS_DOWN:
-            self.all_brokers_down = True
+        # "All brokers are down" follows every refused connection: it must not hide the refusal.
         if failure_of(error).fatal:
+            self.refused = error
             _LOG.warning("client error: %s", error.name())
-
-    def refusal(self) -> KafkaError | None:
-        """The most telling error seen: a refusal (credentials, certificates) over a time-out."""
-        with self._lock:
-            seen = list(self._seen)
-        return next((e for e in reversed(seen) if failure_of(e).fatal), None)
+        if error.fatal():
+            self.fatal = error
 
 
 def _options(settings: Settings, errors: _Errors, purpose: str) -> dict[str, Any]:
@@ -139,13 +138,38 @@ def _options(settings: Settings, errors: _Errors, purpose: str) -> dict[str, Any
     return options
 
 
-def _check_reachable(client: Any, errors: _Errors, doing: str) -> None:
+def _check_reachable(client: Any, errors: _Errors, settings: Settings, doing: str) -> None:
     """A metadata request: the cluster answers, or the reason it did not becomes a ClientError."""
     try:
         client.list_topics(timeout=CONNECT_TIMEOUT_S)
     except KafkaException as err:
-        refused = errors.refusal()
-        raise _error(refused if refused is not None else err.args[0], doing) from err
+        client.poll(0)  # serves the error callback, which heard why the connections failed
+        refused = errors.refused
+        failure = _error(refused if refused is not None else err.args[0], doing)
+        if failure.failure is Failure.TLS_TRUST and _names_another_host(settings):
+            failure = ClientError(Failure.TLS_HOSTNAME, failure.detail, name=failure.name)
+        raise failure from err
+
+
+def _names_another_host(settings: Settings) -> bool:
+    """Whether the broker's certificate verifies against our CA but names another host.
+
+    librdkafka reports both as "certificate verify failed"; Python's TLS handshake with the same
+    CA says which (OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, 62, or _IP_ADDRESS_MISMATCH, 64, for a
+    broker named by address). No Kafka bytes are sent.
+    """
+    host, _, port = settings.bootstrap_servers[0].rpartition(":")
+    context = ssl.create_default_context(cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return False
+    except ssl.SSLCertVerificationError as err:
+        return err.verify_code in (62, 64)
+    except (OSError, ValueError):
+        return False
 
 
 def _ours(tp: _TopicPartition) -> Partition:
@@ -185,7 +209,7 @@ class _Reader:
         self._starting: dict[Partition, int] | None = None  # assigned, not yet handed to librdkafka
         self._consumer = _call(lambda: Consumer(options), "connect")
         try:
-            _check_reachable(self._consumer, self._errors, "connect")
+            _check_reachable(self._consumer, self._errors, settings, "connect")
         except ClientError:
             self._consumer.close()
             raise
@@ -318,17 +342,20 @@ class GroupConsumer(_Reader):
 class _Sent:
     """Filled by the delivery callback, which runs inside the producer's poll or flush."""
 
-    def __init__(self) -> None:
+    def __init__(self, errors: _Errors) -> None:
         self._offset: int | None = None
         self._error: KafkaError | None = None
+        self._errors = errors
 
     def delivered(self, error: KafkaError | None, message: Message) -> None:
         self._error = error
         self._offset = None if error is not None else message.offset()
 
     def offset(self, timeout_s: float) -> int:
-        if self._error is not None:
-            raise _error(self._error, "send")
+        if (error := self._error) is not None:
+            if error.code() == KafkaError._FATAL:
+                error = self._errors.fatal or error
+            raise _error(error, "send")
         if self._offset is None:
             raise ClientError(Failure.TRANSIENT, "send: not acknowledged (flush first)")
         return self._offset
@@ -344,6 +371,10 @@ class Producer:
             **_options(settings, self._errors, "producer"),
             "enable.idempotence": True,
             "acks": "all",
+            # Keys to partitions as the Java client and kafka-python map them (murmur2), not
+            # librdkafka's CRC32 default: a patient's results, their forget command and an
+            # upstream keyed producer must all reach the same partition (and its state).
+            "partitioner": "murmur2_random",
             "linger.ms": 5,
             "message.max.bytes": max(settings.max_message_bytes + 65_536, 1_048_576),
         }
@@ -352,9 +383,20 @@ class Producer:
             options["transaction.timeout.ms"] = settings.transaction_timeout_ms
         self._producer = _call(lambda: _Producer(options), "connect")
         self._sent: list[_Sent] = []
-        _check_reachable(self._producer, self._errors, "connect")
+        _check_reachable(self._producer, self._errors, settings, "connect")
         if transactional_id is not None:
-            _call(lambda: self._producer.init_transactions(CALL_TIMEOUT_S), "init transactions")
+            self._do(lambda: self._producer.init_transactions(CALL_TIMEOUT_S), "init transactions")
+
+    def _do(self, action: Callable[[], T], doing: str) -> T:
+        try:
+            return action()
+        except KafkaException as err:
+            error: KafkaError = err.args[0]
+            if error.code() == KafkaError._FATAL:
+                # The call says only "fatal"; the error callback hears which (a fence, say).
+                self._producer.poll(0)
+                error = self._errors.fatal or error
+            raise _error(error, doing) from err
 
     def send(
         self,
@@ -366,7 +408,7 @@ class Producer:
         partition: int | None = None,
         timestamp_ms: int | None = None,
     ) -> _Sent:
-        sent = _Sent()
+        sent = _Sent(self._errors)
         extra: dict[str, Any] = {}
         if partition is not None:
             extra["partition"] = partition
@@ -379,10 +421,10 @@ class Producer:
             )
 
         try:
-            _call(produce, "send")
+            self._do(produce, "send")
         except BufferError:
             self._producer.poll(1.0)  # the local queue is full: let deliveries drain, once
-            _call(produce, "send")
+            self._do(produce, "send")
         self._sent.append(sent)
         return sent
 
@@ -394,27 +436,30 @@ class Producer:
             one.offset(0)  # raises the first failed send
 
     def close(self, timeout_s: float) -> None:
-        self._producer.flush(timeout_s)
+        try:
+            self._producer.flush(timeout_s)
+        except KafkaException as err:  # a fenced or failed producer: nothing left to deliver
+            _LOG.info("producer closed after a failure: %s", err.args[0].name())
 
     # -- transactions (with a transactional id) ----------------------------------------------
 
     def begin(self) -> None:
         self._sent = []
-        _call(self._producer.begin_transaction, "begin")
+        self._do(self._producer.begin_transaction, "begin")
 
     def send_offsets(self, offsets: Mapping[Partition, int], group_metadata: object) -> None:
         marks = [_theirs(p, o) for p, o in offsets.items()]
-        _call(
+        self._do(
             lambda: self._producer.send_offsets_to_transaction(marks, group_metadata, CALL_TIMEOUT_S),
             "send offsets",
         )
 
     def commit(self) -> None:
-        _call(lambda: self._producer.commit_transaction(CALL_TIMEOUT_S), "commit")
+        self._do(lambda: self._producer.commit_transaction(CALL_TIMEOUT_S), "commit")
 
     def abort(self) -> None:
         self._sent = []
-        _call(lambda: self._producer.abort_transaction(CALL_TIMEOUT_S), "abort")
+        self._do(lambda: self._producer.abort_transaction(CALL_TIMEOUT_S), "abort")
 
 
 class ConfluentClient:

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from tests.conftest import gauges, metric_total, metrics_port, produce, read_topic, scrape
+from tests.conftest import KAFKA_CLIENT, gauges, metric_total, metrics_port, produce, read_topic, scrape
 from tests.integration.feeds import Feed, canonical_feed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -149,9 +149,14 @@ def test_broker_restart_mid_stream(kafka_broker, topics, start_service):
         reader.close()
 
 
+# KIP-848's consumer group protocol (the broker assigns) is offered by the confluent-kafka client.
+GROUP_PROTOCOLS = ["classic", "consumer"] if KAFKA_CLIENT == "confluent-kafka" else ["classic"]
+
+
 @pytest.mark.input_partitions(6)
+@pytest.mark.parametrize("protocol", GROUP_PROTOCOLS)
 def test_three_instances_then_two_share_the_work_exactly_once(
-    kafka_bootstrap, topics, start_service, tmp_path
+    kafka_bootstrap, topics, start_service, tmp_path, protocol
 ):
     feed = canonical_feed(total=12_000, alerting=300, seed=777)
     half = len(feed.messages) // 2
@@ -164,13 +169,18 @@ def test_three_instances_then_two_share_the_work_exactly_once(
     for n in range(3):
         services.append(
             start_service(
-                TDM_INSTANCE_ID=f"i{n}", TDM_GROUP_ID=group, TDM_STATE_DIR=f"{tmp_path}/i{n}", **SERVICE
+                TDM_INSTANCE_ID=f"i{n}",
+                TDM_GROUP_ID=group,
+                TDM_STATE_DIR=f"{tmp_path}/i{n}",
+                TDM_GROUP_PROTOCOL=protocol,
+                **SERVICE,
             )
         )
         wait_for_log(services[-1], '"partitions assigned"', timeout_s=60)
     try:
         # 6 input partitions and 6 patient (repartition) partitions, two of each per instance.
         wait_until(lambda: gauges(services, "tdm_assigned_partitions") == [4, 4, 4], 90)
+        wait_until(lambda: gauges(services, "tdm_ready") == [1, 1, 1], 30)  # members of a stable group
         produce(kafka_bootstrap, topics["input"], feed.messages[:half], feed.keys[:half])
         reader.wait_for(60, timeout_s=90, while_alive=services)
 

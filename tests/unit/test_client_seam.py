@@ -18,6 +18,7 @@ from consumer.clients.seam import Failure
         (KafkaError.SASL_AUTHENTICATION_FAILED, "", Failure.AUTHENTICATION),
         (KafkaError._SSL, "SSL handshake failed: certificate verify failed", Failure.TLS_TRUST),
         (KafkaError._SSL, "SSL handshake failed: hostname mismatch", Failure.TLS_HOSTNAME),
+        (KafkaError._FATAL, "Failed to add partitions: This instance has been fenced", Failure.FENCED),
         (KafkaError._ALL_BROKERS_DOWN, "", Failure.TRANSIENT),
         (KafkaError._TRANSPORT, "", Failure.TRANSIENT),
     ],
