@@ -16,8 +16,19 @@ from consumer.clients.seam import Failure
         (KafkaError.TOPIC_AUTHORIZATION_FAILED, "", Failure.NOT_AUTHORISED_TOPIC),
         (KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "", Failure.NOT_AUTHORISED_TRANSACTIONAL_ID),
         (KafkaError.SASL_AUTHENTICATION_FAILED, "", Failure.AUTHENTICATION),
-        (KafkaError._SSL, "SSL handshake failed: certificate verify failed", Failure.TLS_TRUST),
-        (KafkaError._SSL, "SSL handshake failed: hostname mismatch", Failure.TLS_HOSTNAME),
+        # librdkafka's own words (Kafka 4.1.1, OpenSSL 3); a host-name mismatch reads as the first
+        # and is told apart by a TLS handshake (confluent._names_another_host).
+        (
+            KafkaError._SSL,
+            "SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: "
+            "broker certificate could not be verified",
+            Failure.TLS_TRUST,
+        ),
+        (
+            KafkaError._TRANSPORT,
+            "Receive failed: error:0A000412:SSL routines::sslv3 alert bad certificate: SSL alert number 42",
+            Failure.TLS_CLIENT_CERTIFICATE,
+        ),
         (KafkaError._FATAL, "Failed to add partitions: This instance has been fenced", Failure.FENCED),
         (KafkaError._ALL_BROKERS_DOWN, "", Failure.TRANSIENT),
         (KafkaError._TRANSPORT, "", Failure.TRANSIENT),
