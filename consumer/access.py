@@ -8,19 +8,15 @@ broker's answer to DescribeTopics says per topic whether it exists and what we m
 from __future__ import annotations
 
 import structlog
-from kafka import errors as kafka_errors
 
+from consumer.clients.seam import Client, Failure
 from consumer.fatal import FatalError
-from consumer.kafka_clients import new_admin
 from consumer.settings import Settings
 
 log = structlog.get_logger("tdm_alerts.access")
 
-_UNKNOWN_TOPIC = kafka_errors.UnknownTopicOrPartitionError.errno
-_NOT_AUTHORISED = kafka_errors.TopicAuthorizationFailedError.errno
 
-
-def check_topic_access(settings: Settings) -> None:
+def check_topic_access(settings: Settings, client: Client) -> None:
     """Raise FatalError naming each topic we may not use and the ACL or topic that is missing."""
     wanted = [
         (t, "READ", "TDM_INPUT_TOPICS") for t in ([] if settings.input_pattern else settings.input_topics)
@@ -29,30 +25,29 @@ def check_topic_access(settings: Settings) -> None:
         (settings.alert_topic, "WRITE", "TDM_ALERT_TOPIC"),
         (settings.dlq_topic, "WRITE", "TDM_DLQ_TOPIC"),
     ]
-    admin = new_admin(settings)
+    admin = client.admin()
     try:
-        described = {d["name"]: d for d in admin.describe_topics([t for t, _, _ in wanted])}
+        described = admin.describe_topics([t for t, _, _ in wanted])
     finally:
         admin.close()
     problems: list[str] = []
     for topic, operation, setting in wanted:
-        found = described.get(topic, {"error_code": _UNKNOWN_TOPIC})
-        code = found["error_code"]
+        found = described[topic]
         grant = f"grant {operation} on Topic:{topic} to this service's principal (README 'Security')"
-        if code == _UNKNOWN_TOPIC:
+        if found.failure is Failure.MISSING_TOPIC:
             if operation == "READ":
                 log.warning("input topic does not exist yet; waiting for it", topic=topic)
                 continue
             problems.append(f"topic {topic} ({setting}) does not exist: create it (README 'Topics')")
-        elif code == _NOT_AUTHORISED:
+        elif found.failure is Failure.NOT_AUTHORISED_TOPIC:
             # Kafka answers "not authorised" for a topic we may not describe whether or not it exists.
             problems.append(
                 f"not authorised to use topic {topic} ({setting}): {grant}; "
                 "if it is granted, check that the topic exists"
             )
-        elif code != 0:
-            problems.append(f"topic {topic} ({setting}): {kafka_errors.for_code(code).__name__}")
-        elif operation not in (found.get("authorized_operations") or [operation]):
+        elif found.failure is not None:
+            problems.append(f"topic {topic} ({setting}): {found.error}")
+        elif operation not in (found.operations or {operation}):
             problems.append(f"not authorised to {operation} topic {topic} ({setting}): {grant}")
     if problems:
         raise FatalError("; ".join(problems))

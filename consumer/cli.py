@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from kafka import KafkaProducer
 from pydantic import ValidationError
 
+from consumer.clients import client_for
+from consumer.connecting import connect_once
 from consumer.dead_letter_reader import DeadLetterView, Position, dead_letters, new_reader
 from consumer.dead_letters import Reason
 from consumer.fatal import FatalError
@@ -215,15 +216,14 @@ def cmd_forget(args: argparse.Namespace) -> int:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     topics = state_topics(settings)
-    producer = KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", **settings.kafka_security()
-    )
+    # Keyed by patient like their results, so it reaches the partition (and instance) holding them.
+    producer = connect_once(client_for(settings).producer, settings)
     try:
-        producer.send(
-            topics.patients, key=args.patient_id.encode(), value=b"", headers=[(COMMAND_HEADER, FORGET)]
-        ).get(timeout=30)
+        sent = producer.send(topics.patients, args.patient_id.encode(), b"", [(COMMAND_HEADER, FORGET)])
+        producer.flush(30)
+        sent.offset(30)
     finally:
-        producer.close(timeout=10)
+        producer.close(10)
     print(f"forget request sent to {topics.patients}; the owning instance removes the state when it reads it")
     return 0
 

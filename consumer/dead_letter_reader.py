@@ -13,12 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
-
+from consumer.clients import client_for
+from consumer.clients.seam import Partition, Reader, Record
+from consumer.connecting import connect_once
 from consumer.dead_letters import HEADER_PREFIX
 from consumer.fatal import FatalError
-from consumer.kafka_clients import BOOTSTRAP_TIMEOUT_MS, connect_once
 from consumer.settings import Settings
 
 
@@ -52,22 +51,22 @@ class DeadLetterView:
     size: int
 
     @classmethod
-    def of(cls, record: ConsumerRecord) -> DeadLetterView:
+    def of(cls, record: Record) -> DeadLetterView:
         ours = {
             k.removeprefix(HEADER_PREFIX): v.decode(errors="replace")
-            for k, v in record.headers or []
+            for k, v in record.headers
             if k.startswith(HEADER_PREFIX)
         }
         source = "/".join(ours.get(f"source.{part}", "?") for part in ("topic", "partition", "offset"))
         return cls(
             partition=record.partition,
             offset=record.offset,
-            written=datetime.fromtimestamp(record.timestamp / 1000, UTC) if record.timestamp > 0 else None,
+            written=datetime.fromtimestamp(record.timestamp_ms / 1000, UTC) if record.timestamp_ms else None,
             reason=ours.get("reason", "unknown"),
             stage=ours.get("stage", "?"),
             error=ours.get("error", ""),
             source=source,
-            other_headers=tuple(k for k, _ in record.headers or [] if not k.startswith(HEADER_PREFIX)),
+            other_headers=tuple(k for k, _ in record.headers if not k.startswith(HEADER_PREFIX)),
             size=len(record.value or b""),
         )
 
@@ -89,32 +88,21 @@ class DeadLetterView:
         return "\n".join(f"{name:>14}: {value}" for name, value in rows)
 
 
-def new_reader(settings: Settings, purpose: str) -> KafkaConsumer:
-    """A group-less read_committed consumer; an unreachable cluster is a clear error in seconds."""
-    return connect_once(
-        lambda: KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
-            client_id=f"{settings.client_id}-{purpose}",
-            group_id=None,  # stateless: no offsets are committed
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            **settings.kafka_security(),
-        ),
-        settings,
-    )
+def new_reader(settings: Settings, purpose: str) -> Reader:
+    """A read_committed reader that commits nothing; an unreachable cluster is a clear error in seconds."""
+    return connect_once(lambda: client_for(settings).reader(purpose), settings)
 
 
-def partitions_of(consumer: KafkaConsumer, topic: str, what: str) -> list[TopicPartition]:
-    partitions = consumer.partitions_for_topic(topic)
+def partitions_of(consumer: Reader, topic: str, what: str) -> list[Partition]:
+    partitions = consumer.partitions_for(topic)
     if not partitions:
         raise FatalError(f"{what} topic {topic!r} does not exist (or this user may not describe it)")
-    return [TopicPartition(topic, p) for p in sorted(partitions)]
+    return [Partition(topic, p) for p in partitions]
 
 
 def dead_letters(
-    consumer: KafkaConsumer, topic: str, since_ms: int | None = None, at: Position | None = None
-) -> Iterator[ConsumerRecord]:
+    consumer: Reader, topic: str, since_ms: int | None = None, at: Position | None = None
+) -> Iterator[Record]:
     """The dead letters from `since_ms` (or the start) up to the end seen now; or only the one `at`."""
     tps = partitions_of(consumer, topic, "dead-letter")
     if at is not None:
@@ -133,13 +121,13 @@ def dead_letters(
             )
         starts, ends = {tp: at.offset}, {tp: at.offset + 1}
     elif since_ms is not None:
-        found = consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
-        starts = {tp: (found[tp].offset if found[tp] is not None else ends[tp]) for tp in tps}
+        found = consumer.offsets_for_time(tps, since_ms)
+        starts = {tp: (at_time if (at_time := found.get(tp)) is not None else ends[tp]) for tp in tps}
     for tp in tps:
         consumer.seek(tp, starts[tp])
     remaining = {tp for tp in tps if starts[tp] < ends[tp]}
     while remaining:
-        for tp, records in consumer.poll(timeout_ms=1000).items():
+        for tp, records in consumer.poll(1000, 500).items():
             for record in records:
                 if record.offset >= ends[tp]:
                     break

@@ -10,25 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kafka import TopicPartition
-from kafka.errors import KafkaError
-
-from consumer.dead_letter_reader import new_reader
+from consumer.clients import client_for
+from consumer.clients.seam import ClientError, Member, Partition
+from consumer.connecting import connect_once
 from consumer.fatal import FatalError
-from consumer.kafka_clients import connect_once, new_admin
 from consumer.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
-class Member:
-    member_id: str
-    host: str
-    partitions: tuple[TopicPartition, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class PartitionStatus:
-    partition: TopicPartition
+    partition: Partition
     committed: int | None  # None: the group never committed here
     end: int
     owner: str | None  # member id
@@ -70,44 +61,27 @@ class GroupStatus:
 
 
 def group_status(settings: Settings) -> GroupStatus:
-    admin = connect_once(lambda: new_admin(settings), settings)
+    client = client_for(settings)
+    admin = connect_once(client.admin, settings)
     try:
-        described = admin.describe_groups([settings.group_id])[settings.group_id]
-        if described.get("error"):
-            raise FatalError(f"group {settings.group_id} cannot be described: {described['error']}")
-        committed = admin.list_group_offsets(settings.group_id).get(settings.group_id, {})
-    except KafkaError as err:
-        raise FatalError(f"group {settings.group_id} cannot be read: {type(err).__name__}") from None
+        described = admin.describe_group(settings.group_id)
+        committed = admin.group_offsets(settings.group_id)
+    except ClientError as err:
+        raise FatalError(f"group {settings.group_id} cannot be read: {err.name}") from None
     finally:
         admin.close()
-    members = tuple(_member(m) for m in described.get("members", []))
-    owners = {tp: m.member_id for m in members for tp in m.partitions}
+    owners = {tp: m.member_id for m in described.members for tp in m.partitions}
     tps = sorted(set(committed) | set(owners))
-    reader = new_reader(settings, "status")
+    reader = connect_once(lambda: client.reader("status"), settings)
     try:
-        ends: Mapping[TopicPartition, int] = reader.end_offsets(tps) if tps else {}
+        ends: Mapping[Partition, int] = reader.end_offsets(tps) if tps else {}
     finally:
         reader.close()
     return GroupStatus(
         group=settings.group_id,
-        state=str(described.get("group_state") or "unknown"),
-        members=members,
+        state=described.state,
+        members=described.members,
         partitions=tuple(
-            PartitionStatus(
-                tp, committed[tp].offset if tp in committed else None, ends.get(tp, 0), owners.get(tp)
-            )
-            for tp in tps
-        ),
-    )
-
-
-def _member(described: Mapping[str, object]) -> Member:
-    assignment = described.get("member_assignment")
-    topics = assignment.get("assigned_partitions", []) if isinstance(assignment, dict) else []
-    return Member(
-        member_id=str(described.get("member_id", "?")),
-        host=str(described.get("client_host", "?")).lstrip("/"),
-        partitions=tuple(
-            sorted(TopicPartition(t["topic"], p) for t in topics for p in t.get("partitions", []))
+            PartitionStatus(tp, committed.get(tp), ends.get(tp, 0), owners.get(tp)) for tp in tps
         ),
     )

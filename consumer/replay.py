@@ -8,16 +8,17 @@ time (or only one position) up to the end it saw on start, so it can be run agai
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 
 import structlog
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.consumer.fetcher import ConsumerRecord
 
+from consumer.clients import client_for
+from consumer.clients.seam import ClientError, Producer, Reader, Record, Sent
+from consumer.connecting import connect_once
 from consumer.dead_letter_reader import Position, dead_letters, new_reader, partitions_of
 from consumer.dead_letters import HEADER_PREFIX, Reason
-from consumer.kafka_clients import new_producer
 from consumer.settings import Settings
 
 log = structlog.get_logger("tdm_alerts.replay")
@@ -56,9 +57,9 @@ class ReplayReport:
         )
 
 
-def _target(record: ConsumerRecord, request: ReplayRequest, report: ReplayReport) -> str | None:
+def _target(record: Record, request: ReplayRequest, report: ReplayReport) -> str | None:
     """Where this dead letter goes back to, or None if it is not to be replayed (and why, counted)."""
-    headers = dict(record.headers or [])
+    headers = dict(record.headers)
     reason = headers.get(HEADER_PREFIX + "reason", b"").decode(errors="replace")
     if request.reasons and reason not in request.reasons:
         report.passed_over += 1
@@ -73,7 +74,7 @@ def _target(record: ConsumerRecord, request: ReplayRequest, report: ReplayReport
 
 def replay(settings: Settings, request: ReplayRequest) -> ReplayReport:
     consumer = new_reader(settings, "dlq-replay")
-    producer = None if request.dry_run else new_producer(settings)
+    producer = None if request.dry_run else connect_once(client_for(settings).producer, settings)
     try:
         if request.to_topic is not None:
             partitions_of(consumer, request.to_topic, "--to")  # before anything is sent
@@ -81,30 +82,30 @@ def replay(settings: Settings, request: ReplayRequest) -> ReplayReport:
     finally:
         consumer.close()
         if producer is not None:
-            producer.close(timeout=10)
+            producer.close(10)
 
 
 def _replay(
-    consumer: KafkaConsumer, producer: KafkaProducer | None, dlq_topic: str, request: ReplayRequest
+    consumer: Reader, producer: Producer | None, dlq_topic: str, request: ReplayRequest
 ) -> ReplayReport:
     report = ReplayReport(dry_run=request.dry_run)
-    futures = []
+    sent: list[Sent] = []
     for record in dead_letters(consumer, dlq_topic, request.since_ms, request.at):
         if report.reached(request.limit):
             break
         target = _target(record, request, report)
         if target is not None and producer is not None:
-            original = [(k, v) for k, v in record.headers or [] if not k.startswith(HEADER_PREFIX)]
+            original = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]
             origin = f"{record.topic}/{record.partition}/{record.offset}".encode()
-            headers = [*original, (REPLAYED_FROM, origin)]
-            futures.append(producer.send(target, key=record.key, value=record.value, headers=headers))
+            sent.append(producer.send(target, record.key, record.value, [*original, (REPLAYED_FROM, origin)]))
     if producer is not None:
-        producer.flush(timeout=SEND_TIMEOUT_S)
-        for future in futures:
+        with contextlib.suppress(ClientError):  # raised for the first failed send; each is counted below
+            producer.flush(SEND_TIMEOUT_S)
+        for one in sent:
             try:
-                future.get(timeout=SEND_TIMEOUT_S)
-            except Exception as err:  # every failed send is counted and reported, none hidden
+                one.offset(SEND_TIMEOUT_S)
+            except ClientError as err:  # every failed send is counted and reported, none hidden
                 report.failed += 1
-                log.error("replay send failed", error=type(err).__name__)
+                log.error("replay send failed", error=err.name)
     log.info("dlq replay finished", summary=report.describe())
     return report

@@ -22,13 +22,13 @@ import structlog
 from consumer.access import check_topic_access
 from consumer.clients import client_for
 from consumer.clients.seam import ClientError, Failure, GroupConsumer, Partition, Record
+from consumer.connecting import StopRequested, check_tls_material, with_backoff
 from consumer.dead_letters import DeadLetter, Stage
 from consumer.delivery import Delivery, delivery_for, is_fatal
 from consumer.fatal import FatalError
 from consumer.formats import DecodeError
 from consumer.formats.treatment import decode_treatment
 from consumer.health import Health
-from consumer.kafka_clients import POLL_MAX_RECORDS, StopRequested, check_tls_material, with_backoff
 from consumer.metrics import Metrics
 from consumer.pipeline import Outcome, Pipeline, Processed
 from consumer.settings import Settings
@@ -53,6 +53,7 @@ _CORRELATION_TEXT = re.compile(
 )
 LAG_REFRESH_S = 10.0  # end offsets cost a broker round trip; lag does not need sub-second detail
 LAG_RETRY_S = 1.0
+POLL_MAX_RECORDS = 500  # per poll; a batch (transaction) spans polls up to TDM_BATCH_MAX_RECORDS
 
 
 @dataclass
@@ -161,11 +162,16 @@ class Service:
             raise
         self._consumer = consumer
         try:
-            with_backoff(lambda: check_topic_access(s), "admin", s.retry_backoff_max_s, self._stop.is_set)
+            with_backoff(
+                lambda: check_topic_access(s, self.client), "admin", s.retry_backoff_max_s, self._stop.is_set
+            )
             topics, pattern = list(s.input_topics), s.input_pattern
             if s.patient_state:
                 state_topics = with_backoff(
-                    lambda: ensure_state_topics(s), "admin", s.retry_backoff_max_s, self._stop.is_set
+                    lambda: ensure_state_topics(s, self.client),
+                    "admin",
+                    s.retry_backoff_max_s,
+                    self._stop.is_set,
                 )
                 self.states = PatientStates(
                     s, state_topics, self.pipeline.ruleset, self.delivery, self.metrics

@@ -20,18 +20,31 @@ from confluent_kafka import (  # type: ignore[import-untyped]
     OFFSET_BEGINNING,
     OFFSET_STORED,
     Consumer,
+    ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
     Message,
+    TopicCollection,
 )
 from confluent_kafka import Producer as _Producer
 from confluent_kafka import TopicPartition as _TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[import-untyped]
 
-from consumer.clients.seam import ClientError, Failure, Partition, Rebalance, Record
+from consumer.clients.seam import (
+    ClientError,
+    Failure,
+    GroupInfo,
+    Member,
+    Partition,
+    Rebalance,
+    Record,
+    TopicInfo,
+    TopicSpec,
+)
 from consumer.settings import Settings
 
 T = TypeVar("T")
-CONNECT_TIMEOUT_S = 5.0  # as kafka-python's bootstrap time-out (kafka_clients.BOOTSTRAP_TIMEOUT_MS)
+CONNECT_TIMEOUT_S = 5.0  # as kafka-python's bootstrap time-out (kafka_python.BOOTSTRAP_TIMEOUT_MS)
 CALL_TIMEOUT_S = 30.0
 # librdkafka's own log lines, through the standard logging the service renders as JSON.
 _LOG = logging.getLogger("tdm_alerts.librdkafka")
@@ -277,6 +290,35 @@ class _Reader:
             for p in partitions
         }
 
+    def partitions_for(self, topic: str) -> list[int] | None:
+        metadata = _call(lambda: self._consumer.list_topics(topic, timeout=CALL_TIMEOUT_S), "describe topic")
+        found = metadata.topics.get(topic)
+        return (
+            None
+            if found is None or found.error is not None or not found.partitions
+            else sorted(found.partitions)
+        )
+
+    def beginning_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
+        return {
+            p: int(
+                _call(
+                    lambda p=p: self._consumer.get_watermark_offsets(  # type: ignore[misc]
+                        _theirs(p), timeout=CALL_TIMEOUT_S, cached=False
+                    ),
+                    "beginning offsets",
+                )[0]
+            )
+            for p in partitions
+        }
+
+    def offsets_for_time(self, partitions: Collection[Partition], ms: int) -> Mapping[Partition, int | None]:
+        found = _call(
+            lambda: self._consumer.offsets_for_times([_theirs(p, ms) for p in partitions], CALL_TIMEOUT_S),
+            "offsets for time",
+        )
+        return {_ours(tp): int(tp.offset) if tp.offset >= 0 else None for tp in found}
+
     def close(self) -> None:
         self._consumer.close()
 
@@ -462,6 +504,96 @@ class Producer:
         self._do(lambda: self._producer.abort_transaction(CALL_TIMEOUT_S), "abort")
 
 
+# librdkafka's group states in the words the Kafka protocol (and kafka-python) use.
+_GROUP_STATES = {
+    "STABLE": "Stable",
+    "PREPARING_REBALANCING": "PreparingRebalance",
+    "COMPLETING_REBALANCING": "CompletingRebalance",
+    "EMPTY": "Empty",
+    "DEAD": "Dead",
+}
+
+
+class Admin:
+    def __init__(self, settings: Settings) -> None:
+        self._errors = _Errors()
+        options = _options(settings, self._errors, "admin")
+        self._admin = _call(lambda: AdminClient(options), "connect")
+        _check_reachable(self._admin, self._errors, settings, "connect")
+
+    def describe_topics(self, topics: Collection[str]) -> Mapping[str, TopicInfo]:
+        futures = _call(
+            lambda: self._admin.describe_topics(
+                TopicCollection(list(topics)),
+                request_timeout=CALL_TIMEOUT_S,
+                include_authorized_operations=True,
+            ),
+            "describe topics",
+        )
+        info: dict[str, TopicInfo] = {}
+        for topic, future in futures.items():
+            try:
+                described = future.result()
+            except KafkaException as err:
+                error: KafkaError = err.args[0]
+                if not failure_of(error).fatal and failure_of(error) is not Failure.MISSING_TOPIC:
+                    raise _error(error, "describe topics") from err
+                info[topic] = TopicInfo(0, failure_of(error), error.name())
+                continue
+            operations = described.authorized_operations
+            info[topic] = TopicInfo(
+                len(described.partitions),
+                operations=None if operations is None else frozenset(op.name for op in operations),
+            )
+        return info
+
+    def create_topics(self, specs: Collection[TopicSpec]) -> None:
+        topics = [NewTopic(t.name, num_partitions=t.partitions, config=dict(t.config)) for t in specs]
+        futures = _call(
+            lambda: self._admin.create_topics(topics, request_timeout=CALL_TIMEOUT_S), "create topics"
+        )
+        for future in futures.values():
+            try:
+                future.result()
+            except KafkaException as err:
+                if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another instance won the race
+                    raise _error(err.args[0], "create topics") from err
+
+    def describe_group(self, group_id: str) -> GroupInfo:
+        future = _call(
+            lambda: self._admin.describe_consumer_groups([group_id], request_timeout=CALL_TIMEOUT_S)[
+                group_id
+            ],
+            "describe group",
+        )
+        described = _call(future.result, "describe group")
+        members = tuple(
+            Member(
+                member_id=m.member_id,
+                host=str(m.host).lstrip("/"),
+                partitions=tuple(
+                    sorted(_ours(tp) for tp in (m.assignment.topic_partitions if m.assignment else []))
+                ),
+            )
+            for m in described.members
+        )
+        state = described.state.name
+        return GroupInfo(_GROUP_STATES.get(state, state.title()), members)
+
+    def group_offsets(self, group_id: str) -> Mapping[Partition, int]:
+        future = _call(
+            lambda: self._admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group_id)], request_timeout=CALL_TIMEOUT_S
+            )[group_id],
+            "group offsets",
+        )
+        found = _call(future.result, "group offsets")
+        return {_ours(tp): int(tp.offset) for tp in found.topic_partitions or [] if tp.offset >= 0}
+
+    def close(self) -> None:
+        """Nothing to release: librdkafka's admin client closes when it is collected."""
+
+
 class ConfluentClient:
     name = "confluent-kafka"
 
@@ -481,3 +613,6 @@ class ConfluentClient:
 
     def transactional_producer(self, transactional_id: str) -> Producer:
         return Producer(self._settings, transactional_id)
+
+    def admin(self) -> Admin:
+        return Admin(self._settings)

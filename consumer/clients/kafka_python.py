@@ -12,18 +12,43 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TypeVar
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import errors as kafka_errors
+from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.producer.future import FutureRecordMetadata
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 
-from consumer.clients.seam import ClientError, Failure, Partition, Rebalance, Record
-from consumer.connection_failures import exception_chain
-from consumer.kafka_clients import BOOTSTRAP_TIMEOUT_MS, in_group, new_consumer, new_producer
+from consumer.clients.kafka_python_failures import WATCH, exception_chain
+from consumer.clients.seam import (
+    ClientError,
+    Failure,
+    GroupInfo,
+    Member,
+    Partition,
+    Rebalance,
+    Record,
+    TopicInfo,
+    TopicSpec,
+)
 from consumer.settings import Settings
 
 T = TypeVar("T")
+
+# How long one client waits for a first broker before we log and back off (kafka-python: 30 s).
+BOOTSTRAP_TIMEOUT_MS = 5000
+# Also the group's rebalance timeout: how long the broker holds a re-join open for members that
+# have not re-joined (kafka-python's default, 300 s, is as long as the watchdog's stall timeout).
+# The loop polls every 100 ms; a patient-state restore, the longest pause between polls,
+# replays ~25,000 patients a second.
+MAX_POLL_INTERVAL_MS = 60_000
+# kafka-python retries the first AddPartitionsToTxn of a transaction, which the broker refuses
+# while the previous one's markers are still being written, after retry_backoff_ms: with
+# the default 100 ms every transaction waited ~108 ms; with 10 ms it waits ~15 ms (measured
+# in docs/benchmarks.md). Other retries back off as briefly, against a local cluster.
+TRANSACTIONAL_RETRY_BACKOFF_MS = 10
+# Records per poll for the service's consumer (its loop asks for fewer as a batch fills).
+POLL_MAX_RECORDS = 500
 
 # First match wins, walking the exception and what it wraps (kafka-python wraps a fence seen
 # at send time in a plain KafkaError).
@@ -67,6 +92,25 @@ def _call(action: Callable[[], T], doing: str) -> T:
         return action()
     except kafka_errors.KafkaError as err:
         raise _raised(err, doing) from err
+
+
+def _connect(make: Callable[[], T]) -> T:
+    """Create a client. kafka-python reports every failed bootstrap as a time-out; the cause, if
+    the cluster refused us, is in its own log records (WATCH)."""
+    WATCH.take()  # forget what an earlier client's attempts left behind
+    try:
+        return make()
+    except (kafka_errors.KafkaTimeoutError, kafka_errors.KafkaConnectionError) as err:
+        cause, connections = WATCH.take()
+        if cause is None:
+            raise ClientError(
+                Failure.TRANSIENT, f"connect: {type(err).__name__}", name=type(err).__name__
+            ) from err
+        raise ClientError(
+            cause, f"connect: {cause.value}", name=type(err).__name__, connections=connections
+        ) from err
+    except kafka_errors.KafkaError as err:
+        raise _raised(err, "connect") from err
 
 
 def _ours(tp: TopicPartition) -> Partition:
@@ -132,6 +176,22 @@ class _Reader:
         ends = _call(lambda: self._consumer.end_offsets([_theirs(p) for p in partitions]), "end offsets")
         return {_ours(tp): int(end) for tp, end in ends.items()}
 
+    def partitions_for(self, topic: str) -> list[int] | None:
+        found = _call(lambda: self._consumer.partitions_for_topic(topic), "describe topic")
+        return sorted(found) if found else None
+
+    def beginning_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
+        starts = _call(
+            lambda: self._consumer.beginning_offsets([_theirs(p) for p in partitions]), "beginning offsets"
+        )
+        return {_ours(tp): int(start) for tp, start in starts.items()}
+
+    def offsets_for_time(self, partitions: Collection[Partition], ms: int) -> Mapping[Partition, int | None]:
+        found = _call(
+            lambda: self._consumer.offsets_for_times({_theirs(p): ms for p in partitions}), "offsets for time"
+        )
+        return {_ours(tp): None if at is None else int(at.offset) for tp, at in found.items()}
+
     def close(self) -> None:
         self._consumer.close(autocommit=False)
 
@@ -176,8 +236,8 @@ class Producer:
     aborts whatever a predecessor with the same id left open)."""
 
     def __init__(self, settings: Settings, transactional_id: str | None = None) -> None:
-        self._producer: KafkaProducer = _call(
-            lambda: new_producer(settings, transactional_id=transactional_id), "connect"
+        self._producer: KafkaProducer = _connect(
+            lambda: new_producer(settings, transactional_id=transactional_id)
         )
         if transactional_id is not None:
             try:
@@ -239,6 +299,68 @@ class Producer:
         _call(self._producer.abort_transaction, "abort")
 
 
+class Admin:
+    def __init__(self, admin: KafkaAdminClient) -> None:
+        self._admin = admin
+
+    def describe_topics(self, topics: Collection[str]) -> Mapping[str, TopicInfo]:
+        described = _call(lambda: self._admin.describe_topics(list(topics)), "describe topics")
+        found = {d["name"]: d for d in described}
+        info: dict[str, TopicInfo] = {}
+        for topic in topics:
+            d = found.get(topic, {"error_code": kafka_errors.UnknownTopicOrPartitionError.errno})
+            if code := d["error_code"]:
+                error = kafka_errors.for_code(code)
+                failure = (
+                    Failure.MISSING_TOPIC
+                    if error is kafka_errors.UnknownTopicOrPartitionError
+                    else failure_of(error())
+                )
+                info[topic] = TopicInfo(0, failure, error.__name__)
+            else:
+                operations = d.get("authorized_operations")
+                info[topic] = TopicInfo(
+                    len(d["partitions"]), operations=None if operations is None else frozenset(operations)
+                )
+        return info
+
+    def create_topics(self, specs: Collection[TopicSpec]) -> None:
+        topics = [NewTopic(t.name, t.partitions, -1, topic_configs=dict(t.config)) for t in specs]
+        try:
+            _call(lambda: self._admin.create_topics(topics), "create topics")
+        except ClientError as err:
+            if err.name != "TopicAlreadyExistsError":  # another instance won the race
+                raise
+
+    def describe_group(self, group_id: str) -> GroupInfo:
+        described = _call(lambda: self._admin.describe_groups([group_id]), "describe group")[group_id]
+        if described.get("error"):
+            raise ClientError(
+                Failure.TRANSIENT, f"describe group: {described['error']}", name="DescribeGroups"
+            )
+        members = []
+        for m in described.get("members", []):
+            assignment = m.get("member_assignment")
+            topics = assignment.get("assigned_partitions", []) if isinstance(assignment, dict) else []
+            members.append(
+                Member(
+                    member_id=str(m.get("member_id", "?")),
+                    host=str(m.get("client_host", "?")).lstrip("/"),
+                    partitions=tuple(
+                        sorted(Partition(t["topic"], p) for t in topics for p in t.get("partitions", []))
+                    ),
+                )
+            )
+        return GroupInfo(str(described.get("group_state") or "unknown"), tuple(members))
+
+    def group_offsets(self, group_id: str) -> Mapping[Partition, int]:
+        offsets = _call(lambda: self._admin.list_group_offsets(group_id), "group offsets").get(group_id, {})
+        return {_ours(tp): int(o.offset) for tp, o in offsets.items() if o.offset >= 0}
+
+    def close(self) -> None:
+        self._admin.close()
+
+
 class KafkaPythonClient:
     name = "kafka-python"
 
@@ -246,12 +368,12 @@ class KafkaPythonClient:
         self._settings = settings
 
     def group_consumer(self) -> GroupConsumer:
-        return GroupConsumer(_call(lambda: new_consumer(self._settings), "connect"))
+        return GroupConsumer(_connect(lambda: new_consumer(self._settings)))
 
     def reader(self, purpose: str) -> _Reader:
         s = self._settings
         return _Reader(
-            _call(
+            _connect(
                 lambda: KafkaConsumer(
                     bootstrap_servers=s.bootstrap_servers,
                     bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
@@ -261,8 +383,7 @@ class KafkaPythonClient:
                     auto_offset_reset="earliest",
                     isolation_level="read_committed",
                     **s.kafka_security(),
-                ),
-                "connect",
+                )
             )
         )
 
@@ -271,3 +392,67 @@ class KafkaPythonClient:
 
     def transactional_producer(self, transactional_id: str) -> Producer:
         return Producer(self._settings, transactional_id)
+
+    def admin(self) -> Admin:
+        return Admin(_connect(lambda: new_admin(self._settings)))
+
+
+def new_consumer(settings: Settings) -> KafkaConsumer:
+    return KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        group_id=settings.group_id,
+        client_id=f"{settings.client_id}-consumer",
+        enable_auto_commit=False,
+        auto_offset_reset=settings.auto_offset_reset,
+        isolation_level="read_committed",
+        max_poll_records=POLL_MAX_RECORDS,
+        max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.session_timeout_ms // 3,
+        **settings.kafka_security(),
+    )
+
+
+def in_group(consumer: KafkaConsumer) -> bool:
+    """A stable member of its group with a known coordinator (an idle member with no partitions is).
+
+    Safe from another thread: it reads the membership snapshot and the coordinator id, with no
+    I/O. The coordinator id is kafka-python's own attribute, read defensively: without it, the
+    membership state alone decides.
+    """
+    if consumer.group_metadata().state != MemberState.STABLE:
+        return False
+    coordinator = getattr(consumer, "_coordinator", None)
+    return getattr(coordinator, "coordinator_id", 0) is not None
+
+
+def new_producer(settings: Settings, transactional_id: str | None = None) -> KafkaProducer:
+    if transactional_id is not None:
+        extra: dict[str, object] = {
+            "retry_backoff_ms": TRANSACTIONAL_RETRY_BACKOFF_MS,
+            "transaction_timeout_ms": settings.transaction_timeout_ms,
+        }
+    else:
+        extra = {}
+    return KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        client_id=f"{settings.client_id}-producer",
+        acks="all",
+        enable_idempotence=True,
+        transactional_id=transactional_id,
+        linger_ms=5,
+        max_request_size=max(settings.max_message_bytes + 65_536, 1_048_576),
+        **settings.kafka_security(),
+        **extra,
+    )
+
+
+def new_admin(settings: Settings) -> KafkaAdminClient:
+    return KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        client_id=settings.client_id,
+        **settings.kafka_security(),
+    )

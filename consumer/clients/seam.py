@@ -12,9 +12,8 @@ Who uses what (today's call sites, all in `consumer/`):
   least once, Producer plus GroupConsumer.commit.
 - state/manager.py: an assigned Reader for the changelog restore; Sent.offset() for the
   changelog offset a write landed at.
-- access.py, state/topics.py, group_status.py, dead_letter_reader.py, replay.py and cli.py
-  (forget) still use kafka-python directly: they are admin and operator tools, which work
-  against any broker whichever client the service runs on. `Admin` is their planned seam.
+- access.py, state/topics.py, group_status.py: Admin.
+- dead_letter_reader.py, replay.py, cli.py (forget): Reader and Producer.
 
 kafka-python 3.0.12 needs two workarounds that stay in its adapter (see docs/benchmarks.md): a
 new transactional producer after every abort (refused TxnOffsetCommit offsets are otherwise
@@ -55,6 +54,7 @@ class Failure(enum.Enum):
     REBALANCED = "rebalanced"  # the group moved on (UnknownMemberId, IllegalGeneration): retry at once
     FENCED = "fenced"  # our transactional id's epoch was bumped (by the broker or another instance)
     AUTHENTICATION = "authentication"
+    SASL_MECHANISM = "sasl_mechanism"  # the broker does not offer TDM_SASL_MECHANISM
     TLS_TRUST = "tls_trust"
     TLS_HOSTNAME = "tls_hostname"
     TLS_CLIENT_CERTIFICATE = "tls_client_certificate"
@@ -78,19 +78,25 @@ class Failure(enum.Enum):
 
 # The failures that say why a connection was refused, as opposed to "nobody answered".
 CONNECTION_REFUSALS = frozenset(
-    {Failure.AUTHENTICATION, Failure.TLS_TRUST, Failure.TLS_HOSTNAME, Failure.TLS_CLIENT_CERTIFICATE}
+    {
+        Failure.AUTHENTICATION,
+        Failure.SASL_MECHANISM,
+        Failure.TLS_TRUST,
+        Failure.TLS_HOSTNAME,
+        Failure.TLS_CLIENT_CERTIFICATE,
+    }
 )
 
 
 class ClientError(Exception):
     """A failed client call. `detail` names positions and resources, never record contents."""
 
-    def __init__(self, failure: Failure, detail: str, name: str = "", resource: str | None = None) -> None:
+    def __init__(self, failure: Failure, detail: str, name: str = "", connections: int = 1) -> None:
         super().__init__(f"{failure.value}: {detail}")
         self.failure = failure
         self.detail = detail
         self.name = name or failure.value  # the client's own name for the error, for the operator
-        self.resource = resource  # the topic, group or transactional id concerned, if known
+        self.connections = connections  # how many connections a refusal failed (at least this one)
 
 
 class Rebalance(Protocol):
@@ -119,6 +125,14 @@ class Reader(Protocol):
 
     def position(self, partition: Partition) -> int:
         """The next offset to read: past the transaction markers and aborted records skipped."""
+
+    def partitions_for(self, topic: str) -> list[int] | None:
+        """The topic's partition numbers; None if it does not exist (or may not be described)."""
+
+    def beginning_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]: ...
+
+    def offsets_for_time(self, partitions: Collection[Partition], ms: int) -> Mapping[Partition, int | None]:
+        """The first offset at or after `ms` since the epoch; None past the last record."""
 
     def end_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
         """Last stable offsets (the readers are read_committed)."""
@@ -190,29 +204,38 @@ class TopicSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """A topic as DescribeTopics answers for this principal."""
+
+    partitions: int  # 0 when it cannot be described
+    failure: Failure | None = None  # MISSING_TOPIC, NOT_AUTHORISED_TOPIC, ...
+    error: str = ""  # the client's name for the failure
+    operations: frozenset[str] | None = None  # what we may do ("READ", "WRITE"), if the broker said
+
+
+@dataclass(frozen=True, slots=True)
 class Member:
     member_id: str
-    client_id: str
     host: str
-    partitions: frozenset[Partition]
+    partitions: tuple[Partition, ...]  # sorted
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    state: str  # as the broker names it: Stable, PreparingRebalance, Empty, Dead, ...
+    members: tuple[Member, ...]
 
 
 class Admin(Protocol):
-    """Planned: the seam for the admin and operator tools (they use kafka-python today)."""
+    def describe_topics(self, topics: Collection[str]) -> Mapping[str, TopicInfo]: ...
 
-    def partitions(self, topics: Collection[str]) -> Mapping[str, int | Failure]:
-        """Partition count per topic, or why it cannot be described (missing, not authorised)."""
+    def create_topics(self, specs: Collection[TopicSpec]) -> None:
+        """Create them; one that exists already (another instance won the race) is no failure."""
 
-    def create_topics(self, specs: Collection[TopicSpec]) -> Mapping[str, Failure | None]: ...
+    def describe_group(self, group_id: str) -> GroupInfo: ...
 
-    def group(self, group_id: str) -> tuple[str, Sequence[Member]]:
-        """The group's state and its members."""
-
-    def committed(
-        self, group_id: str, partitions: Collection[Partition]
-    ) -> Mapping[Partition, int | None]: ...
-
-    def end_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]: ...
+    def group_offsets(self, group_id: str) -> Mapping[Partition, int]:
+        """The group's committed offsets (partitions it never committed are absent)."""
 
     def close(self) -> None: ...
 
@@ -229,3 +252,5 @@ class Client(Protocol):
     def producer(self) -> Producer: ...
 
     def transactional_producer(self, transactional_id: str) -> TransactionalProducer: ...
+
+    def admin(self) -> Admin: ...

@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import structlog
-from kafka import errors as kafka_errors
-from kafka.admin import NewTopic
 
+from consumer.clients.seam import Client, ClientError, Failure, TopicSpec
 from consumer.fatal import FatalError
-from consumer.kafka_clients import new_admin
 from consumer.settings import Settings
 
 log = structlog.get_logger("tdm_alerts.state")
@@ -48,20 +46,17 @@ def state_topics(settings: Settings) -> StateTopics:
     return StateTopics(patients=f"{settings.group_id}.patient-results", changelog=changelog, repartition=True)
 
 
-def ensure_state_topics(settings: Settings) -> StateTopics:
+def ensure_state_topics(settings: Settings, client: Client) -> StateTopics:
     """Create the internal topics if missing (and allowed); check their partition counts agree."""
     topics = state_topics(settings)
-    admin = new_admin(settings)
+    admin = client.admin()
     try:
         partitions = settings.state_partitions
         if not topics.repartition:
-            described = admin.describe_topics([topics.patients])[0]
-            if described["error_code"] != 0:
-                raise FatalError(
-                    f"input topic {topics.patients} cannot be described: "
-                    f"{kafka_errors.for_code(described['error_code']).__name__}"
-                )
-            partitions = len(described["partitions"])
+            keyed = admin.describe_topics([topics.patients])[topics.patients]
+            if keyed.failure is not None:
+                raise FatalError(f"input topic {topics.patients} cannot be described: {keyed.error}")
+            partitions = keyed.partitions
         wanted = [InternalTopic(topics.changelog, partitions, {"cleanup.policy": "compact"})]
         if topics.repartition:
             wanted.append(
@@ -71,25 +66,20 @@ def ensure_state_topics(settings: Settings) -> StateTopics:
                     {"cleanup.policy": "delete", "retention.ms": str(REPARTITION_RETENTION_MS)},
                 )
             )
-        found = {d["name"]: d for d in admin.describe_topics([t.name for t in wanted])}
-        missing = [t for t in wanted if found.get(t.name, {}).get("error_code") != 0]
+        found = admin.describe_topics([t.name for t in wanted])
+        missing = [t for t in wanted if found[t.name].failure is not None]
         if missing and settings.create_internal_topics:
             try:
-                admin.create_topics(
-                    [NewTopic(t.name, t.partitions, -1, topic_configs=t.configs) for t in missing]
-                )
+                admin.create_topics([TopicSpec(t.name, t.partitions, t.configs) for t in missing])
                 log.info("internal topics created", topics=[t.describe() for t in missing])
-            except kafka_errors.TopicAlreadyExistsError:
-                pass  # another instance won the race
-            except (
-                kafka_errors.TopicAuthorizationFailedError,
-                kafka_errors.ClusterAuthorizationFailedError,
-            ) as err:
-                raise _create_them(missing, type(err).__name__) from None
-            found = {d["name"]: d for d in admin.describe_topics([t.name for t in wanted])}
+            except ClientError as err:
+                if err.failure not in (Failure.NOT_AUTHORISED_TOPIC, Failure.NOT_AUTHORISED_CLUSTER):
+                    raise
+                raise _create_them(missing, err.name) from None
+            found = admin.describe_topics([t.name for t in wanted])
         elif missing:
             raise _create_them(missing, "TDM_CREATE_INTERNAL_TOPICS is false")
-        counts = {t.name: len(found[t.name]["partitions"]) for t in wanted}
+        counts = {t.name: found[t.name].partitions for t in wanted}
         if len(set(counts.values())) != 1 or partitions not in counts.values():
             raise FatalError(
                 "internal topics must have the same number of partitions as each other and as "

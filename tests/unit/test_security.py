@@ -9,10 +9,10 @@ import pytest
 from kafka import errors as kafka_errors
 
 from consumer.cli import main
-from consumer.clients.seam import Record
-from consumer.connection_failures import Cause, FailureWatch, classify
+from consumer.clients.kafka_python_failures import FailureWatch, classify
+from consumer.clients.seam import Failure, Record
+from consumer.connecting import check_tls_material
 from consumer.fatal import FatalError
-from consumer.kafka_clients import check_tls_material
 from consumer.service import correlation_id
 from consumer.settings import Settings
 
@@ -64,27 +64,27 @@ def test_sasl_protocol_without_a_mechanism_is_a_clear_error(monkeypatch):
 @pytest.mark.parametrize(
     ("error", "cause"),
     [
-        (kafka_errors.SaslAuthenticationFailedError("invalid credentials"), Cause.AUTHENTICATION),
-        (kafka_errors.UnsupportedSaslMechanismError("no SCRAM"), Cause.SASL_MECHANISM),
+        (kafka_errors.SaslAuthenticationFailedError("invalid credentials"), Failure.AUTHENTICATION),
+        (kafka_errors.UnsupportedSaslMechanismError("no SCRAM"), Failure.SASL_MECHANISM),
         (
             kafka_errors.KafkaConnectionError(
                 "Handshake failed: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
                 "unable to get local issuer certificate"
             ),
-            Cause.TLS_TRUST,
+            Failure.TLS_TRUST,
         ),
         (
             kafka_errors.KafkaConnectionError(
                 "Handshake failed: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
                 "IP address mismatch, certificate is not valid for '127.0.0.1'"
             ),
-            Cause.TLS_HOSTNAME,
+            Failure.TLS_HOSTNAME,
         ),
         (
             kafka_errors.KafkaConnectionError(
                 ssl.SSLError(1, "[SSL: SSLV3_ALERT_BAD_CERTIFICATE] bad certificate")
             ),
-            Cause.TLS_CLIENT_CERTIFICATE,
+            Failure.TLS_CLIENT_CERTIFICATE,
         ),
         (kafka_errors.KafkaConnectionError("socket disconnected"), None),
         (ConnectionRefusedError(111, "Connection refused"), None),
@@ -103,7 +103,7 @@ def test_the_watch_counts_one_failure_per_exception_however_often_it_is_logged()
         for error in (first, first, first, second):  # kafka-python logs one failure three times
             log.error("Connection lost: %s", error)
         log.error("Connection lost: %s", kafka_errors.KafkaConnectionError("Connection refused"))
-        assert watch.take() == (Cause.AUTHENTICATION, 2)
+        assert watch.take() == (Failure.AUTHENTICATION, 2)
         assert watch.take() == (None, 0)
     finally:
         log.removeHandler(watch)
@@ -171,7 +171,7 @@ class _Connection:
 @pytest.mark.parametrize(
     ("connection", "cause"),
     [
-        (_Connection(sasl=True, versions_exchanged=True, init_failed=True), Cause.AUTHENTICATION),
+        (_Connection(sasl=True, versions_exchanged=True, init_failed=True), Failure.AUTHENTICATION),
         (_Connection(sasl=False, versions_exchanged=True, init_failed=True), None),  # no SASL to refuse
         (_Connection(sasl=True, versions_exchanged=False, init_failed=True), None),  # never got that far
     ],

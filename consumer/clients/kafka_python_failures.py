@@ -1,9 +1,9 @@
-"""Why a connection to Kafka failed, told apart from "the cluster is unreachable".
+"""Why a kafka-python connection failed, told apart from "the cluster is unreachable".
 
 kafka-python 3 reports every failed bootstrap as the same time-out; the reason (a rejected
 password, a certificate nobody trusts) only appears in its own log records. A handler on its
-logger reads the exceptions those records carry, so the service can say what is wrong and
-stop, instead of retrying for ever with "brokers unreachable".
+logger reads the exceptions those records carry, so the adapter can raise the cause and the
+service can say what is wrong and stop, instead of retrying for ever with "brokers unreachable".
 """
 
 from __future__ import annotations
@@ -11,31 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from enum import StrEnum
 
 from kafka import errors as kafka_errors
 
-
-class Cause(StrEnum):
-    AUTHENTICATION = "authentication"
-    SASL_MECHANISM = "sasl_mechanism"
-    TLS_TRUST = "tls_trust"
-    TLS_HOSTNAME = "tls_hostname"
-    TLS_CLIENT_CERTIFICATE = "tls_client_certificate"
-
-
-ADVICE = {
-    Cause.AUTHENTICATION: "the broker rejected the SASL credentials; check TDM_SASL_USERNAME, "
-    "TDM_SASL_PASSWORD (or TDM_SASL_PASSWORD_FILE) and TDM_SASL_MECHANISM",
-    Cause.SASL_MECHANISM: "the broker does not offer the SASL mechanism in TDM_SASL_MECHANISM",
-    Cause.TLS_TRUST: "the broker's certificate is not signed by a CA we trust; check TDM_SSL_CAFILE "
-    "(the CA that signed the broker certificates)",
-    Cause.TLS_HOSTNAME: "the broker's certificate does not name the host we connected to; use the "
-    "host name the certificate was issued for in TDM_BOOTSTRAP_SERVERS (TDM_SSL_CHECK_HOSTNAME=false "
-    "turns the check off, which is not safe outside a test)",
-    Cause.TLS_CLIENT_CERTIFICATE: "the broker refused our client certificate (missing, expired or "
-    "signed by a CA it does not trust); check TDM_SSL_CERTFILE and TDM_SSL_KEYFILE",
-}
+from consumer.clients.seam import Failure
 
 # OpenSSL alert reasons a server sends when it does not accept the client's certificate.
 _CLIENT_CERT_ALERTS = (
@@ -63,18 +42,18 @@ def exception_chain(error: BaseException) -> Iterator[BaseException]:
         pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
 
 
-def classify(error: BaseException) -> Cause | None:
+def classify(error: BaseException) -> Failure | None:
     """The cause of a failed connection, or None when it looks like plain unreachability."""
     for part in exception_chain(error):
         if isinstance(part, kafka_errors.SaslAuthenticationFailedError):
-            return Cause.AUTHENTICATION
+            return Failure.AUTHENTICATION
         if isinstance(part, kafka_errors.UnsupportedSaslMechanismError):
-            return Cause.SASL_MECHANISM
+            return Failure.SASL_MECHANISM
         text = str(part)
         if "CERTIFICATE_VERIFY_FAILED" in text:
-            return Cause.TLS_HOSTNAME if "mismatch" in text else Cause.TLS_TRUST
+            return Failure.TLS_HOSTNAME if "mismatch" in text else Failure.TLS_TRUST
         if any(alert in text for alert in _CLIENT_CERT_ALERTS):
-            return Cause.TLS_CLIENT_CERTIFICATE
+            return Failure.TLS_CLIENT_CERTIFICATE
     return None
 
 
@@ -108,7 +87,7 @@ class FailureWatch(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.WARNING)
         self._lock = threading.Lock()
-        self._seen: dict[Cause, list[BaseException]] = {}
+        self._seen: dict[Failure, list[BaseException]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         errors = (
@@ -124,14 +103,14 @@ class FailureWatch(logging.Handler):
         for error in errors:
             cause = classify(error)
             if cause is None and closed_during_sasl and isinstance(error, kafka_errors.KafkaConnectionError):
-                cause = Cause.AUTHENTICATION
+                cause = Failure.AUTHENTICATION
             if cause is not None:
                 with self._lock:
                     known = self._seen.setdefault(cause, [])
                     if not any(error is k for k in known):
                         known.append(error)
 
-    def take(self) -> tuple[Cause | None, int]:
+    def take(self) -> tuple[Failure | None, int]:
         """The most frequent cause since the previous call, and how many connections it failed."""
         with self._lock:
             seen, self._seen = self._seen, {}
