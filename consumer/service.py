@@ -13,6 +13,7 @@ import contextlib
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -493,8 +494,11 @@ class Service:
         """Count a batch only once it is committed, so a retried batch is not counted twice."""
         m = self.metrics
         now = time.time()
+        # Counted per batch: a labelled inc costs ~3.5 us, a tenth of a skipped message's work.
+        consumed = Counter((record.topic, result.outcome.value) for record, result in processed)
+        for (topic, outcome), count in consumed.items():
+            m.messages.labels(topic, outcome).inc(count)
         for record, result in processed:
-            m.messages.labels(record.topic, result.outcome.value).inc()
             m.processing_seconds.observe(result.seconds)
             if result.dead_letter is None:
                 m.decode_seconds.observe(result.decode_seconds)
