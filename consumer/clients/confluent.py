@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
-from confluent_kafka import (  # type: ignore[import-untyped]
+from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_STORED,
     Consumer,
@@ -28,7 +28,7 @@ from confluent_kafka import (  # type: ignore[import-untyped]
 )
 from confluent_kafka import Producer as _Producer
 from confluent_kafka import TopicPartition as _TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[import-untyped]
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.clients.seam import (
     ClientError,
