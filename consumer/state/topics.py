@@ -7,16 +7,19 @@ lists each with its partitions and cleanup policy, so an operator can create the
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import structlog
 
-from consumer.clients.seam import Client, ClientError, Failure, TopicSpec
+from consumer.clients.seam import Admin, Client, ClientError, Failure, TopicInfo, TopicSpec
 from consumer.fatal import FatalError
 from consumer.settings import Settings
 
 log = structlog.get_logger("tdm_alerts.state")
 REPARTITION_RETENTION_MS = 7 * 24 * 3600 * 1000  # read within seconds; a week covers any outage
+CREATE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -76,9 +79,10 @@ def ensure_state_topics(settings: Settings, client: Client) -> StateTopics:
                 if err.failure not in (Failure.NOT_AUTHORISED_TOPIC, Failure.NOT_AUTHORISED_CLUSTER):
                     raise
                 raise _create_them(missing, err.name) from None
-            found = admin.describe_topics([t.name for t in wanted])
         elif missing:
             raise _create_them(missing, "TDM_CREATE_INTERNAL_TOPICS is false")
+        # Just created, by us or by another instance starting at the same time.
+        found = _created(admin, [t.name for t in wanted])
         counts = {t.name: found[t.name].partitions for t in wanted}
         if len(set(counts.values())) != 1 or partitions not in counts.values():
             raise FatalError(
@@ -88,6 +92,20 @@ def ensure_state_topics(settings: Settings, client: Client) -> StateTopics:
     finally:
         admin.close()
     return topics
+
+
+def _created(admin: Admin, names: list[str]) -> Mapping[str, TopicInfo]:
+    """The topics as described once they all have partitions: a broker can describe a topic that
+    was just created with none yet (seen with librdkafka on Kafka 4.1). At once if they do."""
+    deadline = time.monotonic() + CREATE_WAIT_S
+    while True:
+        found = admin.describe_topics(names)
+        if (
+            all(found[n].failure is None and found[n].partitions for n in names)
+            or time.monotonic() > deadline
+        ):
+            return found
+        time.sleep(0.2)
 
 
 def _create_them(missing: list[InternalTopic], why: str) -> FatalError:
