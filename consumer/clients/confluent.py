@@ -279,26 +279,18 @@ class _Reader:
         )
         if committed.offset >= 0:
             return int(committed.offset)
-        low, _ = _call(
-            lambda: self._consumer.get_watermark_offsets(_theirs(partition), CALL_TIMEOUT_S, False),
-            "position",
+        return self._watermarks(partition, "position")[0]
+
+    def _watermarks(self, partition: Partition, doing: str) -> tuple[int, int]:
+        """The log start and end, queried (not cached); the end is the last stable offset for
+        a read_committed consumer."""
+        low, high = _call(
+            lambda: self._consumer.get_watermark_offsets(_theirs(partition), CALL_TIMEOUT_S, False), doing
         )
-        return int(low)
+        return int(low), int(high)
 
     def end_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
-        # Not cached: a query to the leader, answered with the last stable offset for a
-        # read_committed consumer.
-        return {
-            p: int(
-                _call(
-                    lambda p=p: self._consumer.get_watermark_offsets(  # type: ignore[misc]
-                        _theirs(p), timeout=CALL_TIMEOUT_S, cached=False
-                    ),
-                    "end offsets",
-                )[1]
-            )
-            for p in partitions
-        }
+        return {p: self._watermarks(p, "end offsets")[1] for p in partitions}
 
     def partitions_for(self, topic: str) -> list[int] | None:
         metadata = _call(lambda: self._consumer.list_topics(topic, timeout=CALL_TIMEOUT_S), "describe topic")
@@ -310,17 +302,7 @@ class _Reader:
         )
 
     def beginning_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
-        return {
-            p: int(
-                _call(
-                    lambda p=p: self._consumer.get_watermark_offsets(  # type: ignore[misc]
-                        _theirs(p), timeout=CALL_TIMEOUT_S, cached=False
-                    ),
-                    "beginning offsets",
-                )[0]
-            )
-            for p in partitions
-        }
+        return {p: self._watermarks(p, "beginning offsets")[0] for p in partitions}
 
     def offsets_for_time(self, partitions: Collection[Partition], ms: int) -> Mapping[Partition, int | None]:
         found = _call(
