@@ -90,8 +90,9 @@ def failure_of(error: KafkaError) -> Failure:
         return Failure.AUTHENTICATION
     if error.code() == KafkaError._FATAL and "fenced" in text:
         return Failure.FENCED
-    if error.fatal():
-        return Failure.UNSUPPORTED  # librdkafka's own fatal errors: nothing a retry fixes
+    # Any other error librdkafka calls fatal (INVALID_TXN_STATE after a broker restart, say)
+    # makes this producer unusable, not the service: the delivery replaces a producer whose
+    # abort fails, and the new one fences the old epoch. Fences and refusals are mapped above.
     return Failure.TRANSIENT
 
 

@@ -38,6 +38,15 @@ def test_librdkafka_errors_read_as_the_service_decides(code, text, failure):
     assert failure_of(KafkaError(code, text)) is failure
 
 
+def test_a_producer_librdkafka_calls_fatal_is_replaced_not_the_service_stopped():
+    """INVALID_TXN_STATE after a broker restart (seen in the suite): the delivery replaces the
+    producer whose abort fails; exiting with 'restarting will not help' was wrong."""
+    error = KafkaError(KafkaError.INVALID_TXN_STATE, "Failed to end transaction", fatal=True)
+    assert error.fatal() and failure_of(error) is Failure.TRANSIENT
+    fenced = KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
+    assert failure_of(fenced) is Failure.FENCED  # still decided by the transaction's age
+
+
 def test_only_transient_and_rebalance_failures_are_retried_in_place():
     assert {f for f in Failure if f.retried} == {Failure.TRANSIENT, Failure.REBALANCED}
 
