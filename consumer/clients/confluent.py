@@ -123,6 +123,10 @@ class _Errors:
         if error.fatal():
             self.fatal = error
 
+    def resolve(self, error: KafkaError) -> KafkaError:
+        """A call or delivery report says only _FATAL; the callback heard which error it was."""
+        return (self.fatal or error) if error.code() == KafkaError._FATAL else error
+
 
 def _options(settings: Settings, errors: _Errors, purpose: str) -> dict[str, Any]:
     """librdkafka configuration for the shared settings (bootstrap, identity, TLS/SASL)."""
@@ -387,10 +391,8 @@ class _Sent:
         self._offset = None if error is not None else message.offset()
 
     def offset(self, timeout_s: float) -> int:
-        if (error := self._error) is not None:
-            if error.code() == KafkaError._FATAL:
-                error = self._errors.fatal or error
-            raise _error(error, "send")
+        if self._error is not None:
+            raise _error(self._errors.resolve(self._error), "send")
         if self._offset is None:
             raise ClientError(Failure.TRANSIENT, "send: not acknowledged (flush first)")
         return self._offset
@@ -426,12 +428,9 @@ class Producer:
         try:
             return action()
         except KafkaException as err:
-            error: KafkaError = err.args[0]
-            if error.code() == KafkaError._FATAL:
-                # The call says only "fatal"; the error callback hears which (a fence, say).
-                self._producer.poll(0)
-                error = self._errors.fatal or error
-            raise _error(error, doing) from err
+            if err.args[0].code() == KafkaError._FATAL:
+                self._producer.poll(0)  # serves the error callback, which heard which error
+            raise _error(self._errors.resolve(err.args[0]), doing) from err
 
     def send(
         self,

@@ -82,7 +82,7 @@ def ensure_state_topics(settings: Settings, client: Client) -> StateTopics:
         elif missing:
             raise _create_them(missing, "TDM_CREATE_INTERNAL_TOPICS is false")
         # Just created, by us or by another instance starting at the same time.
-        found = _created(admin, [t.name for t in wanted])
+        found = _with_partitions(admin, [t.name for t in wanted], None if missing else found)
         counts = {t.name: found[t.name].partitions for t in wanted}
         if len(set(counts.values())) != 1 or partitions not in counts.values():
             raise FatalError(
@@ -94,17 +94,21 @@ def ensure_state_topics(settings: Settings, client: Client) -> StateTopics:
     return topics
 
 
-def _created(admin: Admin, names: list[str]) -> Mapping[str, TopicInfo]:
+def _with_partitions(
+    admin: Admin, names: list[str], found: Mapping[str, TopicInfo] | None
+) -> Mapping[str, TopicInfo]:
     """The topics as described once they all have partitions: a broker can describe a topic that
-    was just created with none yet (seen with librdkafka on Kafka 4.1). At once if they do."""
+    was just created with none yet (seen with librdkafka on Kafka 4.1). `found`, a description
+    already in hand, is checked first instead of asking again."""
     deadline = time.monotonic() + CREATE_WAIT_S
     while True:
-        found = admin.describe_topics(names)
+        found = found or admin.describe_topics(names)
         if (
             all(found[n].failure is None and found[n].partitions for n in names)
             or time.monotonic() > deadline
         ):
             return found
+        found = None
         time.sleep(0.2)
 
 
