@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
@@ -80,6 +81,10 @@ def test_end_offsets_are_the_last_stable_offset_and_positions_pass_commit_marker
                 break
         assert read == [b"v", b"v", b"v"] and reader.position(partition) == 6
         transactional.commit()
+        # The broker writes the commit marker after EndTxn answers; the LSO moves once it has.
+        deadline = time.monotonic() + 10
+        while reader.end_offsets([partition]) != {partition: 8} and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert reader.end_offsets([partition]) == {partition: 8}
     finally:
         reader.close()
