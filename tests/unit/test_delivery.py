@@ -21,12 +21,23 @@ def fenced() -> ClientError:
 class _Producer:
     """Stands in for the seam's transactional producer, whose abort fails the way the broker makes it."""
 
-    def __init__(self, abort_error: Exception | None = None) -> None:
+    def __init__(self, abort_error: Exception | None = None, transactional_id: str = "") -> None:
         self.abort_error = abort_error
+        self.transactional_id = transactional_id
         self.closed = False
+        self.committed = 0
 
     def begin(self) -> None:
         pass
+
+    def flush(self, timeout_s: float) -> None:
+        pass
+
+    def send_offsets(self, offsets: object, group: object) -> None:
+        pass
+
+    def commit(self) -> None:
+        self.committed += 1
 
     def abort(self) -> None:
         if self.abort_error is not None:
@@ -38,6 +49,18 @@ class _Producer:
 
 class _Client:
     name = "fake"
+
+    def __init__(self) -> None:
+        self.claimed: list[str] = []
+
+    def transactional_producer(self, transactional_id: str) -> _Producer:
+        self.claimed.append(transactional_id)
+        return _Producer(transactional_id=transactional_id)
+
+
+class _Consumer:
+    def group_metadata(self) -> object:
+        return object()
 
 
 @pytest.fixture(autouse=True)
@@ -118,3 +141,40 @@ def test_a_producer_is_not_reused_after_an_abort(clock):
 def test_at_least_once_has_no_fences(monkeypatch):
     monkeypatch.setenv("TDM_DELIVERY", "at_least_once")
     assert not delivery.delivery_for(Settings(), _Client()).survive_fence(fenced())  # type: ignore[arg-type]
+
+
+def test_two_transactional_ids_are_claimed_at_start_and_used_in_turn(monkeypatch):
+    """Back to back on one id, a transaction waits for the broker to finish the previous one
+    (CONCURRENT_TRANSACTIONS); the other id's last transaction has always finished."""
+    monkeypatch.setenv("TDM_GROUP_ID", "g")
+    monkeypatch.setenv("TDM_INSTANCE_ID", "pod-0")
+    client = _Client()
+    transactional = TransactionalDelivery(Settings(), client)  # type: ignore[arg-type]
+    transactional.connect()
+    assert client.claimed == ["g-pod-0", "g-pod-0/1"]  # both fenced and aborted before any batch
+    used = []
+    for _ in range(4):
+        transactional.begin()
+        used.append(transactional.producer.transactional_id)
+        transactional.commit({}, _Consumer())  # type: ignore[arg-type]
+    assert used == ["g-pod-0", "g-pod-0/1", "g-pod-0", "g-pod-0/1"]
+    assert client.claimed == ["g-pod-0", "g-pod-0/1"]  # no producer made after the start
+
+
+def test_an_abort_replaces_only_the_lane_in_use(clock):
+    client = _Client()
+    transactional = TransactionalDelivery(Settings(), client)  # type: ignore[arg-type]
+    transactional.connect()
+    transactional.begin()
+    transactional.commit({}, _Consumer())  # type: ignore[arg-type]
+    transactional.begin()
+    failing = transactional.producer
+    transactional.abort()
+    assert failing.closed
+    transactional.begin()  # the same lane again, with a new producer under the same id
+    assert transactional.producer is not failing
+    assert transactional.producer.transactional_id == failing.transactional_id
+    resting = transactional._resting
+    assert resting is not None and not resting.closed
+    transactional.close()
+    assert resting.closed and transactional._resting is None and transactional._producer is None
