@@ -31,6 +31,8 @@ from confluent_kafka import TopicPartition as _TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.clients.seam import (
+    FETCH_MAX_WAIT_MS,
+    FETCH_MIN_BYTES,
     ClientError,
     Failure,
     GroupInfo,
@@ -330,6 +332,8 @@ class GroupConsumer(_Reader):
             # The group's state (readiness) arrives with the statistics, served by poll.
             "statistics.interval.ms": 1000,
             "stats_cb": self._stats,
+            "fetch.wait.max.ms": FETCH_MAX_WAIT_MS,
+            "fetch.min.bytes": FETCH_MIN_BYTES,
         }
         if settings.group_protocol == "consumer":
             extra["group.protocol"] = "consumer"  # KIP-848: the broker assigns, incrementally

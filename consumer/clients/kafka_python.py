@@ -21,6 +21,8 @@ from kafka.structs import MemberState, OffsetAndMetadata
 
 from consumer.clients.kafka_python_failures import WATCH, exception_chain
 from consumer.clients.seam import (
+    FETCH_MAX_WAIT_MS,
+    FETCH_MIN_BYTES,
     ClientError,
     Failure,
     GroupInfo,
@@ -407,6 +409,8 @@ def new_consumer(settings: Settings) -> KafkaConsumer:
         auto_offset_reset=settings.auto_offset_reset,
         isolation_level="read_committed",
         max_poll_records=POLL_MAX_RECORDS,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        fetch_min_bytes=FETCH_MIN_BYTES,
         max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.session_timeout_ms // 3,
