@@ -7,7 +7,8 @@ an accession or free text.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -20,12 +21,55 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily
 
 # Per-message work is tens of microseconds to a few milliseconds; batches take longer.
 _MESSAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
 # End to end includes time waiting in the topic: sub-second when keeping up, minutes when behind.
 _END_TO_END_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 _BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class BatchHistogram:
+    """A histogram observed a batch at a time, exposed as prometheus_client's Histogram is.
+
+    prometheus_client's `observe` takes ~2 us (a lock and a search in Python), and four per
+    message were ~7% of the loop's time on a feed that is 99% skipped. Here a batch's values
+    are binned with the C bisect and added under one lock.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry
+    ) -> None:
+        self._name, self._documentation = name, documentation
+        self._bounds = tuple(sorted(buckets))
+        self._counts = [0] * (len(self._bounds) + 1)  # the last is +Inf only
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.observe_all((value,))
+
+    def observe_all(self, values: Iterable[float]) -> None:
+        counts = [0] * len(self._counts)
+        total = 0.0
+        bounds = self._bounds
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1  # the first bound >= value: le is inclusive
+            total += value
+        with self._lock:
+            self._counts = [a + b for a, b in zip(self._counts, counts, strict=True)]
+            self._sum += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, running = [], 0
+        for bound, count in zip([*self._bounds, float("inf")], counts, strict=True):
+            running += count
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        yield HistogramMetricFamily(self._name, self._documentation, buckets=cumulative, sum_value=total)
 
 
 class Metrics:
@@ -96,25 +140,25 @@ class Metrics:
         self.state_forgotten = Counter(
             "tdm_state_forgotten_patients", "Patient states removed by a forget request.", registry=r
         )
-        self.processing_seconds = Histogram(
+        self.processing_seconds = BatchHistogram(
             "tdm_message_processing_seconds",
             "Intake, decode and interpret time per message.",
             buckets=_MESSAGE_BUCKETS,
             registry=r,
         )
-        self.decode_seconds = Histogram(
+        self.decode_seconds = BatchHistogram(
             "tdm_decode_seconds",
             "Decode time per message (bytes to the lab results that concern infliximab).",
             buckets=_MESSAGE_BUCKETS,
             registry=r,
         )
-        self.interpret_seconds = Histogram(
+        self.interpret_seconds = BatchHistogram(
             "tdm_interpret_seconds",
             "Interpretation and alert-building time per decoded message.",
             buckets=_MESSAGE_BUCKETS,
             registry=r,
         )
-        self.end_to_end_seconds = Histogram(
+        self.end_to_end_seconds = BatchHistogram(
             "tdm_end_to_end_seconds",
             "From a lab message's Kafka timestamp to the commit of its outputs (alerts readable).",
             buckets=_END_TO_END_BUCKETS,

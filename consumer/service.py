@@ -535,14 +535,19 @@ class Service:
         consumed = Counter((record.topic, result.outcome.value) for record, result in processed)
         for (topic, outcome), count in consumed.items():
             m.messages.labels(topic, outcome).inc(count)
+        m.processing_seconds.observe_all(result.seconds for _, result in processed)
+        read = [result for _, result in processed if result.dead_letter is None]
+        m.decode_seconds.observe_all(result.decode_seconds for result in read)
+        m.interpret_seconds.observe_all(result.interpret_seconds for result in read)
+        internal = self.states.topics.patients if self.states is not None else None
+        m.end_to_end_seconds.observe_all(
+            max(now - record.timestamp_ms / 1000, 0.0)
+            for record, result in processed
+            if record.timestamp_ms is not None and (record.topic != internal or result.alerts)
+        )
         for record, result in processed:
-            m.processing_seconds.observe(result.seconds)
-            if result.dead_letter is None:
-                m.decode_seconds.observe(result.decode_seconds)
-                m.interpret_seconds.observe(result.interpret_seconds)
-            internal = self.states is not None and record.topic == self.states.topics.patients
-            if record.timestamp_ms is not None and (not internal or result.alerts):
-                m.end_to_end_seconds.observe(max(now - record.timestamp_ms / 1000, 0.0))
+            if result.outcome is Outcome.SKIPPED and not result.recognition_gap:
+                continue  # nearly every record: nothing more to count or log
             if result.recognition_gap:
                 m.recognition_gaps.labels(record.topic).inc()
                 log.warning(

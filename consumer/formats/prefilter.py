@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+import ahocorasick
+
 from interpretation.ruleset import Recognition
 
 _HL7_HEADERS = (b"MSH", b"FHS", b"BHS")
@@ -35,6 +37,24 @@ class Prefilter:
         # 1 kB message); a substring test per name's longest word rules out almost every
         # message first, and the expression only confirms the rare candidate.
         self._anchors = tuple({max(ws, key=len).encode() for ws in words if ws})
+        # Every code and anchor in one pass over the case-folded bytes (Aho-Corasick, in C):
+        # 17 substring searches were ~20 us of a skipped message's ~50; the pass is ~9 us.
+        # Case-folding makes it one-sided like the rest: a code found only in another case is
+        # checked exactly below, and nothing the exact checks would find can be missed.
+        self._any_word: ahocorasick.Automaton | None = None
+        if words_in_bytes := {*(c.lower() for c in self._codes), *self._anchors}:
+            self._any_word = ahocorasick.Automaton()
+            for word in words_in_bytes:
+                self._any_word.add_word(word.decode("latin-1"), None)  # byte for byte
+            self._any_word.make_automaton()
+
+    def _mentions_a_word(self, data: bytes) -> bool:
+        """Whether a code or a name's anchor occurs in `data`, ignoring case."""
+        if self._any_word is None:
+            return False
+        for _ in self._any_word.iter(data.lower().decode("latin-1")):
+            return True
+        return False
 
     def names_drug(self, data: bytes) -> bool:
         """True when a drug name occurs in the bytes (not just a code that may be coincidence)."""
@@ -45,10 +65,11 @@ class Prefilter:
 
     def may_be_relevant(self, data: bytes) -> bool:
         """False only if no decoder could find an infliximab result in `data`."""
-        if any(code in data for code in self._codes):
-            return True
-        if self.names_drug(data):
-            return True
+        if self._mentions_a_word(data):
+            if any(code in data for code in self._codes):
+                return True
+            if self.names_drug(data):
+                return True
         if _LETTER_ESCAPES.search(data):
             return True
         head = data[:16].lstrip(b" \t\r\n\x0b")
