@@ -7,7 +7,7 @@ sees offline is exactly what the service would publish.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -72,10 +72,14 @@ class Pipeline:
     def relevant(self, code: str, display: str | None) -> bool:
         return mentions_infliximab(code, display, self.ruleset.recognition)
 
-    def process(self, data: bytes | None, source: SourceRef, fmt: Format | None = None) -> Processed:
+    def process(
+        self, data: bytes | None, source: SourceRef | Callable[[], SourceRef], fmt: Format | None = None
+    ) -> Processed:
         """Never raises: every failure becomes a dead letter with a reason.
 
         The format is `fmt` if given, else the one configured for the source topic, else detected.
+        `source` may be a function that builds it, called only if the message yields a result
+        (then give `fmt`: the topic is not known without it).
         """
         began = time.perf_counter()
         if not data:
@@ -88,7 +92,8 @@ class Pipeline:
             return _dead(Reason.BINARY, Stage.INTAKE, detail, began)
         maybe = False
         if fmt is None:
-            fmt = self.topic_formats.get(source.topic or "", Format.AUTO)
+            topic = source.topic if isinstance(source, SourceRef) else None
+            fmt = self.topic_formats.get(topic or "", Format.AUTO)
         try:
             decoding = time.perf_counter()
             maybe = self.prefilter.may_be_relevant(data)
@@ -100,7 +105,10 @@ class Pipeline:
         try:
             interpreting = time.perf_counter()
             interpretations = interpret_all(results, self.ruleset, self.context_override)
-            alerts = [a for i in interpretations if (a := alert_for(i, source)) is not None]
+            alerts: list[Alert] = []
+            if interpretations:
+                where = source if isinstance(source, SourceRef) else source()
+                alerts = [a for i in interpretations if (a := alert_for(i, where)) is not None]
         except Exception as err:
             return _dead(
                 Reason.PROCESSING_ERROR, Stage.INTERPRET, type(err).__name__, began, maybe_relevant=True

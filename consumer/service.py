@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import structlog
@@ -29,7 +30,7 @@ from consumer.dead_letters import DeadLetter, Stage
 from consumer.delivery import Delivery, delivery_for, is_fatal
 from consumer.end_offsets import EndOffsets
 from consumer.fatal import FatalError
-from consumer.formats import DecodeError
+from consumer.formats import DecodeError, Format
 from consumer.formats.treatment import decode_treatment
 from consumer.health import Health
 from consumer.metrics import Metrics
@@ -288,7 +289,6 @@ class Service:
         states = self.states
         for records in polled.values():
             for record in records:
-                source = SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
                 if (
                     states is not None
                     and record.topic == states.topics.patients
@@ -298,9 +298,11 @@ class Service:
                 elif states is not None and record.topic == self.settings.context_topic:
                     result = self._treatment_record(states, record)
                 else:
-                    result = self.pipeline.process(record.value, source)
+                    # The source is built only for a record with something to report (~4 us).
+                    fmt = self.pipeline.topic_formats.get(record.topic, Format.AUTO)
+                    result = self.pipeline.process(record.value, partial(source_of, record), fmt)
                     if states is not None and result.interpretations:
-                        result = self._with_state(states, record, result, source)
+                        result = self._with_state(states, record, result, source_of(record))
                 batch.processed.append((record, result))
                 batch.urgent = batch.urgent or bool(result.alerts or result.interpretations)
                 self._send(record, result)
@@ -645,6 +647,10 @@ def _fatal_message(err: ClientError, settings: Settings) -> str:
     if failure is Failure.NOT_AUTHORISED_CLUSTER:
         return f"{name}: not authorised for a cluster operation (README 'Security')"
     return f"{name}: {err.detail[:300]} (check credentials and ACLs; restarting will not help)"
+
+
+def source_of(record: Record) -> SourceRef:
+    return SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
 
 
 def correlation_id(record: Record) -> str:
