@@ -57,6 +57,7 @@ _CORRELATION_TEXT = re.compile(
 )
 LAG_REFRESH_S = 10.0  # end offsets cost a broker round trip; lag does not need sub-second detail
 LAG_RETRY_S = 1.0
+BEHIND_INTERVALS = 10  # how much longer than the interval a batch may run while behind the feed
 GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (Python's default is 700)
 POLL_MAX_RECORDS = 500  # per poll; a batch (transaction) spans polls up to TDM_BATCH_MAX_RECORDS
 
@@ -73,6 +74,9 @@ class _Batch:
     # feed, commit it now, not at the end of the interval, so a page is readable in milliseconds.
     # Batches of skipped records (~99% of a feed) still fill up to the interval or the size limit.
     urgent: bool = False
+    # A poll came back full: the service is behind the feed, and the batch may outgrow the
+    # interval (see Service._commit_due).
+    behind: bool = False
 
 
 class _Assignment:
@@ -253,6 +257,8 @@ class Service:
                 # and an alert's wait is the backlog's, so only a caught-up batch commits early.
                 caught_up = sum(len(records) for records in polled.values()) < room
                 batch = self._batch
+                if batch is not None and not caught_up:
+                    batch.behind = True
                 if batch is not None and self._commit_due(batch, caught_up, interval):
                     self._commit(consumer, batch)
             except ClientError as err:
@@ -393,7 +399,7 @@ class Service:
         """How long the next poll may wait: until the open batch is due to commit."""
         if batch is None:
             return self.settings.poll_timeout_ms
-        due = batch.opened + interval
+        due = batch.opened + self._max_age(batch, interval)
         if batch.urgent:
             due = min(due, self._urgent_from())
         # Never 0: kafka-python 3 can spin for good in its coordinator lookup on a zero-timeout
@@ -412,12 +418,26 @@ class Service:
         return self._committed_at + self._commit_took
 
     def _commit_due(self, batch: _Batch, caught_up: bool, interval: float) -> bool:
+        """Full, or as old as the interval; early with something to page; late when behind.
+
+        Behind the feed (a poll came back full), a batch runs to TDM_BATCH_MAX_RECORDS, up to
+        BEHIND_INTERVALS intervals: a commit costs the loop the same 15-80 ms for 700 records
+        as for 5,000, and in 100 ms batches commits took 45% of the loop while it caught up.
+        An alert in such a batch waits behind the backlog anyway.
+        """
         now = time.monotonic()
         return (
             (batch.urgent and caught_up and now >= self._urgent_from())
             or len(batch.processed) >= self.settings.batch_max_records
-            or now - batch.opened >= interval
+            or now - batch.opened >= self._max_age(batch, interval)
         )
+
+    def _max_age(self, batch: _Batch, interval: float) -> float:
+        if not batch.behind:
+            return interval
+        # Well inside the transaction timeout, which the broker enforces by fencing us.
+        timeout = self.settings.transaction_timeout_ms / 1000
+        return max(interval, min(interval * BEHIND_INTERVALS, timeout / 4))
 
     def _commit(self, consumer: GroupConsumer, batch: _Batch) -> None:
         began = time.perf_counter()

@@ -121,3 +121,18 @@ def test_a_failed_question_is_raised_to_the_loop_and_the_next_one_reconnects():
     with pytest.raises(ClientError):
         _answer(offsets)
     assert len(client.readers) == 2
+
+
+def test_behind_the_feed_a_batch_runs_longer_but_well_inside_the_transaction_timeout(clock, monkeypatch):
+    """A commit costs as much for 700 records as for 5,000: while polls come back full, the
+    batch outgrows the interval, never past a quarter of the transaction timeout."""
+    s, interval = service(), 0.125
+    batch = _Batch(opened=clock[0], behind=True)
+    clock[0] += 0.25
+    assert not s._commit_due(batch, caught_up=False, interval=interval)
+    clock[0] += 1.0  # 10 intervals in all
+    assert s._commit_due(batch, caught_up=False, interval=interval)
+    monkeypatch.setenv("TDM_TRANSACTION_TIMEOUT_MS", "2000")
+    short = service()
+    assert short._max_age(_Batch(opened=0.0, behind=True), interval) == 0.5
+    assert short._max_age(_Batch(opened=0.0), interval) == interval
