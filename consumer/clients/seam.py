@@ -78,8 +78,8 @@ class Failure(enum.Enum):
 
 # How long the broker may hold a group consumer's fetch for more data, and how much it waits
 # for. With its defaults (answer at the first byte, else wait 500 ms) a consumer of a steady feed
-# asks again for every record or two: at 2,000 msgs/s the broker used 1.3 of 2 cores and alerts
-# waited over a second (p50). Answering after 10 ms or 64 kB gave p50 77 ms, p99 287 ms.
+# asks again for every record or two: at 2,000 msgs/s the broker averaged 1.3-1.5 of 2 cores and
+# alerts waited over a second (p50). Answering after 10 ms or 64 kB: p50 77 ms, p99 287 ms (one run).
 FETCH_MAX_WAIT_MS = 10
 FETCH_MIN_BYTES = 65_536
 
