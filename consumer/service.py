@@ -514,7 +514,7 @@ class Service:
     def _measure_lag(self, consumer: GroupConsumer) -> None:
         """Lag per partition: end offset (last stable, under read_committed) minus our position.
 
-        The end offsets are asked for on a thread (`consumer.end_offsets`) and taken on a later
+        The end offsets are asked for on a thread (`consumer/end_offsets.py`) and taken on a later
         turn, with the positions of that turn.
         """
         now = time.monotonic()
@@ -524,28 +524,23 @@ class Service:
                 self._lag_due = now + LAG_REFRESH_S
                 if self.states is not None:
                     self.states.refresh_gauges()
-        try:
-            ends = self._end_offsets.answer()
-        except ClientError as err:  # a missed sample is not worth failing the loop for
-            log.warning("could not measure consumer lag", error=err.name)
-            # Cluster unreachable: a restart cannot fix that, so it is not a stall to restart for.
-            self.health.lag({})
-            # A missed sample (a leader moving, a topic just created) is retried soon.
-            self._lag_due = min(self._lag_due, now + LAG_RETRY_S)
-            return
-        if ends is None:
-            return
-        owned = consumer.assignment()
         positions: dict[str, tuple[int, int]] = {}
         try:
+            ends = self._end_offsets.answer()
+            if ends is None:
+                return
+            owned = consumer.assignment()
             for tp, end in ends.items():
                 if tp in owned:  # not revoked while the question was out
                     position = consumer.position(tp)
                     lag = max(end - position, 0)
                     positions[f"{tp.topic}/{tp.partition}"] = (position, lag)
                     self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-        except ClientError as err:
+        except ClientError as err:  # a missed sample is not worth failing the loop for
             log.warning("could not measure consumer lag", error=err.name)
+            # Cluster unreachable: a restart cannot fix that, so it is not a stall to restart for.
+            self.health.lag({})
+            # A missed sample (a leader moving, a topic just created) is retried soon.
             self._lag_due = min(self._lag_due, now + LAG_RETRY_S)
             return
         self.health.lag(positions)

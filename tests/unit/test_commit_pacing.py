@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from consumer import service as service_module
 from consumer.clients.seam import ClientError, Failure, Partition
 from consumer.end_offsets import EndOffsets
 from consumer.metrics import Metrics
@@ -19,18 +18,7 @@ from interpretation import default_ruleset
 P0 = Partition("lab.results", 0)
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for key in list(__import__("os").environ):
-        if key.startswith("TDM_"):
-            monkeypatch.delenv(key)
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    now = [1024.0]  # binary fractions below add up exactly
-    monkeypatch.setattr(service_module.time, "monotonic", lambda: now[0])
-    return now
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def service() -> Service:

@@ -63,18 +63,7 @@ class _Consumer:
         return object()
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for key in list(__import__("os").environ):
-        if key.startswith("TDM_"):
-            monkeypatch.delenv(key)
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    now = [1000.0]
-    monkeypatch.setattr(delivery.time, "monotonic", lambda: now[0])
-    return now
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def opened(

@@ -16,12 +16,7 @@ from consumer.fatal import FatalError
 from consumer.service import correlation_id
 from consumer.settings import Settings
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for key in list(__import__("os").environ):
-        if key.startswith("TDM_"):
-            monkeypatch.delenv(key)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def test_sasl_password_is_read_from_a_file(monkeypatch, tmp_path):
