@@ -204,14 +204,14 @@ def _theirs(partition: Partition, offset: int | None = None) -> _TopicPartition:
 
 def _record(message: Message) -> Record:
     kind, stamp = message.timestamp()
-    return Record(
-        topic=message.topic(),
-        partition=message.partition(),
-        offset=message.offset(),
-        key=message.key(),
-        value=message.value(),
-        headers=tuple(message.headers() or ()),
-        timestamp_ms=stamp if kind != 0 and stamp > 0 else None,  # 0: TIMESTAMP_NOT_AVAILABLE
+    return Record(  # by position, in field order: one is built per consumed message
+        message.topic(),
+        message.partition(),
+        message.offset(),
+        message.key(),
+        message.value(),
+        tuple(message.headers() or ()),
+        stamp if kind != 0 and stamp > 0 else None,  # 0: TIMESTAMP_NOT_AVAILABLE
     )
 
 

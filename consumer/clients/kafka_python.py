@@ -124,14 +124,14 @@ def _theirs(partition: Partition) -> TopicPartition:
 
 
 def _record(record: ConsumerRecord) -> Record:
-    return Record(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        headers=tuple(record.headers or ()),
-        timestamp_ms=record.timestamp if record.timestamp is not None and record.timestamp > 0 else None,
+    return Record(  # by position, in field order: one is built per consumed message
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        record.value,
+        tuple(record.headers or ()),
+        record.timestamp if record.timestamp is not None and record.timestamp > 0 else None,
     )
 
 

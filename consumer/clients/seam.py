@@ -34,9 +34,12 @@ class Partition(NamedTuple):
     partition: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed record; headers as sent, timestamp in ms since the epoch (None if absent)."""
+class Record(NamedTuple):
+    """One consumed record; headers as sent, timestamp in ms since the epoch (None if absent).
+
+    A named tuple, immutable like a frozen dataclass: one is built per consumed message, and a
+    frozen dataclass cost 2.9 us to build against 0.8 (a skipped message's work is ~20 us).
+    """
 
     topic: str
     partition: int
