@@ -39,6 +39,10 @@ WORK = REPO / ".cache" / "bench"
 PARTITIONS = 6
 LATENCY_RELEVANT_SHARE = 0.02
 LATENCY_LOW_SHARE = 0.95
+# Alerts for messages sent in the first seconds are not counted: the service's first batches
+# (its code paths' first calls, a broker still settling) took up to 3 s in one run, a start-up
+# cost rather than the steady state a 2,000 msgs/s feed sees.
+LATENCY_WARMUP_S = 5.0
 CLK = os.sysconf("SC_CLK_TCK")
 STATE_PARTITIONS = 6  # TDM_STATE_PARTITIONS' default: the patient topic's partitions
 
@@ -145,6 +149,7 @@ def service_env(
     *,
     state: bool = True,
     client: str = "kafka-python",
+    keyed: bool = False,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TDM_")}
     env.update(
@@ -160,6 +165,9 @@ def service_env(
         TDM_DELIVERY=delivery,
         TDM_PATIENT_STATE="true" if state else "false",
         TDM_STATE_DIR=str(WORK / f"state-{uuid.uuid4().hex[:6]}"),
+        # The feed is keyed by patient id: with this the patient stage reads the input's own
+        # partitions, one transaction from lab message to alert instead of two.
+        TDM_INPUT_KEYED_BY_PATIENT="true" if keyed else "false",
     )
     return env
 
@@ -222,15 +230,17 @@ def run_service(
     state: bool = True,
     patient_records: int = 0,
     client: str = "kafka-python",
+    keyed: bool = False,
 ) -> dict[str, float]:
     """Until every input message is committed and, with state, every patient record too."""
     alerts, dlq = f"bench.tdm.alerts.{uuid.uuid4().hex[:6]}", f"bench.tdm.dlq.{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, (alerts, PARTITIONS), (dlq, 1))
-    env = service_env(bootstrap, topic, alerts, dlq, delivery, state=state, client=client)
-    service = Service(env, WORK / f"service-{client}-{delivery}-{'state' if state else 'stateless'}.log")
+    env = service_env(bootstrap, topic, alerts, dlq, delivery, state=state, client=client, keyed=keyed)
+    kind = ("keyed-" if keyed else "") + ("state" if state else "stateless")
+    service = Service(env, WORK / f"service-{client}-{delivery}-{kind}.log")
     try:
         while service.consumed(topic) < expect or (
-            state and service.consumed(".patient-results") < patient_records
+            state and not keyed and service.consumed(".patient-results") < patient_records
         ):
             if service.proc.poll() is not None:
                 raise RuntimeError(service.log_path.read_text()[-3000:])
@@ -365,14 +375,21 @@ def rebalance(bootstrap: str, client: str, protocol: str) -> dict[str, float | s
 
 
 def latency(
-    bootstrap: str, messages: list[feed.Message], rate: int, seconds: float, client: str
-) -> dict[str, float]:
-    """Offer `rate` messages/s for `seconds` to a running service; time produce -> alert readable."""
+    bootstrap: str,
+    messages: list[feed.Message],
+    rate: int,
+    seconds: float,
+    client: str,
+    *,
+    keyed: bool = False,
+) -> dict[str, float | str]:
+    """Offer `rate` messages/s to a running service for a warm-up and then `seconds`; time
+    produce -> alert readable for the messages sent after the warm-up."""
     topic, alerts, dlq = (f"bench.lat.{x}.{uuid.uuid4().hex[:6]}" for x in ("in", "alerts", "dlq"))
     create_topics(bootstrap, (topic, PARTITIONS), (alerts, PARTITIONS), (dlq, 1))
     service = Service(
-        service_env(bootstrap, topic, alerts, dlq, "exactly_once", client=client),
-        WORK / f"service-lat-{rate}-{client}.log",
+        service_env(bootstrap, topic, alerts, dlq, "exactly_once", client=client, keyed=keyed),
+        WORK / f"service-lat-{rate}-{client}{'-keyed' if keyed else ''}.log",
     )
     sent: dict[tuple[int, int], float] = {}
     seen: dict[tuple[int, int], float] = {}
@@ -410,7 +427,8 @@ def latency(
         time.sleep(1.0)
         producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
         began = time.perf_counter()
-        total = int(rate * seconds)
+        measured_from = time.time() + LATENCY_WARMUP_S
+        total = int(rate * (LATENCY_WARMUP_S + seconds))
         for i in range(total):
             due = began + i / rate
             while (now := time.perf_counter()) < due:
@@ -431,7 +449,7 @@ def latency(
         stop.set()
         thread.join(timeout=10)
         service.stop()
-    waits = sorted(seen[k] - sent[k] for k in seen if k in sent)
+    waits = sorted(seen[k] - sent[k] for k in seen if k in sent and sent[k] >= measured_from)
     if not waits:
         raise RuntimeError("no alerts seen in the latency run")
 
@@ -440,7 +458,9 @@ def latency(
 
     return {
         "client": client,
+        "patient_stage": "input keyed by patient" if keyed else "repartition hop",
         "offered_per_s": rate,
+        "warmup_s": LATENCY_WARMUP_S,
         "achieved_per_s": achieved,
         "alerts": len(waits),
         "p50_ms": pct(0.50),
@@ -518,6 +538,11 @@ def machine() -> dict[str, object]:
 CLIENTS = ("kafka-python", "confluent-kafka")
 CONFLUENT_STATEFUL = "tdm-alerts exactly-once, patient state (confluent-kafka)"
 CONFLUENT_STATELESS = "tdm-alerts exactly-once, stateless (confluent-kafka)"
+CONFLUENT_KEYED = "tdm-alerts exactly-once, patient state, input keyed by patient (confluent-kafka)"
+QUIX = "Quix Streams + our core, exactly-once"
+# Run twice, alternating, best of two each: one run of the same contender on this 2-core
+# machine varied by up to 25% (a cold broker, the page cache), more than the ratio's margin.
+RERUN = (QUIX, CONFLUENT_STATEFUL, CONFLUENT_STATELESS, CONFLUENT_KEYED)
 
 
 def table(results: dict[str, object]) -> str:
@@ -536,15 +561,23 @@ def table(results: dict[str, object]) -> str:
         )
     lines = _grid(rows)
     lines.append("")
-    quix = results["throughput"]["Quix Streams + our core, exactly-once"]["per_s"]
-    for name in ("tdm-alerts exactly-once, patient state", CONFLUENT_STATEFUL):
+    quix = results["throughput"][QUIX]["per_s"]
+    for name in ("tdm-alerts exactly-once, patient state", *RERUN[1:]):
         lines.append(f"{name}: {results['throughput'][name]['per_s'] / quix:.2f}x Quix Streams")
+    lines.append(
+        "best of two alternating runs for: "
+        + "; ".join(
+            f"{name} ({', '.join(f'{x:,.0f}' for x in results['throughput'][name]['runs_per_s'])})"
+            for name in RERUN
+        )
+    )
     lines.append("")
-    rows = [("client", "offered msgs/s", "achieved", "alerts", "p50 ms", "p99 ms", "max ms")]
+    rows = [("client", "patient stage", "offered msgs/s", "achieved", "alerts", "p50 ms", "p99 ms", "max ms")]
     for r in results["latency"]:
         rows.append(
             (
                 r["client"],
+                r["patient_stage"],
                 f"{r['offered_per_s']:,}",
                 f"{r['achieved_per_s']:,.0f}",
                 str(r["alerts"]),
@@ -554,6 +587,7 @@ def table(results: dict[str, object]) -> str:
             )
         )
     lines += _grid(rows)
+    lines.append(f"(alerts for messages sent in a step's first {LATENCY_WARMUP_S:.0f} s are not counted)")
     lines.append("")
     rows = [("client", "protocol", "partitions", "2 join 1: s", "1 of 3 leaves: s")]
     for r in results["rebalance"]:
@@ -595,7 +629,7 @@ def _grid(rows: list[tuple[str, ...]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument("--latency-seconds", type=float, default=35.0)  # >= 1,000 alerts at 2,000 msgs/s
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "benchmarks.json")
     parser.add_argument("--state-patients", type=int, default=100_000)
     args = parser.parse_args()
@@ -654,6 +688,12 @@ def main() -> None:
                 ),
             ),
             (
+                CONFLUENT_KEYED,
+                lambda: run_service(
+                    bootstrap, topic, len(messages), "exactly_once", client="confluent-kafka", keyed=True
+                ),
+            ),
+            (
                 "tdm-alerts at-least-once",
                 lambda: run_service(
                     bootstrap, topic, len(messages), "at_least_once", patient_records=records
@@ -663,23 +703,25 @@ def main() -> None:
                 "confluent-kafka consume-then-produce",
                 lambda: run_loop("confluent", bootstrap, topic, len(messages)),
             ),
-            (
-                "Quix Streams + our core, exactly-once",
-                lambda: run_loop("quix", bootstrap, topic, len(messages)),
-            ),
+            (QUIX, lambda: run_loop("quix", bootstrap, topic, len(messages))),
         ]
-        for name, run in contenders:
+        runs = dict(contenders)
+        for name, run in [*contenders, *((name, runs[name]) for name in RERUN)]:
             log(f"running {name}")
             r = run()
             seconds = r["done_at"] - r["first_at"]
-            throughput[name] = {
+            sample = {
                 "per_s": r["messages"] / seconds,
                 "seconds": seconds,
                 "wall_s": r["wall_s"],
                 "peak_rss_mb": r["peak_rss_mb"],
                 "cpu_per_100k_s": r["cpu_s"] / r["messages"] * 1e5,
             }
-            log(f"  {throughput[name]['per_s']:,.0f} msgs/s, {r['peak_rss_mb']:.0f} MB peak RSS")
+            log(f"  {sample['per_s']:,.0f} msgs/s, {r['peak_rss_mb']:.0f} MB peak RSS")
+            earlier = throughput.get(name)
+            if earlier is None or sample["per_s"] > earlier["per_s"]:
+                throughput[name] = sample
+            throughput[name]["runs_per_s"] = [*(earlier or {}).get("runs_per_s", []), sample["per_s"]]
         results["throughput"] = throughput
         results["state"] = {}
         for client in CLIENTS:
@@ -696,18 +738,22 @@ def main() -> None:
             results["rebalance"].append(rebalance(bootstrap, client, protocol))
             log(f"  {results['rebalance'][-1]}")
         results["latency"] = []
-        for client, rate in ((c, r) for c in CLIENTS for r in (500, 2000)):
-            # Its own feed: 2% infliximab, nearly all of it low, so at 2,000 msgs/s for 30 s about
-            # 1,100 alerts carry the p99 (the 1% mixed feed gave under 300), while the load stays
+        steps = [(c, r, False) for c in CLIENTS for r in (500, 2000)] + [("confluent-kafka", 2000, True)]
+        for client, rate, keyed in steps:
+            # Its own feed: 2% infliximab, nearly all of it low, so at 2,000 msgs/s for 35 s after
+            # the warm-up ~1,100 alerts carry the p99 (the 1% mixed feed gave under 300), while the load stays
             # near a real feed's (8% infliximab saturated the service and measured its backlog).
-            count = int(rate * args.latency_seconds)
+            count = int(rate * (LATENCY_WARMUP_S + args.latency_seconds))
             lat_feed = list(
                 feed.generate(
                     count, seed=rate, relevant_share=LATENCY_RELEVANT_SHARE, low_share=LATENCY_LOW_SHARE
                 )
             )
-            log(f"latency at {rate} msgs/s for {args.latency_seconds:.0f} s ({client})")
-            results["latency"].append(latency(bootstrap, lat_feed, rate, args.latency_seconds, client))
+            shown = f"{client}, input keyed by patient" if keyed else client
+            log(f"latency at {rate} msgs/s for {args.latency_seconds:.0f} s ({shown})")
+            results["latency"].append(
+                latency(bootstrap, lat_feed, rate, args.latency_seconds, client, keyed=keyed)
+            )
         log("in-process costs")
         results["in_process_us"] = in_process(messages)
     finally:
