@@ -82,16 +82,20 @@ class ContextMatch(Frozen):
     goal: Goal | None = None
     monitoring: Monitoring | None = None
 
+    # Read field by field: a result is matched against every target, and two model_dump calls
+    # per target were a fifth of interpreting it.
     def matches(self, context: TreatmentContext) -> bool:
-        wanted = self.model_dump(exclude_none=True)
-        have = context.model_dump()
-        return all(have[key] == value for key, value in wanted.items())
+        return all(
+            (wanted := getattr(self, key)) is None or getattr(context, key) == wanted
+            for key in ContextMatch.model_fields
+        )
 
     def could_match(self, context: TreatmentContext) -> bool:
         """True unless something the context does know rules this target out."""
-        wanted = self.model_dump(exclude_none=True)
-        have = context.model_dump()
-        return all(have[key] is None or have[key] == value for key, value in wanted.items())
+        return all(
+            (wanted := getattr(self, key)) is None or getattr(context, key) in (None, wanted)
+            for key in ContextMatch.model_fields
+        )
 
     def describe(self) -> str:
         return self.describe_set_fields() or "any context"
