@@ -65,6 +65,9 @@ class TreatmentRecord(Frozen):
         )
 
 
+_UNSET = TreatmentContext()  # built once: this runs for every result
+
+
 def resolve_context(
     defaults: TreatmentContext,
     record: TreatmentContext | None,
@@ -73,9 +76,9 @@ def resolve_context(
 ) -> tuple[TreatmentContext, dict[str, ContextSource]]:
     """Each field from the first layer that sets it: override, message, record, default."""
     layers = [
-        (ContextSource.OVERRIDE, override or TreatmentContext()),
+        (ContextSource.OVERRIDE, override or _UNSET),
         (ContextSource.MESSAGE, message),
-        (ContextSource.PATIENT_RECORD, record or TreatmentContext()),
+        (ContextSource.PATIENT_RECORD, record or _UNSET),
         (ContextSource.DEFAULT, defaults),
     ]
     values: dict[str, object] = {}
