@@ -87,18 +87,22 @@ class ContextMatch(Frozen):
     def matches(self, context: TreatmentContext) -> bool:
         return all(
             (wanted := getattr(self, key)) is None or getattr(context, key) == wanted
-            for key in ContextMatch.model_fields
+            for key in _MATCHED_FIELDS
         )
 
     def could_match(self, context: TreatmentContext) -> bool:
         """True unless something the context does know rules this target out."""
         return all(
             (wanted := getattr(self, key)) is None or getattr(context, key) in (None, wanted)
-            for key in ContextMatch.model_fields
+            for key in _MATCHED_FIELDS
         )
 
     def describe(self) -> str:
         return self.describe_set_fields() or "any context"
+
+
+# Read through a class property on every access: worth keeping as a plain tuple.
+_MATCHED_FIELDS = tuple(ContextMatch.model_fields)
 
 
 class DrugLevelTarget(Frozen):

@@ -66,6 +66,7 @@ class TreatmentRecord(Frozen):
 
 
 _UNSET = TreatmentContext()  # built once: this runs for every result
+_CONTEXT_FIELDS = tuple(TreatmentContext.model_fields)
 
 
 def resolve_context(
@@ -83,7 +84,7 @@ def resolve_context(
     ]
     values: dict[str, object] = {}
     sources: dict[str, ContextSource] = {}
-    for name in TreatmentContext.model_fields:
+    for name in _CONTEXT_FIELDS:
         for source, layer in layers:
             value = getattr(layer, name)
             if value is not None:
