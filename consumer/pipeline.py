@@ -7,9 +7,10 @@ sees offline is exactly what the service would publish.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from consumer.dead_letters import DeadLetter, Reason, Stage
 from consumer.formats import DecodeError, Format, decode
@@ -41,11 +42,13 @@ class Outcome(StrEnum):
     DEAD_LETTERED = "dead_lettered"
 
 
-@dataclass(frozen=True, slots=True)
-class Processed:
+class Processed(NamedTuple):
+    """What became of one message. A named tuple, immutable like a frozen dataclass and built
+    for every message: the frozen dataclass cost 2.6 us to build against ~1."""
+
     outcome: Outcome
-    interpretations: list[Interpretation] = field(default_factory=list)
-    alerts: list[Alert] = field(default_factory=list)
+    interpretations: Sequence[Interpretation] = ()
+    alerts: Sequence[Alert] = ()
     dead_letter: DeadLetter | None = None
     seconds: float = 0.0  # intake + decode + interpret
     decode_seconds: float = 0.0

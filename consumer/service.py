@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -359,13 +359,13 @@ class Service:
                     # measures lab message to alert (Kafka Streams propagates it the same way).
                     timestamp_ms=record.timestamp_ms,
                 )
-            return replace(result, alerts=[])
+            return result._replace(alerts=())
         events = [
             e
             for item in result.interpretations
             for e in states.correlate(record.partition, item.result, source)
         ]
-        return replace(result, alerts=events)
+        return result._replace(alerts=events)
 
     def _send(self, record: Record, result: Processed) -> None:
         if result.dead_letter is None and not result.alerts:
