@@ -10,8 +10,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from consumer.dead_letters import Reason
-from consumer.formats.errors import DecodeError, Relevance, describe_validation_error, lab_result
+from consumer.formats.errors import Relevance, json_refusal, lab_result
 from interpretation import LabResult, ResultStatus, TreatmentContext
 
 
@@ -53,7 +52,7 @@ def decode_canonical(data: bytes, relevant: Relevance) -> list[LabResult]:
     try:
         message = CanonicalMessage.model_validate_json(data)
     except ValidationError as err:
-        raise _refusal(err) from err
+        raise json_refusal(err, "canonical") from err
     return [
         lab_result(
             f"results.{index}",
@@ -69,15 +68,3 @@ def decode_canonical(data: bytes, relevant: Relevance) -> list[LabResult]:
         for index, r in enumerate(message.results)
         if relevant(r.code, r.display)
     ]
-
-
-def _refusal(err: ValidationError) -> DecodeError:
-    first = err.errors(include_url=False)[0]
-    if first["type"] == "json_invalid":
-        # The parser's own words name a position, never the content.
-        detail = str((first.get("ctx") or {}).get("error", first["msg"]))
-        return DecodeError(Reason.UNDECODABLE, f"not valid JSON: {detail[:200]}")
-    if first["type"] == "model_type" and not first["loc"]:
-        shown = type(first["input"]).__name__
-        return DecodeError(Reason.INVALID, f"a canonical message is a JSON object, not {shown}")
-    return DecodeError(Reason.INVALID, describe_validation_error(err))

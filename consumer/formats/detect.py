@@ -7,7 +7,7 @@ from enum import StrEnum
 from consumer.dead_letters import Reason
 from consumer.formats.canonical import decode_canonical
 from consumer.formats.errors import DecodeError, Relevance
-from consumer.formats.fhir import decode_fhir, parse_json, resource_type
+from consumer.formats.fhir import check_resource, decode_fhir, parse_json
 from consumer.formats.hl7v2 import decode_hl7v2
 from interpretation import LabResult
 
@@ -53,13 +53,15 @@ def decode(
         return decode_hl7v2(data, relevant) if maybe else []
     if fmt is Format.CANONICAL:
         return decode_canonical(data.lstrip(_LEADING), relevant if maybe else _never)
+    if not maybe:
+        check_resource(
+            data.lstrip(_LEADING)
+        )  # an unknown resource is refused even when it holds nothing of ours
+        return []
     document = parse_json(data.lstrip(_LEADING))
     if not isinstance(document, dict):
         raise DecodeError(Reason.INVALID, f"a fhir message is a JSON object, not {type(document).__name__}")
-    if maybe:
-        return decode_fhir(document, relevant)
-    resource_type(document)  # an unknown resource is refused even when it holds nothing of ours
-    return []
+    return decode_fhir(document, relevant)
 
 
 def _never(code: str, display: str | None) -> bool:

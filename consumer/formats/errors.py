@@ -67,6 +67,20 @@ def describe_validation_error(err: ValidationError) -> str:
     return "; ".join(parts) + more
 
 
+def json_refusal(err: ValidationError, what: str) -> DecodeError:
+    """The DecodeError for a model validated straight from JSON bytes (`what`: the format's name)."""
+    first = err.errors(include_url=False)[0]
+    if first["type"] == "json_invalid":
+        # The parser's own words name a position, never the content.
+        detail = str((first.get("ctx") or {}).get("error", first["msg"]))
+        return DecodeError(Reason.UNDECODABLE, f"not valid JSON: {detail[:200]}")
+    if first["type"] == "model_type" and not first["loc"]:
+        return DecodeError(
+            Reason.INVALID, f"a {what} message is a JSON object, not {type(first['input']).__name__}"
+        )
+    return DecodeError(Reason.INVALID, describe_validation_error(err))
+
+
 def lab_result(where: str, **fields: Any) -> LabResult:
     """A `LabResult`, or a DecodeError naming `where` in the message (an OBX, an Observation)."""
     try:
