@@ -43,8 +43,8 @@ class Outcome(StrEnum):
 
 
 class Processed(NamedTuple):
-    """What became of one message. A named tuple, immutable like a frozen dataclass and built
-    for every message: the frozen dataclass cost 2.6 us to build against ~1."""
+    """What became of one message. A named tuple, immutable like a frozen dataclass: one is
+    built for every message, and the frozen dataclass cost 2.6 us to build against 1.4."""
 
     outcome: Outcome
     interpretations: Sequence[Interpretation] = ()
