@@ -54,9 +54,8 @@ def decode(
     if fmt is Format.CANONICAL:
         return decode_canonical(data.lstrip(_LEADING), relevant if maybe else _never)
     if not maybe:
-        check_resource(
-            data.lstrip(_LEADING)
-        )  # an unknown resource is refused even when it holds nothing of ours
+        # An unknown resource is refused even when it holds nothing of ours.
+        check_resource(data.lstrip(_LEADING))
         return []
     document = parse_json(data.lstrip(_LEADING))
     if not isinstance(document, dict):

@@ -75,9 +75,8 @@ def json_refusal(err: ValidationError, what: str) -> DecodeError:
         detail = str((first.get("ctx") or {}).get("error", first["msg"]))
         return DecodeError(Reason.UNDECODABLE, f"not valid JSON: {detail[:200]}")
     if first["type"] == "model_type" and not first["loc"]:
-        return DecodeError(
-            Reason.INVALID, f"a {what} message is a JSON object, not {type(first['input']).__name__}"
-        )
+        shown = type(first["input"]).__name__  # a type's name, never the value
+        return DecodeError(Reason.INVALID, f"a {what} message is a JSON object, not {shown}")
     return DecodeError(Reason.INVALID, describe_validation_error(err))
 
 

@@ -39,9 +39,9 @@ WORK = REPO / ".cache" / "bench"
 PARTITIONS = 6
 LATENCY_RELEVANT_SHARE = 0.02
 LATENCY_LOW_SHARE = 0.95
-# Alerts for messages sent in the first seconds are not counted: the service's first batches
-# (its code paths' first calls, a broker still settling) took up to 3 s in one run, a start-up
-# cost rather than the steady state a 2,000 msgs/s feed sees.
+# Alerts for messages sent in a step's first seconds are not counted. Early in a broker's life
+# (its JVM still compiling) alerts took 0.5-3 s for up to 25 s, and the service's first batches
+# are slower than the rest: start-up costs, not the steady state a 2,000 msgs/s feed sees.
 LATENCY_WARMUP_S = 5.0
 CLK = os.sysconf("SC_CLK_TCK")
 STATE_PARTITIONS = 6  # TDM_STATE_PARTITIONS' default: the patient topic's partitions
@@ -745,8 +745,8 @@ def main() -> None:
         steps = [(c, r, False) for c in CLIENTS for r in (500, 2000)] + [("confluent-kafka", 2000, True)]
         for client, rate, keyed in steps:
             # Its own feed: 2% infliximab, nearly all of it low, so at 2,000 msgs/s for 35 s after
-            # the warm-up ~1,100 alerts carry the p99 (the 1% mixed feed gave under 300), while the load stays
-            # near a real feed's (8% infliximab saturated the service and measured its backlog).
+            # the warm-up ~1,380 alerts carry the p99 (the 1% mixed feed gave under 300), while the
+            # load stays near a real feed's (8% infliximab saturated the service, measuring its backlog).
             count = int(rate * (LATENCY_WARMUP_S + args.latency_seconds))
             lat_feed = list(
                 feed.generate(
