@@ -26,7 +26,7 @@ from consumer.access import check_topic_access
 from consumer.clients import client_for
 from consumer.clients.seam import ClientError, Failure, GroupConsumer, Partition, Record
 from consumer.connecting import StopRequested, check_tls_material, with_backoff
-from consumer.dead_letters import DeadLetter, Stage
+from consumer.dead_letters import DeadLetter, Reason, Stage
 from consumer.delivery import Delivery, delivery_for, is_fatal
 from consumer.end_offsets import EndOffsets
 from consumer.fatal import FatalError
@@ -314,11 +314,24 @@ class Service:
                 self._send(record, result)
 
     def _patient_record(self, states: PatientStates, record: Record) -> Processed:
-        """A result already keyed by patient: read with the patient's state."""
+        """A result already keyed by patient: read with the patient's state.
+
+        A record the stage cannot handle is dead-lettered, as the intake does with a result it
+        cannot interpret: raised, it would stop the loop on the same record after every restart
+        (a bug in correlation, a repartitioned record from another version). A record's state is
+        written only once it is correlated, so a failed one leaves no partial write. Kafka's own
+        errors still go to the loop.
+        """
         if is_forget(record):
             states.forget(record.partition, record.key.decode() if record.key else "")
             return Processed(Outcome.SKIPPED)
-        events = states.process(record)
+        try:
+            events = states.process(record)
+        except ClientError:
+            raise
+        except Exception as err:
+            failed = DeadLetter(Reason.PROCESSING_ERROR, Stage.INTERPRET, type(err).__name__)
+            return Processed(Outcome.DEAD_LETTERED, dead_letter=failed, maybe_relevant=True)
         return Processed(Outcome.ALERTED if events else Outcome.INTERPRETED, alerts=events)
 
     def _treatment_record(self, states: PatientStates, record: Record) -> Processed:

@@ -20,7 +20,7 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from tests.conftest import gauges, produce, run_cli
+from tests.conftest import gauges, produce, read_topic, run_cli
 from tests.integration.test_exactly_once import (
     SERVICE,
     AlertReader,
@@ -419,3 +419,33 @@ def test_input_already_keyed_by_patient_skips_the_repartition_hop(kafka_bootstra
     )
     assert [(e["action"], e["severity"]) for e in found] == [("trigger", "high"), ("update", "critical")]
     assert ".patient-results" not in log  # no repartition topic was created or consumed
+
+
+def test_a_patient_record_the_service_cannot_read_is_dead_lettered_and_the_stream_goes_on(
+    kafka_bootstrap, topics, start_service, service_env
+):
+    """A record on the patient topic this version cannot read (another version's, or one written
+    by hand) goes to the dead-letter topic with its reason; it does not stop the service, and the
+    next patient's result is still paged."""
+    patient, other = f"BAD-{uuid.uuid4().hex[:6]}", f"PT-{uuid.uuid4().hex[:6]}"
+    patient_topic = f"{service_env['TDM_GROUP_ID']}.patient-results"
+    service = start_service()
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    try:
+        wait_for_log(service, '"partitions assigned"', timeout_s=60)  # the patient topic exists
+        unreadable = json.dumps({"result": {"patient_id": patient, "code": "39803-2"}}).encode()
+        produce(kafka_bootstrap, patient_topic, [unreadable], [patient.encode()])
+        send(kafka_bootstrap, topics["input"], other, message(other, "B1", "BS1", DAY0, level("1.0")))
+        reader.wait_for(1, timeout_s=60, while_alive=[service])
+        found = events_of(reader)
+    finally:
+        reader.close()
+    assert [e["patient_id"] for e in found] == [other]
+    (dead,) = read_topic(kafka_bootstrap, topics["dlq"], expected=1)
+    headers = dict(dead.headers)
+    assert dead.value == unreadable and dead.key == patient.encode()  # kept as it was
+    assert headers["tdm.dlq.reason"] == b"processing_error"
+    assert headers["tdm.dlq.stage"] == b"interpret"
+    assert headers["tdm.dlq.source.topic"].decode() == patient_topic
+    assert service.stop() == 0
+    assert patient not in service.log_text()  # the error names a type, not the record
