@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import pydantic_core
+
 from consumer.formats import DecodeError, Format, detect
-from consumer.formats.fhir import parse_json
 from consumer.formats.hl7v2 import hl7_text, split_messages
 from interpretation import SourceRef
 
@@ -31,8 +32,8 @@ def messages_in(data: bytes, name: str, fmt: Format = Format.AUTO) -> Iterator[t
         return
     if data.strip() and b"\n" in data.strip():
         try:
-            parse_json(data)
-        except DecodeError:
+            pydantic_core.from_json(data)
+        except ValueError:
             pass  # not one document, so JSON Lines
         else:
             yield SourceRef(file=name, message=1), data

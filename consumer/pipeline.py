@@ -72,6 +72,10 @@ class Pipeline:
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefilter", Prefilter(self.ruleset.recognition))
 
+    def format_for(self, topic: str | None) -> Format:
+        """The format configured for a topic, else AUTO (told by the bytes)."""
+        return self.topic_formats.get(topic or "", Format.AUTO)
+
     def relevant(self, code: str, display: str | None) -> bool:
         return mentions_infliximab(code, display, self.ruleset.recognition)
 
@@ -95,8 +99,7 @@ class Pipeline:
             return _dead(Reason.BINARY, Stage.INTAKE, detail, began)
         maybe = False
         if fmt is None:
-            topic = source.topic if isinstance(source, SourceRef) else None
-            fmt = self.topic_formats.get(topic or "", Format.AUTO)
+            fmt = self.format_for(source.topic if isinstance(source, SourceRef) else None)
         try:
             decoding = time.perf_counter()
             maybe = self.prefilter.may_be_relevant(data)

@@ -30,7 +30,7 @@ from consumer.dead_letters import DeadLetter, Reason, Stage
 from consumer.delivery import Delivery, delivery_for, is_fatal
 from consumer.end_offsets import EndOffsets
 from consumer.fatal import FatalError
-from consumer.formats import DecodeError, Format
+from consumer.formats import DecodeError
 from consumer.formats.treatment import decode_treatment
 from consumer.health import Health
 from consumer.metrics import Metrics
@@ -305,7 +305,7 @@ class Service:
                     result = self._treatment_record(states, record)
                 else:
                     # The source is built only for a record with something to report (~4 us).
-                    fmt = self.pipeline.topic_formats.get(record.topic, Format.AUTO)
+                    fmt = self.pipeline.format_for(record.topic)
                     result = self.pipeline.process(record.value, partial(source_of, record), fmt)
                     if states is not None and result.interpretations:
                         result = self._with_state(states, record, result, source_of(record))

@@ -7,7 +7,7 @@ from enum import StrEnum
 from consumer.dead_letters import Reason
 from consumer.formats.canonical import decode_canonical
 from consumer.formats.errors import DecodeError, Relevance
-from consumer.formats.fhir import check_resource, decode_fhir, parse_json
+from consumer.formats.fhir import check_resource, decode_fhir, parse_document
 from consumer.formats.hl7v2 import decode_hl7v2
 from interpretation import LabResult
 
@@ -57,10 +57,7 @@ def decode(
         # An unknown resource is refused even when it holds nothing of ours.
         check_resource(data.lstrip(_LEADING))
         return []
-    document = parse_json(data.lstrip(_LEADING))
-    if not isinstance(document, dict):
-        raise DecodeError(Reason.INVALID, f"a fhir message is a JSON object, not {type(document).__name__}")
-    return decode_fhir(document, relevant)
+    return decode_fhir(parse_document(data.lstrip(_LEADING)), relevant)
 
 
 def _never(code: str, display: str | None) -> bool:

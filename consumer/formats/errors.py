@@ -74,7 +74,7 @@ def json_refusal(err: ValidationError, what: str) -> DecodeError:
         # The parser's own words name a position, never the content.
         detail = str((first.get("ctx") or {}).get("error", first["msg"]))
         return DecodeError(Reason.UNDECODABLE, f"not valid JSON: {detail[:200]}")
-    if first["type"] == "model_type" and not first["loc"]:
+    if first["type"] in ("model_type", "dict_type") and not first["loc"]:
         shown = type(first["input"]).__name__  # a type's name, never the value
         return DecodeError(Reason.INVALID, f"a {what} message is a JSON object, not {shown}")
     return DecodeError(Reason.INVALID, describe_validation_error(err))

@@ -22,8 +22,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
-import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from consumer.dead_letters import Reason
 from consumer.formats.errors import (
@@ -200,11 +199,15 @@ def _known_resource(kind: object) -> ResourceType:
     raise DecodeError(Reason.UNSUPPORTED_FORMAT, f"FHIR resourceType {shown}: expected Observation or Bundle")
 
 
-def parse_json(data: bytes) -> Any:
+_DOCUMENT = TypeAdapter(dict[str, Any])
+
+
+def parse_document(data: bytes) -> dict[str, Any]:
+    """A FHIR message's JSON object, whole (for a message that may hold our results)."""
     try:
-        return pydantic_core.from_json(data)
-    except ValueError as err:
-        raise DecodeError(Reason.UNDECODABLE, f"not valid JSON: {str(err)[:200]}") from err
+        return _DOCUMENT.validate_json(data)
+    except ValidationError as err:
+        raise json_refusal(err, "fhir") from err
 
 
 def _validated(model: type[M], raw: Any, where: str) -> M:
