@@ -191,8 +191,8 @@ def cmd_interpret(args: argparse.Namespace) -> int:
                     patients.get(patient), item.result, source, pipeline.ruleset, override=override
                 )
                 if done is not None:
-                    patients[patient], events = done
-                    line["events"] = [event_line(e) for e in events]
+                    patients[patient] = done.state
+                    line["events"] = [event_line(e) for e in done.events]
             print(json.dumps(line, default=str), flush=True)
     return 1 if failures else 0
 

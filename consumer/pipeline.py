@@ -18,12 +18,14 @@ from consumer.formats.prefilter import Prefilter
 from interpretation import (
     Alert,
     Interpretation,
+    LabResult,
     RuleSet,
     SourceRef,
     TreatmentContext,
     alert_for,
     interpret_all,
 )
+from interpretation.engine import recognised
 from interpretation.recognition import mentions_infliximab
 
 # Control bytes that no text format we read may contain (tab, LF, CR and the MLLP frame
@@ -59,6 +61,8 @@ class Processed(NamedTuple):
     # A dead letter that may have held an infliximab result: these are the ones that matter
     # clinically, and 1% of a feed hides among the rest.
     maybe_relevant: bool = False
+    # Read with `interpret=False`: the infliximab results, for the patient stage to interpret.
+    results: Sequence[LabResult] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +84,21 @@ class Pipeline:
         return mentions_infliximab(code, display, self.ruleset.recognition)
 
     def process(
-        self, data: bytes | None, source: SourceRef | Callable[[], SourceRef], fmt: Format | None = None
+        self,
+        data: bytes | None,
+        source: SourceRef | Callable[[], SourceRef],
+        fmt: Format | None = None,
+        *,
+        interpret: bool = True,
     ) -> Processed:
         """Never raises: every failure becomes a dead letter with a reason.
 
         The format is `fmt` if given, else the one configured for the source topic, else detected.
         `source` may be a function that builds it, called only if the message yields a result
         (then give `fmt`: the topic is not known without it).
+        With `interpret=False` the infliximab results are only picked out (`Processed.results`),
+        for a later stage that interprets them with the patient's state: reading them here too
+        would be thrown away.
         """
         began = time.perf_counter()
         if not data:
@@ -108,6 +120,8 @@ class Pipeline:
             return _dead(err.reason, Stage.DECODE, err.detail, began, maybe)
         except Exception as err:
             return _dead(Reason.PROCESSING_ERROR, Stage.DECODE, type(err).__name__, began, maybe)
+        if not interpret:
+            return self._recognised(data, results, began, decoding, maybe)
         try:
             interpreting = time.perf_counter()
             interpretations = interpret_all(results, self.ruleset, self.context_override)
@@ -136,6 +150,24 @@ class Pipeline:
             done - interpreting,
             # Only a message the pre-filter let through can name the drug (checked once, here).
             recognition_gap=not interpretations and maybe and self.prefilter.names_drug(data),
+        )
+
+    def _recognised(
+        self, data: bytes, results: list[LabResult], began: float, decoding: float, maybe: bool
+    ) -> Processed:
+        try:
+            found = recognised(results, self.ruleset)
+        except Exception as err:
+            return _dead(
+                Reason.PROCESSING_ERROR, Stage.INTERPRET, type(err).__name__, began, maybe_relevant=True
+            )
+        done = time.perf_counter()
+        return Processed(
+            Outcome.INTERPRETED if found else Outcome.SKIPPED,
+            results=found,
+            seconds=done - began,
+            decode_seconds=done - decoding,
+            recognition_gap=not found and maybe and self.prefilter.names_drug(data),
         )
 
 

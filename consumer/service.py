@@ -293,6 +293,11 @@ class Service:
             if self.states is not None:
                 self.states.expire(time.time())
         states = self.states
+        # Repartitioned results are interpreted by the patient stage, with the patient's state:
+        # the intake only picks them out. With the input keyed by patient, the intake interprets
+        # and correlates in one step, and an interpretation it cannot make is dead-lettered before
+        # any state is written.
+        forwarding = states is not None and bool(states.topics.repartition)
         for records in polled.values():
             for record in records:
                 if (
@@ -306,11 +311,13 @@ class Service:
                 else:
                     # The source is built only for a record with something to report (~4 us).
                     fmt = self.pipeline.format_for(record.topic)
-                    result = self.pipeline.process(record.value, partial(source_of, record), fmt)
-                    if states is not None and result.interpretations:
+                    result = self.pipeline.process(
+                        record.value, partial(source_of, record), fmt, interpret=not forwarding
+                    )
+                    if states is not None and (result.interpretations or result.results):
                         result = self._with_state(states, record, result, source_of(record))
                 batch.processed.append((record, result))
-                batch.urgent = batch.urgent or bool(result.alerts or result.interpretations)
+                batch.urgent = batch.urgent or bool(result.alerts or result.interpretations or result.results)
                 self._send(record, result)
 
     def _patient_record(self, states: PatientStates, record: Record) -> Processed:
@@ -325,14 +332,24 @@ class Service:
         if is_forget(record):
             states.forget(record.partition, record.key.decode() if record.key else "")
             return Processed(Outcome.SKIPPED)
+        began = time.perf_counter()
         try:
-            events = states.process(record)
+            done = states.process(record)
         except ClientError:
             raise
         except Exception as err:
             failed = DeadLetter(Reason.PROCESSING_ERROR, Stage.INTERPRET, type(err).__name__)
             return Processed(Outcome.DEAD_LETTERED, dead_letter=failed, maybe_relevant=True)
-        return Processed(Outcome.ALERTED if events else Outcome.INTERPRETED, alerts=events)
+        took = time.perf_counter() - began
+        if done is None:  # a treatment record kept, or a result not about infliximab
+            return Processed(Outcome.INTERPRETED, seconds=took, interpret_seconds=took)
+        return Processed(
+            Outcome.ALERTED if done.events else Outcome.INTERPRETED,
+            (done.interpretation,),
+            done.events,
+            seconds=took,
+            interpret_seconds=took,
+        )
 
     def _treatment_record(self, states: PatientStates, record: Record) -> Processed:
         """A treatment-context record: kept with the patient's state, next to their results."""
@@ -362,23 +379,19 @@ class Service:
     ) -> Processed:
         """Stateful mode: publish nothing on the message alone; the patient's state decides."""
         if states.topics.repartition:
-            for item in result.interpretations:
+            for found in result.results:
                 self.delivery.send(
                     states.topics.patients,
-                    item.result.patient_id.encode(),
-                    repartition_value(item.result, source),
+                    found.patient_id.encode(),
+                    repartition_value(found, source),
                     [(CORRELATION_HEADER, correlation_id(record).encode())],
                     # The lab message's time travels with it, so end-to-end latency still
                     # measures lab message to alert (Kafka Streams propagates it the same way).
                     timestamp_ms=record.timestamp_ms,
                 )
-            return result._replace(alerts=())
-        events = [
-            e
-            for item in result.interpretations
-            for e in states.correlate(record.partition, item.result, source)
-        ]
-        return result._replace(alerts=events)
+            return result
+        read = [states.correlate(record.partition, item.result, source) for item in result.interpretations]
+        return result._replace(alerts=[e for done in read if done is not None for e in done.events])
 
     def _send(self, record: Record, result: Processed) -> None:
         if result.dead_letter is None and not result.alerts:

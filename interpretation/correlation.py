@@ -356,6 +356,14 @@ def correlate(
     return fold.done(rules, seen)
 
 
+class Correlated(NamedTuple):
+    """A result read with the patient's state: the new state, its events, and the reading itself."""
+
+    state: PatientState
+    events: list[Alert]
+    interpretation: Interpretation
+
+
 def correlate_result(
     state: PatientState | None,
     result: LabResult,
@@ -364,7 +372,7 @@ def correlate_result(
     *,
     rules: CorrelationRules = DEFAULT_RULES,
     override: TreatmentContext | None = None,
-) -> tuple[PatientState, list[Alert]] | None:
+) -> Correlated | None:
     """(state, lab result) -> (new state, events); None when the result is not about infliximab.
 
     The patient's treatment record, if any, supplies the context the message leaves unsaid.
@@ -374,7 +382,7 @@ def correlate_result(
     found = interpret(result, ruleset, override or TreatmentContext(), record)
     if found is None:
         return None
-    return correlate(state, found, source, ruleset, rules)
+    return Correlated(*correlate(state, found, source, ruleset, rules), found)
 
 
 def record_treatment(

@@ -45,6 +45,14 @@ def interpret(
     return found.model_copy(update={"context_source": sources})
 
 
+def recognised(results: Iterable[LabResult], ruleset: RuleSet) -> list[LabResult]:
+    """The results `interpret` would read: the ones recognisably about infliximab.
+
+    For a stage that forwards results to be interpreted later, with the patient's state.
+    """
+    return [r for r in results if recognise(r.code, r.display, ruleset.recognition, r.unit) is not None]
+
+
 def _interpret(
     result: LabResult, ruleset: RuleSet, recognised: Recognised, context: TreatmentContext
 ) -> Interpretation:

@@ -22,8 +22,8 @@ from consumer.metrics import Metrics
 from consumer.settings import Settings
 from consumer.state.store import PartitionStore
 from consumer.state.topics import StateTopics
-from interpretation import Alert, LabResult, RuleSet, SourceRef
-from interpretation.correlation import correlate_result, record_treatment
+from interpretation import LabResult, RuleSet, SourceRef
+from interpretation.correlation import Correlated, correlate_result, record_treatment
 from interpretation.lab_result import Frozen
 from interpretation.patient_state import CorrelationRules, PatientState
 from interpretation.treatment import TreatmentRecord
@@ -196,16 +196,17 @@ class PatientStates:
             partition=partition,
         )
 
-    def process(self, record: Record) -> list[Alert]:
-        """Correlate one repartitioned result (or carry out a forget command); return its events."""
+    def process(self, record: Record) -> Correlated | None:
+        """Correlate one repartitioned result (or carry out a forget command or keep a treatment
+        record, which have nothing to report)."""
         patient_id = record.key.decode() if record.key else ""
         if is_forget(record):
             self.forget(record.partition, patient_id)
-            return []
+            return None
         if is_treatment(record):
             update = _RepartitionedTreatment.model_validate_json(record.value or b"")
             self.record_treatment(record.partition, patient_id, update.record, replace=update.replace)
-            return []
+            return None
         payload = _RepartitionedResult.model_validate_json(record.value or b"")
         return self.correlate(record.partition, payload.result, payload.source)
 
@@ -218,15 +219,13 @@ class PatientStates:
         if new != state:
             self._write(partition, patient_id, new)
 
-    def correlate(self, partition: int, result: LabResult, source: SourceRef) -> list[Alert]:
+    def correlate(self, partition: int, result: LabResult, source: SourceRef) -> Correlated | None:
+        """The result read with its patient's state; None when it is not about infliximab."""
         state = self._read(partition, result.patient_id)
         done = correlate_result(state, result, source, self.ruleset, rules=self.rules)
-        if done is None:
-            return []
-        new_state, events = done
-        if new_state != state:
-            self._write(partition, result.patient_id, new_state)
-        return events
+        if done is not None and done.state != state:
+            self._write(partition, result.patient_id, done.state)
+        return done
 
     def forget(self, partition: int, patient_id: str) -> None:
         """Remove a patient's state (a data-protection request): local store and changelog tombstone."""

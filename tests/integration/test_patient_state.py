@@ -20,7 +20,7 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from tests.conftest import gauges, produce, read_topic, run_cli
+from tests.conftest import gauges, metric_total, metrics_port, produce, read_topic, run_cli, scrape
 from tests.integration.test_exactly_once import (
     SERVICE,
     AlertReader,
@@ -385,6 +385,16 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
     (alert,) = found
     assert alert["target"]["low"] == 17.5
     assert alert["context_source"]["route"] == "patient_record"
+    # The readings counted are the patient stage's, made with the record: one low, one above.
+    port = metrics_port(service.log_text())
+
+    def findings() -> dict[str, float]:
+        text = scrape(port)
+        counted = ("subtherapeutic", "above_target")
+        return {f: metric_total(text, "tdm_interpretations_total", finding=f) for f in counted}
+
+    wait_until(lambda: sum(findings().values()) == 2, timeout_s=30)
+    assert findings() == {"subtherapeutic": 1, "above_target": 1}
     assert service.stop() == 0
 
 

@@ -24,12 +24,11 @@ class _States:
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
 
-    def process(self, record: Record) -> list[object]:
+    def process(self, record: Record) -> None:
         if self.error is not None:
             raise self.error
         # As PatientStates.process reads a result record: this one lacks most of its fields.
         _RepartitionedResult.model_validate_json(record.value or b"")
-        return []
 
 
 def service() -> Service:

@@ -42,7 +42,7 @@ def with_record(result: LabResult, record: TreatmentRecord):
     state = record_treatment(None, "PT-1", record, replace=True)
     done = correlate_result(state, result, HERE, RULES)
     assert done is not None
-    return done
+    return done.state, done.events
 
 
 def test_a_subcutaneous_patient_with_15_is_low_not_above_target():
@@ -78,7 +78,7 @@ def test_an_assumed_context_is_said_in_words():
     assert found.context_source["route"] is ContextSource.DEFAULT
     done = correlate_result(None, level("2.0"), HERE, RULES)
     assert done is not None
-    assert "Treatment context assumed, not known: maintenance, intravenous" in done[1][0].summary
+    assert "Treatment context assumed, not known: maintenance, intravenous" in done.events[0].summary
 
 
 def test_records_replace_merge_and_delete():
@@ -193,3 +193,13 @@ def test_canonical_records_replace_tombstones_delete_and_bad_ones_are_dead_lette
         assert "Jane" not in err.value.detail
     with pytest.raises(DecodeError, match="key"):
         decode_treatment(None, b"{}", RULES.recognition)
+
+
+def test_the_patient_stage_reports_the_reading_it_made_with_the_record():
+    """The service counts this reading (tdm_interpretations_total): the one made with the record."""
+    record = TreatmentRecord(route=Route.SUBCUTANEOUS, phase=Phase.MAINTENANCE)
+    done = correlate_result(record_treatment(None, "PT-1", record, replace=True), level("15"), HERE, RULES)
+    assert done is not None
+    assert done.interpretation.finding is SUB
+    assert done.interpretation.context.route is Route.SUBCUTANEOUS
+    assert done.interpretation.context_source["route"] is ContextSource.PATIENT_RECORD
