@@ -390,8 +390,16 @@ class Service:
                     timestamp_ms=record.timestamp_ms,
                 )
             return result
-        read = [states.correlate(record.partition, item.result, source) for item in result.interpretations]
-        return result._replace(alerts=[e for done in read if done is not None for e in done.events])
+        # Read again with the patient's state: that reading is the one counted, as on the hop.
+        read = [
+            done
+            for item in result.interpretations
+            if (done := states.correlate(record.partition, item.result, source)) is not None
+        ]
+        return result._replace(
+            interpretations=[done.interpretation for done in read],
+            alerts=[event for done in read for event in done.events],
+        )
 
     def _send(self, record: Record, result: Processed) -> None:
         if result.dead_letter is None and not result.alerts:

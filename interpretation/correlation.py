@@ -373,7 +373,8 @@ def correlate_result(
     rules: CorrelationRules = DEFAULT_RULES,
     override: TreatmentContext | None = None,
 ) -> Correlated | None:
-    """(state, lab result) -> (new state, events); None when the result is not about infliximab.
+    """(state, lab result) -> (new state, events, the reading); None when the result is not about
+    infliximab.
 
     The patient's treatment record, if any, supplies the context the message leaves unsaid.
     """

@@ -360,17 +360,20 @@ def test_forget_removes_a_patients_state(kafka_bootstrap, topics, start_service,
     assert patient not in service.log_text()
 
 
-def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, start_service):
+@pytest.mark.parametrize("keyed", [False, True], ids=["repartition-hop", "input-keyed-by-patient"])
+def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, start_service, keyed):
     """A subcutaneous patient's 15 ug/mL is low (threshold 17.5), not above the IV range."""
     context = f"{topics['input']}.context"
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
-        admin.create_topics([NewTopic(context, 2, 1, topic_configs={"cleanup.policy": "compact"})])
+        # Keyed input reads the context beside it, so the two are co-partitioned (3 each).
+        partitions = 3 if keyed else 2
+        admin.create_topics([NewTopic(context, partitions, 1, topic_configs={"cleanup.policy": "compact"})])
     finally:
         admin.close()
     sc, iv = f"SC-{uuid.uuid4().hex[:6]}", f"IV-{uuid.uuid4().hex[:6]}"
     send(kafka_bootstrap, context, sc, json.dumps({"route": "subcutaneous", "phase": "maintenance"}).encode())
-    service = start_service(TDM_CONTEXT_TOPIC=context)
+    service = start_service(TDM_CONTEXT_TOPIC=context, TDM_INPUT_KEYED_BY_PATIENT=str(keyed).lower())
     reader = AlertReader(kafka_bootstrap, topics["alerts"])
     try:
         wait_for_log(service, '"partitions assigned"', timeout_s=60)
@@ -385,7 +388,7 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
     (alert,) = found
     assert alert["target"]["low"] == 17.5
     assert alert["context_source"]["route"] == "patient_record"
-    # The readings counted are the patient stage's, made with the record: one low, one above.
+    # The readings counted are the ones made with the record: one low, one above.
     port = metrics_port(service.log_text())
 
     def findings() -> dict[str, float]:
