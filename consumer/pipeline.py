@@ -120,11 +120,12 @@ class Pipeline:
             return _dead(err.reason, Stage.DECODE, err.detail, began, maybe)
         except Exception as err:
             return _dead(Reason.PROCESSING_ERROR, Stage.DECODE, type(err).__name__, began, maybe)
-        if not interpret:
-            return self._recognised(data, results, began, decoding, maybe)
         try:
             interpreting = time.perf_counter()
-            interpretations = interpret_all(results, self.ruleset, self.context_override)
+            # Without interpreting, the results are only picked out (the question interpretation
+            # starts with), for the patient stage.
+            interpretations = interpret_all(results, self.ruleset, self.context_override) if interpret else []
+            picked = [] if interpret else recognised(results, self.ruleset)
             alerts: list[Alert] = []
             if interpretations:
                 where = source if isinstance(source, SourceRef) else source()
@@ -136,7 +137,7 @@ class Pipeline:
         done = time.perf_counter()
         if alerts:
             outcome = Outcome.ALERTED
-        elif interpretations:
+        elif interpretations or picked:
             outcome = Outcome.INTERPRETED
         else:
             outcome = Outcome.SKIPPED
@@ -149,25 +150,8 @@ class Pipeline:
             interpreting - decoding,
             done - interpreting,
             # Only a message the pre-filter let through can name the drug (checked once, here).
-            recognition_gap=not interpretations and maybe and self.prefilter.names_drug(data),
-        )
-
-    def _recognised(
-        self, data: bytes, results: list[LabResult], began: float, decoding: float, maybe: bool
-    ) -> Processed:
-        try:
-            found = recognised(results, self.ruleset)
-        except Exception as err:
-            return _dead(
-                Reason.PROCESSING_ERROR, Stage.INTERPRET, type(err).__name__, began, maybe_relevant=True
-            )
-        done = time.perf_counter()
-        return Processed(
-            Outcome.INTERPRETED if found else Outcome.SKIPPED,
-            results=found,
-            seconds=done - began,
-            decode_seconds=done - decoding,
-            recognition_gap=not found and maybe and self.prefilter.names_drug(data),
+            recognition_gap=not (interpretations or picked) and maybe and self.prefilter.names_drug(data),
+            results=picked,
         )
 
 
