@@ -239,8 +239,13 @@ def event_for(
     partner: Partner | None = None,
     previous_levels: tuple[PreviousLevel, ...] = (),
     resolve_reason: str | None = None,
+    severity: Severity | None = None,
 ) -> Alert:
-    """The event `action` on `incident`, described by this interpretation (and its partner)."""
+    """The event `action` on `incident`, described by this interpretation (and its partner).
+
+    `severity` is the incident's own where the interpretation alone would understate it (an
+    unreadable correction of a critical incident's result).
+    """
     target = interpretation.target if isinstance(interpretation, DrugLevelInterpretation) else None
     r = interpretation.result
     change = None
@@ -255,7 +260,7 @@ def event_for(
         incident_key=incident,
         event_id=event_id(incident, action, r, partner.model_dump_json() if partner else None),
         resolve_reason=resolve_reason,
-        severity=severity_of(interpretation.pattern),
+        severity=severity or severity_of(interpretation.pattern),
         category=category,
         summary=_summary(interpretation, partner, action),
         analyte=interpretation.analyte.value,

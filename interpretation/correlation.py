@@ -25,6 +25,7 @@ from interpretation.alerts import (
     Alert,
     Partner,
     PreviousLevel,
+    Severity,
     SourceRef,
     category_of,
     event_for,
@@ -185,6 +186,7 @@ class _Fold:
         partner: Partner | None = None,
         previous: tuple[PreviousLevel, ...] = (),
         reason: str | None = None,
+        severity: Severity | None = None,
     ) -> None:
         """Add the event `action` on `incident`, described by an interpretation."""
         self.events.append(
@@ -197,6 +199,7 @@ class _Fold:
                 partner=partner,
                 previous_levels=previous,
                 resolve_reason=reason,
+                severity=severity,
             )
         )
 
@@ -284,9 +287,14 @@ def _decide(fold: _Fold, facts: _Facts, incident: OpenIncident | None, *, correc
         )
         event(Action.UPDATE, incident)
         return incident.key
-    if incident is not None and corrects and interpretation.finding.value == "uninterpretable":
-        # A correction that cannot be read does not close the incident: say so, keep it open.
-        event(Action.UPDATE, incident)
+    if incident is not None and interpretation.finding.value == "uninterpretable":
+        # A result that cannot be read says nothing about whether the problem is gone: it never
+        # resolves or downgrades an incident. A correction of one of its results that cannot be
+        # read is said on the incident, at the incident's severity; an unreadable partner
+        # (indeterminate, not performed, interference) leaves the incident as it was.
+        if not corrects:
+            return None
+        fold.emit(interpretation, Action.UPDATE, incident, partner=facts.partner, severity=incident.severity)
         return incident.key
     if incident is not None:
         why = "corrected into range" if corrects else "read with its partner, nothing calls for attention"

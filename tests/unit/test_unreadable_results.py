@@ -1,0 +1,117 @@
+"""A result that cannot be read never withdraws a page (issue 23, class 1).
+
+Only a readable result that shows the problem is gone, or a correction, entered-in-error or
+cancellation of the very result that opened an incident, may resolve or downgrade it. An
+indeterminate, not-performed or interfered-with result says nothing either way.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interpretation import LabResult, interpret
+from interpretation.alerts import Action, Severity
+from interpretation.correlation import correlate
+from interpretation.patient_state import PatientState
+from tests.unit.helpers import RULES
+from tests.unit.test_correlation import DAY0, HERE, antibodies, feed, level
+
+UNREADABLE = ("indeterminate", "QNS", "Test not performed", "interference", "see comment")
+_RANK = {Severity.HIGH: 1, Severity.CRITICAL: 2}
+
+
+def test_an_indeterminate_reflex_antibody_result_leaves_the_low_level_paging():
+    state, events = feed(level("1.8"), antibodies("indeterminate", accession="ACC-REFLEX", result_id="R-AB"))
+    assert [e.action for e in events] == [Action.TRIGGER]
+    assert len(state.incidents) == 1 and state.incidents[0].key == events[0].incident_key
+
+
+def test_an_unreadable_level_leaves_the_antibody_page_standing_in_either_order():
+    for results in (
+        (antibodies("180"), level("QNS", result_id="R-LVL")),
+        (level("QNS", result_id="R-LVL"), antibodies("180")),
+    ):
+        state, events = feed(*results)
+        assert [e.action for e in events] == [Action.TRIGGER], results
+        assert len(state.incidents) == 1
+
+
+def test_an_unreadable_level_does_not_downgrade_immunogenic_failure():
+    state, events = feed(
+        level("1.2", result_id="R-1"),
+        antibodies("180", result_id="R-AB"),
+        level("interference", result_id="R-2", at=DAY0 + timedelta(hours=2)),
+    )
+    assert [e.action for e in events] == [Action.TRIGGER, Action.UPDATE]
+    assert state.incidents[0].severity is Severity.CRITICAL
+
+
+def test_a_correction_that_cannot_be_read_keeps_the_incident_at_its_severity():
+    state, events = feed(
+        level("1.2", result_id="R-1"),
+        antibodies("180", result_id="R-AB"),
+        antibodies("indeterminate", result_id="R-AB", status="corrected"),
+    )
+    assert [e.action for e in events] == [Action.TRIGGER, Action.UPDATE, Action.UPDATE]
+    assert events[-1].severity is Severity.CRITICAL
+    assert state.incidents[0].severity is Severity.CRITICAL
+
+
+def test_a_readable_negative_partner_still_updates_and_a_readable_correction_still_resolves():
+    # The rule above is narrow: readable results keep doing what they did.
+    _, events = feed(level("2.0"), antibodies("20", accession="ACC-2"))
+    assert [e.action for e in events] == [Action.TRIGGER, Action.UPDATE]
+    _, events = feed(level("2.0", result_id="R-1"), level("4.5", result_id="R-1", status="corrected"))
+    assert [e.action for e in events] == [Action.TRIGGER, Action.RESOLVE]
+
+
+# -- the property: over any history, an unreadable result never closes or lowers an incident ----
+
+_ids = st.sampled_from(["A", "B", "C"])
+_hours = st.integers(min_value=0, max_value=24 * 40)
+
+
+@st.composite
+def _results(draw: st.DrawFn, readable: bool = True) -> LabResult:
+    analyte = draw(st.sampled_from(["level", "antibodies"]))
+    if readable:
+        values = ["0.8", "2.1", "4.5", "9.0", "<0.4"] if analyte == "level" else ["20", "180"]
+        value = draw(st.sampled_from(values))
+        status = draw(st.sampled_from(["final", "final", "corrected", "preliminary", "entered_in_error"]))
+    else:
+        value = draw(st.sampled_from(UNREADABLE))
+        status = "final"
+    build = level if analyte == "level" else antibodies
+    return build(
+        value,
+        at=DAY0 + timedelta(hours=draw(_hours)),
+        status=status,
+        accession=f"ACC-{draw(_ids)}",
+        specimen_id=f"SPM-{draw(_ids)}",
+        result_id=draw(st.one_of(st.none(), _ids.map(lambda i: f"R-{analyte}-{i}"))),
+    )
+
+
+def _fold(state: PatientState | None, result: LabResult) -> tuple[PatientState, list]:
+    found = interpret(result, RULES)
+    assert found is not None
+    return correlate(state, found, HERE, RULES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(history=st.lists(_results(), max_size=8), unreadable=_results(readable=False))
+def test_appending_an_unreadable_result_never_resolves_or_lowers_an_incident(history, unreadable):
+    state: PatientState | None = None
+    for result in history:
+        state, _ = _fold(state, result)
+    before = {i.key: i.severity for i in state.incidents} if state else {}
+    after, events = _fold(state, unreadable)
+    now = {i.key: i.severity for i in after.incidents}
+    for key, severity in before.items():
+        assert key in now, "an unreadable result closed an incident"
+        assert _RANK[now[key]] >= _RANK[severity], "an unreadable result lowered an incident's severity"
+    assert all(e.action is not Action.RESOLVE for e in events)
+    assert all(_RANK[e.severity] >= _RANK[before.get(e.incident_key, Severity.HIGH)] for e in events)
