@@ -92,6 +92,8 @@ class _Assignment:
         self._service.assigned -= set(revoked)
         if (states := self._service.states) is not None:
             states.revoke(tp.partition for tp in revoked if tp.topic == states.topics.patients)
+        for tp in revoked:
+            self._service.held.pop(tp, None)
         self._service.on_assignment_changed("revoked", revoked)
 
     def lost(self, lost: Collection[Partition]) -> None:
@@ -101,12 +103,15 @@ class _Assignment:
 
     def assigned(self, assigned: Collection[Partition]) -> None:
         # A patient partition's state is restored from its changelog before any of its
-        # records is processed: it stays paused until the loop has restored it.
+        # records is processed. Pausing it here is not enough: confluent-kafka applies the
+        # assignment only after this callback returns, so the pause does nothing there, and the
+        # poll that ran this callback can return the partition's records. The loop holds them
+        # back (Service._hold_unrestored) whatever the client does; the pause saves the fetch.
         if (states := self._service.states) is not None:
-            patients = [tp for tp in assigned if tp.topic == states.topics.patients]
-            states.assign(tp.partition for tp in patients)
-            if patients and self._service._consumer is not None:
-                self._service._consumer.pause(patients)  # resumed once restored, in the loop
+            stateful = [tp for tp in assigned if tp.topic in states.topics_read]
+            states.assign(tp.partition for tp in stateful)
+            if stateful and self._service._consumer is not None:
+                self._service._consumer.pause(stateful)  # resumed once restored, in the loop
         self._service.assigned |= set(assigned)
         self._service.on_assignment_changed("assigned", assigned)
 
@@ -132,6 +137,8 @@ class Service:
         self._backoff = 0.5
         self._fatal: FatalError | None = None
         self.states: PatientStates | None = None
+        # Where each stateful partition polled before its restore resumes (its first record held).
+        self.held: dict[Partition, int] = {}
         self.health = Health(settings.liveness_timeout_s, settings.stall_timeout_s)
         metrics.ready.set_function(lambda: float(self.is_ready()))
 
@@ -251,6 +258,8 @@ class Service:
                 polled = consumer.poll(self._wait_ms(batch, interval), room)
                 if self._fatal is not None:  # raised in a rebalance callback, which kafka-python swallows
                     raise self._fatal
+                if self.states is not None and self.states.pending:
+                    polled = self._hold_unrestored(consumer, self.states, polled)
                 if polled:
                     self._process(polled)
                 # A poll that filled up means a backlog: there, large batches catch up fastest
@@ -277,9 +286,43 @@ class Service:
             log.warning("patient state restore failed; retrying", error=err.name)
             self._stop.wait(1.0)
             return
-        owned = consumer.assignment()
-        ready = [Partition(states.topics.patients, p) for p in restored]
-        consumer.resume([tp for tp in ready if tp in owned])
+        restored_set = set(restored)
+        ready = [
+            tp
+            for tp in consumer.assignment()
+            if tp.topic in states.topics_read and tp.partition in restored_set
+        ]
+        consumer.resume(ready)
+        for tp in ready:
+            if (offset := self.held.pop(tp, None)) is not None:
+                # After the resume: librdkafka may take its resume point from the last record
+                # it handed out, which was one of the held ones.
+                consumer.seek(tp, offset)
+
+    def _hold_unrestored(
+        self, consumer: GroupConsumer, states: PatientStates, polled: Mapping[Partition, Sequence[Record]]
+    ) -> Mapping[Partition, Sequence[Record]]:
+        """Leave out the records of partitions whose state is not restored yet; read them again later.
+
+        Read against an empty or stale store, a result would page wrongly, and its write would be
+        committed with an offset past the history the restore then skips: the damage would last.
+        """
+        if not any(states.waits_for_restore(tp) for tp in polled):
+            return polled
+        kept: dict[Partition, Sequence[Record]] = {}
+        for tp, records in polled.items():
+            if not states.waits_for_restore(tp):
+                kept[tp] = records
+                continue
+            first = min(records[0].offset, self.held.get(tp, records[0].offset))
+            self.held[tp] = first
+            consumer.seek(tp, first)
+            consumer.pause([tp])  # the assignment is in force by now, so this pause holds
+            log.info(
+                "records held until their partition's state is restored",
+                partition=f"{tp.topic}/{tp.partition}",
+            )
+        return kept
 
     def _process(self, polled: Mapping[Partition, Sequence[Record]]) -> None:
         opening = self._batch is None

@@ -84,6 +84,12 @@ class PatientStates:
             partner_keep_days=settings.partner_keep_days,
             previous_levels=settings.previous_levels,
         )
+        # The topics whose records are read against a partition's store: the patient topic, and
+        # with the input keyed by patient the context topic co-partitioned with it.
+        self.topics_read: frozenset[str] = frozenset(
+            {topics.patients}
+            | ({settings.context_topic} if settings.context_topic and not topics.repartition else set())
+        )
         self.root = Path(settings.state_dir) / topics.changelog
         self.stores: dict[int, PartitionStore] = {}
         self._writes: dict[int, dict[str, tuple[bytes, float] | None]] = {}
@@ -104,6 +110,10 @@ class PatientStates:
             if partition not in self.stores:
                 self.stores[partition] = PartitionStore(self.root / f"{partition}.sqlite")
                 self.pending.add(partition)
+
+    def waits_for_restore(self, tp: Partition) -> bool:
+        """Whether a record of `tp` would be read against a store that is not restored yet."""
+        return tp.partition in self.pending and tp.topic in self.topics_read
 
     def restore_pending(self) -> list[int]:
         """Bring every newly assigned partition up to its changelog; return the ones done."""
