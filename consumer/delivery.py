@@ -105,9 +105,9 @@ class Delivery(ABC, Generic[P]):
 
     def _drop_producer(self) -> None:
         """Close the producer in use; the next batch makes a new one."""
-        if self._producer is not None:
-            self._producer.close(10)
-            self._producer = None
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(10)
 
 
 class TransactionalDelivery(Delivery[TransactionalProducer]):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TypeVar
 
+import structlog
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import errors as kafka_errors
 from kafka.admin import NewTopic
@@ -94,6 +95,22 @@ def _call(action: Callable[[], T], doing: str) -> T:
         return action()
     except kafka_errors.KafkaError as err:
         raise _raised(err, doing) from err
+
+
+_log = structlog.get_logger("tdm_alerts.kafka")
+
+
+def _close(action: Callable[[], object], what: str) -> None:
+    """Close a client, giving up on what it cannot finish: never raises (seam: close).
+
+    kafka-python's producer close waits for the broker and raises KafkaTimeoutError when it is
+    gone (an outage longer than the send timeout ended the service with a traceback, issue 27);
+    the client is dropped all the same, and a new one starts clean.
+    """
+    try:
+        action()
+    except (kafka_errors.KafkaError, OSError) as err:
+        _log.warning("client closed without finishing", client=what, error=type(err).__name__)
 
 
 def _connect(make: Callable[[], T]) -> T:
@@ -195,7 +212,7 @@ class _Reader:
         return {_ours(tp): None if at is None else int(at.offset) for tp, at in found.items()}
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
+        _close(lambda: self._consumer.close(autocommit=False), "consumer")
 
 
 class GroupConsumer(_Reader):
@@ -245,7 +262,7 @@ class Producer:
             try:
                 _call(self._producer.init_transactions, "init transactions")
             except ClientError:
-                self._producer.close(timeout=5)
+                _close(lambda: self._producer.close(timeout=5), "producer")
                 raise
         self._sent: list[_Sent] = []
 
@@ -281,7 +298,7 @@ class Producer:
             one.offset(timeout_s)  # raises the first failed send
 
     def close(self, timeout_s: float) -> None:
-        self._producer.close(timeout=timeout_s)
+        _close(lambda: self._producer.close(timeout=timeout_s), "producer")
 
     # -- transactions (with a transactional id) ----------------------------------------------
 
@@ -360,7 +377,7 @@ class Admin:
         return {_ours(tp): int(o.offset) for tp, o in offsets.items() if o.offset >= 0}
 
     def close(self) -> None:
-        self._admin.close()
+        _close(self._admin.close, "admin")
 
 
 class KafkaPythonClient:

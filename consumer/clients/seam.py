@@ -191,7 +191,8 @@ class Producer(Protocol):
     def flush(self, timeout_s: float) -> None:
         """Every send so far acknowledged; raises the first ClientError among them."""
 
-    def close(self, timeout_s: float) -> None: ...
+    def close(self, timeout_s: float) -> None:
+        """Deliver what it can within `timeout_s`, then let go; never raises (the caller is done)."""
 
 
 class TransactionalProducer(Producer, Protocol):

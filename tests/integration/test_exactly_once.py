@@ -149,6 +149,32 @@ def test_broker_restart_mid_stream(kafka_broker, topics, start_service):
         reader.close()
 
 
+@pytest.mark.slow
+def test_a_broker_outage_longer_than_every_timeout_is_ridden_out(kafka_broker, topics, start_service):
+    """Down for longer than the send and transaction timeouts (issue 27: kafka-python's producer
+    close raised on the abort path and the service exited 1 with a traceback)."""
+    bootstrap = kafka_broker.bootstrap
+    feed = canonical_feed(total=20_000, alerting=400, seed=2727)
+    produce(bootstrap, topics["input"], feed.messages, feed.keys)
+    reader = AlertReader(bootstrap, topics["alerts"])
+    settings = {"TDM_INSTANCE_ID": "outage", "TDM_RETRY_BACKOFF_MAX_S": "2", "TDM_STALL_TIMEOUT_S": "120"}
+    service = start_service(**settings, **SERVICE)
+    try:
+        reader.wait_for(20, timeout_s=90, while_alive=[service])
+        reader.consumer.close()
+        kafka_broker.stop()  # mid-stream: a batch is open with sends in flight
+        time.sleep(40)
+        assert service.alive(), service.log_text()[-3000:]
+        kafka_broker.start()
+        reader = AlertReader(bootstrap, topics["alerts"])
+        reader.wait_for(len(feed.expected), timeout_s=240, while_alive=[service])
+        assert service.stop() == 0
+        assert_exact(reader, feed)
+    finally:
+        reader.close()
+    assert "Traceback" not in service.log_text()
+
+
 # KIP-848's consumer group protocol (the broker assigns) is offered by the confluent-kafka client.
 GROUP_PROTOCOLS = ["classic", "consumer"] if KAFKA_CLIENT == "confluent-kafka" else ["classic"]
 
