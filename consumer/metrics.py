@@ -134,6 +134,14 @@ class Metrics:
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
             registry=r,
         )
+        self.state_rebuilds = Counter(
+            "tdm_state_rebuilds",
+            "Local patient-state stores set aside and rebuilt from the changelog, by reason "
+            "(damaged: the file failed its check; not_this_changelog: it is ahead of or differs from "
+            "the changelog).",
+            ["reason"],
+            registry=r,
+        )
         self.state_expired = Counter(
             "tdm_state_expired_patients", "Patient states removed after the retention time.", registry=r
         )

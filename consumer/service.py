@@ -42,8 +42,10 @@ from consumer.state.manager import (
     PatientStates,
     is_forget,
     repartition_value,
+    store_fatal,
     treatment_value,
 )
+from consumer.state.store import StoreError
 from consumer.state.topics import ensure_state_topics
 from interpretation import SourceRef
 
@@ -109,7 +111,11 @@ class _Assignment:
         # back (Service._hold_unrestored) whatever the client does; the pause saves the fetch.
         if (states := self._service.states) is not None:
             stateful = [tp for tp in assigned if tp.topic in states.topics_read]
-            states.assign(tp.partition for tp in stateful)
+            try:
+                states.assign(tp.partition for tp in stateful)
+            except FatalError as fatal:  # kafka-python swallows what a callback raises
+                self._service._fatal = fatal
+                return
             if stateful and self._service._consumer is not None:
                 self._service._consumer.pause(stateful)  # resumed once restored, in the loop
         self._service.assigned |= set(assigned)
@@ -273,6 +279,8 @@ class Service:
             except ClientError as err:
                 self._raise_if_fatal(err)
                 self._fail(consumer, err)
+            except StoreError as err:
+                raise store_fatal(err, s) from err
         if self._batch is not None:
             try:
                 self._commit(consumer, self._batch)  # SIGTERM: the batch in hand is finished, not dropped
@@ -378,7 +386,7 @@ class Service:
         began = time.perf_counter()
         try:
             done = states.process(record)
-        except ClientError:
+        except (ClientError, StoreError):  # Kafka's or the disk's: not this record's fault
             raise
         except Exception as err:
             failed = DeadLetter(Reason.PROCESSING_ERROR, Stage.INTERPRET, type(err).__name__)

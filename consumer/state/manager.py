@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ import structlog
 
 from consumer.clients.seam import Partition, Reader, Record, Sent
 from consumer.delivery import Delivery
+from consumer.fatal import FatalError
 from consumer.metrics import Metrics
 from consumer.settings import Settings
-from consumer.state.store import PartitionStore
+from consumer.state.store import PartitionStore, StoreError, StoreUnwritable, record_digest
 from consumer.state.topics import StateTopics
 from interpretation import LabResult, RuleSet, SourceRef
 from interpretation.correlation import Correlated, correlate_result, record_treatment
@@ -94,6 +96,7 @@ class PatientStates:
         self.stores: dict[int, PartitionStore] = {}
         self._writes: dict[int, dict[str, tuple[bytes, float] | None]] = {}
         self._last_sent: dict[int, Sent] = {}
+        self._last_digest: dict[int, int] = {}  # of the batch's last changelog write per partition
         self._expiry_due = 0.0
         self.pending: set[int] = set()  # assigned, store open, not yet restored
         self.on_restore_chunk: Callable[[], None] = lambda: None  # a long restore is progress
@@ -108,8 +111,23 @@ class PatientStates:
         """
         for partition in partitions:
             if partition not in self.stores:
-                self.stores[partition] = PartitionStore(self.root / f"{partition}.sqlite")
+                path = self.root / f"{partition}.sqlite"
+                try:
+                    self.stores[partition] = PartitionStore.open_or_rebuild(
+                        path, partial(self._rebuilding, partition, "damaged")
+                    )
+                except StoreError as err:
+                    raise store_fatal(err, self.settings) from err
                 self.pending.add(partition)
+
+    def _rebuilding(self, partition: int, reason: str, why: str) -> None:
+        self.metrics.state_rebuilds.labels(reason).inc()
+        log.warning(
+            "patient state store set aside; rebuilding it from the changelog",
+            partition=partition,
+            reason=reason,
+            detail=why[:300],
+        )
 
     def waits_for_restore(self, tp: Partition) -> bool:
         """Whether a record of `tp` would be read against a store that is not restored yet."""
@@ -140,14 +158,24 @@ class PatientStates:
             self.pending.discard(partition)
             self._writes.pop(partition, None)
             self._last_sent.pop(partition, None)
+            self._last_digest.pop(partition, None)
 
     def close(self) -> None:
         self.revoke(list(self.stores))
 
     def _restore(self, reader: Reader, tp: Partition, end: int, store: PartitionStore) -> None:
-        """Replay the changelog from the store's offset to `end` (read_committed): resumable."""
+        """Replay the changelog from the store's offset to `end` (read_committed): resumable.
+
+        The changelog is the truth and the store a cache of it: a store that is not a prefix of
+        this changelog (ahead of its end, or holding another record at its offset) is emptied and
+        rebuilt from the beginning.
+        """
         partition = tp.partition
         start = store.changelog_offset()
+        if start is not None and (why := _not_a_prefix(reader, tp, end, start, store.changelog_digest())):
+            self._rebuilding(partition, "not_this_changelog", why)
+            store.reset()
+            start = None
         if end == 0 or (start is not None and start + 1 >= end):
             return  # nothing newer than what the store holds: no fetch at all
         reader.assign([tp])
@@ -166,10 +194,11 @@ class PatientStates:
                 writes[(record.key or b"").decode()] = (
                     None if record.value is None else (record.value, _last_seen(record))
                 )
-                last = record.offset
+                last = record
             if last is None:
                 continue
-            store.apply(writes, last)  # each chunk commits with its offset: a crash resumes here
+            # Each chunk commits with its offset: a crash resumes here.
+            store.apply(writes, last.offset, record_digest(last.key, last.value))
             self.on_restore_chunk()
             applied += len(writes)
             remaining = max(end - reader.position(tp), 0)
@@ -198,6 +227,7 @@ class PatientStates:
         now = time.time()
         value = None if state is None else state.model_dump_json().encode()
         self._writes.setdefault(partition, {})[patient_id] = None if value is None else (value, now)
+        self._last_digest[partition] = record_digest(patient_id.encode(), value)
         self._last_sent[partition] = self.delivery.send(
             self.topics.changelog,
             patient_id.encode(),
@@ -272,9 +302,10 @@ class PatientStates:
             sent = self._last_sent.get(partition)
             if store is None or sent is None:
                 continue
-            store.apply(writes, sent.offset(30))
+            store.apply(writes, sent.offset(30), self._last_digest.get(partition))
         self._writes.clear()
         self._last_sent.clear()
+        self._last_digest.clear()
 
     def refresh_gauges(self) -> None:
         """Patients held (a count over each store: called every few seconds, not per batch)."""
@@ -284,6 +315,47 @@ class PatientStates:
         """The batch was aborted: its writes never happened."""
         self._writes.clear()
         self._last_sent.clear()
+        self._last_digest.clear()
+
+
+VERIFY_S = 10.0  # how long a restore looks for the record its store last applied
+
+
+def _not_a_prefix(reader: Reader, tp: Partition, end: int, start: int, digest: int | None) -> str | None:
+    """Why a store at changelog offset `start` is not a prefix of this changelog, or None if it is."""
+    if start >= end:
+        return f"the store has applied changelog offset {start}, but the changelog ends at {end}"
+    if digest is None:
+        return None  # written before digests were kept: its offset is all there is to check
+    reader.assign([tp])
+    reader.seek(tp, start)
+    deadline = time.monotonic() + VERIFY_S
+    while reader.position(tp) < end and time.monotonic() < deadline:
+        records = reader.poll(100, 1).get(tp, [])
+        if not records:
+            continue
+        first = records[0]
+        if first.offset != start:
+            # Compacted away after a later write of the same patient, or never there: either
+            # way this store cannot be checked, and a rebuild is only a longer restore.
+            return f"changelog offset {start}, which the store last applied, is no longer there"
+        if record_digest(first.key, first.value) != digest:
+            return f"the changelog holds another record at offset {start} than the one the store applied"
+        return None
+    return f"changelog offset {start}, which the store last applied, could not be read"
+
+
+def store_fatal(err: StoreError, settings: Settings) -> FatalError:
+    """A store that cannot be written: the orchestrator must act (disk, volume, TDM_STATE_DIR)."""
+    if isinstance(err, StoreUnwritable):
+        return FatalError(
+            f"patient state cannot be written under TDM_STATE_DIR={settings.state_dir}: {err} "
+            "(free space, make it writable, or point TDM_STATE_DIR at a writable directory)"
+        )
+    return FatalError(
+        f"patient state store damaged while running: {err} (a restart sets it aside and rebuilds it "
+        "from the changelog)"
+    )
 
 
 def _last_seen(record: Record) -> float:

@@ -7,13 +7,15 @@ where confluent-kafka delivered them while "paused" and they were read against a
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
 
 from consumer.state.manager import repartition_value
 from interpretation import LabResult, SourceRef
+from tests.conftest import metric_total, metrics_port, read_topic, scrape
 from tests.integration.test_exactly_once import SERVICE, AlertReader
 from tests.integration.test_patient_state import DAY0, antibodies, level, message, send
 
@@ -85,3 +87,94 @@ def test_records_waiting_at_assignment_are_read_only_after_the_restore(
     for event in later:
         assert event["pattern"] == "immunogenic_failure"
         assert event["incident_key"] == triggers[event["patient_id"]]["incident_key"]
+
+
+def _first_run(bootstrap, topics, start_service, env, *, state_dir, patients) -> None:
+    """Each patient's low level pages once; the instance stops cleanly, its store on disk."""
+    reader = AlertReader(bootstrap, topics["alerts"])
+    try:
+        first = start_service(TDM_STATE_DIR=str(state_dir), **env)
+        for p in patients:
+            send(bootstrap, topics["input"], p, message(p, f"A-{p}", f"S-{p}", DAY0, level("1.6")))
+        reader.wait_for(len(patients), timeout_s=90, while_alive=[first])
+        assert first.stop() == 0
+    finally:
+        reader.close()
+
+
+def _reflexes_after(bootstrap, topics, service, patients) -> list[dict[str, object]]:
+    reader = AlertReader(bootstrap, topics["alerts"])
+    try:
+        for p in patients:
+            send(bootstrap, topics["input"], p, message(p, f"R-{p}", f"S-{p}", DAY0, antibodies("180")))
+        reader.wait_for(2 * len(patients), timeout_s=90, while_alive=[service])
+        reader.settle(2.0)
+    finally:
+        reader.close()
+    return reader.alerts[len(patients) :]
+
+
+def test_a_damaged_store_is_rebuilt_from_the_changelog(kafka_bootstrap, topics, start_service, tmp_path):
+    patients = [f"DM-{uuid.uuid4().hex[:4]}-{n:02d}" for n in range(12)]
+    env = dict(TDM_GROUP_ID=f"damaged-{uuid.uuid4().hex[:6]}", **SERVICE)
+    state = tmp_path / "state"
+    _first_run(kafka_bootstrap, topics, start_service, env, state_dir=state, patients=patients)
+    damaged = list(state.rglob("*.sqlite"))
+    assert damaged
+    for path in damaged:
+        with path.open("r+b") as f:
+            f.write(b"\x00" * 100)  # the first bytes overwritten
+    second = start_service(TDM_STATE_DIR=str(state), **env)
+    later = _reflexes_after(kafka_bootstrap, topics, second, patients)
+    assert [e["action"] for e in later] == ["update"] * len(patients)  # every level found again
+    assert {e["pattern"] for e in later} == {"immunogenic_failure"}
+    assert metric_total(scrape(metrics_port(second.log_text())), "tdm_state_rebuilds_total") >= len(damaged)
+    assert metric_total(scrape(metrics_port(second.log_text())), "tdm_dead_letters_total") == 0
+    assert second.stop() == 0
+    assert "rebuilding it from the changelog" in second.log_text()
+
+
+def test_a_store_ahead_of_a_recreated_changelog_is_not_trusted(
+    kafka_bootstrap, topics, start_service, tmp_path
+):
+    patients = [f"AH-{uuid.uuid4().hex[:4]}-{n:02d}" for n in range(12)]
+    group = f"ahead-{uuid.uuid4().hex[:6]}"
+    env = dict(TDM_GROUP_ID=group, **SERVICE)
+    state = tmp_path / "state"
+    _first_run(kafka_bootstrap, topics, start_service, env, state_dir=state, patients=patients)
+    # The changelog starts again empty (recreated, or a new cluster), the old disk stays.
+    internal = [f"{group}.patient-state-changelog", f"{group}.patient-results"]
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_topics(internal)
+        deadline = time.monotonic() + 30
+        while set(internal) & set(admin.list_topics()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        admin.close()
+    second = start_service(TDM_STATE_DIR=str(state), **env)
+    later = _reflexes_after(kafka_bootstrap, topics, second, patients)
+    # The changelog knows none of them: each antibody result is a page of its own, not an
+    # update of an incident only the stale disk remembers.
+    assert [(e["action"], e["category"]) for e in later] == [("trigger", "anti_drug_antibodies")] * len(
+        patients
+    )
+    assert second.stop() == 0
+    assert "not_this_changelog" in second.log_text()
+
+
+def test_a_state_dir_that_cannot_be_written_is_fatal_and_named(
+    kafka_bootstrap, topics, start_service, tmp_path
+):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state directory should be")
+    service = start_service(TDM_STATE_DIR=str(blocker), **SERVICE)
+    send(kafka_bootstrap, topics["input"], "PT-X", message("PT-X", "A-X", "S-X", DAY0, level("1.6")))
+    deadline = time.monotonic() + 60
+    while service.alive() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not service.alive()
+    assert service.stop() == 1
+    text = service.log_text()
+    assert '"fatal"' in text and "TDM_STATE_DIR" in text and "Traceback" not in text
+    assert read_topic(kafka_bootstrap, topics["dlq"], expected=0, timeout_s=3) == []
