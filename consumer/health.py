@@ -75,6 +75,11 @@ class Health:
                 waiting[name] = before if before is not None and before[0] == position else (position, now)
         self._waiting = waiting
 
+    def stuck(self, after_s: float) -> list[str]:
+        """Partitions with messages waiting whose position has not moved for `after_s` or more."""
+        now = self.clock()
+        return sorted(name for name, (_, since) in self._waiting.items() if now - since >= after_s)
+
     def member(self, joined: bool) -> None:
         """Whether the consumer is a stable member of its group, as seen on this turn."""
         if joined:

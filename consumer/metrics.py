@@ -134,6 +134,12 @@ class Metrics:
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
             registry=r,
         )
+        self.fetch_restarts = Counter(
+            "tdm_fetch_restarts",
+            "Partitions found with messages waiting and no progress for 20 s, whose fetch was "
+            "restarted in place (before the watchdog's TDM_STALL_TIMEOUT_S ends the process).",
+            registry=r,
+        )
         self.state_rebuilds = Counter(
             "tdm_state_rebuilds",
             "Local patient-state stores set aside and rebuilt from the changelog, by reason "

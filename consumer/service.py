@@ -57,6 +57,11 @@ CORRELATION_HEADER = "tdm.correlation_id"
 _CORRELATION_TEXT = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{16,64}"
 )
+# A partition with messages waiting whose position has not moved for this long gets its fetch
+# restarted in place (a seek to where it stands), once per episode, well before the watchdog's
+# TDM_STALL_TIMEOUT_S ends the process: one partition was seen silent for 150 s after a takeover
+# while the others flowed (kafka-python, issue 27).
+STUCK_RESTART_S = 20.0
 LAG_REFRESH_S = 10.0  # end offsets cost a broker round trip; lag does not need sub-second detail
 LAG_RETRY_S = 1.0
 BEHIND_INTERVALS = 10  # how much longer than the interval a batch may run while behind the feed
@@ -146,6 +151,7 @@ class Service:
         # Where each stateful partition polled before its restore resumes (its first record held).
         self.held: dict[Partition, int] = {}
         self.health = Health(settings.liveness_timeout_s, settings.stall_timeout_s)
+        self._restarted: dict[str, int] = {}  # stuck partitions whose fetch was restarted, at which offset
         metrics.ready.set_function(lambda: float(self.is_ready()))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -629,6 +635,28 @@ class Service:
             self._lag_due = min(self._lag_due, now + LAG_RETRY_S)
             return
         self.health.lag(positions)
+        self._restart_stuck(consumer, positions)
+
+    def _restart_stuck(self, consumer: GroupConsumer, positions: Mapping[str, tuple[int, int]]) -> None:
+        """Seek a stuck partition to where it stands: the client drops its fetch state for it and
+        fetches again. A partition held for its restore is not stuck: it waits on purpose."""
+        stuck = set(self.health.stuck(STUCK_RESTART_S))
+        self._restarted = {name: at for name, at in self._restarted.items() if name in stuck}
+        for name in sorted(stuck):
+            position = positions.get(name, (None, 0))[0]
+            if position is None or self._restarted.get(name) == position:
+                continue
+            topic, _, number = name.rpartition("/")
+            tp = Partition(topic, int(number))
+            if tp in self.held or (self.states is not None and self.states.waits_for_restore(tp)):
+                continue
+            self._restarted[name] = position
+            self.metrics.fetch_restarts.inc()
+            log.warning(
+                "partition stuck with messages waiting; fetch restarted", partition=name, offset=position
+            )
+            consumer.resume([tp])
+            consumer.seek(tp, position)
 
     def _account(self, processed: list[tuple[Record, Processed]], batch_seconds: float) -> None:
         """Count a batch only once it is committed, so a retried batch is not counted twice."""

@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     poll_timeout_ms: Annotated[int, Field(ge=0)] = 100
     retry_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
     liveness_timeout_s: Annotated[float, Field(ge=5)] = 60.0
-    stall_timeout_s: Annotated[float, Field(ge=10)] = 300.0
+    # A page is due within seconds: a minute without progress is already an incident, and the
+    # restart (state restored from the changelog, nothing lost) costs seconds.
+    stall_timeout_s: Annotated[float, Field(ge=10)] = 60.0
 
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9108

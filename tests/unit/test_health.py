@@ -136,3 +136,25 @@ def test_a_long_state_restore_is_progress_for_the_loop_and_the_waiting_partition
         clock.now += 10
         health.restored_chunk()
         assert health.alive() and health.stalled() is None
+
+
+def test_a_partition_stuck_for_a_while_is_named_long_before_the_watchdog_fires():
+    # The loop restarts such a partition's fetch after 20 s (Service._restart_stuck); the watchdog
+    # ends the process only at the stall timeout.
+    health, clock = make()
+    health.lag({"in/0": (10, 2), "in/1": (40, 4)})
+    clock.now += 15
+    health.lag({"in/0": (12, 2), "in/1": (40, 4)})
+    assert health.stuck(20) == []
+    clock.now += 10
+    health.lag({"in/0": (14, 2), "in/1": (40, 4)})
+    assert health.stuck(20) == ["in/1"]
+    assert health.stalled() is None
+    health.lag({"in/0": (14, 0), "in/1": (41, 3)})  # it moved: no longer stuck
+    assert health.stuck(20) == []
+
+
+def test_the_default_stall_timeout_fits_paging():
+    from consumer.settings import Settings
+
+    assert Settings().stall_timeout_s <= 60  # a page is due in seconds; issue 27 found 300 s
