@@ -276,9 +276,13 @@ class RuleSet(Frozen):
     def lowest_target_that_could_apply(self, context: TreatmentContext) -> DrugLevelTarget | None:
         """Among targets the known context does not rule out, the one with the lowest floor.
 
-        A level below it is low whichever of them the patient's real context would select.
+        A level below it is low whichever of them the patient's real context would select. Called
+        when no target fits the context exactly, so a week with no threshold of its own (induction
+        week 2 or 10) takes the lowest threshold of its phase: a level below every published
+        induction threshold is low in induction whatever the week.
         """
-        floors = [t for t in self.drug_level_targets if t.low is not None and t.when.could_match(context)]
+        known = context.model_copy(update={"week": None})
+        floors = [t for t in self.drug_level_targets if t.low is not None and t.when.could_match(known)]
         return min(floors, key=lambda t: t.low or 0, default=None)
 
 
@@ -313,7 +317,7 @@ def parse_ruleset(text: str | bytes, origin: str = "rule set") -> RuleSet:
 
 
 # Rule sets shipped in the package, selectable by name (TDM_RULESET=reactive).
-PACKAGED_RULESETS = frozenset({"default", "reactive"})
+PACKAGED_RULESETS = frozenset({"default", "reactive", "consensus"})
 
 
 def _packaged_text(name: str) -> str:

@@ -253,16 +253,33 @@ def test_text_reader(text, reading):
 
 @pytest.mark.parametrize("context", [{"phase": "induction", "week": 10}, {"phase": "induction"}, {"week": 3}])
 def test_a_level_below_every_target_that_could_apply_pages_even_without_a_target(context):
-    # The lowest published floor is 2.2 ug/mL (biochemical remission); 1.5 is below every
-    # target the patient's real context could select.
+    # The lowest floor that could apply (2.2 ug/mL in maintenance, 4.0 in induction) is above
+    # 1.5: it is below every target the patient's real context could select.
     got = read(level("1.5"), **context)
     assert got.finding is SUB and got.alert
     assert got.target is not None and got.target.low is not None and Decimal("1.5") < got.target.low
 
 
-def test_an_induction_level_above_the_lowest_possible_floor_still_has_no_target():
-    got = read(level("3.0"), phase="induction", week=10)
+@pytest.mark.parametrize("week", [None, 2, 10])
+def test_an_induction_level_below_every_induction_threshold_pages_whatever_the_week(week):
+    # Issue 23, class 3: every induction threshold is at least 4.0 ug/mL (week 14; week 6 is
+    # 4.5); the maintenance goal thresholds (2.2 / 9.7 / 9.8) are not induction floors.
+    got = read(level("3.0"), phase="induction", week=week)
+    assert got.finding is SUB and got.alert
+    assert got.target is not None and got.target.low == Decimal("4.0")
+    assert got.target.when.phase is not None and got.target.when.phase.value == "induction"
+
+
+def test_an_induction_level_above_the_lowest_induction_threshold_still_has_no_target():
+    got = read(level("4.2"), phase="induction", week=10)
     assert got.finding is UNINT and not got.alert and "no target" in got.reason
+
+
+def test_goal_thresholds_are_maintenance_thresholds():
+    # Papamichael et al. 2018 measured them during maintenance: in induction they do not apply.
+    assert read(level("5.0"), phase="maintenance", goal="endoscopic_remission").finding is SUB
+    got = read(level("5.0"), phase="induction", week=10, goal="endoscopic_remission")
+    assert got.finding is UNINT and not got.alert
 
 
 def test_an_undetectable_induction_level_pages():

@@ -68,3 +68,21 @@ def test_duplicate_rule_ids_are_refused():
 def test_not_json_is_a_clear_error():
     with pytest.raises(RuleSetError, match=r"custom\.json is not JSON"):
         parse_ruleset("{not json", "custom.json")
+
+
+def test_the_consensus_rule_set_reads_induction_by_the_consensus_table():
+    from decimal import Decimal
+
+    from interpretation import TreatmentContext, interpret
+    from interpretation.ruleset import packaged_ruleset
+    from tests.unit.helpers import level
+
+    consensus = packaged_ruleset("consensus")
+    week2 = interpret(level("15"), consensus, TreatmentContext(phase="induction", week=2))
+    assert week2 is not None and week2.alert and week2.target is not None
+    assert week2.target.low == Decimal("20")
+    assert [c.id for c in week2.citations][:1] == ["papamichael-2019-table"]
+    week14 = interpret(level("3.5"), consensus, TreatmentContext(phase="induction", week=14))
+    assert week14 is not None and not week14.alert
+    healing = interpret(level("5"), consensus, TreatmentContext(phase="maintenance", goal="mucosal_healing"))
+    assert healing is not None and healing.alert  # >= 7 for mucosal healing
