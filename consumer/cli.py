@@ -175,6 +175,8 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     failures = 0
     # The same correlation the service runs, over the file in order, with patients kept in memory.
     patients: dict[str, PatientState] = {}
+    # The service's correlation settings (TDM_PAIR_WINDOW_HOURS and the rest), read the same way.
+    rules = Settings().correlation_rules()
     for source, message in messages_in(data, name, fmt):
         result = pipeline.process(message, source, fmt)
         if result.dead_letter is not None:
@@ -188,7 +190,12 @@ def cmd_interpret(args: argparse.Namespace) -> int:
             if not args.no_state:
                 patient = item.result.patient_id
                 done = correlate_result(
-                    patients.get(patient), item.result, source, pipeline.ruleset, override=override
+                    patients.get(patient),
+                    item.result,
+                    source,
+                    pipeline.ruleset,
+                    rules=rules,
+                    override=override,
                 )
                 if done is not None:
                     patients[patient] = done.state

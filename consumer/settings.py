@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from consumer.formats import Format
+from interpretation.patient_state import CorrelationRules
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -159,6 +160,14 @@ class Settings(BaseSettings):
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
             raise ValueError(f"TDM_SECURITY_PROTOCOL={self.security_protocol} needs TDM_SASL_MECHANISM")
         return self
+
+    def correlation_rules(self) -> CorrelationRules:
+        """How a patient's results are put together: one source for the service and `interpret`."""
+        return CorrelationRules(
+            pair_window_hours=self.pair_window_hours,
+            partner_keep_days=self.partner_keep_days,
+            previous_levels=self.previous_levels,
+        )
 
     def kafka_security(self) -> dict[str, object]:
         """kafka-python keyword arguments for TLS/SASL, shared by consumer, producer and admin."""

@@ -27,7 +27,7 @@ from consumer.state.topics import StateTopics
 from interpretation import LabResult, RuleSet, SourceRef
 from interpretation.correlation import Correlated, correlate_result, record_treatment
 from interpretation.lab_result import Frozen
-from interpretation.patient_state import CorrelationRules, PatientState
+from interpretation.patient_state import PatientState
 from interpretation.treatment import TreatmentRecord
 
 log = structlog.get_logger("tdm_alerts.state")
@@ -81,11 +81,7 @@ class PatientStates:
         self.ruleset = ruleset
         self.delivery = delivery
         self.metrics = metrics
-        self.rules = CorrelationRules(
-            pair_window_hours=settings.pair_window_hours,
-            partner_keep_days=settings.partner_keep_days,
-            previous_levels=settings.previous_levels,
-        )
+        self.rules = settings.correlation_rules()
         # The topics whose records are read against a partition's store: the patient topic, and
         # with the input keyed by patient the context topic co-partitioned with it.
         self.topics_read: frozenset[str] = frozenset(

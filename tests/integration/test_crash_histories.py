@@ -214,3 +214,48 @@ def test_histories_through_kills_wiped_disks_a_broker_restart_and_a_takeover(
         seen[str(e["patient_id"])].append(e["event_id"])
     assert seen == order
     print(f"{total} events, {Counter(str(e['action']) for e in found)}")
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["repartition", "keyed-input"])
+def test_interpret_and_the_service_agree_with_non_default_correlation_settings(
+    kafka_bootstrap, service_env, start_service, tmp_path, keyed
+):
+    """Issue 23, class 7: one settings object feeds both readings."""
+    settings = {"TDM_PAIR_WINDOW_HOURS": "1", "TDM_PREVIOUS_LEVELS": "1", "TDM_PARTNER_KEEP_DAYS": "2"}
+    patient = f"AG-{uuid.uuid4().hex[:6]}"
+    at = DAY0
+    messages = [
+        _message(patient, "A1", "S1", at, _result("39803-2", "2.0", "ug/mL", "final", "L1")),
+        # Another draw three hours later: a partner within 24 h, not within 1.
+        _message(
+            patient, "A2", "S2", at + timedelta(hours=3), _result("INXAB", "180", "U/mL", "final", "B1")
+        ),
+        _message(
+            patient, "A3", "S3", at + timedelta(weeks=8), _result("39803-2", "1.5", "ug/mL", "final", "L2")
+        ),
+        _message(
+            patient, "A4", "S4", at + timedelta(weeks=16), _result("39803-2", "1.1", "ug/mL", "final", "L3")
+        ),
+    ]
+    env = {**service_env, **settings}
+    expected = _expected(env, messages, tmp_path)
+    default = _expected(service_env, messages, tmp_path)
+    assert [_detail(e) for e in expected] != [_detail(e) for e in default]  # the settings matter here
+    produce(
+        kafka_bootstrap,
+        env["TDM_INPUT_TOPICS"],
+        [m.encode() for m in messages],
+        [patient.encode()] * len(messages),
+    )
+    extra = {"TDM_INPUT_KEYED_BY_PATIENT": "true"} if keyed else {}
+    service = start_service(**settings, **extra, **SERVICE)
+    reader = AlertReader(kafka_bootstrap, env["TDM_ALERT_TOPIC"])
+    try:
+        reader.wait_for(len(expected), timeout_s=90, while_alive=[service])
+        reader.settle(2.0)
+    finally:
+        reader.close()
+    assert service.stop() == 0
+    assert [(e["event_id"], *_detail(e)) for e in reader.alerts] == [
+        (e["event_id"], *_detail(e)) for e in expected
+    ]
