@@ -17,8 +17,9 @@ from typing import NamedTuple
 
 from interpretation.findings import NO_RULE, AntibodyFinding, AntibodyInterpretation, DecidedBy
 from interpretation.lab_result import LabResult, TreatmentContext
+from interpretation.numbers import ValueReading, read_value
 from interpretation.qualitative import Reading, read_text
-from interpretation.quantities import Quantity, UnreadableValue, parse_quantity
+from interpretation.quantities import Quantity, UnreadableValue, unit_key
 from interpretation.ruleset import RuleSet
 
 Verdict = AntibodyFinding | None  # None: this evidence does not settle it
@@ -78,12 +79,14 @@ class _Evidence(NamedTuple):
     citation: str | None
 
 
-def _evidence(result: LabResult, level: Quantity | None, ruleset: RuleSet) -> list[_Evidence]:
+def _evidence(
+    result: LabResult, level: Quantity | None, ruleset: RuleSet, unit: str | None
+) -> list[_Evidence]:
     """Every piece of evidence the report carries that settles positivity, in rank order."""
     found: list[_Evidence] = []
     named = unnamed = None
     for assay in ruleset.antibody_assays:
-        if assay.applies_to(result.code, result.unit, result.performing_lab):
+        if assay.applies_to(result.code, unit, result.performing_lab):
             if assay.performing_lab is not None:
                 named = named or assay
             else:
@@ -117,7 +120,9 @@ def _described(decided_by: DecidedBy) -> str:
     return decided_by.value.replace("_", " ")
 
 
-def _decide(result: LabResult, level: Quantity | None, ruleset: RuleSet) -> tuple[_Evidence, str] | str:
+def _decide(
+    result: LabResult, level: Quantity | None, ruleset: RuleSet, unit: str | None
+) -> tuple[_Evidence, str] | str:
     """The deciding evidence and the reason, or (a string) why nothing decided."""
     if result.status.is_withdrawn:
         return f"result is {result.status.value}"
@@ -125,7 +130,7 @@ def _decide(result: LabResult, level: Quantity | None, ruleset: RuleSet) -> tupl
         return "negative antibody value"
     if level is None and result.value and read_text(result.value) is Reading.NO_RESULT:
         return "the lab reports no valid result (for example interference or a request to recollect)"
-    found = _evidence(result, level, ruleset)
+    found = _evidence(result, level, ruleset, unit)
     if not found:
         return "no cut-off, reference range, flag or text settles the reported value"
     detected = [e for e in found if e.finding is AntibodyFinding.ANTIBODIES_DETECTED]
@@ -142,21 +147,39 @@ def interpret_antibody(
     result: LabResult, context: TreatmentContext, ruleset: RuleSet
 ) -> AntibodyInterpretation:
     """Decide antibody presence from the best evidence the report carries."""
-    level: Quantity | None = None
+    readings: tuple[ValueReading, ...] = ()
     if result.value:
         try:
-            level = parse_quantity(result.value)
+            readings = read_value(result.value, ruleset.number_style_for(result.performing_lab))
         except UnreadableValue:
-            level = None
+            readings = ()
+    level = readings[0].quantity if readings else None
+    unit = result.unit or (readings[0].unit if readings else None)
+    if readings and readings[0].unit and result.unit and unit_key(readings[0].unit) != unit_key(result.unit):
+        level, unit = None, None  # two units for one value: neither is trusted
     common = {
         "result": result,
         "context": context,
         "ruleset_version": ruleset.version,
         "value": level.value if level else None,
         "comparator": level.comparator if level else None,
-        "unit": ruleset.recognition.known_unit(result.unit),
+        "unit": ruleset.recognition.known_unit(unit),
     }
-    decision = _decide(result, level, ruleset)
+    decision = _decide(result, level, ruleset, unit)
+    if len(readings) > 1 and level is not None:
+        # "1,234": decided only when every reading gives the same answer.
+        others = [_decide(result, r.quantity, ruleset, unit) for r in readings[1:]]
+        if any(
+            isinstance(d, str) or isinstance(decision, str) or d[0].finding is not decision[0].finding
+            for d in others
+        ):
+            shown = " or ".join(str(r.quantity.value) for r in readings)
+            decision = (
+                f"the value reads as {shown} and the readings disagree; set the performing lab's "
+                "number style in the rule set (number_styles)"
+            )
+    if not isinstance(decision, str) and readings and readings[0].how:
+        decision = (decision[0], f"{decision[1]}; value read with {readings[0].how}")
     if isinstance(decision, str):
         return AntibodyInterpretation.model_validate(
             {

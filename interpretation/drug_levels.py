@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from interpretation.findings import NO_RULE, DrugLevelFinding, DrugLevelInterpretation
 from interpretation.lab_result import LabResult, Phase, TreatmentContext
+from interpretation.numbers import read_value
 from interpretation.qualitative import Reading, read_text
 from interpretation.quantities import (
     DRUG_LEVEL_UNIT,
@@ -11,8 +12,8 @@ from interpretation.quantities import (
     Quantity,
     UnknownUnit,
     UnreadableValue,
-    parse_quantity,
     to_ug_per_ml,
+    unit_key,
 )
 from interpretation.ruleset import DrugLevelTarget, RuleSet
 
@@ -49,38 +50,93 @@ def _uninterpretable(
     )
 
 
-def _read_level(result: LabResult, ruleset: RuleSet) -> Quantity | str:
-    """The level in ug/mL, or (a string) why it cannot be read."""
+def _read_levels(result: LabResult, ruleset: RuleSet) -> list[tuple[Quantity, str | None]] | str:
+    """Each reading of the level in ug/mL with how it was read, or (a string) why none can be."""
     if not result.value:
         return "no value reported"
     try:
-        reported = parse_quantity(result.value)
+        readings = read_value(result.value, ruleset.number_style_for(result.performing_lab))
     except UnreadableValue as err:
         # "Undetectable", "<LOQ": censored below the assay's limit of quantitation, unit or not.
         reading = read_text(result.value)
         if reading is Reading.ABSENT:
             loq = ruleset.assay_limits.limit_of_quantitation_ug_per_ml
-            return Quantity(value=loq, comparator=Comparator.LT)
+            return [(Quantity(value=loq, comparator=Comparator.LT), None)]
         if reading is Reading.NO_RESULT:
             return "the lab reports no valid result"
         return str(err)
-    if not result.unit:
-        return "no unit reported; a level is never guessed without one"
-    try:
-        return to_ug_per_ml(reported, result.unit)
-    except UnknownUnit as err:
-        return str(err)
+    levels: list[tuple[Quantity, str | None]] = []
+    for found in readings:
+        unit = result.unit
+        if found.unit is not None:
+            if unit and unit_key(unit) != unit_key(found.unit):
+                return "the value's text names another unit than the result's unit field"
+            unit = found.unit
+        if not unit:
+            return "no unit reported; a level is never guessed without one"
+        try:
+            levels.append((to_ug_per_ml(found.quantity, unit), found.how))
+        except UnknownUnit as err:
+            return str(err)
+    return levels
 
 
 def interpret_drug_level(
     result: LabResult, context: TreatmentContext, ruleset: RuleSet
 ) -> DrugLevelInterpretation:
-    """Read one infliximab level; anything that cannot be read safely is `uninterpretable`."""
+    """Read one infliximab level; anything that cannot be read safely is `uninterpretable`.
+
+    A value with more than one reading ("1,234": a thousands comma or a decimal comma) is decided
+    only when every plausible reading gives the same finding; `reason` says how it was read.
+    """
     if result.status.is_withdrawn:
         return _uninterpretable(result, context, ruleset, f"result is {result.status.value}")
-    level = _read_level(result, ruleset)
-    if isinstance(level, str):
-        return _uninterpretable(result, context, ruleset, level)
+    levels = _read_levels(result, ruleset)
+    if isinstance(levels, str):
+        return _uninterpretable(result, context, ruleset, levels)
+    ceiling = ruleset.plausibility.max_drug_level_ug_per_ml
+    plausible = [(level, how) for level, how in levels if 0 <= level.value <= ceiling] or levels[:1]
+    readings = [_with_how(_interpret_level(result, context, ruleset, level), how) for level, how in plausible]
+    first = readings[0]
+    if len(readings) == 1:
+        if len(levels) > 1:
+            other = ", ".join(f"{level.value}" for level, _ in levels if (level, _) not in plausible)
+            return first.model_copy(
+                update={"reason": f"{first.reason}; the other reading ({other}) is implausible"}
+            )
+        return first
+    if all((r.finding, r.alert) == (first.finding, first.alert) for r in readings):
+        shown = " or ".join(f"{r.value} {DRUG_LEVEL_UNIT}" for r in readings)
+        return first.model_copy(
+            update={
+                "reason": f"{first.finding.value} whichever way the value is read ({shown}): {first.reason}"
+            }
+        )
+    shown = "; ".join(
+        f"{r.value} {DRUG_LEVEL_UNIT} ({h}): {r.finding.value}"
+        for r, (_, h) in zip(readings, plausible, strict=True)
+    )
+    return _uninterpretable(
+        result,
+        context,
+        ruleset,
+        f"the value reads more than one way and the readings disagree ({shown}); set the performing "
+        "lab's number style in the rule set (number_styles)",
+    )
+
+
+def _with_how(found: DrugLevelInterpretation, how: str | None) -> DrugLevelInterpretation:
+    return (
+        found
+        if how is None
+        else found.model_copy(update={"reason": f"{found.reason}; value read with {how}"})
+    )
+
+
+def _interpret_level(
+    result: LabResult, context: TreatmentContext, ruleset: RuleSet, level: Quantity
+) -> DrugLevelInterpretation:
+    """One reading of the level against the target for the context."""
     known = {"value": level.value, "comparator": level.comparator, "unit": DRUG_LEVEL_UNIT}
     if level.value < 0:
         return _uninterpretable(result, context, ruleset, "negative level", **known)

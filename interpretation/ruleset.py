@@ -23,6 +23,7 @@ from interpretation.lab_result import (
     Route,
     TreatmentContext,
 )
+from interpretation.numbers import NumberStyle
 from interpretation.quantities import unit_key
 
 RuleId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{1,63}$")]
@@ -240,6 +241,16 @@ class RuleSet(Frozen):
     plausibility: Plausibility
     assay_limits: AssayLimits
     trough_timing: TroughTiming | None = None
+    # How each performing lab writes numbers, where it is known ("1,234": thousands or decimals).
+    number_styles: dict[Annotated[str, StringConstraints(min_length=1)], NumberStyle] = Field(
+        default_factory=dict
+    )
+
+    def number_style_for(self, performing_lab: str | None) -> NumberStyle | None:
+        if performing_lab is None or not self.number_styles:
+            return None
+        wanted = performing_lab.strip().lower()
+        return next((style for lab, style in self.number_styles.items() if lab.lower() == wanted), None)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> RuleSet:
