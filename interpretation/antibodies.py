@@ -19,7 +19,7 @@ from interpretation.findings import NO_RULE, AntibodyFinding, AntibodyInterpreta
 from interpretation.lab_result import LabResult, TreatmentContext
 from interpretation.numbers import ValueReading, read_value
 from interpretation.qualitative import Reading, read_text
-from interpretation.quantities import Quantity, UnreadableValue, unit_key
+from interpretation.quantities import Comparator, Quantity, UnreadableValue, unit_key
 from interpretation.ruleset import RuleSet
 
 Verdict = AntibodyFinding | None  # None: this evidence does not settle it
@@ -43,8 +43,37 @@ def _against_cutoff(level: Quantity, cutoff: Decimal) -> Verdict:
     return None
 
 
+# A titre is a dilution, 1:N; stronger antibodies stay detectable at a larger N, so titres are
+# compared by N ("1:40" is above a "<1:10" normal range).
+_TITRE = re.compile(r"(<=|>=|<|>)?\s*\^?\s*1\s*:\s*([0-9]+)(?![0-9])")
+_RANGE_TITRE = re.compile(r"^\s*(<=|<)\s*1\s*:\s*([0-9]+)\s*$")
+TITRE_UNIT = "titre (1:N)"  # how a titre's value (its N) is labelled in interpretations and alerts
+# "Drug activity: not detected" speaks of the drug, not of the antibodies.
+_DRUG_ACTIVITY = re.compile(r"\b(?:drug|infliximab|ifx)\s+activity\b", re.IGNORECASE)
+
+
+def _titre(text: str) -> Quantity | None:
+    """The titre (as its N) in a value or comment, if it gives one."""
+    match = _TITRE.search(text)
+    if match is None:
+        return None
+    sign, number = match.groups()
+    return Quantity(value=Decimal(number), comparator=Comparator(sign) if sign else None)
+
+
 def _against_reference_range(level: Quantity, reference_range: str) -> Verdict:
-    """A normal range like "<50" (positive from 50) or "0-49" / "<=49" (positive above 49)."""
+    """A normal range like "<50" (positive from 50) or "0-49" / "<=49" (positive above 49); for a
+    titre, "<1:10" (positive from 1:10)."""
+    if match := _RANGE_TITRE.match(reference_range):
+        sign, number = match.groups()
+        limit = Decimal(number)
+        if sign == "<":
+            return _against_cutoff(level, limit)
+        return (
+            AntibodyFinding.ANTIBODIES_DETECTED
+            if level.all_above(limit)
+            else (AntibodyFinding.ANTIBODIES_NOT_DETECTED if level.all_at_most(limit) else None)
+        )
     if match := _RANGE_BELOW.match(reference_range):
         sign, number = match.groups()
         limit = Decimal(number)
@@ -111,7 +140,12 @@ def _evidence(
         and (verdict := _against_cutoff(level, unnamed.positive_at_or_above))
     ):
         found.append(_Evidence(verdict, DecidedBy.ASSAY_CUTOFF, unnamed.id, unnamed.citation))
-    if level is None and result.value and (verdict := _FROM_TEXT.get(read_text(result.value))):
+    if (
+        level is None
+        and result.value
+        and not _DRUG_ACTIVITY.search(result.value)
+        and (verdict := _FROM_TEXT.get(read_text(result.value)))
+    ):
         found.append(_Evidence(verdict, DecidedBy.QUALITATIVE_TEXT, "ati-qualitative-text", None))
     return found
 
@@ -155,6 +189,12 @@ def interpret_antibody(
             readings = ()
     level = readings[0].quantity if readings else None
     unit = result.unit or (readings[0].unit if readings else None)
+    if level is None and result.value:
+        # A titre ("1:40"), in the value or, when the value speaks of drug activity, in a comment
+        # ("neutralising antibody titre 1:40"): read against the lab's titre cut-off.
+        lines = (result.value, *(result.comments if _DRUG_ACTIVITY.search(result.value) else ()))
+        level = next((t for line in lines if (t := _titre(line)) is not None), None)
+        unit = TITRE_UNIT if level is not None else unit
     if readings and readings[0].unit and result.unit and unit_key(readings[0].unit) != unit_key(result.unit):
         level, unit = None, None  # two units for one value: neither is trusted
     common = {
@@ -163,7 +203,7 @@ def interpret_antibody(
         "ruleset_version": ruleset.version,
         "value": level.value if level else None,
         "comparator": level.comparator if level else None,
-        "unit": ruleset.recognition.known_unit(unit),
+        "unit": TITRE_UNIT if unit == TITRE_UNIT else ruleset.recognition.known_unit(unit),
     }
     decision = _decide(result, level, ruleset, unit)
     if len(readings) > 1 and level is not None:

@@ -100,3 +100,31 @@ def test_detected_antibodies_recommend_considering_a_switch():
     got = read(ati("180"))
     assert "switching" in got.recommendation
     assert {"mayo-infxr", "bsg-2019"} <= {c.id for c in got.citations}
+
+
+# -- titres (issue 23, class 4) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "reference_range", "finding"),
+    [
+        ("1:40", "<1:10", AntibodyFinding.ANTIBODIES_DETECTED),
+        ("1:10", "<1:10", AntibodyFinding.ANTIBODIES_DETECTED),
+        ("1:5", "<1:10", AntibodyFinding.ANTIBODIES_NOT_DETECTED),
+        ("<1:10", "<1:10", AntibodyFinding.ANTIBODIES_NOT_DETECTED),
+        (">1:80", "<=1:20", AntibodyFinding.ANTIBODIES_DETECTED),
+        ("1:40", None, AntibodyFinding.UNINTERPRETABLE),  # no cut-off known: never guessed
+    ],
+)
+def test_a_titre_is_read_against_the_labs_titre_cutoff_without_a_flag(value, reference_range, finding):
+    got = read(ati(value, unit=None, reference_range=reference_range))
+    assert got.finding is finding
+    assert got.alert is (finding is AntibodyFinding.ANTIBODIES_DETECTED)
+
+
+def test_no_drug_activity_is_not_no_antibodies_and_the_neutralising_titre_decides():
+    said = "Drug activity: Not Detected"
+    got = read(ati(said, unit=None, comments=("Neutralizing antibody titer: 1:40",), reference_range="<1:10"))
+    assert got.finding is AntibodyFinding.ANTIBODIES_DETECTED and got.alert
+    # Without a titre the words about drug activity say nothing of antibodies.
+    assert read(ati(said, unit=None)).finding is AntibodyFinding.UNINTERPRETABLE
