@@ -182,7 +182,8 @@ def test_histories_through_kills_wiped_disks_a_broker_restart_and_a_takeover(
 
         # The broker restarts under a running instance, then the rest of the feed arrives.
         one = start_service(TDM_INSTANCE_ID="one", TDM_STATE_DIR=str(disk), **env)
-        wait_for_log(one, '"patient state restored"', timeout_s=60)
+        # An instance killed while joining holds the group for up to the rebalance timeout (60 s).
+        wait_for_log(one, '"patient state restored"', timeout_s=150)
         reader.consumer.close()
         kafka_broker.stop()
         time.sleep(3)

@@ -236,7 +236,10 @@ def wait_until(condition, timeout_s: float) -> None:
 
 
 def wait_for_log(service, text: str, timeout_s: float = 30) -> str:
-    wait_until(lambda: text in service.log_text(), timeout_s)
+    try:
+        wait_until(lambda: text in service.log_text(), timeout_s)
+    except AssertionError as err:
+        raise AssertionError(f"{text} not logged within {timeout_s} s:\n{service.diagnosis()}") from err
     return service.log_text()
 
 
