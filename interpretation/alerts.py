@@ -37,11 +37,15 @@ JsonNumber = Annotated[Decimal, PlainSerializer(float, return_type=float, when_u
 class Severity(StrEnum):
     CRITICAL = "critical"
     HIGH = "high"
+    # A person should look, in working hours: routed to tickets, never to the pager.
+    LOW = "low"
 
 
 class Category(StrEnum):
     SUBTHERAPEUTIC_LEVEL = "subtherapeutic_level"
     ANTI_DRUG_ANTIBODIES = "anti_drug_antibodies"
+    # A final infliximab or antibody result the service could not read: nothing is swallowed.
+    REVIEW = "review"
 
 
 class SourceRef(Frozen):
@@ -178,6 +182,15 @@ def event_id(incident: str, action: Action, result: LabResult, detail: object = 
     return _digest("event", incident, action.value, detail, *result_identity(result))
 
 
+def _review_summary(interpretation: Interpretation, action: Action) -> str:
+    analyte = "infliximab level" if isinstance(interpretation, DrugLevelInterpretation) else "antibody"
+    if action is Action.RESOLVE:
+        return f"Resolved: the {analyte} result no longer needs review."
+    return (
+        f"The {analyte} result could not be interpreted: {interpretation.reason}. A person should check it."
+    )
+
+
 def _summary(interpretation: Interpretation, partner: Partner | None, action: Action) -> str:
     status = interpretation.result.status
     if status.is_withdrawn:
@@ -260,9 +273,12 @@ def event_for(
         incident_key=incident,
         event_id=event_id(incident, action, r, partner.model_dump_json() if partner else None),
         resolve_reason=resolve_reason,
-        severity=severity or severity_of(interpretation.pattern),
+        severity=severity
+        or (Severity.LOW if category is Category.REVIEW else severity_of(interpretation.pattern)),
         category=category,
-        summary=_summary(interpretation, partner, action),
+        summary=_review_summary(interpretation, action)
+        if category is Category.REVIEW and not interpretation.result.status.is_withdrawn
+        else _summary(interpretation, partner, action),
         analyte=interpretation.analyte.value,
         finding=interpretation.finding,
         pattern=interpretation.pattern,
@@ -299,8 +315,18 @@ def event_for(
     )
 
 
+def needs_review(interpretation: Interpretation) -> bool:
+    """A final (or corrected) result that could not be read: a person must see it (issue 23)."""
+    return interpretation.finding.value == "uninterpretable" and interpretation.result.status.may_page
+
+
 def alert_for(interpretation: Interpretation, source: SourceRef) -> Alert | None:
     """The trigger event for an alerting interpretation read on its own (no patient memory)."""
+    if needs_review(interpretation):
+        key = incident_key(interpretation.result, Category.REVIEW)
+        return event_for(
+            interpretation, source, action=Action.TRIGGER, incident=key, category=Category.REVIEW
+        )
     if not interpretation.alert:
         return None
     category = category_of(interpretation)

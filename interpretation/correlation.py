@@ -23,6 +23,7 @@ from typing import NamedTuple
 from interpretation.alerts import (
     Action,
     Alert,
+    Category,
     Partner,
     PreviousLevel,
     Severity,
@@ -30,6 +31,7 @@ from interpretation.alerts import (
     category_of,
     event_for,
     incident_key,
+    needs_review,
     result_fingerprint,
     severity_of,
 )
@@ -287,15 +289,23 @@ def _decide(fold: _Fold, facts: _Facts, incident: OpenIncident | None, *, correc
         )
         event(Action.UPDATE, incident)
         return incident.key
-    if incident is not None and interpretation.finding.value == "uninterpretable":
+    unreadable = interpretation.finding.value == "uninterpretable"
+    if incident is not None and unreadable and corrects:
         # A result that cannot be read says nothing about whether the problem is gone: it never
         # resolves or downgrades an incident. A correction of one of its results that cannot be
-        # read is said on the incident, at the incident's severity; an unreadable partner
-        # (indeterminate, not performed, interference) leaves the incident as it was.
-        if not corrects:
-            return None
+        # read is said on the incident, at the incident's severity.
         fold.emit(interpretation, Action.UPDATE, incident, partner=facts.partner, severity=incident.severity)
         return incident.key
+    if unreadable:
+        # Its own review incident (a ticket, never a page); an incident its partner opened stays
+        # as it was (an indeterminate reflex result does not withdraw the low level's page).
+        if not needs_review(interpretation):
+            return None
+        key = incident_key(interpretation.result, Category.REVIEW)
+        opened = OpenIncident(key=key, category=Category.REVIEW, severity=Severity.LOW, pattern=None)
+        fold.incidents.append(opened)
+        fold.emit(interpretation, Action.TRIGGER, opened)
+        return key
     if incident is not None:
         why = "corrected into range" if corrects else "read with its partner, nothing calls for attention"
         fold.resolve(incident, why, interpretation)
@@ -329,6 +339,16 @@ def correlate(
     if superseded is not None:
         fold.kept = tuple(r for r in fold.kept if r is not superseded)
     earlier = state.incident(superseded.incident_key) if superseded else None
+    if (
+        earlier is not None
+        and earlier.category is Category.REVIEW
+        and not result.status.is_withdrawn
+        and interpretation.finding.value != "uninterpretable"
+    ):
+        # The result that needed review can now be read: the review is done, and the result is
+        # read as new (it may page, or join its partner's incident).
+        fold.resolve(earlier, "the corrected result can be read", interpretation)
+        earlier = None
 
     if result.status.is_withdrawn:
         if earlier is not None:

@@ -114,7 +114,9 @@ def test_the_recorded_interval_and_last_dose_decide_timing():
         route=Route.SUBCUTANEOUS, dosing_interval_days=14, last_dose_at=DRAWN - timedelta(days=3)
     )
     _, events = with_record(level("25"), record)  # in range for SC, but day 3 of 14
-    assert events == []
+    # Not a trough, so it says little of the trough: a person reviews it (a ticket, never a page).
+    assert [(e.category.value, e.severity.value) for e in events] == [("review", "low")]
+    assert "not a trough" in events[0].summary
     late = record.model_copy(update={"last_dose_at": DRAWN - timedelta(days=13)})
     _, later = with_record(level("12"), late)
     assert [e.finding for e in later] == [SUB]

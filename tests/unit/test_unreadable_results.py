@@ -13,20 +13,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interpretation import LabResult, interpret
-from interpretation.alerts import Action, Severity
+from interpretation.alerts import Action, Category, Severity
 from interpretation.correlation import correlate
 from interpretation.patient_state import PatientState
 from tests.unit.helpers import RULES
 from tests.unit.test_correlation import DAY0, HERE, antibodies, feed, level
 
 UNREADABLE = ("indeterminate", "QNS", "Test not performed", "interference", "see comment")
-_RANK = {Severity.HIGH: 1, Severity.CRITICAL: 2}
+_RANK = {Severity.LOW: 0, Severity.HIGH: 1, Severity.CRITICAL: 2}
+
+
+def clinical(events):
+    """The events of clinical incidents; an unreadable result also opens a review of its own."""
+    return [e for e in events if e.category is not Category.REVIEW]
 
 
 def test_an_indeterminate_reflex_antibody_result_leaves_the_low_level_paging():
     state, events = feed(level("1.8"), antibodies("indeterminate", accession="ACC-REFLEX", result_id="R-AB"))
-    assert [e.action for e in events] == [Action.TRIGGER]
-    assert len(state.incidents) == 1 and state.incidents[0].key == events[0].incident_key
+    assert [e.action for e in clinical(events)] == [Action.TRIGGER]
+    assert events[0].incident_key in {i.key for i in state.incidents}
+    # The unreadable reflex result is not swallowed either: a review incident of its own.
+    assert [(e.category, e.severity) for e in events[1:]] == [(Category.REVIEW, Severity.LOW)]
 
 
 def test_an_unreadable_level_leaves_the_antibody_page_standing_in_either_order():
@@ -35,8 +42,8 @@ def test_an_unreadable_level_leaves_the_antibody_page_standing_in_either_order()
         (level("QNS", result_id="R-LVL"), antibodies("180")),
     ):
         state, events = feed(*results)
-        assert [e.action for e in events] == [Action.TRIGGER], results
-        assert len(state.incidents) == 1
+        assert [e.action for e in clinical(events)] == [Action.TRIGGER], results
+        assert len([i for i in state.incidents if i.category is not Category.REVIEW]) == 1
 
 
 def test_an_unreadable_level_does_not_downgrade_immunogenic_failure():
@@ -45,7 +52,7 @@ def test_an_unreadable_level_does_not_downgrade_immunogenic_failure():
         antibodies("180", result_id="R-AB"),
         level("interference", result_id="R-2", at=DAY0 + timedelta(hours=2)),
     )
-    assert [e.action for e in events] == [Action.TRIGGER, Action.UPDATE]
+    assert [e.action for e in clinical(events)] == [Action.TRIGGER, Action.UPDATE]
     assert state.incidents[0].severity is Severity.CRITICAL
 
 
@@ -114,4 +121,25 @@ def test_appending_an_unreadable_result_never_resolves_or_lowers_an_incident(his
         assert key in now, "an unreadable result closed an incident"
         assert _RANK[now[key]] >= _RANK[severity], "an unreadable result lowered an incident's severity"
     assert all(e.action is not Action.RESOLVE for e in events)
-    assert all(_RANK[e.severity] >= _RANK[before.get(e.incident_key, Severity.HIGH)] for e in events)
+    assert all(_RANK[e.severity] >= _RANK[before.get(e.incident_key, Severity.LOW)] for e in events)
+    if unreadable.status.value == "final" and not any(e.incident_key in before for e in events):
+        assert [e.category for e in events] == [Category.REVIEW]  # never swallowed
+
+
+def test_a_review_resolves_when_its_result_is_corrected_into_a_reading_and_pages_if_low():
+    _, events = feed(level("QNS", result_id="R-1"), level("1.9", result_id="R-1", status="corrected"))
+    assert [(e.category, e.action) for e in events] == [
+        (Category.REVIEW, Action.TRIGGER),
+        (Category.REVIEW, Action.RESOLVE),
+        (Category.SUBTHERAPEUTIC_LEVEL, Action.TRIGGER),
+    ]
+    _, events = feed(level("QNS", result_id="R-1"), level("QNS", result_id="R-1", status="entered_in_error"))
+    assert [(e.category, e.action) for e in events] == [
+        (Category.REVIEW, Action.TRIGGER),
+        (Category.REVIEW, Action.RESOLVE),
+    ]
+
+
+def test_a_preliminary_result_that_cannot_be_read_opens_nothing():
+    _, events = feed(level("QNS", status="preliminary"))
+    assert events == []
