@@ -218,9 +218,14 @@ def _summary(interpretation: Interpretation, partner: Partner | None, action: Ac
         text += "; low level with antibodies (immunogenic failure)"
     if action is Action.RESOLVE:
         text = "Resolved: " + text
+    target = interpretation.target if isinstance(interpretation, DrugLevelInterpretation) else None
+    # The indication is said only where the target depends on it (the goal thresholds).
+    fields = (
+        (*_TARGET_FIELDS, "indication") if target is not None and target.when.indication else _TARGET_FIELDS
+    )
     assumed = [
         str(getattr(interpretation.context, name))
-        for name in _TARGET_FIELDS
+        for name in fields
         if interpretation.context_source.get(name) is ContextSource.DEFAULT
     ]
     if assumed and isinstance(interpretation, DrugLevelInterpretation):

@@ -79,6 +79,13 @@ class Goal(StrEnum):
     TRANSMURAL_HEALING = "transmural_healing"
 
 
+class Indication(StrEnum):
+    """The disease treated: some thresholds were measured in one of them only."""
+
+    CROHNS_DISEASE = "crohns_disease"
+    ULCERATIVE_COLITIS = "ulcerative_colitis"
+
+
 class TreatmentContext(Frozen):
     """What is known about the patient's treatment when the specimen was drawn.
 
@@ -90,6 +97,7 @@ class TreatmentContext(Frozen):
     route: Route | None = None
     goal: Goal | None = None
     monitoring: Monitoring | None = None
+    indication: Indication | None = None
     days_since_last_dose: Annotated[int, Field(ge=0, le=3650)] | None = None
     dosing_interval_days: Annotated[int, Field(ge=1, le=365)] | None = None
 

@@ -18,6 +18,7 @@ from pydantic import Field, StringConstraints, ValidationError, model_validator
 from interpretation.lab_result import (
     Frozen,
     Goal,
+    Indication,
     Monitoring,
     Phase,
     Route,
@@ -82,6 +83,7 @@ class ContextMatch(Frozen):
     route: Route | None = None
     goal: Goal | None = None
     monitoring: Monitoring | None = None
+    indication: Indication | None = None
 
     # Read field by field: a result is matched against every target, and two model_dump calls
     # per target were a fifth of interpreting it.

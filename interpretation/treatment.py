@@ -15,7 +15,16 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from interpretation.lab_result import Frozen, Goal, Monitoring, Phase, Route, TreatmentContext, as_utc
+from interpretation.lab_result import (
+    Frozen,
+    Goal,
+    Indication,
+    Monitoring,
+    Phase,
+    Route,
+    TreatmentContext,
+    as_utc,
+)
 
 
 class ContextSource(StrEnum):
@@ -60,11 +69,13 @@ class TreatmentRecord(Frozen):
             route=self.route,
             goal=self.goal,
             monitoring=self.monitoring,
+            indication=_INDICATIONS.get(self.indication or ""),
             days_since_last_dose=days_since,
             dosing_interval_days=self.dosing_interval_days,
         )
 
 
+_INDICATIONS = {i.value: i for i in Indication}  # a record's other indications choose nothing
 _UNSET = TreatmentContext()  # built once: this runs for every result
 _CONTEXT_FIELDS = tuple(TreatmentContext.model_fields)
 

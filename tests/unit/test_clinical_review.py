@@ -335,3 +335,33 @@ def test_the_journal_studies_carry_a_doi_or_pmid_where_one_was_verified():
     by_id = {c.id: c for c in RULES.citations}
     for cid in ("bsg-2019", "taxit-2015", "hong-2025", "aga-2017"):
         assert by_id[cid].doi or by_id[cid].pmid, cid
+
+
+# -- issue 23, class 6: goals by indication -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("indication", "goal", "value", "finding"),
+    [
+        ("ulcerative_colitis", "endoscopic_remission", "8.0", OK),  # >= 7.5 in UC
+        ("crohns_disease", "endoscopic_remission", "8.0", SUB),  # >= 9.7 in Crohn's disease
+        ("ulcerative_colitis", "histologic_remission", "10.0", SUB),  # >= 10.5 in UC
+        ("crohns_disease", "histologic_remission", "10.0", OK),  # >= 9.8 in Crohn's disease
+    ],
+)
+def test_goal_thresholds_follow_the_indication(indication, goal, value, finding):
+    got = read(level(value), phase="maintenance", goal=goal, indication=indication)
+    assert got.finding is finding
+    assert got.target is not None and got.target.when.indication is not None
+    assert got.target.when.indication.value == indication
+
+
+def test_an_assumed_indication_is_said_where_it_chose_the_threshold():
+    from interpretation import SourceRef
+    from interpretation.alerts import Action, Category, event_for, incident_key
+
+    got = read(level("8.0"), phase="maintenance", goal="endoscopic_remission")
+    key = incident_key(got.result, Category.SUBTHERAPEUTIC_LEVEL)
+    where = SourceRef(topic="lab.results", partition=0, offset=0)
+    event = event_for(got, where, action=Action.TRIGGER, incident=key, category=Category.SUBTHERAPEUTIC_LEVEL)
+    assert "crohns_disease" in event.summary  # assumed, and said

@@ -69,7 +69,11 @@ def test_the_message_outranks_the_record_which_outranks_the_default():
     assert (context.route, sources["route"]) == (Route.INTRAVENOUS, ContextSource.MESSAGE)
     assert (context.phase, sources["phase"]) == (Phase.INDUCTION, ContextSource.PATIENT_RECORD)
     _, bare_sources = resolve_context(RULES.defaults, None, TreatmentContext())
-    assert bare_sources == {"phase": ContextSource.DEFAULT, "route": ContextSource.DEFAULT}
+    assert bare_sources == {
+        "phase": ContextSource.DEFAULT,
+        "route": ContextSource.DEFAULT,
+        "indication": ContextSource.DEFAULT,
+    }
 
 
 def test_an_assumed_context_is_said_in_words():
