@@ -154,7 +154,7 @@ def test_a_broker_outage_longer_than_every_timeout_is_ridden_out(kafka_broker, t
     """Down for longer than the send and transaction timeouts (issue 27: kafka-python's producer
     close raised on the abort path and the service exited 1 with a traceback)."""
     bootstrap = kafka_broker.bootstrap
-    feed = canonical_feed(total=20_000, alerting=400, seed=2727)
+    feed = canonical_feed(total=8_000, alerting=200, seed=2727)
     produce(bootstrap, topics["input"], feed.messages, feed.keys)
     reader = AlertReader(bootstrap, topics["alerts"])
     settings = {"TDM_INSTANCE_ID": "outage", "TDM_RETRY_BACKOFF_MAX_S": "2", "TDM_STALL_TIMEOUT_S": "120"}
@@ -163,7 +163,7 @@ def test_a_broker_outage_longer_than_every_timeout_is_ridden_out(kafka_broker, t
         reader.wait_for(20, timeout_s=90, while_alive=[service])
         reader.consumer.close()
         kafka_broker.stop()  # mid-stream: a batch is open with sends in flight
-        time.sleep(40)
+        time.sleep(35)  # past the send timeout (30 s) and the transaction timeout (10 s)
         assert service.alive(), service.log_text()[-3000:]
         kafka_broker.start()
         reader = AlertReader(bootstrap, topics["alerts"])
