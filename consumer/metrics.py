@@ -90,6 +90,13 @@ class Metrics:
             ["category", "severity"],
             registry=r,
         )
+        self.reviews = Counter(
+            "tdm_review_incidents",
+            "Review incidents opened: final infliximab or antibody results that could not be read, "
+            "by analyte and reason (a rise in one reason often means a lab changed its format).",
+            ["analyte", "reason"],
+            registry=r,
+        )
         self.interpretations = Counter(
             "tdm_interpretations",
             "Infliximab results interpreted, by analyte and finding.",

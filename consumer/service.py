@@ -692,6 +692,8 @@ class Service:
                 m.interpretations.labels(interpretation.analyte.value, interpretation.finding.value).inc()
             for alert in result.alerts:
                 m.alerts.labels(alert.category.value, alert.severity.value).inc()
+                if alert.review_reason is not None:
+                    m.reviews.labels(alert.analyte, alert.review_reason.value).inc()
                 log.info(
                     "alert published",
                     category=alert.category.value,

@@ -27,6 +27,7 @@ from interpretation.findings import (
 )
 from interpretation.lab_result import Frozen, LabResult, ResultStatus, TreatmentContext
 from interpretation.quantities import Comparator
+from interpretation.review import ReviewReason, review_reason
 from interpretation.ruleset import Citation
 from interpretation.treatment import ContextSource
 
@@ -116,6 +117,8 @@ class Alert(Frozen):
     incident_key: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
     event_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
     resolve_reason: str | None = None
+    # Why a review incident was opened (category review only): a code, never free text.
+    review_reason: ReviewReason | None = None
     severity: Severity
     category: Category
     summary: str
@@ -278,6 +281,9 @@ def event_for(
         incident_key=incident,
         event_id=event_id(incident, action, r, partner.model_dump_json() if partner else None),
         resolve_reason=resolve_reason,
+        review_reason=review_reason(interpretation)
+        if category is Category.REVIEW and action is not Action.RESOLVE
+        else None,
         severity=severity
         or (Severity.LOW if category is Category.REVIEW else severity_of(interpretation.pattern)),
         category=category,

@@ -94,6 +94,11 @@ class Prometheus:
 
 def test_prometheus_scrapes_the_service_and_loads_the_rules(kafka_bootstrap, topics, start_service, tmp_path):
     lines = [line for line in (DATA / "sample-feed.jsonl").read_bytes().splitlines() if line.strip()]
+    # And a level the lab could not measure: a review incident (a ticket), counted by its reason.
+    lines.append(
+        b'{"patient_id": "PT-REVIEW", "accession": "ACC-R", "results": '
+        b'[{"code": "39803-2", "value": "QNS", "unit": "ug/mL", "status": "final"}]}'
+    )
     service = start_service()
     deadline = time.monotonic() + 30
     while '"metrics_port"' not in service.log_text():
@@ -107,15 +112,17 @@ def test_prometheus_scrapes_the_service_and_loads_the_rules(kafka_bootstrap, top
         while prometheus.value(consumed) != len(lines):
             assert time.monotonic() < deadline, prometheus.api("targets")
             time.sleep(0.5)
-        # The sample feed's clinical reading: 4 alerts, 2 dead letters (see the walking-skeleton test).
+        # The sample feed's clinical reading: 4 alerts, 2 dead letters (see the walking-skeleton test);
+        # and the review.
         assert prometheus.value('up{job="tdm-alerts"}') == 1
-        assert prometheus.value("sum(tdm_alerts_published_total)") == 4
+        assert prometheus.value("sum(tdm_alerts_published_total)") == 5
+        assert prometheus.value('tdm_review_incidents_total{reason="no_valid_result"}') == 1
         assert prometheus.value('sum(tdm_messages_consumed_total{outcome="dead_lettered"})') == 2
         assert prometheus.value('tdm_dead_letters_total{reason="invalid"}') == 1
         assert prometheus.value("tdm_ready") == 1
         assert prometheus.value("tdm_assigned_partitions") == 3 + 6  # input, and patient-state partitions
-        # Every lab message, and each patient-topic record that produced an event (the 4 alerts).
-        assert prometheus.value("sum(tdm_end_to_end_seconds_count)") == len(lines) + 4
+        # Every lab message, and each patient-topic record that produced an event (the 5 alerts).
+        assert prometheus.value("sum(tdm_end_to_end_seconds_count)") == len(lines) + 5
         assert prometheus.value("count(tdm_ruleset_info)") == 1
 
         groups = prometheus.api("rules")["groups"]

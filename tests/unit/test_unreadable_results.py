@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +17,8 @@ from interpretation import LabResult, interpret
 from interpretation.alerts import Action, Category, Severity
 from interpretation.correlation import correlate
 from interpretation.patient_state import PatientState
-from tests.unit.helpers import RULES
+from tests.unit.helpers import RULES, ati
+from tests.unit.helpers import level as bare_level
 from tests.unit.test_correlation import DAY0, HERE, antibodies, feed, level
 
 UNREADABLE = ("indeterminate", "QNS", "Test not performed", "interference", "see comment")
@@ -143,3 +145,30 @@ def test_a_review_resolves_when_its_result_is_corrected_into_a_reading_and_pages
 def test_a_preliminary_result_that_cannot_be_read_opens_nothing():
     _, events = feed(level("QNS", status="preliminary"))
     assert events == []
+
+
+@pytest.mark.parametrize(
+    ("result", "context", "reason"),
+    [
+        (bare_level("QNS"), {}, "no_valid_result"),
+        (bare_level("see comment"), {}, "not_a_number"),
+        (bare_level("2.5", unit=None), {}, "unit"),
+        (bare_level("2.5", unit="mmol/L"), {}, "unit"),
+        (bare_level("4,500", unit="ng/mL"), {}, "ambiguous_number"),
+        (bare_level("900"), {}, "implausible"),
+        (bare_level("4.2"), {"phase": "induction", "week": 10}, "no_target"),
+        (bare_level("<5"), {}, "censored_near_target"),
+        (ati("12", unit="AU/mL"), {}, "no_cutoff"),
+        (ati("indeterminate"), {}, "no_valid_result"),
+    ],
+)
+def test_every_review_says_why_as_a_code(result, context, reason):
+    from interpretation import TreatmentContext
+    from interpretation.review import review_reason
+
+    found = interpret(result, RULES, TreatmentContext(**context))
+    assert found is not None and found.finding.value == "uninterpretable"
+    assert review_reason(found).value == reason
+    _, events = feed(result) if not context else (None, [])
+    if events:
+        assert events[0].review_reason is not None and events[0].review_reason.value == reason
