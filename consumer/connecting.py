@@ -97,6 +97,14 @@ def check_tls_material(settings: Settings) -> None:
     """
     if "SSL" not in settings.security_protocol:
         return
+    for variable, path in (
+        ("TDM_SSL_CAFILE", settings.ssl_cafile),
+        ("TDM_SSL_CERTFILE", settings.ssl_certfile),
+        ("TDM_SSL_KEYFILE", settings.ssl_keyfile),
+    ):
+        # OpenSSL reports a missing CA file without its name ("TLS file not found: None").
+        if path is not None and not path.is_file():
+            raise FatalError(f"{variable}={path}: no such file")
     try:
         context = ssl.create_default_context(cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
         if settings.ssl_certfile:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -26,7 +30,7 @@ class Settings(BaseSettings):
     topic_formats: Annotated[dict[str, Format], NoDecode] = {}
     alert_topic: str = "lab.alerts"
     dlq_topic: str = "lab.results.dlq"
-    group_id: str = "tdm-alerts"
+    group_id: Annotated[str, Field(min_length=1)] = "tdm-alerts"
     client_id: str = "tdm-alerts"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
 
@@ -97,13 +101,37 @@ class Settings(BaseSettings):
         for secret in ("sasl_password", "ssl_password"):
             path = data.get(f"{secret}_file")
             if path and not data.get(secret):
+                variable = f"TDM_{secret.upper()}_FILE"
                 try:
-                    data[secret] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+                    value = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
                 except OSError as err:
-                    raise ValueError(
-                        f"TDM_{secret.upper()}_FILE {path} cannot be read: {err.strerror}"
-                    ) from None
+                    raise ValueError(f"{variable} {path} cannot be read: {err.strerror}") from None
+                except UnicodeDecodeError:
+                    raise ValueError(f"{variable} {path} is not UTF-8 text") from None
+                if not value.strip():
+                    raise ValueError(f"{variable} {path} is empty")
+                data[secret] = value
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_variables(cls, data: object) -> object:
+        """A TDM_ variable no setting reads is a typo until shown otherwise (TDM_INPUT_TOPIC left
+        the service reading the default topic)."""
+        unknown = unknown_variables(os.environ)
+        if unknown:
+            raise ValueError("; ".join(unknown))
+        return data
+
+    @field_validator("input_pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"not a valid regular expression: {err}") from None
+        return value
 
     @field_validator("bootstrap_servers", "input_topics", mode="before")
     @classmethod
@@ -186,6 +214,18 @@ class Settings(BaseSettings):
         if "SSL" in self.security_protocol:
             options["ssl_check_hostname"] = self.ssl_check_hostname
         return options
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Each TDM_ variable that names no setting, with the closest one that does."""
+    known = {f"TDM_{name.upper()}" for name in Settings.model_fields}
+    found = []
+    for name in sorted(environ):
+        if name.upper().startswith("TDM_") and name.upper() not in known:
+            close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            found.append(f"unknown setting {name}{hint}")
+    return found
 
 
 def describe_settings_error(err: ValidationError) -> str:

@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from consumer.formats import Format
-from consumer.settings import Settings
+from consumer.settings import Settings, describe_settings_error
 
 
 def test_defaults(monkeypatch):
@@ -78,3 +78,53 @@ def test_transaction_timeout_is_seconds_and_outlasts_a_batch(monkeypatch):
         Settings()
     monkeypatch.setenv("TDM_TRANSACTION_TIMEOUT_MS", "12000")
     assert Settings().transaction_timeout_ms == 12_000
+
+
+# -- issue 28, class 3: configuration mistakes are refused, by name -----------------------------
+
+
+def test_an_unknown_tdm_variable_is_refused_naming_the_closest_setting(monkeypatch):
+    monkeypatch.setenv("TDM_INPUT_TOPIC", "lab.other")
+    monkeypatch.setenv("TDM_SASL_PASSWORD_FIEL", "/run/secrets/x")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    said = describe_settings_error(caught.value)
+    assert "TDM_INPUT_TOPIC (did you mean TDM_INPUT_TOPICS?)" in said
+    assert "TDM_SASL_PASSWORD_FIEL (did you mean TDM_SASL_PASSWORD_FILE?)" in said
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("TDM_INPUT_PATTERN", "lab.(", "TDM_INPUT_PATTERN: Value error, not a valid regular expression"),
+        ("TDM_GROUP_ID", "", "TDM_GROUP_ID"),
+    ],
+)
+def test_a_setting_that_cannot_work_is_refused_at_start(monkeypatch, variable, value, said):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert said in describe_settings_error(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "said"), [(b"\xff\xfe\x00bad", "is not UTF-8 text"), (b"\n", "is empty")]
+)
+def test_a_password_file_that_is_not_text_or_is_empty_names_its_variable(
+    monkeypatch, tmp_path, content, said
+):
+    secret = tmp_path / "password"
+    secret.write_bytes(content)
+    monkeypatch.setenv("TDM_SASL_PASSWORD_FILE", str(secret))
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert f"TDM_SASL_PASSWORD_FILE {secret} {said}" in describe_settings_error(caught.value)
+
+
+def test_a_missing_ca_file_is_named(tmp_path):
+    from consumer.connecting import check_tls_material
+    from consumer.fatal import FatalError
+
+    missing = tmp_path / "ca.pem"
+    with pytest.raises(FatalError, match=f"TDM_SSL_CAFILE={missing}: no such file"):
+        check_tls_material(Settings(security_protocol="SSL", ssl_cafile=missing))
