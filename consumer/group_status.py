@@ -7,11 +7,12 @@ Read with the admin API and a group-less reader, so running it never disturbs th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from consumer.clients import client_for
-from consumer.clients.seam import ClientError, Member, Partition
+from consumer.clients.seam import ClientError, Member, Partition, Reader
 from consumer.connecting import connect_once
 from consumer.fatal import FatalError
 from consumer.settings import Settings
@@ -23,10 +24,12 @@ class PartitionStatus:
     committed: int | None  # None: the group never committed here
     end: int
     owner: str | None  # member id
+    waiting: int | None = None  # records (not transaction markers) past `committed`, where counted
 
     @property
     def lag(self) -> int:
-        return self.end - (self.committed or 0)
+        """Records still to read: a transaction's commit marker takes an offset and is no record."""
+        return self.waiting if self.waiting is not None else self.end - (self.committed or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,11 @@ def group_status(settings: Settings) -> GroupStatus:
     reader = connect_once(lambda: client.reader("status"), settings)
     try:
         ends: Mapping[Partition, int] = reader.end_offsets(tps) if tps else {}
+        waiting = {
+            tp: _records_between(reader, tp, start, ends[tp])
+            for tp in tps
+            if (start := committed.get(tp)) is not None and 0 < ends.get(tp, 0) - start <= COUNTED_GAP
+        }
     finally:
         reader.close()
     return GroupStatus(
@@ -82,6 +90,27 @@ def group_status(settings: Settings) -> GroupStatus:
         state=described.state,
         members=described.members,
         partitions=tuple(
-            PartitionStatus(tp, committed.get(tp), ends.get(tp, 0), owners.get(tp)) for tp in tps
+            PartitionStatus(tp, committed.get(tp), ends.get(tp, 0), owners.get(tp), waiting.get(tp))
+            for tp in tps
         ),
     )
+
+
+COUNTED_GAP = 1000  # a gap up to this is read to tell records from transaction markers
+COUNT_WAIT_S = 5.0
+
+
+def _records_between(reader: Reader, tp: Partition, start: int, end: int) -> int | None:
+    """How many committed records lie in [start, end); None if they could not be read in time.
+
+    An idle group that committed everything still shows end = committed + 1: the last
+    transaction's commit marker, which no reader ever receives.
+    """
+    reader.assign([tp])
+    reader.seek(tp, start)
+    counted, deadline = 0, time.monotonic() + COUNT_WAIT_S
+    while reader.position(tp) < end:
+        if time.monotonic() > deadline:
+            return None
+        counted += sum(1 for r in reader.poll(100, 500).get(tp, []) if r.offset < end)
+    return counted

@@ -107,7 +107,7 @@ def test_the_watch_counts_one_failure_per_exception_however_often_it_is_logged()
 def test_tls_material_that_cannot_be_loaded_is_fatal_before_any_connection(monkeypatch, tmp_path):
     monkeypatch.setenv("TDM_SECURITY_PROTOCOL", "SSL")
     monkeypatch.setenv("TDM_SSL_CAFILE", str(tmp_path / "no-such-ca.pem"))
-    with pytest.raises(FatalError, match="TDM_SSL_CAFILE=.*no-such-ca.pem: no such file"):
+    with pytest.raises(FatalError, match=r"TDM_SSL_CAFILE=.*no-such-ca\.pem: no such file"):
         check_tls_material(Settings())
     bad = tmp_path / "ca.pem"
     bad.write_text("not a certificate")
