@@ -33,6 +33,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from consumer.clients.seam import (
     FETCH_MAX_WAIT_MS,
     FETCH_MIN_BYTES,
+    METADATA_REFRESH_MS,
     ClientError,
     Failure,
     GroupInfo,
@@ -346,6 +347,7 @@ class GroupConsumer(_Reader):
             "stats_cb": self._stats,
             "fetch.wait.max.ms": FETCH_MAX_WAIT_MS,
             "fetch.min.bytes": FETCH_MIN_BYTES,
+            "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
         }
         if settings.group_protocol == "consumer":
             extra["group.protocol"] = "consumer"  # KIP-848: the broker assigns, incrementally

@@ -24,6 +24,7 @@ from consumer.clients.kafka_python_failures import WATCH, exception_chain
 from consumer.clients.seam import (
     FETCH_MAX_WAIT_MS,
     FETCH_MIN_BYTES,
+    METADATA_REFRESH_MS,
     ClientError,
     Failure,
     GroupInfo,
@@ -428,6 +429,7 @@ def new_consumer(settings: Settings) -> KafkaConsumer:
         max_poll_records=POLL_MAX_RECORDS,
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         fetch_min_bytes=FETCH_MIN_BYTES,
+        metadata_max_age_ms=METADATA_REFRESH_MS,
         max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.session_timeout_ms // 3,

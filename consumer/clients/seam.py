@@ -83,6 +83,11 @@ class Failure(enum.Enum):
 # for. With its defaults (answer at the first byte, else wait 500 ms) a consumer of a steady feed
 # asks again for every record or two: at 2,000 msgs/s the broker averaged 1.3-1.5 of 2 cores and
 # alerts waited over a second (p50). Answering after 10 ms or 64 kB: p50 77 ms, p99 287 ms (one run).
+# Both clients find new partitions (and topics matching TDM_INPUT_PATTERN) only when they
+# refresh metadata: every 5 minutes by default, so messages on a partition added to the input
+# topic waited ~296 s for their page (issue 28). A metadata request every 5 s costs the broker
+# nothing to speak of.
+METADATA_REFRESH_MS = 5_000
 FETCH_MAX_WAIT_MS = 10
 FETCH_MIN_BYTES = 65_536
 

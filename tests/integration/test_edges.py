@@ -1,0 +1,46 @@
+"""Edges an SRE tried before production (issue 28), on the real broker."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewPartitions
+
+from tests.integration.test_exactly_once import SERVICE, AlertReader, wait_for_log
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.input_partitions(1)
+def test_partitions_added_to_the_input_topic_are_read_within_seconds(kafka_bootstrap, topics, start_service):
+    service = start_service(TDM_PATIENT_STATE="false", **SERVICE)
+    wait_for_log(service, '"partitions assigned"', timeout_s=60)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_partitions({topics["input"]: NewPartitions(total_count=4)})
+    finally:
+        admin.close()
+    low = json.dumps(
+        {
+            "patient_id": "PT-NEW",
+            "accession": "A-NEW",
+            "results": [{"code": "39803-2", "value": "1.1", "unit": "ug/mL"}],
+        }
+    ).encode()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    sent = time.monotonic()
+    producer.send(topics["input"], low, partition=3)  # a partition that did not exist at start
+    producer.flush()
+    producer.close()
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    try:
+        reader.wait_for(1, timeout_s=60, while_alive=[service])
+    finally:
+        reader.close()
+    took = time.monotonic() - sent
+    print(f"alert from a new partition after {took:.1f} s")
+    assert took < 30, "a new partition waited for the clients' 5-minute metadata refresh"
+    assert service.stop() == 0
