@@ -164,6 +164,22 @@ def interpretation_line(item: Interpretation, source: SourceRef) -> dict[str, An
     }
 
 
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return number
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def cmd_interpret(args: argparse.Namespace) -> int:
     override = TreatmentContext(phase=args.phase, week=args.week, route=args.route, goal=args.goal)
     pipeline = Pipeline(load_ruleset(args.ruleset), args.max_message_bytes, override)
@@ -283,7 +299,7 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
         consumer.close()
     if record is None:  # an aborted record or a transaction marker sits at that offset
         raise FatalError(f"no committed dead letter at {args.position.partition}:{args.position.offset}")
-    print(DeadLetterView.of(record).describe())
+    print(DeadLetterView.of(record).describe(header_names=args.body))
     if args.body:
         # Asked for explicitly: the lab message as it arrived, patient data included.
         sys.stdout.write("\n")
@@ -487,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--to", metavar="TOPIC", help="produce here instead of each message's source topic")
     again.add_argument("--since", type=aware_time, help=SINCE_HELP)
     again.add_argument("--at", type=position, metavar="PARTITION:OFFSET", help="only this one dead letter")
-    again.add_argument("--limit", type=int, help="stop after this many re-submissions")
+    again.add_argument("--limit", type=_positive, help="stop after this many re-submissions")
     again.add_argument("--dry-run", action="store_true", help="count what would be replayed; produce nothing")
     again.set_defaults(handler=cmd_dlq_replay)
     listing = dlq_commands.add_parser(
@@ -498,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reason", action="append", choices=[r.value for r in Reason], help="only this reason (repeatable)"
     )
     listing.add_argument("--since", type=aware_time, help=SINCE_HELP)
-    listing.add_argument("--limit", type=int, help="stop after this many lines")
+    listing.add_argument("--limit", type=_positive, help="stop after this many lines")
     listing.set_defaults(handler=cmd_dlq_list)
     show_one = dlq_commands.add_parser(
         "show", help="one dead letter's headers and reason; its message only with --body"
@@ -515,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
         "forget",
         help="remove a patient's remembered state (data-protection request; settings: TDM_* env)",
     )
-    forget.add_argument("patient_id", help="the patient id as the lab feed sends it")
+    forget.add_argument("patient_id", type=_non_empty, help="the patient id as the lab feed sends it")
     forget.set_defaults(handler=cmd_forget)
 
     schema = commands.add_parser("alert-schema", help="print the JSON schema of published alerts")

@@ -74,7 +74,10 @@ class DeadLetterView:
         when = self.written.isoformat(timespec="seconds") if self.written else "?"
         return f"{self.partition}:{self.offset}  {when}  {self.reason:<18} {self.source}  {self.error}"
 
-    def describe(self) -> str:
+    def describe(self, *, header_names: bool = False) -> str:
+        """The dead letter's facts; the sender's header names (which can carry identifiers) only
+        when asked for with the body, else their count."""
+        others = (", ".join(self.other_headers) or "none") if header_names else str(len(self.other_headers))
         rows = [
             ("position", f"{self.partition}:{self.offset}"),
             ("written", self.written.isoformat() if self.written else "?"),
@@ -83,7 +86,7 @@ class DeadLetterView:
             ("error", self.error),
             ("source", self.source),
             ("size", f"{self.size} bytes"),
-            ("other headers", ", ".join(self.other_headers) or "none"),
+            ("other headers", others),
         ]
         return "\n".join(f"{name:>14}: {value}" for name, value in rows)
 

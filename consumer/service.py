@@ -52,11 +52,13 @@ from interpretation import SourceRef
 log = structlog.get_logger("tdm_alerts.service")
 
 CORRELATION_HEADER = "tdm.correlation_id"
-# An upstream correlation id is kept only in a shape that cannot spell a name or hold an MRN
-# of ordinary length: a UUID, or 16 to 64 hex digits (a trace id).
+# An upstream correlation id is kept only in a shape that cannot spell a name or hold an
+# identifier: a UUID or a W3C trace id (32 hex digits), and never digits alone (a 16-digit
+# "trace id" was a national health number's shape, issue 28). Anything else is replaced.
 _CORRELATION_TEXT = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{16,64}"
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}"
 )
+_DIGITS_ONLY = re.compile(r"[0-9-]+")
 # A partition with messages waiting whose position has not moved for this long gets its fetch
 # restarted in place (a seek to where it stands), once per episode, well before the watchdog's
 # TDM_STALL_TIMEOUT_S ends the process: one partition was seen silent for 150 s after a takeover
@@ -794,6 +796,6 @@ def correlation_id(record: Record) -> str:
     for key, value in record.headers:
         if key == CORRELATION_HEADER:
             text = value.decode(errors="replace") if value else ""
-            if _CORRELATION_TEXT.fullmatch(text):
+            if _CORRELATION_TEXT.fullmatch(text) and not _DIGITS_ONLY.fullmatch(text):
                 return text
     return f"{record.topic}/{record.partition}/{record.offset}"

@@ -148,3 +148,39 @@ def test_a_position_must_be_partition_colon_offset(capsys):
         main(["dlq", "show", "12"])
     assert exit_info.value.code == 2
     assert "is not PARTITION:OFFSET" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dlq", "list", "--limit", "-1"],
+        ["dlq", "list", "--limit", "0"],
+        ["dlq", "replay", "--limit", "x"],
+        ["forget", ""],
+    ],
+)
+def test_operator_arguments_that_mean_nothing_are_refused(argv, capsys):
+    # Issue 28: `dlq list --limit -1` printed one line and `forget ""` was sent to the broker.
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert "error: argument" in capsys.readouterr().err
+
+
+def test_dlq_show_names_the_senders_headers_only_with_the_body():
+    from consumer.clients.seam import Record
+    from consumer.dead_letter_reader import DeadLetterView
+
+    record = Record(
+        "lab.results.dlq",
+        0,
+        7,
+        key=None,
+        value=b"MSH|...",
+        headers=(("tdm.dlq.reason", b"invalid"), ("x-patient-mrn-4829105", b"1")),
+        timestamp_ms=None,
+    )
+    view = DeadLetterView.of(record)
+    assert "x-patient-mrn-4829105" not in view.describe()
+    assert "other headers: 1" in view.describe()
+    assert "x-patient-mrn-4829105" in view.describe(header_names=True)

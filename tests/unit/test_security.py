@@ -122,7 +122,19 @@ def _record(headers: list[tuple[str, bytes]]) -> Record:
 
 @pytest.mark.parametrize(
     "sent",
-    ["Jane.Doe", "MRN-4829105", "4829105", "1980-01-01", "x" * 200, "ab/cd", "deadbeef"],
+    [
+        "Jane.Doe",
+        "MRN-4829105",
+        "4829105",
+        "1980-01-01",
+        "x" * 200,
+        "ab/cd",
+        "deadbeef",
+        "9434765919123456",  # 16 digits: a national health number's shape (issue 28)
+        "94347659191234569434765919123456",  # 32 digits: hex by the letter, digits alone
+        "12345678-1234-1234-1234-123456789012",  # a UUID's shape made of digits
+        "a" * 64,  # longer than a W3C trace id
+    ],
 )
 def test_an_upstream_correlation_id_that_could_carry_phi_is_replaced(sent):
     assert correlation_id(_record([("tdm.correlation_id", sent.encode())])) == "lab.results/2/41"
