@@ -464,7 +464,7 @@ class Service:
         if result.dead_letter is None and not result.alerts:
             return  # the ~99% of records with no output: nothing to build
         s = self.settings
-        correlation = (CORRELATION_HEADER, correlation_id(record).encode())
+        correlation = (CORRELATION_HEADER, self._correlation_id(record).encode())
         if result.dead_letter is not None:
             headers = result.dead_letter.headers(
                 record.topic, record.partition, record.offset, int(time.time() * 1000)
@@ -487,6 +487,11 @@ class Service:
                     correlation,
                 ],
             )
+
+    def _correlation_id(self, record: Record) -> str:
+        states = self.states
+        internal = states is not None and states.topics.repartition and record.topic == states.topics.patients
+        return correlation_id(record, internal=internal)
 
     def _wait_ms(self, batch: _Batch | None, interval: float) -> int:
         """How long the next poll may wait: until the open batch is due to commit."""
@@ -685,7 +690,7 @@ class Service:
                 m.recognition_gaps.labels(record.topic).inc()
                 log.warning(
                     "message names infliximab but no result was recognised; check the rule set's codes",
-                    correlation_id=correlation_id(record),
+                    correlation_id=self._correlation_id(record),
                     topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,
@@ -703,7 +708,7 @@ class Service:
                     action=alert.action.value,
                     incident_key=alert.incident_key,
                     event_id=alert.event_id,
-                    correlation_id=correlation_id(record),
+                    correlation_id=self._correlation_id(record),
                     topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,
@@ -717,7 +722,7 @@ class Service:
                     reason=result.dead_letter.reason.value,
                     stage=result.dead_letter.stage.value,
                     error=result.dead_letter.detail,
-                    correlation_id=correlation_id(record),
+                    correlation_id=self._correlation_id(record),
                     topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,
@@ -787,15 +792,19 @@ def source_of(record: Record) -> SourceRef:
     return SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
 
 
-def correlation_id(record: Record) -> str:
+def correlation_id(record: Record, *, internal: bool = False) -> str:
     """The id that ties a lab message to its alerts, dead letter and log lines.
 
     A `tdm.correlation_id` header set upstream is kept (if it is a plain token); otherwise the
-    message's Kafka coordinates serve, which stay the same when the message is reprocessed.
+    message's Kafka coordinates serve, which stay the same when the message is reprocessed. On
+    the internal patient topic (`internal`) the header is the intake's own, written from the lab
+    message (its upstream id or coordinates): it is carried through the hop as it is.
     """
     for key, value in record.headers:
         if key == CORRELATION_HEADER:
             text = value.decode(errors="replace") if value else ""
+            if internal and text:
+                return text
             if _CORRELATION_TEXT.fullmatch(text) and not _DIGITS_ONLY.fullmatch(text):
                 return text
     return f"{record.topic}/{record.partition}/{record.offset}"

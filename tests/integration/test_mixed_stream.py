@@ -64,6 +64,12 @@ def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap,
     alerts = read_topic(kafka_bootstrap, topics["alerts"], expected=sum(EXPECTED_ALERTS.values()))
     assert len(alerts) == sum(EXPECTED_ALERTS.values()) == 10
     assert len({json.loads(a.value)["event_id"] for a in alerts}) == 10
+    for alert in alerts:
+        # Through the repartition hop, an alert names the lab message, not the internal topic.
+        source = json.loads(alert.value)["source"]
+        lab_message = f"{source['topic']}/{source['partition']}/{source['offset']}"
+        assert dict(alert.headers)["tdm.correlation_id"].decode() == lab_message
+        assert source["topic"] == topics["input"]
 
     dead = read_topic(kafka_bootstrap, topics["dlq"], expected=len(broken))
     assert len(dead) == len(broken)
