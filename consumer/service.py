@@ -64,6 +64,10 @@ _DIGITS_ONLY = re.compile(r"[0-9-]+")
 # TDM_STALL_TIMEOUT_S ends the process: one partition was seen silent for 150 s after a takeover
 # while the others flowed (kafka-python, issue 27).
 STUCK_RESTART_S = 20.0
+# Ready only if the loop turned this recently: a loop stuck on a frozen broker (a commit's
+# flush waits up to 30 s) reported ready for 33 s (issue 28). A turn takes milliseconds, a commit
+# well under a second, and a long restore beats at every chunk.
+READY_TURN_S = 10.0
 LAG_REFRESH_S = 10.0  # end offsets cost a broker round trip; lag does not need sub-second detail
 LAG_RETRY_S = 1.0
 BEHIND_INTERVALS = 10  # how much longer than the interval a batch may run while behind the feed
@@ -168,7 +172,7 @@ class Service:
         An extra instance the group gave no partitions is ready: it is healthy and takes over
         partitions as soon as another member leaves, so it must not page as not ready.
         """
-        fresh = self.health.since_beat() < min(30.0, self.settings.liveness_timeout_s)
+        fresh = self.health.since_beat() < min(READY_TURN_S, self.settings.liveness_timeout_s)
         consumer = self._consumer
         return (
             self._consuming

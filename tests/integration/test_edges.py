@@ -44,3 +44,35 @@ def test_partitions_added_to_the_input_topic_are_read_within_seconds(kafka_boots
     print(f"alert from a new partition after {took:.1f} s")
     assert took < 30, "a new partition waited for the clients' 5-minute metadata refresh"
     assert service.stop() == 0
+
+
+def test_a_frozen_broker_makes_the_service_not_ready_within_seconds(kafka_broker, topics, start_service):
+    """Issue 28: during a broker freeze /readyz turned 503 only after 33 s."""
+    from tests.conftest import metrics_port
+    from tests.integration.test_exactly_once import ready, wait_until
+
+    bootstrap = kafka_broker.bootstrap
+    service = start_service(TDM_STALL_TIMEOUT_S="300", **SERVICE)
+    port = metrics_port(wait_for_log(service, '"metrics_port"'))
+    wait_until(lambda: ready(port), timeout_s=60)
+    low = json.dumps(
+        {
+            "patient_id": "PT-F",
+            "accession": "A-F",
+            "results": [{"code": "39803-2", "value": "1.1", "unit": "ug/mL"}],
+        }
+    ).encode()
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    producer.send(topics["input"], low)
+    producer.flush()
+    producer.close()
+    kafka_broker.freeze(True)
+    frozen = time.monotonic()
+    try:
+        wait_until(lambda: not ready(port), timeout_s=25)
+        print(f"not ready {time.monotonic() - frozen:.1f} s into the freeze")
+        assert service.alive()
+    finally:
+        kafka_broker.freeze(False)
+    wait_until(lambda: ready(port), timeout_s=90)
+    assert service.stop() == 0
