@@ -9,6 +9,7 @@ an aborted batch); a first join can hang (the watchdog restarts the instance).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TypeVar
 
@@ -237,6 +238,17 @@ class GroupConsumer(_Reader):
         _call(lambda: self._consumer.commit(offsets=marks), "commit")
 
     def group_metadata(self) -> object:
+        """The member's group metadata for a transaction's offsets; refused once it is no member.
+
+        kafka-python's TxnOffsetCommit was not fenced for a member the group had already
+        expelled: after a broker restart an instance committed a batch whose partitions a second
+        instance had been given, and both published the same alerts (the crash test, issue 27).
+        The batch is aborted and rewound instead, as for any refused commit.
+        """
+        if not in_group(self._consumer):
+            raise ClientError(
+                Failure.REBALANCED, "commit: no longer a member of the group", name="NotInGroup"
+            )
         return self._consumer.group_metadata()
 
     def in_group(self) -> bool:
@@ -437,6 +449,9 @@ def new_consumer(settings: Settings) -> KafkaConsumer:
     )
 
 
+HEARTBEATS_MISSED = 2.5
+
+
 def in_group(consumer: KafkaConsumer) -> bool:
     """A stable member of its group with a known coordinator (an idle member with no partitions is).
 
@@ -447,7 +462,18 @@ def in_group(consumer: KafkaConsumer) -> bool:
     if consumer.group_metadata().state != MemberState.STABLE:
         return False
     coordinator = getattr(consumer, "_coordinator", None)
-    return getattr(coordinator, "coordinator_id", 0) is not None
+    if getattr(coordinator, "coordinator_id", 0) is None:
+        return False
+    # A frozen broker keeps its connections open and answers nothing: kafka-python stays
+    # "stable" until its requests time out (~30 s). No heartbeat answered for HEARTBEATS_MISSED
+    # intervals means the group has most likely lost us already (issue 28: ready for 33 s).
+    heartbeat = getattr(coordinator, "heartbeat", None)
+    try:
+        interval = heartbeat.config["heartbeat_interval_ms"] / 1000  # type: ignore[union-attr]
+        heard = max(heartbeat.last_receive, heartbeat.last_reset)  # type: ignore[union-attr]
+    except (AttributeError, KeyError, TypeError):
+        return True
+    return bool(time.monotonic() - heard < HEARTBEATS_MISSED * interval)
 
 
 def new_producer(settings: Settings, transactional_id: str | None = None) -> KafkaProducer:
