@@ -127,8 +127,11 @@ class _Assignment:
             except FatalError as fatal:  # kafka-python swallows what a callback raises
                 self._service._fatal = fatal
                 return
-            if stateful and self._service._consumer is not None:
-                self._service._consumer.pause(stateful)  # resumed once restored, in the loop
+            # Only what waits for a restore: a partition whose store is already restored (the
+            # context topic's, assigned after its input partition) would never be resumed.
+            waiting = [tp for tp in stateful if tp.partition in states.pending]
+            if waiting and self._service._consumer is not None:
+                self._service._consumer.pause(waiting)  # resumed once restored, in the loop
         self._service.assigned |= set(assigned)
         self._service.on_assignment_changed("assigned", assigned)
 

@@ -376,7 +376,10 @@ def correlate(
     new = new.model_copy(
         update={"incident_key": _decide(fold, facts, incident, corrects=earlier is not None)}
     )
-    if partner is not None and new.incident_key is not None:
+    joined = next((i for i in fold.incidents if i.key == new.incident_key), None)
+    # The partner joins the new result's incident, unless that is the new result's own review:
+    # the partner stays with its clinical incident, which its correction must still resolve.
+    if partner is not None and joined is not None and joined.category is not Category.REVIEW:
         fold.kept = tuple(
             r.model_copy(update={"incident_key": new.incident_key}) if r is partner else r for r in fold.kept
         )

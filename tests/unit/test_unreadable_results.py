@@ -172,3 +172,19 @@ def test_every_review_says_why_as_a_code(result, context, reason):
     _, events = feed(result) if not context else (None, [])
     if events:
         assert events[0].review_reason is not None and events[0].review_reason.value == reason
+
+
+def test_an_unreadable_partner_leaves_the_level_with_its_incident_so_a_correction_still_resolves_it():
+    # Low level, indeterminate reflex antibodies (their own review), then the level corrected
+    # into range: the page resolves, the review of the unreadable antibody result stays open.
+    state, events = feed(
+        level("1.8", result_id="L1"),
+        antibodies("indeterminate", accession="ACC-R", result_id="B1"),
+        level("4.5", result_id="L1", status="corrected"),
+    )
+    assert [(e.category, e.action) for e in events] == [
+        (Category.SUBTHERAPEUTIC_LEVEL, Action.TRIGGER),
+        (Category.REVIEW, Action.TRIGGER),
+        (Category.SUBTHERAPEUTIC_LEVEL, Action.RESOLVE),
+    ]
+    assert [i.category for i in state.incidents] == [Category.REVIEW]
