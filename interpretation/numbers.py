@@ -74,7 +74,9 @@ def _numbers(text: str, style: NumberStyle | None) -> list[tuple[str, str | None
     sign = text[0] if text[0] in "+-" else ""
     body = text.lstrip("+-")
     if style is NumberStyle.DECIMAL_COMMA and "," not in body and _GROUPED.match(body):
-        return [(sign + body.replace(".", ""), "thousands separator (the lab's number style)")]
+        return [
+            (sign + re.sub(r"[.'\u00a0\u202f ]", "", body), "thousands separator (the lab's number style)")
+        ]
     if re.fullmatch(r"[0-9]*\.?[0-9]+|[0-9]+\.", body):
         return [(text, None)]
     if re.fullmatch(r"[0-9]*,[0-9]+", body) and (not _GROUPED.match(body) or body.startswith("0,")):

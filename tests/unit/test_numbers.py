@@ -49,6 +49,20 @@ def test_a_labs_number_style_leaves_one_reading():
     assert values("1,234", NumberStyle.DECIMAL_POINT) == [Decimal("1234")]
     assert values("1.234", NumberStyle.DECIMAL_COMMA) == [Decimal("1234")]
     assert values("1.234") == [Decimal("1.234")]  # a point is a decimal point unless the lab says not
+    assert values("1 234", NumberStyle.DECIMAL_COMMA) == [Decimal("1234")]
+    assert values("1'234", NumberStyle.DECIMAL_POINT) == [Decimal("1234")]
+
+
+@given(
+    st.text(alphabet="0123456789.,' \u00a0<>=^", min_size=1, max_size=12),
+    st.sampled_from([None, *NumberStyle]),
+)
+def test_any_text_of_digits_and_marks_reads_or_is_refused_never_crashes(text, style):
+    try:
+        readings = read_value(text, style)
+    except UnreadableValue:
+        return
+    assert readings and all(r.quantity.value.is_finite() for r in readings)
 
 
 @given(st.decimals(min_value=Decimal("1000"), max_value=Decimal("9999999"), places=2, allow_nan=False))
