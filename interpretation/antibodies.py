@@ -61,9 +61,11 @@ def _titre(text: str) -> Quantity | None:
     return Quantity(value=Decimal(number), comparator=Comparator(sign) if sign else None)
 
 
-def _against_reference_range(level: Quantity, reference_range: str) -> Verdict:
+def _against_reference_range(level: Quantity, reference_range: str, *, titre: bool) -> Verdict:
     """A normal range like "<50" (positive from 50) or "0-49" / "<=49" (positive above 49); for a
-    titre, "<1:10" (positive from 1:10)."""
+    titre, "<1:10" (positive from 1:10). A titre is never read against a range of units."""
+    if titre != bool(_RANGE_TITRE.match(reference_range)):
+        return None
     if match := _RANGE_TITRE.match(reference_range):
         sign, number = match.groups()
         limit = Decimal(number)
@@ -129,7 +131,7 @@ def _evidence(
     if (
         level is not None
         and result.reference_range
-        and (verdict := _against_reference_range(level, result.reference_range))
+        and (verdict := _against_reference_range(level, result.reference_range, titre=unit == TITRE_UNIT))
     ):
         found.append(_Evidence(verdict, DecidedBy.REFERENCE_RANGE, "ati-reference-range", None))
     if verdict := _from_flags(result.abnormal_flags):

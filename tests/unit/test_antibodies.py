@@ -128,3 +128,8 @@ def test_no_drug_activity_is_not_no_antibodies_and_the_neutralising_titre_decide
     assert got.finding is AntibodyFinding.ANTIBODIES_DETECTED and got.alert
     # Without a titre the words about drug activity say nothing of antibodies.
     assert read(ati(said, unit=None)).finding is AntibodyFinding.UNINTERPRETABLE
+
+
+def test_a_titre_is_never_read_against_a_range_of_units_nor_a_number_against_a_titre_range():
+    assert read(ati("1:40", unit=None, reference_range="<50")).finding is AntibodyFinding.UNINTERPRETABLE
+    assert read(ati("40", unit="AU/mL", reference_range="<1:10")).finding is AntibodyFinding.UNINTERPRETABLE
