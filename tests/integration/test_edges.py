@@ -14,6 +14,19 @@ from tests.integration.test_exactly_once import SERVICE, AlertReader, wait_for_l
 pytestmark = pytest.mark.integration
 
 
+def _send_low_level(bootstrap: str, topic: str, partition: int | None = None) -> None:
+    """One canonical message with a subtherapeutic level: it pages once it is read."""
+    low = {
+        "patient_id": "PT-EDGE",
+        "accession": "A-EDGE",
+        "results": [{"code": "39803-2", "value": "1.1", "unit": "ug/mL"}],
+    }
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    producer.send(topic, json.dumps(low).encode(), partition=partition)
+    producer.flush()
+    producer.close()
+
+
 @pytest.mark.input_partitions(1)
 def test_partitions_added_to_the_input_topic_are_read_within_seconds(kafka_bootstrap, topics, start_service):
     service = start_service(TDM_PATIENT_STATE="false", **SERVICE)
@@ -23,18 +36,8 @@ def test_partitions_added_to_the_input_topic_are_read_within_seconds(kafka_boots
         admin.create_partitions({topics["input"]: NewPartitions(total_count=4)})
     finally:
         admin.close()
-    low = json.dumps(
-        {
-            "patient_id": "PT-NEW",
-            "accession": "A-NEW",
-            "results": [{"code": "39803-2", "value": "1.1", "unit": "ug/mL"}],
-        }
-    ).encode()
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     sent = time.monotonic()
-    producer.send(topics["input"], low, partition=3)  # a partition that did not exist at start
-    producer.flush()
-    producer.close()
+    _send_low_level(kafka_bootstrap, topics["input"], partition=3)  # a partition new since start
     reader = AlertReader(kafka_bootstrap, topics["alerts"])
     try:
         reader.wait_for(1, timeout_s=120, while_alive=[service])
@@ -58,17 +61,7 @@ def test_a_frozen_broker_makes_the_service_not_ready_within_seconds(kafka_broker
     service = start_service(TDM_STALL_TIMEOUT_S="300", **SERVICE)
     port = metrics_port(wait_for_log(service, '"metrics_port"'))
     wait_until(lambda: ready(port), timeout_s=60)
-    low = json.dumps(
-        {
-            "patient_id": "PT-F",
-            "accession": "A-F",
-            "results": [{"code": "39803-2", "value": "1.1", "unit": "ug/mL"}],
-        }
-    ).encode()
-    producer = KafkaProducer(bootstrap_servers=bootstrap)
-    producer.send(topics["input"], low)
-    producer.flush()
-    producer.close()
+    _send_low_level(bootstrap, topics["input"])
     kafka_broker.freeze(True)
     frozen = time.monotonic()
     try:
