@@ -1,4 +1,5 @@
-"""Before consuming: can this principal read the input topics and write the output topics?
+"""Before consuming: can this principal read the input topics and write the output topics,
+and how large a dead letter may be?
 
 Without this check a missing ACL shows up late and vaguely: no READ on the input topic leaves
 the service idle with no partitions; no WRITE on the alert topic makes it look missing. The
@@ -14,6 +15,8 @@ from consumer.fatal import FatalError
 from consumer.settings import Settings
 
 log = structlog.get_logger("tdm_alerts.access")
+# A topic's max.message.bytes when nobody set it (Kafka's default since 2.x).
+KAFKA_MAX_MESSAGE_BYTES = 1_048_588
 
 
 def check_topic_access(settings: Settings, client: Client) -> None:
@@ -51,3 +54,21 @@ def check_topic_access(settings: Settings, client: Client) -> None:
             problems.append(f"not authorised to {operation} topic {topic} ({setting}): {grant}")
     if problems:
         raise FatalError("; ".join(problems))
+
+
+def dead_letter_limit(settings: Settings, client: Client) -> int:
+    """The largest dead letter the dead-letter topic and our producer take, in bytes."""
+    admin = client.admin()
+    try:
+        topic_limit = admin.max_message_bytes(settings.dlq_topic)
+    finally:
+        admin.close()
+    if topic_limit is None:
+        log.warning(
+            "the dead-letter topic's max.message.bytes could not be read (DESCRIBE_CONFIGS); "
+            "assuming Kafka's default",
+            topic=settings.dlq_topic,
+            assumed=KAFKA_MAX_MESSAGE_BYTES,
+        )
+        topic_limit = KAFKA_MAX_MESSAGE_BYTES
+    return min(topic_limit, settings.producer_max_request_bytes)

@@ -18,7 +18,7 @@ from consumer.clients import client_for
 from consumer.clients.seam import ClientError, Producer, Reader, Record, Sent
 from consumer.connecting import connect_once
 from consumer.dead_letter_reader import Position, dead_letters, new_reader, partitions_of
-from consumer.dead_letters import HEADER_PREFIX, Reason
+from consumer.dead_letters import BODY_HEADER, HEADER_PREFIX, Body, Reason
 from consumer.settings import Settings
 
 log = structlog.get_logger("tdm_alerts.replay")
@@ -41,6 +41,7 @@ class ReplayReport:
     replayed: Counter[str] = field(default_factory=Counter)  # by reason
     passed_over: int = 0
     no_source: int = 0
+    not_whole: int = 0
     failed: int = 0
     dry_run: bool = False
 
@@ -53,6 +54,7 @@ class ReplayReport:
         return (
             f"{verb} {sum(self.replayed.values())} dead letters ({by_reason}); "
             f"{self.passed_over} not selected; {self.no_source} without a source topic; "
+            f"{self.not_whole} too large to have kept whole (replay them from the source topic's copy); "
             f"{self.failed} failed to send"
         )
 
@@ -67,6 +69,9 @@ def _target(record: Record, request: ReplayRequest, report: ReplayReport) -> str
     target = request.to_topic or headers.get(HEADER_PREFIX + "source.topic", b"").decode(errors="replace")
     if not target:
         report.no_source += 1
+        return None
+    if headers.get(BODY_HEADER, Body.WHOLE.encode()) != Body.WHOLE.encode():
+        report.not_whole += 1  # a cut message sent again would be read as a different one
         return None
     report.replayed[reason or "unknown"] += 1
     return target

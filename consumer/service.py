@@ -22,11 +22,12 @@ from typing import Any
 
 import structlog
 
-from consumer.access import check_topic_access
+from consumer.access import KAFKA_MAX_MESSAGE_BYTES, check_topic_access, dead_letter_limit
 from consumer.clients import client_for
 from consumer.clients.seam import ClientError, Failure, GroupConsumer, Partition, Record
 from consumer.connecting import StopRequested, check_tls_material, with_backoff
 from consumer.dead_letters import DeadLetter, Reason, Stage
+from consumer.dead_letters import fit as fit_dead_letter
 from consumer.delivery import Delivery, delivery_for, is_fatal
 from consumer.end_offsets import EndOffsets
 from consumer.fatal import FatalError
@@ -146,6 +147,8 @@ class Service:
         self.client = client_for(settings)
         self.delivery: Delivery[Any] = delivery_for(settings, self.client)
         self.assigned: set[Partition] = set()
+        # The largest dead letter we may write; the topic's own limit once it has been asked.
+        self.dead_letter_limit = min(KAFKA_MAX_MESSAGE_BYTES, settings.producer_max_request_bytes)
         self._stop = threading.Event()
         self._consuming = False
         self._lag_due = 0.0  # monotonic time of the next lag measurement
@@ -204,6 +207,9 @@ class Service:
         try:
             with_backoff(
                 lambda: check_topic_access(s, self.client), "admin", s.retry_backoff_max_s, self._stop.is_set
+            )
+            self.dead_letter_limit = with_backoff(
+                lambda: dead_letter_limit(s, self.client), "admin", s.retry_backoff_max_s, self._stop.is_set
             )
             topics, pattern = list(s.input_topics), s.input_pattern
             if s.patient_state:
@@ -477,9 +483,10 @@ class Service:
                 record.topic, record.partition, record.offset, int(time.time() * 1000)
             )
             original = [h for h in record.headers if h[0] != CORRELATION_HEADER]
-            self.delivery.send(
-                s.dlq_topic, record.key, record.value or b"", [*headers, correlation, *original]
+            body, all_headers = fit_dead_letter(
+                record.value or b"", record.key, [*headers, correlation], original, self.dead_letter_limit
             )
+            self.delivery.send(s.dlq_topic, record.key, body, all_headers)
             return
         for alert in result.alerts:
             self.delivery.send(

@@ -189,6 +189,12 @@ class Settings(BaseSettings):
             raise ValueError(f"TDM_SECURITY_PROTOCOL={self.security_protocol} needs TDM_SASL_MECHANISM")
         return self
 
+    @property
+    def producer_max_request_bytes(self) -> int:
+        """The largest record our producers send: a whole message of TDM_MAX_MESSAGE_BYTES
+        dead-lettered with its headers, and never below Kafka's own default."""
+        return max(self.max_message_bytes + 65_536, 1_048_576)
+
     def correlation_rules(self) -> CorrelationRules:
         """How a patient's results are put together: one source for the service and `interpret`."""
         return CorrelationRules(

@@ -28,7 +28,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import Producer as _Producer
 from confluent_kafka import TopicPartition as _TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from consumer.clients.seam import (
     FETCH_MAX_WAIT_MS,
@@ -431,7 +431,7 @@ class Producer:
             # upstream keyed producer must all reach the same partition (and its state).
             "partitioner": "murmur2_random",
             "linger.ms": 5,
-            "message.max.bytes": max(settings.max_message_bytes + 65_536, 1_048_576),
+            "message.max.bytes": settings.producer_max_request_bytes,
         }
         if transactional_id is not None:
             options["transactional.id"] = transactional_id
@@ -568,6 +568,21 @@ class Admin:
             except KafkaException as err:
                 if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another instance won the race
                     raise _error(err.args[0], "create topics") from err
+
+    def max_message_bytes(self, topic: str) -> int | None:
+        wanted = ConfigResource(ResourceType.TOPIC, topic)
+        futures = _call(
+            lambda: self._admin.describe_configs([wanted], request_timeout=CALL_TIMEOUT_S), "describe configs"
+        )
+        try:
+            found = next(iter(futures.values())).result()
+        except KafkaException as err:
+            error: KafkaError = err.args[0]
+            if not failure_of(error).fatal and failure_of(error) is not Failure.MISSING_TOPIC:
+                raise _error(error, "describe configs") from err
+            return None  # not authorised to describe it, or gone: the caller assumes Kafka's default
+        entry = found.get("max.message.bytes")
+        return int(entry.value) if entry is not None and entry.value else None
 
     def describe_group(self, group_id: str) -> GroupInfo:
         future = _call(

@@ -16,7 +16,7 @@ from typing import TypeVar
 import structlog
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import errors as kafka_errors
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import MemberState, OffsetAndMetadata
@@ -54,6 +54,7 @@ MAX_POLL_INTERVAL_MS = 60_000
 TRANSACTIONAL_RETRY_BACKOFF_MS = 10
 # Records per poll for the service's consumer (its loop asks for fewer as a batch fills).
 POLL_MAX_RECORDS = 500
+MAX_MESSAGE_BYTES = "max.message.bytes"
 
 # First match wins, walking the exception and what it wraps (kafka-python wraps a fence seen
 # at send time in a plain KafkaError).
@@ -364,6 +365,19 @@ class Admin:
             if err.name != "TopicAlreadyExistsError":  # another instance won the race
                 raise
 
+    def max_message_bytes(self, topic: str) -> int | None:
+        wanted = ConfigResource(ConfigResourceType.TOPIC, topic, {MAX_MESSAGE_BYTES: None})
+        try:
+            found = _call(
+                lambda: self._admin.describe_configs([wanted], config_filter="all"), "describe configs"
+            )
+        except ClientError as err:
+            if not err.failure.fatal:
+                raise
+            return None  # not authorised to describe it: the caller assumes Kafka's default
+        value = found.get("topic", {}).get(topic, {}).get(MAX_MESSAGE_BYTES, {}).get("value")
+        return int(value) if value else None
+
     def describe_group(self, group_id: str) -> GroupInfo:
         described = _call(lambda: self._admin.describe_groups([group_id]), "describe group")[group_id]
         if described.get("error"):
@@ -492,7 +506,7 @@ def new_producer(settings: Settings, transactional_id: str | None = None) -> Kaf
         enable_idempotence=True,
         transactional_id=transactional_id,
         linger_ms=5,
-        max_request_size=max(settings.max_message_bytes + 65_536, 1_048_576),
+        max_request_size=settings.producer_max_request_bytes,
         **settings.kafka_security(),
         **extra,
     )

@@ -248,6 +248,10 @@ class Admin(Protocol):
     def create_topics(self, specs: Collection[TopicSpec]) -> None:
         """Create them; one that exists already (another instance won the race) is no failure."""
 
+    def max_message_bytes(self, topic: str) -> int | None:
+        """The largest record batch the topic takes (its max.message.bytes, default or set);
+        None when the broker does not say (no DESCRIBE_CONFIGS, an old broker, no topic)."""
+
     def describe_group(self, group_id: str) -> GroupInfo: ...
 
     def group_offsets(self, group_id: str) -> Mapping[Partition, int]:

@@ -72,3 +72,55 @@ def test_a_frozen_broker_makes_the_service_not_ready_within_seconds(kafka_broker
         kafka_broker.freeze(False)
     wait_until(lambda: ready(port), timeout_s=90)
     assert service.stop() == 0
+
+
+@pytest.mark.input_partitions(1)
+def test_a_message_larger_than_the_dead_letter_topic_takes_does_not_stop_its_partition(
+    kafka_bootstrap, topics, start_service
+):
+    """Issue 28: a 10 MB message on an input topic that takes 12 MB could not be dead-lettered
+    (the dead-letter topic takes Kafka's default 1 MB), so every later result behind it waited."""
+    import hashlib
+
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from tests.conftest import read_topic, run_cli
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:  # as a hospital would let large documents in, and leave the dead-letter topic alone
+        admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topics["input"], {"max.message.bytes": "12582912"})]
+        )
+    finally:
+        admin.close()
+    big = {
+        "patient_id": "PT-BIG",
+        "accession": "A-BIG",
+        "results": [{"code": "39803-2", "value": "1.0", "unit": "ug/mL", "comment": "x" * 10_000_000}],
+    }
+    body = json.dumps(big).encode()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=12 << 20)
+    producer.send(topics["input"], body, key=b"big", headers=[("sender.trace", b"t-1")])
+    producer.flush()
+    producer.close()
+    _send_low_level(kafka_bootstrap, topics["input"])  # behind it on the one partition
+
+    service = start_service(TDM_PATIENT_STATE="false", **SERVICE)
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    try:
+        reader.wait_for(1, timeout_s=90, while_alive=[service])
+    finally:
+        reader.close()
+    [dead] = read_topic(kafka_bootstrap, topics["dlq"], expected=1, timeout_s=30)
+    headers = dict(dead.headers)
+    assert headers["tdm.dlq.reason"] == b"too_large"
+    assert headers["tdm.dlq.body"] == b"cut"
+    assert headers["tdm.dlq.body.bytes"] == str(len(body)).encode()
+    assert headers["tdm.dlq.body.sha256"] == hashlib.sha256(body).hexdigest().encode()
+    assert headers["sender.trace"] == b"t-1"
+    assert body.startswith(dead.value) and 0 < len(dead.value) <= 1_048_588
+    assert service.stop() == 0
+    # A cut message sent back would be read as another one: the replay leaves it and says why.
+    replayed = run_cli(service.env, "dlq", "replay")
+    assert "replayed 0 dead letters" in replayed.stdout
+    assert "1 too large to have kept whole" in replayed.stdout
