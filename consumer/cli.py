@@ -21,6 +21,7 @@ import structlog
 from pydantic import ValidationError
 
 from consumer.clients import client_for
+from consumer.clients.seam import ClientError
 from consumer.connecting import connect_once
 from consumer.dead_letter_reader import DeadLetterView, Position, dead_letters, new_reader
 from consumer.dead_letters import Reason
@@ -237,7 +238,7 @@ def event_line(event: Alert) -> dict[str, Any]:
 def cmd_forget(args: argparse.Namespace) -> int:
     """Ask the instance that owns the patient to delete its state (and tombstone the changelog)."""
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, operator=True)
     topics = state_topics(settings)
     # Keyed by patient like their results, so it reaches the partition (and instance) holding them.
     producer = connect_once(client_for(settings).producer, settings)
@@ -253,7 +254,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, operator=True)
     request = ReplayRequest(
         reasons=frozenset(Reason(r) for r in args.reason or ()),
         to_topic=args.to,
@@ -269,7 +270,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, operator=True)
     reasons = set(args.reason or ())
     consumer = new_reader(settings, "dlq-list")
     shown = 0
@@ -291,7 +292,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 def cmd_dlq_show(args: argparse.Namespace) -> int:
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, operator=True)
     consumer = new_reader(settings, "dlq-show")
     try:
         record = next(dead_letters(consumer, settings.dlq_topic, at=args.position), None)
@@ -310,7 +311,7 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, operator=True)
     print(group_status(settings).render())
     return 0
 
@@ -555,6 +556,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FatalError as err:  # operator commands: a clear line, no traceback
         print(f"tdm-alerts: {err}", file=sys.stderr)
         return 1
+    except ClientError as err:  # one the command could not name more closely
+        print(f"tdm-alerts: Kafka refused ({err.failure.value}): {err.name}{_OPERATOR_HINT}", file=sys.stderr)
+        return 1
+
+
+_OPERATOR_HINT = "; README 'Operator access' lists the ACLs each command needs"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from consumer.clients import client_for
-from consumer.clients.seam import Partition, Reader, Record
+from consumer.clients.seam import ClientError, Failure, Partition, Reader, Record
 from consumer.connecting import connect_once
 from consumer.dead_letters import HEADER_PREFIX
 from consumer.fatal import FatalError
@@ -49,6 +49,9 @@ class DeadLetterView:
     source: str  # topic/partition/offset of the original message
     other_headers: tuple[str, ...]  # names only: their values are the sender's
     size: int
+    body: str  # whole, cut or left_out (dead letters written before bodies were cut: whole)
+    original_size: str  # of the whole message, in bytes
+    digest: str  # SHA-256 of the whole message
 
     @classmethod
     def of(cls, record: Record) -> DeadLetterView:
@@ -68,6 +71,9 @@ class DeadLetterView:
             source=source,
             other_headers=tuple(k for k, _ in record.headers if not k.startswith(HEADER_PREFIX)),
             size=len(record.value or b""),
+            body=ours.get("body", "whole"),
+            original_size=ours.get("body.bytes", str(len(record.value or b""))),
+            digest=ours.get("body.sha256", "?"),
         )
 
     def line(self) -> str:
@@ -86,6 +92,7 @@ class DeadLetterView:
             ("error", self.error),
             ("source", self.source),
             ("size", f"{self.size} bytes"),
+            ("body", f"{self.body} (the message was {self.original_size} bytes, sha256 {self.digest})"),
             ("other headers", others),
         ]
         return "\n".join(f"{name:>14}: {value}" for name, value in rows)
@@ -107,6 +114,20 @@ def dead_letters(
     consumer: Reader, topic: str, since_ms: int | None = None, at: Position | None = None
 ) -> Iterator[Record]:
     """The dead letters from `since_ms` (or the start) up to the end seen now; or only the one `at`."""
+    try:
+        yield from _dead_letters(consumer, topic, since_ms, at)
+    except ClientError as err:
+        if err.failure is not Failure.NOT_AUTHORISED_TOPIC:
+            raise
+        raise FatalError(
+            f"not authorised to READ topic {topic} (TDM_DLQ_TOPIC): grant READ on Topic:{topic} "
+            "to this principal (README 'Operator access')"
+        ) from None
+
+
+def _dead_letters(
+    consumer: Reader, topic: str, since_ms: int | None, at: Position | None
+) -> Iterator[Record]:
     tps = partitions_of(consumer, topic, "dead-letter")
     if at is not None:
         tps = [tp for tp in tps if tp.partition == at.partition]

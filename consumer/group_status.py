@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from consumer.clients import client_for
-from consumer.clients.seam import ClientError, Member, Partition, Reader
+from consumer.clients.seam import Admin, ClientError, Failure, GroupInfo, Member, Partition, Reader
 from consumer.connecting import connect_once
 from consumer.fatal import FatalError
 from consumer.settings import Settings
@@ -67,9 +67,13 @@ def group_status(settings: Settings) -> GroupStatus:
     client = client_for(settings)
     admin = connect_once(client.admin, settings)
     try:
-        described = admin.describe_group(settings.group_id)
-        committed = admin.group_offsets(settings.group_id)
+        described, committed = _read_group(admin, settings.group_id)
     except ClientError as err:
+        if err.failure is Failure.NOT_AUTHORISED_GROUP:
+            raise FatalError(
+                f"not authorised to DESCRIBE group {settings.group_id} (TDM_GROUP_ID): grant DESCRIBE "
+                f"on Group:{settings.group_id} to this principal (README 'Operator access')"
+            ) from None
         raise FatalError(f"group {settings.group_id} cannot be read: {err.name}") from None
     finally:
         admin.close()
@@ -97,7 +101,21 @@ def group_status(settings: Settings) -> GroupStatus:
 
 
 COUNTED_GAP = 1000  # a gap up to this is read to tell records from transaction markers
+COORDINATOR_WAIT_S = 15.0
 COUNT_WAIT_S = 5.0
+
+
+def _read_group(admin: Admin, group_id: str) -> tuple[GroupInfo, Mapping[Partition, int]]:
+    """The group and its offsets; a coordinator still loading (or the offsets topic still being
+    made, on a cluster no group has used) is waited for briefly."""
+    deadline = time.monotonic() + COORDINATOR_WAIT_S
+    while True:
+        try:
+            return admin.describe_group(group_id), admin.group_offsets(group_id)
+        except ClientError as err:
+            if err.failure is not Failure.TRANSIENT or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _records_between(reader: Reader, tp: Partition, start: int, end: int) -> int | None:
@@ -109,8 +127,13 @@ def _records_between(reader: Reader, tp: Partition, start: int, end: int) -> int
     reader.assign([tp])
     reader.seek(tp, start)
     counted, deadline = 0, time.monotonic() + COUNT_WAIT_S
-    while reader.position(tp) < end:
-        if time.monotonic() > deadline:
-            return None
-        counted += sum(1 for r in reader.poll(100, 500).get(tp, []) if r.offset < end)
+    try:
+        while reader.position(tp) < end:
+            if time.monotonic() > deadline:
+                return None
+            counted += sum(1 for r in reader.poll(100, 500).get(tp, []) if r.offset < end)
+    except ClientError as err:
+        if err.failure is not Failure.NOT_AUTHORISED_TOPIC:
+            raise
+        return None  # an operator with DESCRIBE but no READ: the offsets' difference is shown
     return counted

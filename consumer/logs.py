@@ -52,8 +52,19 @@ def redact_phi(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
-def configure_logging(level: str = "INFO", fmt: Literal["auto", "json", "console"] = "auto") -> None:
-    """Set up structlog once for the process; `auto` means console on a TTY, JSON otherwise."""
+# The client libraries' own loggers: kafka-python's, and librdkafka's as our adapter relays it.
+CLIENT_LIBRARY_LOGGERS = ("kafka", "tdm_alerts.librdkafka")
+
+
+def configure_logging(
+    level: str = "INFO", fmt: Literal["auto", "json", "console"] = "auto", *, operator: bool = False
+) -> None:
+    """Set up structlog once for the process; `auto` means console on a TTY, JSON otherwise.
+
+    `operator`: a command run at a terminal (`dlq`, `status`, `forget`). The client libraries'
+    retries and warnings stay off it unless TDM_LOG_LEVEL=DEBUG: the command ends with one line
+    saying what went wrong, which 17 lines of library chatter used to bury.
+    """
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
@@ -90,6 +101,10 @@ def configure_logging(level: str = "INFO", fmt: Literal["auto", "json", "console
             ],
         )
     )
+    if operator and level != "DEBUG":
+        # Filtered at our handler, not by the loggers' levels: kafka-python's records still reach
+        # the handler that reads why a connection was refused (clients/kafka_python_failures.py).
+        handler.addFilter(lambda record: not record.name.startswith(CLIENT_LIBRARY_LOGGERS))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -591,7 +591,12 @@ class Admin:
             ],
             "describe group",
         )
-        described = _call(future.result, "describe group")
+        try:
+            described = future.result()
+        except KafkaException as err:
+            if err.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:  # Kafka 4, of a group never used
+                return GroupInfo("Dead", ())
+            raise _error(err.args[0], "describe group") from err
         members = tuple(
             Member(
                 member_id=m.member_id,

@@ -380,10 +380,14 @@ class Admin:
 
     def describe_group(self, group_id: str) -> GroupInfo:
         described = _call(lambda: self._admin.describe_groups([group_id]), "describe group")[group_id]
-        if described.get("error"):
-            raise ClientError(
-                Failure.TRANSIENT, f"describe group: {described['error']}", name="DescribeGroups"
-            )
+        if error := described.get("error"):
+            # kafka-python hands the error back as text ("[Error 69] GroupIdNotFoundError: ...").
+            if "GroupIdNotFoundError" in error:  # Kafka 4 says so of a group never used
+                return GroupInfo("Dead", ())
+            if "GroupAuthorizationFailedError" in error:
+                denied = "GroupAuthorizationFailed"
+                raise ClientError(Failure.NOT_AUTHORISED_GROUP, "describe group", name=denied)
+            raise ClientError(Failure.TRANSIENT, f"describe group: {error}", name="DescribeGroups")
         members = []
         for m in described.get("members", []):
             assignment = m.get("member_assignment")

@@ -121,6 +121,9 @@ def test_a_message_larger_than_the_dead_letter_topic_takes_does_not_stop_its_par
     assert body.startswith(dead.value) and 0 < len(dead.value) <= 1_048_588
     assert service.stop() == 0
     # A cut message sent back would be read as another one: the replay leaves it and says why.
+    shown = run_cli(service.env, "dlq", "show", f"{dead.partition}:{dead.offset}").stdout
+    digest = hashlib.sha256(body).hexdigest()
+    assert f"body: cut (the message was {len(body)} bytes, sha256 {digest})" in shown
     replayed = run_cli(service.env, "dlq", "replay")
     assert "replayed 0 dead letters" in replayed.stdout
     assert "1 too large to have kept whole" in replayed.stdout

@@ -181,7 +181,8 @@ def test_operator_commands_fail_fast_and_clearly(kafka_bootstrap, topics, servic
         assert unreachable.returncode == 1, unreachable.stderr
         expected = f"tdm-alerts: cannot connect to the Kafka cluster at 127.0.0.1:{port}: check TDM_"
         assert unreachable.stderr.splitlines()[-1].startswith(expected), unreachable.stderr
-        assert "Traceback" not in unreachable.stderr
+        # The one line alone: the client library's retries stay off the operator's terminal.
+        assert len(unreachable.stderr.splitlines()) == 1, unreachable.stderr
         assert time.monotonic() - began < 30
 
 

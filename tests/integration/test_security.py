@@ -124,18 +124,22 @@ def grants(secure: dict[str, object]) -> Iterator[Grants]:
 
 
 def _env(
-    secure: dict[str, object], grants: Grants, tmp_path: Path, **overrides: str | None
+    secure: dict[str, object],
+    grants: Grants,
+    tmp_path: Path,
+    user: str = "tdm-alerts",
+    **overrides: str | None,
 ) -> dict[str, str]:
-    """The service's settings for SASL_SSL as `tdm-alerts`; an override of None unsets one."""
-    password_file = tmp_path / "sasl-password"
-    password_file.write_text(str(secure["users"]["tdm-alerts"]) + "\n")  # type: ignore[index]
+    """The service's settings for SASL_SSL as `user`; an override of None unsets one."""
+    password_file = tmp_path / f"sasl-password-{user}"
+    password_file.write_text(str(secure["users"][user]) + "\n")  # type: ignore[index]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TDM_")}
     settings = dict(
         TDM_KAFKA_CLIENT=KAFKA_CLIENT,
         TDM_BOOTSTRAP_SERVERS=str(secure["bootstrap"]),
         TDM_SECURITY_PROTOCOL="SASL_SSL",
         TDM_SASL_MECHANISM="SCRAM-SHA-512",
-        TDM_SASL_USERNAME="tdm-alerts",
+        TDM_SASL_USERNAME=user,
         TDM_SASL_PASSWORD_FILE=str(password_file),
         TDM_SSL_CAFILE=str(secure["ca"]),
         TDM_INPUT_TOPICS=grants.input,
@@ -282,3 +286,64 @@ def test_an_unreachable_cluster_is_retried_until_stopped(secure, grants, tmp_pat
     assert service.alive(), service.log_text()[-2000:]
     assert service.stop() == 0
     assert "brokers unreachable; retrying" in service.log_text()
+
+
+def _operator(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "consumer", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def test_operator_commands_name_a_missing_permission_and_work_with_the_documented_operator_acls(
+    secure, grants, tmp_path
+):
+    """Issue 28: under the service's principal (no READ on the dead-letter topic) `dlq list`
+    printed a 46-line traceback after kafka-python's own log lines."""
+    from kafka import KafkaProducer
+    from kafka.admin import ACL, ACLOperation, ACLPermissionType, ResourcePattern, ResourceType
+    from kafka.admin import ACLResourcePatternType as Pattern
+
+    grants.grant()
+    producer = KafkaProducer(bootstrap_servers=grants.bootstrap, acks="all")
+    dead_letter = [
+        ("tdm.dlq.reason", b"invalid"),
+        ("tdm.dlq.stage", b"decode"),
+        ("tdm.dlq.source.topic", grants.input.encode()),
+    ]
+    producer.send(grants.dlq, b"{}", key=b"k", headers=dead_letter)
+    producer.flush()
+    producer.close()
+
+    as_service = _env(secure, grants, tmp_path)
+    for command in (["dlq", "list"], ["dlq", "show", "0:0"], ["dlq", "replay", "--dry-run"]):
+        done = _operator(as_service, *command)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr  # one line, no library log lines before it
+        assert done.stderr.startswith(f"tdm-alerts: not authorised to READ topic {grants.dlq} "), done.stderr
+        assert "README 'Operator access'" in done.stderr
+
+    operator = "User:tdm-operator"  # the README's operator ACLs
+    wanted = [
+        (ACLOperation.READ, ResourceType.TOPIC, grants.dlq),
+        (ACLOperation.WRITE, ResourceType.TOPIC, grants.input),
+        (ACLOperation.DESCRIBE, ResourceType.GROUP, grants.group),
+    ]
+    made = grants.admin.create_acls(
+        [
+            ACL(operator, "*", op, ACLPermissionType.ALLOW, ResourcePattern(kind, name, Pattern.LITERAL))
+            for op, kind, name in wanted
+        ]
+    )
+    assert not made["failed"], made
+    as_operator = _env(secure, grants, tmp_path, user="tdm-operator")
+    for command in (["dlq", "list"], ["dlq", "show", "0:0"], ["dlq", "replay"], ["status"]):
+        done = _operator(as_operator, *command)
+        assert done.returncode == 0, (command, done.stderr)
+    replayed = read_topic(grants.bootstrap, grants.input, expected=1, timeout_s=30)
+    assert [r.value for r in replayed] == [b"{}"]

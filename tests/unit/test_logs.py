@@ -14,3 +14,25 @@ def test_capture_logs_sees_structured_events():
     with capture_logs() as logs:
         structlog.get_logger().info("alert published", dedup_key="abc")
     assert logs == [{"event": "alert published", "dedup_key": "abc", "log_level": "info"}]
+
+
+def test_an_operator_terminal_gets_no_client_library_lines_unless_debugging(capsys):
+    import logging
+
+    from consumer.clients.kafka_python_failures import WATCH
+    from consumer.logs import configure_logging
+
+    try:
+        configure_logging("INFO", "json", operator=True)
+        logging.getLogger("kafka.net.manager").error("Connection failed: KafkaConnectionError")
+        logging.getLogger("tdm_alerts.librdkafka").warning("FAIL|rdkafka#consumer-1")
+        assert capsys.readouterr().err == ""
+        # ...while kafka-python's records still reach the handler that reads refusals from them.
+        assert logging.getLogger("kafka").isEnabledFor(logging.WARNING)
+        assert WATCH in logging.getLogger("kafka").handlers
+
+        configure_logging("DEBUG", "json", operator=True)
+        logging.getLogger("kafka.net.manager").error("Connection failed: KafkaConnectionError")
+        assert "Connection failed" in capsys.readouterr().err
+    finally:
+        configure_logging()
