@@ -185,6 +185,14 @@ class Metrics:
             buckets=_END_TO_END_BUCKETS,
             registry=r,
         )
+        self.clock_skew = Counter(
+            "tdm_clock_skew",
+            "Messages whose timestamp lies ahead of this service's clock by more than a second: "
+            "the sender's clock is wrong, so their latency is not observed (set the input topic "
+            "to message.timestamp.type=LogAppendTime to measure from the broker's clock).",
+            ["topic"],
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "tdm_batch_commit_seconds",
             "Time to publish a batch's outputs and commit them with its offsets (the transaction commit).",

@@ -74,6 +74,7 @@ LAG_RETRY_S = 1.0
 BEHIND_INTERVALS = 10  # how much longer than the interval a batch may run while behind the feed
 GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (Python's default is 700)
 POLL_MAX_RECORDS = 500  # per poll; a batch (transaction) spans polls up to TDM_BATCH_MAX_RECORDS
+CLOCK_SKEW_TOLERANCE_S = 1.0  # NTP keeps hosts within milliseconds; a second is a wrong clock
 
 
 @dataclass
@@ -692,11 +693,17 @@ class Service:
         m.decode_seconds.observe_all(result.decode_seconds for result in read)
         m.interpret_seconds.observe_all(result.interpret_seconds for result in read)
         internal = self.states.topics.patients if self.states is not None else None
-        m.end_to_end_seconds.observe_all(
-            max(now - record.timestamp_ms / 1000, 0.0)
+        ages = [
+            (record.topic, now - record.timestamp_ms / 1000)
             for record, result in processed
             if record.timestamp_ms is not None and (record.topic != internal or result.alerts)
-        )
+        ]
+        # A timestamp from the future is the sender's clock, not a fast page: observed as 0 it
+        # hid real delays (issue 28). Counted instead; an old one cannot be told from a delay.
+        m.end_to_end_seconds.observe_all(max(age, 0.0) for _, age in ages if age >= -CLOCK_SKEW_TOLERANCE_S)
+        for topic, age in ages:
+            if age < -CLOCK_SKEW_TOLERANCE_S:
+                m.clock_skew.labels(topic).inc()
         for record, result in processed:
             if result.outcome is Outcome.SKIPPED and not result.recognition_gap:
                 continue  # nearly every record: nothing more to count or log

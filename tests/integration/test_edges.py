@@ -14,15 +14,17 @@ from tests.integration.test_exactly_once import SERVICE, AlertReader, wait_for_l
 pytestmark = pytest.mark.integration
 
 
-def _send_low_level(bootstrap: str, topic: str, partition: int | None = None) -> None:
+def _send_low_level(
+    bootstrap: str, topic: str, partition: int | None = None, timestamp_ms: int | None = None
+) -> None:
     """One canonical message with a subtherapeutic level: it pages once it is read."""
     low = {
         "patient_id": "PT-EDGE",
-        "accession": "A-EDGE",
+        "accession": f"A-EDGE-{topic}",
         "results": [{"code": "39803-2", "value": "1.1", "unit": "ug/mL"}],
     }
     producer = KafkaProducer(bootstrap_servers=bootstrap)
-    producer.send(topic, json.dumps(low).encode(), partition=partition)
+    producer.send(topic, json.dumps(low).encode(), partition=partition, timestamp_ms=timestamp_ms)
     producer.flush()
     producer.close()
 
@@ -127,3 +129,41 @@ def test_a_message_larger_than_the_dead_letter_topic_takes_does_not_stop_its_par
     replayed = run_cli(service.env, "dlq", "replay")
     assert "replayed 0 dead letters" in replayed.stdout
     assert "1 too large to have kept whole" in replayed.stdout
+
+
+def test_a_wrong_sender_clock_neither_hides_nor_fakes_latency(kafka_bootstrap, topics, start_service):
+    """Issue 28: a sender clock 1 h fast was observed as <= 10 ms (hiding real delays); 2 h slow
+    made every message slow. A timestamp from the future is counted as clock skew, not observed;
+    an input topic with LogAppendTime is measured from the broker's clock whatever the sender's."""
+    from kafka.admin import NewTopic
+
+    from tests.conftest import metric_total, metrics_port, scrape
+    from tests.integration.test_exactly_once import wait_until
+
+    appended = topics["input"] + ".appended"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        broker_clock = {"message.timestamp.type": "LogAppendTime"}
+        admin.create_topics([NewTopic(appended, 1, 1, topic_configs=broker_clock)])
+    finally:
+        admin.close()
+    now_ms = int(time.time() * 1000)
+    # 30 min fast (a broker may refuse timestamps an hour or more ahead: message.timestamp.after.max.ms)
+    _send_low_level(kafka_bootstrap, topics["input"], timestamp_ms=now_ms + 1_800_000)
+    _send_low_level(kafka_bootstrap, appended, timestamp_ms=now_ms - 7_200_000)  # 2 h slow
+    service = start_service(
+        TDM_PATIENT_STATE="false", TDM_INPUT_TOPICS=f"{topics['input']},{appended}", **SERVICE
+    )
+    port = metrics_port(wait_for_log(service, '"metrics_port"'))
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    try:
+        reader.wait_for(2, timeout_s=90, while_alive=[service])
+    finally:
+        reader.close()
+    wait_until(lambda: metric_total(scrape(port), "tdm_end_to_end_seconds_count") >= 1, timeout_s=10)
+    text = scrape(port)
+    assert metric_total(text, "tdm_clock_skew_total", topic=topics["input"]) == 1
+    assert metric_total(text, "tdm_clock_skew_total", topic=appended) == 0
+    assert metric_total(text, "tdm_end_to_end_seconds_count") == 1  # the appended one only
+    assert metric_total(text, "tdm_end_to_end_seconds_sum") < 60  # not 2 h
+    assert service.stop() == 0
