@@ -164,6 +164,7 @@ class Service:
         # Where each stateful partition polled before its restore resumes (its first record held).
         self.held: dict[Partition, int] = {}
         self.health = Health(settings.liveness_timeout_s, settings.stall_timeout_s)
+        self._debug = settings.log_level == "DEBUG"  # per-message lines cost even when filtered out
         self._restarted: dict[str, int] = {}  # stuck partitions whose fetch was restarted, at which offset
         metrics.ready.set_function(lambda: float(self.is_ready()))
 
@@ -563,6 +564,13 @@ class Service:
             self.health.progressed()
         self._backoff = 0.5
         committed = time.perf_counter()
+        if self._debug:
+            log.debug(
+                "batch committed",
+                records=len(batch.processed),
+                took_ms=round((committed - began) * 1000, 1),
+                next_offsets={f"{tp.topic}/{tp.partition}": offset for tp, offset in batch.next.items()},
+            )
         self._account(batch.processed, committed - began)
         self._committed_at = time.monotonic()
         self._commit_took = time.perf_counter() - began  # the accounting is the commit's cost too
@@ -705,6 +713,17 @@ class Service:
             if age < -CLOCK_SKEW_TOLERANCE_S:
                 m.clock_skew.labels(topic).inc()
         for record, result in processed:
+            if self._debug:  # each message's fate, by position only: never its contents
+                log.debug(
+                    "message processed",
+                    outcome=result.outcome.value,
+                    results=len(result.interpretations) or len(result.results),
+                    alerts=len(result.alerts),
+                    correlation_id=self._correlation_id(record),
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
             if result.outcome is Outcome.SKIPPED and not result.recognition_gap:
                 continue  # nearly every record: nothing more to count or log
             if result.recognition_gap:

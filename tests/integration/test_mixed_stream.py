@@ -87,6 +87,12 @@ def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap,
         assert headers["tdm.correlation_id"].decode() == "/".join(source)
         assert f'"correlation_id": "{"/".join(source)}"' in service.log_text()
 
+    # At DEBUG each message's fate is a line of its own, by position (issue 28: DEBUG added none).
+    debug = [json.loads(line) for line in service.log_text().splitlines() if '"level": "debug"' in line]
+    processed = {(d["partition"], d["offset"]) for d in debug if d["event"] == "message processed"}
+    assert len([d for d in debug if d.get("topic") == topics["input"]]) >= len(values), debug[:5]
+    assert processed and any(d["event"] == "batch committed" for d in debug)
+
     port = metrics_port(service.log_text())
     deadline = time.monotonic() + 20
     consumed = "tdm_messages_consumed_total"
