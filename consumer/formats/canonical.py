@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from consumer.formats.errors import Relevance, json_refusal, lab_result
 from interpretation import LabResult, ResultStatus, TreatmentContext
@@ -33,6 +33,12 @@ class CanonicalResult(BaseModel):
 
 
 class CanonicalMessage(BaseModel):
+    """One rule for the whole message: a field we do not know is ignored, at every level.
+
+    A sender adding a field must not stop its results paging; the core's TreatmentContext
+    forbids unknown fields (a typo in a rule set must fail), so the message drops them first.
+    """
+
     model_config = ConfigDict(extra="ignore")
 
     patient_id: str
@@ -41,6 +47,13 @@ class CanonicalMessage(BaseModel):
     collected_at: datetime | None = None
     context: TreatmentContext = TreatmentContext()
     results: list[CanonicalResult] = Field(min_length=1, max_length=1000)
+
+    @field_validator("context", mode="before")
+    @classmethod
+    def _known_context_fields(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {k: v for k, v in value.items() if k in TreatmentContext.model_fields}
+        return value
 
 
 def decode_canonical(data: bytes, relevant: Relevance) -> list[LabResult]:

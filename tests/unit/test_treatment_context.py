@@ -209,3 +209,21 @@ def test_the_patient_stage_reports_the_reading_it_made_with_the_record():
     assert done.interpretation.finding is SUB
     assert done.interpretation.context.route is Route.SUBCUTANEOUS
     assert done.interpretation.context_source["route"] is ContextSource.PATIENT_RECORD
+
+
+def test_a_canonical_context_with_an_unknown_field_is_read_like_the_rest_of_the_message():
+    """Issue 28: unknown fields are ignored everywhere in a canonical message, context included
+    (an unknown context key dead-lettered the whole message, so its low level never paged)."""
+    from consumer.formats.canonical import decode_canonical
+
+    message = {
+        "patient_id": "PT-1",
+        "sender_field": "ignored",
+        "context": {"phase": "induction", "week": 6, "ward": "GI-3"},
+        "results": [{"code": "39803-2", "value": "3.0", "unit": "ug/mL", "lab_extension": 1}],
+    }
+    [result] = decode_canonical(json.dumps(message).encode(), lambda code, display: True)
+    assert result.context == TreatmentContext(phase=Phase.INDUCTION, week=6)
+    assert interpret(result, RULES).finding is DrugLevelFinding.SUBTHERAPEUTIC  # below 4.5 at week 6
+    with pytest.raises(DecodeError):  # a known field's bad value is still refused
+        decode_canonical(json.dumps({**message, "context": {"week": -1}}).encode(), lambda c, d: True)
