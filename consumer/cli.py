@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import structlog
 from pydantic import ValidationError
@@ -32,11 +32,11 @@ from consumer.health import Watchdog
 from consumer.logs import configure_logging
 from consumer.message_files import messages_in
 from consumer.metrics import Metrics, MetricsServer
+from consumer.patient_topic import forget_record
 from consumer.pipeline import Pipeline
 from consumer.replay import ReplayRequest, replay
 from consumer.service import Service
 from consumer.settings import Settings, describe_settings_error
-from consumer.state.manager import COMMAND_HEADER, FORGET
 from consumer.state.topics import state_topics
 from interpretation import (
     Alert,
@@ -98,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     server.start()
 
     def stalled(reason: str) -> None:
-        # The loop is wedged (seen inside kafka-python after rebalances): nothing in this process
+        # The loop is wedged (kafka-python K3): nothing in this process
         # can unwedge it, so exit for the orchestrator to start a fresh one. Exactly-once
         # delivery means the open transaction is aborted and its records processed again.
         log.error("stalled; exiting so that a fresh instance takes over", reason=reason)
@@ -243,7 +243,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
     # Keyed by patient like their results, so it reaches the partition (and instance) holding them.
     producer = connect_once(client_for(settings).producer, settings)
     try:
-        sent = producer.send(topics.patients, args.patient_id.encode(), b"", [(COMMAND_HEADER, FORGET)])
+        value, headers = forget_record()
+        sent = producer.send(topics.patients, args.patient_id.encode(), value, headers)
         producer.flush(30)
         sent.offset(30)
     finally:
@@ -430,7 +431,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tdm-alerts {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_service_commands(commands)
+    _add_interpret(commands)
+    _add_rules(commands)
+    _add_dlq(commands)
+    forget = commands.add_parser(
+        "forget",
+        help="remove a patient's remembered state (data-protection request; settings: TDM_* env)",
+    )
+    forget.add_argument("patient_id", type=_non_empty, help="the patient id as the lab feed sends it")
+    forget.set_defaults(handler=cmd_forget)
+    schema = commands.add_parser("alert-schema", help="print the JSON schema of published alerts")
+    schema.set_defaults(handler=cmd_alert_schema)
+    return parser
 
+
+# argparse names the type of add_subparsers() privately; it is the documented return value.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # noqa: SLF001
+
+
+def _add_service_commands(commands: Commands) -> None:
     run = commands.add_parser(
         "run",
         help="consume lab results and publish alerts (settings: TDM_* env)",
@@ -445,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(handler=cmd_status)
 
+
+def _add_interpret(commands: Commands) -> None:
     interp = commands.add_parser(
         "interpret",
         help="interpret lab messages from a file or stdin, without Kafka",
@@ -478,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     interp.set_defaults(handler=cmd_interpret)
 
+
+def _add_rules(commands: Commands) -> None:
     rules = commands.add_parser("rules", help="check or show interpretation rule sets")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     check = rules_commands.add_parser("check", help="validate a rule file and explain its errors")
@@ -489,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.set_defaults(handler=cmd_rules_show)
 
+
+def _add_dlq(commands: Commands) -> None:
     dlq = commands.add_parser("dlq", help="work with the dead-letter topic")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     again = dlq_commands.add_parser(
@@ -527,17 +553,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--body", action="store_true", help="also print the message as it arrived (it holds patient data)"
     )
     show_one.set_defaults(handler=cmd_dlq_show)
-
-    forget = commands.add_parser(
-        "forget",
-        help="remove a patient's remembered state (data-protection request; settings: TDM_* env)",
-    )
-    forget.add_argument("patient_id", type=_non_empty, help="the patient id as the lab feed sends it")
-    forget.set_defaults(handler=cmd_forget)
-
-    schema = commands.add_parser("alert-schema", help="print the JSON schema of published alerts")
-    schema.set_defaults(handler=cmd_alert_schema)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -181,11 +181,9 @@ class TransactionalDelivery(Delivery[TransactionalProducer]):
             )
             self._drop_producer()
             return
-        # Replaced after every abort, not reused: kafka-python 3 keeps the offsets of a refused
-        # TxnOffsetCommit (a re-join's UnknownMemberId) after the abort and sends them with the
-        # next transaction's, committing offsets whose outputs were aborted (alerts lost after a
-        # broker restart, reproduced). A new producer starts clean; aborts are rare, so
-        # confluent-kafka's producer, which has no such flaw, is replaced the same way.
+        # Replaced after every abort, not reused (kafka-python K1: a new producer starts clean).
+        # Aborts are rare, so confluent-kafka's producer, which has no such flaw, is replaced
+        # the same way.
         self._drop_producer()
 
     def survive_fence(self, err: BaseException) -> bool:

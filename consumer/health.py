@@ -2,10 +2,10 @@
 
 The loop beats once a turn. Liveness fails when it has not turned within a bound (a hung
 client); a stall is lag at the broker with no record processed for a longer bound, or one
-partition with messages waiting whose position has not moved for that bound. kafka-python
-3 has been seen to wedge after rebalances (4 minutes without progress after UnknownMemberId, a
-100% CPU spin in poll): a process that cannot recover in place exits, and the orchestrator
-starts a fresh one (with exactly-once delivery nothing is lost or sent twice).
+partition with messages waiting whose position has not moved for that bound. A process that
+cannot recover in place (kafka-python K3: 4 minutes without progress after UnknownMemberId, a
+100% CPU spin in poll) exits, and the orchestrator starts a fresh one (with exactly-once
+delivery nothing is lost or sent twice).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 # A re-join completes within the rebalance timeout (60 s, MAX_POLL_INTERVAL_MS); longer out of
-# the group is kafka-python 3's hang (seen in CI and `make bench`: an empty first assignment or a
-# re-join after the first commit, then spinning in its fetcher for good), or a broker outage
+# the group is a hung join (kafka-python K3, seen in CI and `make bench`), or a broker outage
 # long enough that a fresh start costs nothing.
 MEMBERSHIP_TIMEOUT_S = 90.0
 
@@ -62,8 +61,8 @@ class Health:
 
     def lag(self, positions: Mapping[str, tuple[int, int]]) -> None:
         """The latest lag at the broker, as each partition's (position, lag); none means nothing
-        to make progress on. Per partition, so one that stops while others move is seen:
-        kafka-python 3 has been seen to leave some partitions unfetched after a rebalance."""
+        to make progress on. Per partition, so one that stops while others move is seen
+        (kafka-python K3 left some unfetched after a rebalance)."""
         now = self.clock()
         self._lag = sum(lag for _, lag in positions.values())
         if self._lag == 0:
@@ -101,7 +100,7 @@ class Health:
             return f"the main loop has not turned for {self.since_beat():.0f} s"
         outside = self.clock() - self._outside_since if self._outside_since is not None else 0.0
         if outside >= min(self.stall_timeout_s, MEMBERSHIP_TIMEOUT_S):
-            # A join that never completes: kafka-python 3 has been seen to hang in one for good.
+            # A join that never completes (kafka-python K3).
             return f"not a member of the consumer group for {outside:.0f} s"
         idle = self.clock() - self._progress
         if self._lag > 0 and idle >= self.stall_timeout_s:

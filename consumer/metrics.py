@@ -77,7 +77,12 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        self._what_became_of_messages(self.registry)
+        self._patient_state(self.registry)
+        self._timings(self.registry)
+        self._the_loop(self.registry)
+
+    def _what_became_of_messages(self, r: CollectorRegistry) -> None:
         self.messages = Counter(
             "tdm_messages_consumed",
             "Messages consumed, by input topic and outcome.",
@@ -124,6 +129,8 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+
+    def _patient_state(self, r: CollectorRegistry) -> None:
         self.state_patients = Gauge(
             "tdm_state_patients",
             "Patients whose state this instance holds (its assigned partitions).",
@@ -161,6 +168,8 @@ class Metrics:
         self.state_forgotten = Counter(
             "tdm_state_forgotten_patients", "Patient states removed by a forget request.", registry=r
         )
+
+    def _timings(self, r: CollectorRegistry) -> None:
         self.processing_seconds = BatchHistogram(
             "tdm_message_processing_seconds",
             "Intake, decode and interpret time per message.",
@@ -199,6 +208,8 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+
+    def _the_loop(self, r: CollectorRegistry) -> None:
         self.batch_failures = Counter(
             "tdm_batch_failures",
             "Batches (transactions) whose publish or commit failed and were aborted and retried.",

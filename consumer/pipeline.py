@@ -64,6 +64,12 @@ class Processed(NamedTuple):
     # Read with `interpret=False`: the infliximab results, for the patient stage to interpret.
     results: Sequence[LabResult] = ()
 
+    @property
+    def urgent(self) -> bool:
+        """Something to page, or a result on its way to the patient's state: commit it as soon
+        as the loop is caught up, not at the end of the interval."""
+        return bool(self.alerts or self.interpretations or self.results)
+
 
 @dataclass(frozen=True, slots=True)
 class Pipeline:
@@ -103,12 +109,8 @@ class Pipeline:
         began = time.perf_counter()
         if not data:
             return _dead(Reason.EMPTY, Stage.INTAKE, "message has no value", began)
-        if len(data) > self.max_message_bytes:
-            detail = f"message is {len(data)} bytes; the limit is {self.max_message_bytes}"
-            return _dead(Reason.TOO_LARGE, Stage.INTAKE, detail, began, self.prefilter.may_be_relevant(data))
-        if (at := data.translate(_CONTROL_TO_NUL).find(0)) >= 0:
-            detail = f"binary content: control byte 0x{data[at]:02x} at byte {at}"
-            return _dead(Reason.BINARY, Stage.INTAKE, detail, began)
+        if (refused := self._refused(data, began)) is not None:
+            return refused
         maybe = False
         if fmt is None:
             fmt = self.format_for(source.topic if isinstance(source, SourceRef) else None)
@@ -153,6 +155,16 @@ class Pipeline:
             recognition_gap=not (interpretations or picked) and maybe and self.prefilter.names_drug(data),
             results=picked,
         )
+
+    def _refused(self, data: bytes, began: float) -> Processed | None:
+        """A dead letter for a message too large or binary to be parsed at all."""
+        if len(data) > self.max_message_bytes:
+            detail = f"message is {len(data)} bytes; the limit is {self.max_message_bytes}"
+            return _dead(Reason.TOO_LARGE, Stage.INTAKE, detail, began, self.prefilter.may_be_relevant(data))
+        if (at := data.translate(_CONTROL_TO_NUL).find(0)) >= 0:
+            detail = f"binary content: control byte 0x{data[at]:02x} at byte {at}"
+            return _dead(Reason.BINARY, Stage.INTAKE, detail, began)
+        return None
 
 
 def _dead(reason: Reason, stage: Stage, detail: str, began: float, maybe_relevant: bool = False) -> Processed:

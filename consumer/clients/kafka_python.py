@@ -1,10 +1,29 @@
 """The seam on kafka-python 3 (the default client).
 
-kafka-python 3.0.12 behaviours the layers above work around, all reproduced on a real broker
-(docs/benchmarks.md): refused TxnOffsetCommit offsets are kept past the abort and committed with
-the next transaction (the delivery replaces a producer after every abort); a partition a
-rebalance gives back to the same member keeps its position and fetch buffers (the loop rewinds
-an aborted batch); a first join can hang (the watchdog restarts the instance).
+kafka-python 3.0.12 behaviours the code works around, each seen on a real broker (most are
+reproduced in docs/benchmarks.md or a test). Elsewhere the code refers to them by number
+("kafka-python K1") instead of retelling them:
+
+- K1 Refused TxnOffsetCommit offsets (a re-join's UnknownMemberId) are kept past the abort and
+  committed with the next transaction: the delivery replaces its producer after every abort.
+- K2 A partition a rebalance gives back to the same member keeps its position and fetch
+  buffers: an aborted batch is rewound to its first offsets (`loop/batch.py`).
+- K3 A join can hang for good (an empty first assignment, a re-join after a commit), and the
+  fetcher can wedge or spin after rebalances: the watchdog (`health.py`) ends the process for
+  the orchestrator to restart; a partition left unfetched is re-sought first (`loop/lag.py`).
+- K4 A zero-timeout poll can spin in its coordinator lookup after a rebalance: the loop never
+  polls with 0 (`loop/pacing.py`).
+- K5 What a rebalance callback raises is swallowed: a fatal error there is kept and raised
+  after the poll (`loop/rebalance.py`).
+- K6 Rebalance callbacks run inside poll(), on the loop's thread, and a long one starves the
+  group's heartbeats: stores are opened there and restored in the loop (`state/gate.py`).
+- K7 TxnOffsetCommit is sent without the fencing the broker applies to librdkafka's: after a
+  broker restart a member the group had expelled committed a transaction (alerts published
+  twice). `group_metadata` refuses to hand out metadata once the consumer is no stable member
+  or its heartbeats go unanswered (`in_group` below).
+- K8 It logs its own recovered I/O-thread errors with tracebacks, and reports every failed
+  bootstrap as a time-out: the cause of a refused connection is read from its log records
+  (`kafka_python_failures.py`).
 """
 
 from __future__ import annotations

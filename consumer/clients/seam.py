@@ -6,19 +6,18 @@ patient-state store import no client library: records, partitions and failures a
 they are written once and the integration suite runs each client through them.
 
 Who uses what (today's call sites, all in `consumer/`):
-- service.py: GroupConsumer (subscribe with a Rebalance listener, poll, pause/resume/seek,
-  position, assignment, end_offsets for lag, group_metadata, in_group) and the Delivery.
+- service.py, loop/: GroupConsumer (subscribe with a Rebalance listener, poll, pause/resume/seek,
+  position, assignment, group_metadata, in_group); end_offsets.py: a Reader for lag.
 - delivery.py: TransactionalProducer (begin, send, flush, send_offsets, commit, abort) or, at
   least once, Producer plus GroupConsumer.commit.
 - state/manager.py: an assigned Reader for the changelog restore; Sent.offset() for the
-  changelog offset a write landed at.
+  changelog offset a write landed at. state/gate.py: pause, resume and seek.
 - access.py, state/topics.py, group_status.py: Admin.
 - dead_letter_reader.py, replay.py, cli.py (forget): Reader and Producer.
 
-kafka-python 3.0.12 needs two workarounds that stay in its adapter (see docs/benchmarks.md): a
-new transactional producer after every abort (refused TxnOffsetCommit offsets are otherwise
-committed by the next transaction), and a rewind when a rebalance gives a partition back (its
-position and fetch buffers are kept).
+kafka-python 3.0.12's flaws are listed, numbered, in its adapter (`kafka_python.py`, K1-K8);
+the code that works around one refers to it by number. Some workarounds cannot live in the
+adapter (a new producer after every abort, a rewind of an aborted batch, the watchdog).
 """
 
 from __future__ import annotations

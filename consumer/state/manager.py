@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import structlog
 
@@ -26,43 +26,33 @@ from consumer.state.store import PartitionStore, StoreError, StoreUnwritable, re
 from consumer.state.topics import StateTopics
 from interpretation import LabResult, RuleSet, SourceRef
 from interpretation.correlation import Correlated, correlate_result, record_treatment
-from interpretation.lab_result import Frozen
 from interpretation.patient_state import PatientState
 from interpretation.treatment import TreatmentRecord
 
 log = structlog.get_logger("tdm_alerts.state")
 
-COMMAND_HEADER = "tdm.command"
-KIND_HEADER = "tdm.kind"  # on the repartition topic: a lab result, or a treatment record
-TREATMENT = b"treatment"
-FORGET = b"forget"
 LAST_SEEN_HEADER = "tdm.last_seen"  # epoch seconds of the write, for expiry after a restore
 RESTORE_CHUNK = 5000  # changelog records applied per SQLite transaction while restoring
 EXPIRY_CHUNK = 1000  # patients expired per batch, so one batch never grows unbounded
 
 
-def is_forget(record: Record) -> bool:
-    return any(key == COMMAND_HEADER and value == FORGET for key, value in record.headers)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-def repartition_value(result: LabResult, source: SourceRef) -> bytes:
-    """What the repartition topic carries: the decoded result and where it was read."""
-    return (
-        b'{"result":'
-        + result.model_dump_json(exclude_defaults=True).encode()
-        + b',"source":'
-        + source.model_dump_json(exclude_none=True).encode()
-        + b"}"
-    )
+def _store_failures_fatal(
+    method: Callable[Concatenate[PatientStates, P], T],
+) -> Callable[Concatenate[PatientStates, P], T]:
+    """A store that cannot be read or written stops the service with a named cause (the
+    orchestrator must act); never a dead letter for a result that should page."""
 
+    def guarded(self: PatientStates, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError as err:
+            raise store_fatal(err, self.settings) from err
 
-def is_treatment(record: Record) -> bool:
-    return any(key == KIND_HEADER and value == TREATMENT for key, value in record.headers)
-
-
-def treatment_value(record: TreatmentRecord | None, replace: bool) -> bytes:
-    shown = "null" if record is None else record.model_dump_json(exclude_none=True)
-    return f'{{"record":{shown},"replace":{"true" if replace else "false"}}}'.encode()
+    return guarded
 
 
 class PatientStates:
@@ -103,7 +93,7 @@ class PatientStates:
         """Open each partition's store; it is restored by `restore_pending` before it is used.
 
         Called from the rebalance callback, so it does no I/O on Kafka: a long restore there
-        starves the group's heartbeats and the member is expired (seen with kafka-python 3).
+        starves the group's heartbeats and the member is expired (kafka-python K6).
         """
         for partition in partitions:
             if partition not in self.stores:
@@ -129,6 +119,7 @@ class PatientStates:
         """Whether a record of `tp` would be read against a store that is not restored yet."""
         return tp.partition in self.pending and tp.topic in self.topics_read
 
+    @_store_failures_fatal
     def restore_pending(self) -> list[int]:
         """Bring every newly assigned partition up to its changelog; return the ones done."""
         done = sorted(self.pending)
@@ -232,20 +223,7 @@ class PatientStates:
             partition=partition,
         )
 
-    def process(self, record: Record) -> Correlated | None:
-        """Correlate one repartitioned result (or carry out a forget command or keep a treatment
-        record, which have nothing to report)."""
-        patient_id = record.key.decode() if record.key else ""
-        if is_forget(record):
-            self.forget(record.partition, patient_id)
-            return None
-        if is_treatment(record):
-            update = _RepartitionedTreatment.model_validate_json(record.value or b"")
-            self.record_treatment(record.partition, patient_id, update.record, replace=update.replace)
-            return None
-        payload = _RepartitionedResult.model_validate_json(record.value or b"")
-        return self.correlate(record.partition, payload.result, payload.source)
-
+    @_store_failures_fatal
     def record_treatment(
         self, partition: int, patient_id: str, update: TreatmentRecord | None, *, replace: bool
     ) -> None:
@@ -255,6 +233,7 @@ class PatientStates:
         if new != state:
             self._write(partition, patient_id, new)
 
+    @_store_failures_fatal
     def correlate(self, partition: int, result: LabResult, source: SourceRef) -> Correlated | None:
         """The result read with its patient's state; None when it is not about infliximab."""
         state = self._read(partition, result.patient_id)
@@ -263,6 +242,7 @@ class PatientStates:
             self._write(partition, result.patient_id, done.state)
         return done
 
+    @_store_failures_fatal
     def forget(self, partition: int, patient_id: str) -> None:
         """Remove a patient's state (a data-protection request): local store and changelog tombstone."""
         if partition in self.stores and patient_id:
@@ -270,6 +250,7 @@ class PatientStates:
             self.metrics.state_forgotten.inc()
             log.info("patient state forgotten on request", partition=partition)
 
+    @_store_failures_fatal
     def expire(self, now: float) -> int:
         """Tombstone patients not seen for the retention time; called with a batch open."""
         if now < self._expiry_due:
@@ -291,6 +272,7 @@ class PatientStates:
 
     # -- the commit protocol ---------------------------------------------------------------
 
+    @_store_failures_fatal
     def committed(self) -> None:
         """The batch's transaction committed: apply its writes locally with their changelog offsets."""
         for partition, writes in self._writes.items():
@@ -303,6 +285,7 @@ class PatientStates:
         self._last_sent.clear()
         self._last_digest.clear()
 
+    @_store_failures_fatal
     def refresh_gauges(self) -> None:
         """Patients held (a count over each store: called every few seconds, not per batch)."""
         self.metrics.state_patients.set(sum(s.count() for s in self.stores.values()))
@@ -362,15 +345,3 @@ def _last_seen(record: Record) -> float:
             except ValueError:
                 break
     return time.time()
-
-
-class _RepartitionedTreatment(Frozen):
-    record: TreatmentRecord | None
-    replace: bool
-
-
-class _RepartitionedResult(Frozen):
-    """The repartition topic's record: a decoded result and where it was first read."""
-
-    result: LabResult
-    source: SourceRef

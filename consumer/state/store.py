@@ -64,8 +64,8 @@ class PartitionStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         _guarded(path, lambda: path.parent.mkdir(parents=True, exist_ok=True))
-        # check_same_thread=False: kafka-python calls rebalance listeners from poll(), on the
-        # service thread, but a store may be opened in one callback and used in the loop.
+        # check_same_thread=False: a store is opened in a rebalance callback (kafka-python K6:
+        # inside poll) and used in the loop.
         self._db = _guarded(
             path, lambda: sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         )

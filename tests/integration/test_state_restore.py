@@ -13,7 +13,7 @@ import uuid
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 
-from consumer.state.manager import repartition_value
+from consumer.patient_topic import result_value
 from interpretation import LabResult, SourceRef
 from tests.conftest import metric_total, metrics_port, read_topic, scrape
 from tests.integration.test_exactly_once import SERVICE, AlertReader
@@ -68,7 +68,7 @@ def test_records_waiting_at_assignment_are_read_only_after_the_restore(
             producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)  # murmur2, as the service
             source = SourceRef(topic=topics["input"], partition=0, offset=0)
             for p in patients:
-                producer.send(f"{group}.patient-results", repartition_value(_reflex(p), source), p.encode())
+                producer.send(f"{group}.patient-results", result_value(_reflex(p), source), p.encode())
             producer.flush()
             producer.close()
 

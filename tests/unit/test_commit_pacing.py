@@ -9,11 +9,9 @@ import pytest
 
 from consumer.clients.seam import ClientError, Failure, Partition
 from consumer.end_offsets import EndOffsets
-from consumer.metrics import Metrics
-from consumer.pipeline import Pipeline
-from consumer.service import Service, _Batch
+from consumer.loop.batch import Batch
+from consumer.loop.pacing import Pacing
 from consumer.settings import Settings
-from interpretation import default_ruleset
 
 P0 = Partition("lab.results", 0)
 
@@ -21,31 +19,46 @@ P0 = Partition("lab.results", 0)
 pytestmark = pytest.mark.usefixtures("clean_env")
 
 
-def service() -> Service:
-    return Service(Settings(), Pipeline(default_ruleset(), 4096), Metrics())
+def pacing(clock: list[float], **overrides: float) -> Pacing:
+    """The settings' pacing (TDM_COMMIT_INTERVAL_MS 125 here) on the test's clock."""
+    fields = {"interval_s": 0.125, **overrides}
+    made = Pacing.from_settings(Settings(), clock=lambda: clock[0])
+    for name, value in fields.items():
+        setattr(made, name, value)
+    return made
 
 
 def test_a_batch_to_page_commits_once_caught_up_and_the_last_commit_is_paid_for(clock):
     """A commit costs the loop its length whatever it carries; an urgent batch waits at most
     as long again after the last one, so commits never take more than half the loop."""
-    s, interval = service(), 0.125
-    s._committed_at, s._commit_took = clock[0], 0.03125  # the last commit took 31.25 ms
-    batch = _Batch(opened=clock[0], urgent=True)
-    assert not s._commit_due(batch, caught_up=True, interval=interval)
-    assert s._wait_ms(batch, interval) == 31  # the poll waits no longer than that
+    p = pacing(clock)
+    p.committed(0.03125)  # the last commit took 31.25 ms and finished now
+    batch = Batch(opened=clock[0], urgent=True)
+    assert not p.due(batch, caught_up=True)
+    assert p.wait_ms(batch) == 31  # the poll waits no longer than that
     clock[0] += 0.03125
-    assert s._commit_due(batch, caught_up=True, interval=interval)
-    assert not s._commit_due(batch, caught_up=False, interval=interval)  # a backlog: keep filling
+    assert p.due(batch, caught_up=True)
+    assert not p.due(batch, caught_up=False)  # a backlog: keep filling
 
 
 def test_a_batch_with_nothing_to_page_fills_up_to_the_interval(clock):
-    s, interval = service(), 0.125
-    batch = _Batch(opened=clock[0])
+    p = pacing(clock)
+    batch = Batch(opened=clock[0])
     clock[0] += 0.0625
-    assert not s._commit_due(batch, caught_up=True, interval=interval)
-    assert s._wait_ms(batch, interval) == 62
+    assert not p.due(batch, caught_up=True)
+    assert p.wait_ms(batch) == 62
     clock[0] += 0.0625
-    assert s._commit_due(batch, caught_up=True, interval=interval)
+    assert p.due(batch, caught_up=True)
+
+
+def test_a_full_batch_commits_and_a_poll_never_brings_more_than_it_has_room_for(clock):
+    p = pacing(clock, batch_max_records=600)
+    batch = Batch(opened=clock[0])
+    assert p.room(None) == 500 and p.wait_ms(None) == Settings().poll_timeout_ms
+    batch.processed.extend([(None, None)] * 450)  # type: ignore[list-item]
+    assert p.room(batch) == 150 and not p.due(batch, caught_up=False)
+    batch.processed.extend([(None, None)] * 150)  # type: ignore[list-item]
+    assert p.due(batch, caught_up=False)
 
 
 class _Reader:
@@ -111,16 +124,15 @@ def test_a_failed_question_is_raised_to_the_loop_and_the_next_one_reconnects():
     assert len(client.readers) == 2
 
 
-def test_behind_the_feed_a_batch_runs_longer_but_well_inside_the_transaction_timeout(clock, monkeypatch):
+def test_behind_the_feed_a_batch_runs_longer_but_well_inside_the_transaction_timeout(clock):
     """A commit costs as much for 700 records as for 5,000: while polls come back full, the
     batch outgrows the interval, never past a quarter of the transaction timeout."""
-    s, interval = service(), 0.125
-    batch = _Batch(opened=clock[0], behind=True)
+    p = pacing(clock)
+    batch = Batch(opened=clock[0], behind=True)
     clock[0] += 0.25
-    assert not s._commit_due(batch, caught_up=False, interval=interval)
+    assert not p.due(batch, caught_up=False)
     clock[0] += 1.0  # 10 intervals in all
-    assert s._commit_due(batch, caught_up=False, interval=interval)
-    monkeypatch.setenv("TDM_TRANSACTION_TIMEOUT_MS", "2000")
-    short = service()
-    assert short._max_age(_Batch(opened=0.0, behind=True), interval) == 0.5
-    assert short._max_age(_Batch(opened=0.0), interval) == interval
+    assert p.due(batch, caught_up=False)
+    short = pacing(clock, transaction_timeout_s=2.0)
+    assert short.max_age(Batch(opened=0.0, behind=True)) == 0.5
+    assert short.max_age(Batch(opened=0.0)) == 0.125

@@ -139,7 +139,7 @@ def test_a_long_state_restore_is_progress_for_the_loop_and_the_waiting_partition
 
 
 def test_a_partition_stuck_for_a_while_is_named_long_before_the_watchdog_fires():
-    # The loop restarts such a partition's fetch after 20 s (Service._restart_stuck); the watchdog
+    # The loop restarts such a partition's fetch after 20 s (loop/lag.py); the watchdog
     # ends the process only at the stall timeout.
     health, clock = make()
     health.lag({"in/0": (10, 2), "in/1": (40, 4)})

@@ -34,5 +34,8 @@ def test_an_operator_terminal_gets_no_client_library_lines_unless_debugging(caps
         configure_logging("DEBUG", "json", operator=True)
         logging.getLogger("kafka.net.manager").error("Connection failed: KafkaConnectionError")
         assert "Connection failed" in capsys.readouterr().err
-    finally:
-        configure_logging()
+    finally:  # the handlers above write to this test's captured stderr, closed after it
+        import structlog
+
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()

@@ -6,41 +6,45 @@ import pytest
 
 from consumer.clients.seam import ClientError, Failure, Record
 from consumer.dead_letters import DeadLetter, Reason, Stage
-from consumer.metrics import Metrics
-from consumer.pipeline import Outcome, Pipeline
-from consumer.service import Service
-from consumer.settings import Settings
-from consumer.state.manager import _RepartitionedResult
-from interpretation import default_ruleset
-
-pytestmark = pytest.mark.usefixtures("clean_env")
+from consumer.fatal import FatalError
+from consumer.pipeline import Outcome
+from consumer.stages.patient import PatientStage
 
 RECORD = Record("tdm-alerts.patient-results", 3, 17, b"P-1", b'{"result": {"patient_id": "P-1"}}', (), None)
+READABLE = Record(
+    "tdm-alerts.patient-results",
+    3,
+    18,
+    b"P-1",
+    b'{"result":{"patient_id":"P-1","code":"39803-2","value":"1.1","unit":"ug/mL"},'
+    b'"source":{"topic":"lab.results","partition":0,"offset":4}}',
+    (),
+    None,
+)
 
 
 class _States:
-    """The part of PatientStates the service calls for a repartitioned record."""
+    """The part of PatientStates the patient stage calls for a result."""
 
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
+        self.read: list[object] = []
 
-    def process(self, record: Record) -> None:
+    def correlate(self, partition: int, result: object, source: object) -> None:
+        self.read.append(result)
         if self.error is not None:
             raise self.error
-        # As PatientStates.process reads a result record: this one lacks most of its fields.
-        _RepartitionedResult.model_validate_json(record.value or b"")
-
-
-def service() -> Service:
-    return Service(Settings(), Pipeline(default_ruleset(), 4096), Metrics())
 
 
 @pytest.mark.parametrize(
-    ("error", "shown"),
-    [(None, "ValidationError"), (ZeroDivisionError("a bug in correlation"), "ZeroDivisionError")],
+    ("record", "error", "shown"),
+    [
+        (RECORD, None, "ValidationError"),  # lacks most of a result's fields
+        (READABLE, ZeroDivisionError("a bug in correlation"), "ZeroDivisionError"),
+    ],
 )
-def test_a_record_the_patient_stage_cannot_handle_is_dead_lettered(error, shown):
-    done = service()._patient_record(_States(error), RECORD)
+def test_a_record_the_patient_stage_cannot_handle_is_dead_lettered(record, error, shown):
+    done = PatientStage(_States(error)).process(record)  # type: ignore[arg-type]
     assert done.outcome is Outcome.DEAD_LETTERED
     # The exception's type only: its message may quote the record (patient data).
     assert done.dead_letter == DeadLetter(Reason.PROCESSING_ERROR, Stage.INTERPRET, shown)
@@ -48,8 +52,14 @@ def test_a_record_the_patient_stage_cannot_handle_is_dead_lettered(error, shown)
     assert not done.alerts
 
 
-def test_kafka_errors_in_the_patient_stage_still_reach_the_loop():
-    """The loop aborts and retries the batch on a client error; dead-lettering it would lose it."""
-    fenced = ClientError(Failure.FENCED, "send: ProducerFencedError")
-    with pytest.raises(ClientError):
-        service()._patient_record(_States(fenced), RECORD)
+@pytest.mark.parametrize(
+    "error",
+    [ClientError(Failure.FENCED, "send: ProducerFencedError"), FatalError("disk full under TDM_STATE_DIR")],
+)
+def test_kafka_and_store_failures_in_the_patient_stage_still_reach_the_loop(error):
+    """The loop aborts and retries the batch on a client error, and a store that cannot be
+    written stops the service; dead-lettering either would lose a page."""
+    states = _States(error)
+    with pytest.raises(type(error)):
+        PatientStage(states).process(READABLE)  # type: ignore[arg-type]
+    assert states.read  # the record was read as far as the state

@@ -13,7 +13,7 @@ from consumer.clients.kafka_python_failures import FailureWatch, classify
 from consumer.clients.seam import Failure, Record
 from consumer.connecting import check_tls_material
 from consumer.fatal import FatalError
-from consumer.service import correlation_id
+from consumer.outputs import correlation_id
 from consumer.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("clean_env")

@@ -1,0 +1,193 @@
+"""The batch protocol against in-memory fakes of the client seam: commit, abort, rewind, and a
+rebalance in the middle of a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import pytest
+
+from consumer.clients.seam import ClientError, Failure, Partition, Record
+from consumer.delivery import TransactionalDelivery
+from consumer.fatal import FatalError
+from consumer.health import Health
+from consumer.loop.batch import Batches
+from consumer.loop.lag import LagMeter
+from consumer.loop.rebalance import RebalanceListener
+from consumer.metrics import Metrics
+from consumer.settings import Settings
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+P0, P1 = Partition("lab.results", 0), Partition("lab.results", 1)
+
+
+class Result(NamedTuple):
+    urgent: bool = False
+
+
+def records(tp: Partition, *offsets: int) -> list[Record]:
+    return [Record(tp.topic, tp.partition, o, None, b"x", (), None) for o in offsets]
+
+
+@dataclass
+class Producer:
+    """A transactional producer in memory: what was sent, and what each transaction became."""
+
+    log: list[str]
+    refuse_commit: ClientError | None = None
+    sent: list[bytes | None] = field(default_factory=list)
+
+    def begin(self) -> None:
+        self.log.append("begin")
+
+    def send(self, topic, key, value, headers, *, partition=None, timestamp_ms=None):
+        self.sent.append(value)
+
+    def flush(self, timeout_s: float) -> None:
+        pass
+
+    def send_offsets(self, offsets: Mapping[Partition, int], group_metadata: object) -> None:
+        self.log.append(f"offsets {sorted(offsets.items())}")
+
+    def commit(self) -> None:
+        if self.refuse_commit is not None:
+            raise self.refuse_commit
+        self.log.append("commit")
+
+    def abort(self) -> None:
+        self.log.append("abort")
+
+    def close(self, timeout_s: float) -> None:
+        self.log.append("close")
+
+
+class Client:
+    name = "in-memory"
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.producers: list[Producer] = []
+
+    def transactional_producer(self, transactional_id: str) -> Producer:
+        self.producers.append(Producer(self.log))
+        return self.producers[-1]
+
+
+class Consumer:
+    def __init__(self, owned: Collection[Partition]) -> None:
+        self.owned = set(owned)
+        self.seeks: list[tuple[Partition, int]] = []
+
+    def assignment(self) -> frozenset[Partition]:
+        return frozenset(self.owned)
+
+    def seek(self, tp: Partition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    def group_metadata(self) -> object:
+        return "generation 1"
+
+
+class Topology:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def batch_opened(self) -> None:
+        self.events.append("opened")
+
+    def batch_committed(self, processed: Sequence[tuple[Record, Result]], seconds: float) -> None:
+        self.events.append(f"committed {len(processed)}")
+
+    def batch_discarded(self) -> None:
+        self.events.append("discarded")
+
+    def revoked(self, partitions: Collection[Partition]) -> None:
+        self.events.append(f"revoked {sorted(partitions)}")
+
+    def assigned(self, partitions: Collection[Partition], consumer: object) -> None:
+        self.events.append(f"assigned {sorted(partitions)}")
+
+
+def batches(topology: Topology, client: Client, waited: list[float] | None = None) -> Batches[Result]:
+    delivery = TransactionalDelivery(Settings(), client)  # type: ignore[arg-type]
+    return Batches(
+        Settings(),
+        delivery,
+        topology,  # type: ignore[arg-type]
+        metrics=Metrics(),
+        health=Health(60, 60),
+        committed=lambda took: None,
+        wait=(waited if waited is not None else []).append,
+    )
+
+
+def test_a_batch_commits_its_outputs_with_the_offsets_after_its_last_records():
+    topology, client = Topology(), Client()
+    b = batches(topology, client)
+    batch = b.include({P0: records(P0, 5, 6), P1: records(P1, 9)})
+    batch.add(records(P0, 5)[0], Result())
+    batch.add(records(P0, 6)[0], Result(urgent=True))
+    batch = b.include({P0: records(P0, 7)})  # the next poll joins the open batch
+    assert batch.urgent and batch.first == {P0: 5, P1: 9} and batch.next == {P0: 8, P1: 10}
+    b.commit(Consumer({P0, P1}))  # type: ignore[arg-type]
+    assert client.log == ["begin", f"offsets {[(P0, 8), (P1, 10)]}", "commit"]
+    assert topology.events == ["opened", "committed 2"]
+    assert b.open is None
+
+
+def test_a_failed_commit_aborts_rewinds_to_the_first_offsets_and_backs_off():
+    topology, client, waited = Topology(), Client(), []
+    b = batches(topology, client, waited)
+    b.include({P0: records(P0, 5, 6), P1: records(P1, 9)})
+    consumer = Consumer({P0})  # P1 went elsewhere meanwhile: its next owner reads it
+    client.producers[0].refuse_commit = ClientError(Failure.TRANSIENT, "commit: broker gone")
+    with pytest.raises(ClientError) as refused:
+        b.commit(consumer)  # type: ignore[arg-type]
+    b.fail(consumer, refused.value)  # type: ignore[arg-type]
+    assert consumer.seeks == [(P0, 5)]
+    assert client.log[-2:] == ["abort", "close"]  # a new producer after every abort (kafka-python)
+    assert topology.events == ["opened", "discarded"]
+    assert waited == [0.5] and b.backoff == 1.0
+    b.include({P0: records(P0, 5)})
+    assert len(client.producers) == 2  # the next batch begins on a fresh producer
+
+
+def test_a_group_that_moved_on_is_retried_at_once_and_a_fatal_failure_stops():
+    topology, client, waited = Topology(), Client(), []
+    b = batches(topology, client, waited)
+    b.include({P0: records(P0, 1)})
+    b.fail(Consumer({P0}), ClientError(Failure.REBALANCED, "commit: UnknownMemberId"))  # type: ignore[arg-type]
+    assert waited == [0.1]
+    b.include({P0: records(P0, 1)})
+    with pytest.raises(FatalError, match="not authorised"):
+        b.fail(Consumer({P0}), ClientError(Failure.NOT_AUTHORISED_TOPIC, "send: TopicAuthorizationFailed"))  # type: ignore[arg-type]
+
+
+def test_a_rebalance_in_the_middle_of_a_batch_commits_it_before_the_partitions_go():
+    topology, client = Topology(), Client()
+    b = batches(topology, client)
+    consumer = Consumer({P0, P1})
+    lag = LagMeter(None, Metrics(), Health(60, 60), held=lambda tp: False)  # type: ignore[arg-type]
+    listener = RebalanceListener(lambda: consumer, b, topology, lag)  # type: ignore[arg-type]
+    listener.assigned([P0, P1])
+    b.include({P0: records(P0, 3)}).add(records(P0, 3)[0], Result())
+    listener.revoked([P1])
+    assert client.log == ["begin", f"offsets {[(P0, 4)]}", "commit"]
+    assert topology.events == [f"assigned {[P0, P1]}", "opened", "committed 1", f"revoked {[P1]}"]
+    assert lag.assigned == {P0}
+
+
+def test_a_batch_refused_at_a_rebalance_is_aborted_and_rewound_for_whoever_reads_it_next():
+    topology, client = Topology(), Client()
+    b = batches(topology, client)
+    consumer = Consumer({P0})
+    b.include({P0: records(P0, 3, 4)})
+    client.producers[0].refuse_commit = ClientError(Failure.REBALANCED, "commit: IllegalGeneration")
+    lag = LagMeter(None, Metrics(), Health(60, 60), held=lambda tp: False)  # type: ignore[arg-type]
+    RebalanceListener(lambda: consumer, b, topology, lag).lost([P0])  # type: ignore[arg-type]
+    assert consumer.seeks == [(P0, 3)]
+    assert "abort" in client.log and b.open is None and b.fatal is None
+    assert topology.events == ["opened", "discarded", f"revoked {[P0]}"]
