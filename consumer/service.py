@@ -19,10 +19,10 @@ from consumer.access import check_topic_access, dead_letter_limit
 from consumer.accounting import Accounting
 from consumer.clients import client_for
 from consumer.clients.seam import ClientError, GroupConsumer
-from consumer.connecting import StopRequested, check_tls_material, with_backoff
+from consumer.connecting import StopRequested, check_tls_material, fatal_message, with_backoff
 from consumer.delivery import Delivery, delivery_for, is_fatal
 from consumer.end_offsets import EndOffsets
-from consumer.fatal import FatalError, fatal_message
+from consumer.fatal import FatalError
 from consumer.health import Health
 from consumer.loop.batch import Batches
 from consumer.loop.lag import LagMeter

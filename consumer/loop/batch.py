@@ -17,8 +17,9 @@ from typing import Any, Generic
 import structlog
 
 from consumer.clients.seam import ClientError, Failure, GroupConsumer, Partition, Record
+from consumer.connecting import fatal_message
 from consumer.delivery import Delivery, is_fatal
-from consumer.fatal import FatalError, fatal_message
+from consumer.fatal import FatalError
 from consumer.health import Health
 from consumer.loop.topology import R, Topology
 from consumer.metrics import Metrics

@@ -1,0 +1,95 @@
+"""The state manager's batch protocol against an in-memory delivery: writes are read back within
+the batch, applied to the local store only once the batch commits, and dropped when it aborts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from consumer.fatal import FatalError
+from consumer.metrics import Metrics
+from consumer.settings import Settings
+from consumer.state.manager import PatientStates
+from consumer.state.topics import StateTopics
+from interpretation import LabResult, SourceRef
+from tests.unit.helpers import RULES
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+TOPICS = StateTopics(patients="g.patient-results", changelog="g.patient-state-changelog", repartition=True)
+
+
+class Sent:
+    def __init__(self, offset: int) -> None:
+        self._offset = offset
+
+    def offset(self, timeout_s: float) -> int:
+        return self._offset
+
+
+class Delivery:
+    """Records what goes to the changelog; offsets count up as a partition's log would."""
+
+    def __init__(self) -> None:
+        self.changelog: list[tuple[int, bytes, bytes | None]] = []
+
+    def send(self, topic, key, value, headers, *, partition=None, timestamp_ms=None):
+        assert topic == TOPICS.changelog
+        self.changelog.append((partition, key, value))
+        return Sent(len(self.changelog) - 1)
+
+
+def low_level(value: str = "1.2") -> LabResult:
+    return LabResult.model_validate(
+        {"patient_id": "PT-5", "accession": "A5", "code": "39803-2", "value": value, "unit": "ug/mL"}
+    )
+
+
+def states(tmp_path, monkeypatch) -> tuple[PatientStates, Delivery]:
+    monkeypatch.setenv("TDM_STATE_DIR", str(tmp_path))
+    delivery = Delivery()
+    made = PatientStates(Settings(), TOPICS, RULES, delivery, Metrics())  # type: ignore[arg-type]
+    made.assign([2])
+    made.pending.clear()  # restored (nothing to restore: no Kafka here)
+    return made, delivery
+
+
+SOURCE = SourceRef(topic="lab.results", partition=0, offset=9)
+
+
+def test_a_batch_reads_its_own_writes_and_the_store_gets_them_at_commit(tmp_path, monkeypatch):
+    s, delivery = states(tmp_path, monkeypatch)
+    first = s.correlate(2, low_level(), SOURCE)
+    assert first is not None and [e.action.value for e in first.events] == ["trigger"]
+    again = s.correlate(2, low_level(), SOURCE)  # an identical resend, read against the first
+    assert again is not None and not again.events
+    assert s.stores[2].get("PT-5") is None  # not applied before the transaction commits
+    assert [(p, k) for p, k, _ in delivery.changelog] == [(2, b"PT-5")]  # the resend wrote nothing
+    s.committed()
+    stored = s.stores[2].get("PT-5")
+    assert stored is not None and json.loads(stored) == json.loads(delivery.changelog[-1][2])
+    assert s.stores[2].changelog_offset() == 0
+
+
+def test_an_aborted_batch_leaves_the_store_as_it_was(tmp_path, monkeypatch):
+    s, _ = states(tmp_path, monkeypatch)
+    s.correlate(2, low_level(), SOURCE)
+    s.discarded()
+    assert s.stores[2].get("PT-5") is None
+    replay = s.correlate(2, low_level(), SOURCE)  # read again after the rewind: pages again
+    assert replay is not None and [e.action.value for e in replay.events] == ["trigger"]
+
+
+def test_forget_tombstones_the_patient_and_a_store_that_cannot_be_written_is_fatal(tmp_path, monkeypatch):
+    s, delivery = states(tmp_path, monkeypatch)
+    s.correlate(2, low_level(), SOURCE)
+    s.committed()
+    s.forget(2, "PT-5")
+    assert delivery.changelog[-1] == (2, b"PT-5", None)
+    s.committed()
+    assert s.stores[2].get("PT-5") is None
+    s.stores[2]._db.execute("PRAGMA query_only = ON")  # as a read-only volume would
+    s.correlate(2, low_level("0.9"), SOURCE)
+    with pytest.raises(FatalError, match="TDM_STATE_DIR"):
+        s.committed()
