@@ -29,9 +29,12 @@ from consumer.fatal import FatalError
 from consumer.formats import Format
 from consumer.group_status import group_status
 from consumer.health import Watchdog
+from consumer.lifecycle import Lifecycle
 from consumer.logs import configure_logging
 from consumer.message_files import messages_in
 from consumer.metrics import Metrics, MetricsServer
+from consumer.notify.metrics import NotifyMetrics
+from consumer.notify.service import Notifier
 from consumer.patient_topic import forget_record
 from consumer.pipeline import Pipeline
 from consumer.replay import ReplayRequest, replay
@@ -89,41 +92,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     ruleset = load_ruleset(settings.ruleset)
     metrics = Metrics()
     metrics.ruleset.info({"version": ruleset.version})
-    metrics.build.info({"version": VERSION})
     pipeline = Pipeline(ruleset, settings.max_message_bytes, topic_formats=settings.topic_formats)
-    service = Service(settings, pipeline, metrics)
+    return _serve(settings, Service(settings, pipeline, metrics), metrics, ruleset=ruleset.version)
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    metrics = NotifyMetrics()
+    try:
+        notifier = Notifier(settings, metrics)
+    except ValueError as err:  # a receiver or route that cannot work
+        print(f"tdm-alerts: invalid configuration: {err}", file=sys.stderr)
+        return 2
+    return _serve(settings, notifier, metrics, receivers=notifier.receivers.names())
+
+
+def _serve(settings: Settings, process: Lifecycle, metrics: Metrics, **about: object) -> int:
+    """Run `process` with its metrics and probes served, a watchdog, and SIGTERM/SIGINT handled."""
+    metrics.build.info({"version": VERSION})
     server = MetricsServer(
-        settings.metrics_host, settings.metrics_port, metrics.registry, service.is_ready, service.health.alive
+        settings.metrics_host, settings.metrics_port, metrics.registry, process.is_ready, process.health.alive
     )
     server.start()
 
     def stalled(reason: str) -> None:
-        # The loop is wedged (kafka-python K3): nothing in this process
-        # can unwedge it, so exit for the orchestrator to start a fresh one. Exactly-once
-        # delivery means the open transaction is aborted and its records processed again.
+        # The loop is wedged (kafka-python K3): nothing in this process can unwedge it, so exit
+        # for the orchestrator to start a fresh one. The open batch is aborted (or, at least
+        # once, never committed) and its records processed again.
         log.error("stalled; exiting so that a fresh instance takes over", reason=reason)
         logging.shutdown()
         os._exit(1)
 
-    watchdog = Watchdog(service.health, stalled).start()
+    watchdog = Watchdog(process.health, stalled).start()
     log.info(
         "starting",
         version=VERSION,
-        ruleset=ruleset.version,
         metrics_port=server.port,
         bootstrap=settings.bootstrap_servers,
         kafka_client=settings.kafka_client,
         group_protocol=settings.group_protocol,
+        **about,
     )
 
     def stop(signum: int, _frame: object) -> None:
         log.info("stop requested", signal=signal.Signals(signum).name)
-        service.request_stop()
+        process.request_stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        service.run()
+        process.run()
     except FatalError as err:
         log.error("fatal", error=str(err))
         return 1
@@ -459,6 +478,13 @@ def _add_service_commands(commands: Commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.set_defaults(handler=cmd_run)
+    notify = commands.add_parser(
+        "notify",
+        help="deliver alert events to Alertmanager, PagerDuty and signed webhooks (settings: TDM_* env)",
+        description="Consume the alert topic in its own group and deliver each event to the receivers "
+        "configured by TDM_NOTIFY_*, at least once, until SIGTERM (README 'Paging').",
+    )
+    notify.set_defaults(handler=cmd_notify)
     status = commands.add_parser(
         "status",
         help="the consumer group: members, assignment, committed offsets and lag (settings: TDM_* env)",

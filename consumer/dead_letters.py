@@ -81,12 +81,14 @@ class Reason(StrEnum):
     UNSUPPORTED_FORMAT = "unsupported_format"
     INVALID = "invalid"
     PROCESSING_ERROR = "processing_error"
+    UNDELIVERED = "undelivered"  # `tdm-alerts notify`: a receiver refused it, or retries ran out
 
 
 class Stage(StrEnum):
     INTAKE = "intake"
     DECODE = "decode"
     INTERPRET = "interpret"
+    DELIVER = "deliver"
 
 
 @dataclass(frozen=True, slots=True)

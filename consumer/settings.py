@@ -10,13 +10,36 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from consumer.formats import Format
+from interpretation.alerts import Category, Severity
 from interpretation.patient_state import CorrelationRules
 
 CommaList = Annotated[list[str], NoDecode]
+
+
+class Route(BaseModel):
+    """Which alert events a receiver gets: every one unless severities or categories narrow it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    severities: frozenset[Severity] | None = None
+    categories: frozenset[Category] | None = None
+
+    def takes(self, severity: Severity, category: Category) -> bool:
+        return (self.severities is None or severity in self.severities) and (
+            self.categories is None or category in self.categories
+        )
 
 
 class Settings(BaseSettings):
@@ -92,13 +115,39 @@ class Settings(BaseSettings):
     ssl_password_file: Path | None = None
     ssl_check_hostname: bool = True
 
+    # `tdm-alerts notify`: delivering alert events to the pager (README "Paging").
+    notify_group_id: Annotated[str, Field(min_length=1)] = "tdm-alerts-notify"
+    notify_alertmanager_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    # Shorter than the receiver's resolve_timeout (5 min by default): Alertmanager resolves an
+    # alert whose client stops re-sending it.
+    notify_resend_s: Annotated[float, Field(ge=1, le=600)] = 60.0
+    notify_generator_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    notify_pagerduty_url: Annotated[str, Field(pattern=r"^https?://")] = (
+        "https://events.pagerduty.com/v2/enqueue"
+    )
+    notify_pagerduty_routing_key: SecretStr | None = None
+    notify_pagerduty_routing_key_file: Path | None = None
+    notify_webhook_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    notify_webhook_secret: SecretStr | None = None
+    notify_webhook_secret_file: Path | None = None
+    notify_routes: dict[Literal["alertmanager", "pagerduty", "webhook"], Route] = {}
+    notify_retry_budget_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    notify_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    notify_dlq_topic: str = "lab.alerts.undelivered"
+    notify_incidents_topic: str = "tdm-alerts-notify.open-incidents"
+
     @model_validator(mode="before")
     @classmethod
     def _secrets_from_files(cls, data: object) -> object:
         """TDM_X_FILE fills secret X (unless X is also set): secrets mounted as files, not in env."""
         if not isinstance(data, dict):
             return data
-        for secret in ("sasl_password", "ssl_password"):
+        for secret in (
+            "sasl_password",
+            "ssl_password",
+            "notify_pagerduty_routing_key",
+            "notify_webhook_secret",
+        ):
             path = data.get(f"{secret}_file")
             if path and not data.get(secret):
                 variable = f"TDM_{secret.upper()}_FILE"

@@ -141,8 +141,9 @@ class RunningService:
     production does. A test that watches the watchdog itself takes over (`unsupervised`).
     """
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, command: str = "run") -> None:
         self.env = env
+        self.command = command  # `run`, or `notify`
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.restarts = 0
@@ -153,7 +154,7 @@ class RunningService:
 
     def _start(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "consumer", "run"],
+            [sys.executable, "-m", "consumer", self.command],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

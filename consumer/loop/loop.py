@@ -45,11 +45,11 @@ class Loop:
         self.health.member(consumer.in_group())
         self.lag.measure(consumer)
         try:
-            if self.topology.restore_due():
+            if self.topology.chores_due():
                 # A restore can outlast the transaction timeout: commit what is in hand first,
                 # so no transaction stays open across it.
                 batches.commit(consumer)
-                self.topology.restore(consumer)
+                self.topology.chores(consumer)
             room = pacing.room(batches.open)
             polled = consumer.poll(pacing.wait_ms(batches.open), room)
             if batches.fatal is not None:

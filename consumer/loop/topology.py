@@ -41,10 +41,11 @@ class Topology(Protocol[R]):
 
     # -- before and after a poll -------------------------------------------------------------
 
-    def restore_due(self) -> bool:
-        """Work to do before the next poll that must not run inside a transaction."""
+    def chores_due(self) -> bool:
+        """Work to do before the next poll that must not run inside an open batch (a patient
+        partition's restore, the notifier's re-sends to Alertmanager)."""
 
-    def restore(self, consumer: GroupConsumer) -> None: ...
+    def chores(self, consumer: GroupConsumer) -> None: ...
 
     def admit(
         self, consumer: GroupConsumer, polled: Mapping[Partition, Sequence[Record]]

@@ -73,10 +73,10 @@ class TdmTopology:
         if self.gate is not None:
             self.gate.revoked(partitions)
 
-    def restore_due(self) -> bool:
+    def chores_due(self) -> bool:
         return self.gate is not None and self.gate.due()
 
-    def restore(self, consumer: GroupConsumer) -> None:
+    def chores(self, consumer: GroupConsumer) -> None:
         if self.gate is not None:
             self.gate.restore(consumer)
 

@@ -1,0 +1,79 @@
+"""`tdm-alerts notify`: alert events from the alert topic to the pager, at least once.
+
+Its own consumer group (`TDM_NOTIFY_GROUP_ID`) on `TDM_ALERT_TOPIC`, read_committed; offsets are
+committed after the receivers accepted the batch's events (or their dead letters are written
+to `TDM_NOTIFY_DLQ_TOPIC`). The open incidents live in `TDM_NOTIFY_INCIDENTS_TOPIC`.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from consumer.access import dead_letter_limit
+from consumer.clients.seam import TopicSpec
+from consumer.delivery import AtLeastOnceDelivery
+from consumer.fatal import FatalError
+from consumer.lifecycle import Built, Lifecycle
+from consumer.notify.delivering import DeliveryStage, DeliveryTopology, Receivers
+from consumer.notify.incidents import OpenIncidents
+from consumer.notify.metrics import NotifyMetrics
+from consumer.notify.sending import Sender
+from consumer.outputs import Outputs
+from consumer.settings import Settings
+
+
+class Notifier(Lifecycle):
+    def __init__(self, settings: Settings, metrics: NotifyMetrics) -> None:
+        # The group is the notifier's own; the rest of the settings (brokers, security) are shared.
+        own = settings.model_copy(update={"group_id": settings.notify_group_id, "delivery": "at_least_once"})
+        super().__init__(own, metrics, AtLeastOnceDelivery)
+        self.receivers = Receivers.from_settings(settings)
+        self.notify_metrics = metrics
+        self.http = httpx.Client(timeout=settings.notify_timeout_s)
+
+    def build(self) -> Built:
+        s = self.settings
+        self.backoff(self._ensure_incidents_topic, "admin")
+        limit = self.backoff(
+            lambda: dead_letter_limit(s.model_copy(update={"dlq_topic": s.notify_dlq_topic}), self.client),
+            "admin",
+        )
+        sender = Sender(self.http, s.notify_retry_budget_s, self._retried, self._pause, self._stop)
+        stage = DeliveryStage(
+            self.receivers,
+            sender,
+            OpenIncidents(s.notify_incidents_topic, self.delivery),
+            dead_letters=Outputs(self.delivery, s.alert_topic, s.notify_dlq_topic, dead_letter_limit=limit),
+            metrics=self.notify_metrics,
+        )
+        topology = DeliveryTopology(stage, self.client, self.notify_metrics, s.notify_resend_s)
+        return Built(topology, [s.alert_topic], None)
+
+    def _pause(self, seconds: float) -> None:
+        self._stop.wait(seconds)  # a stop request ends the wait and the retries
+
+    def _retried(self, receiver: str) -> None:
+        self.notify_metrics.retries.labels(receiver).inc()
+
+    def _ensure_incidents_topic(self) -> None:
+        """Compacted, with as many partitions as the alert topic (partition N holds N's incidents)."""
+        s = self.settings
+        admin = self.client.admin()
+        try:
+            found = admin.describe_topics([s.alert_topic, s.notify_incidents_topic])
+            alerts, incidents = found[s.alert_topic], found[s.notify_incidents_topic]
+            if alerts.failure is not None:
+                raise FatalError(
+                    f"alert topic {s.alert_topic} (TDM_ALERT_TOPIC) cannot be read: {alerts.error}"
+                )
+            if incidents.failure is None:
+                if incidents.partitions != alerts.partitions:
+                    raise FatalError(
+                        f"{s.notify_incidents_topic} has {incidents.partitions} partitions; it needs "
+                        f"as many as {s.alert_topic} ({alerts.partitions})"
+                    )
+                return
+            spec = TopicSpec(s.notify_incidents_topic, alerts.partitions, {"cleanup.policy": "compact"})
+            admin.create_topics([spec])
+        finally:
+            admin.close()
