@@ -34,7 +34,7 @@ log = structlog.get_logger("tdm_alerts.notify")
 class Delivered(NamedTuple):
     """What became of one alert event; always committed promptly (the receivers have it)."""
 
-    outcome: str  # delivered, undelivered (dead-lettered for a receiver), unreadable
+    outcome: str  # delivered, undelivered (dead-lettered for a receiver), unreadable, unrouted
     urgent: bool = True
 
 
@@ -106,8 +106,9 @@ class DeliveryStage:
                 DeadLetter(Reason.INVALID, Stage.DECODE, f"not an alert event ({err.error_count()} errors)"),
             )
             return Delivered("unreadable")
-        outcome = "delivered"
-        for name in self.receivers.for_event(event):
+        routed = self.receivers.for_event(event)
+        outcome = "delivered" if routed else "unrouted"
+        for name in routed:
             try:
                 self._deliver(name, event, record)
             except Undelivered as err:

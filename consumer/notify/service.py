@@ -25,9 +25,10 @@ from consumer.settings import Settings
 class Notifier(Lifecycle):
     def __init__(self, settings: Settings, metrics: NotifyMetrics) -> None:
         # The group is the notifier's own; the rest of the settings (brokers, security) are shared.
+        receivers = Receivers.from_settings(settings)  # first: a receiver that cannot work is exit 2
         own = settings.model_copy(update={"group_id": settings.notify_group_id, "delivery": "at_least_once"})
         super().__init__(own, metrics, AtLeastOnceDelivery)
-        self.receivers = Receivers.from_settings(settings)
+        self.receivers = receivers
         self.notify_metrics = metrics
         self.http = httpx.Client(timeout=settings.notify_timeout_s)
 

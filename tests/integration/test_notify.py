@@ -234,3 +234,107 @@ def _post(url: str, body: bytes, stamp: str, signature: str) -> int:
         return urllib.request.urlopen(request, timeout=5).status
     except urllib.error.HTTPError as err:
         return err.code
+
+
+# PagerDuty cannot be reached from CI: a local receiver checks each request against the Events
+# API v2 documentation (required fields, enums, sizes) and answers as scripted.
+PD_SEVERITIES = {"critical", "error", "warning", "info"}
+
+
+class _PagerDutyContract(BaseHTTPRequestHandler):
+    script: list[tuple[int, dict[str, str]]]  # answers, in order; the last one repeats
+    received: list[dict]
+    violations: list[str]
+
+    def do_POST(self) -> None:
+        event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).violations.extend(_pagerduty_violations(event, self.headers.get("Content-Type", "")))
+        type(self).received.append(event)
+        status, headers = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(json.dumps({"status": "success" if status == 202 else "invalid event"}).encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _pagerduty_violations(event: dict, content_type: str) -> list[str]:
+    """What the Events API v2 would refuse in `event`."""
+    found = []
+    if content_type != "application/json":
+        found.append(f"content type {content_type}")
+    if not isinstance(event.get("routing_key"), str) or len(event["routing_key"]) != 32:
+        found.append("routing_key must be the integration's 32-character key")
+    if event.get("event_action") not in {"trigger", "acknowledge", "resolve"}:
+        found.append(f"event_action {event.get('event_action')}")
+    if not isinstance(event.get("dedup_key"), str) or not 0 < len(event["dedup_key"]) <= 255:
+        found.append("dedup_key")
+    if event.get("event_action") == "trigger":
+        payload = event.get("payload") or {}
+        if not isinstance(payload.get("summary"), str) or not 0 < len(payload["summary"]) <= 1024:
+            found.append("payload.summary")
+        if not isinstance(payload.get("source"), str) or not payload["source"]:
+            found.append("payload.source")
+        if payload.get("severity") not in PD_SEVERITIES:
+            found.append(f"payload.severity {payload.get('severity')}")
+    if len(json.dumps(event).encode()) > 512 * 1024:
+        found.append("event over 512 KB")
+    return found
+
+
+def test_pagerduty_contract_retries_429_and_500_and_dead_letters_a_refusal(
+    kafka_bootstrap, topics, service_env, start_service, tmp_path
+):
+    """Contract test: the requests follow the Events API v2 as documented; 429 (Retry-After) and
+    500 are retried, a 400 is dead-lettered with PagerDuty's answer, and the notifier stays up."""
+    from tests.conftest import read_topic
+
+    key_file = tmp_path / "routing-key"
+    key_file.write_text("R" * 32 + "\n")
+    handler = type(
+        "PagerDuty",
+        (_PagerDutyContract,),
+        {
+            # trigger: 429 then 500 then accepted; resolve: refused for good.
+            "script": [(429, {"Retry-After": "1"}), (500, {}), (202, {}), (400, {})],
+            "received": [],
+            "violations": [],
+        },
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    undelivered = topics["dlq"] + ".undelivered"
+    admin_topics(kafka_bootstrap, [undelivered])
+    try:
+        service = start_service(**SERVICE)
+        notifier = _notifier(
+            service_env,
+            tmp_path,
+            "notifier",
+            TDM_NOTIFY_PAGERDUTY_URL=f"http://127.0.0.1:{server.server_port}/v2/enqueue",
+            TDM_NOTIFY_PAGERDUTY_ROUTING_KEY_FILE=str(key_file),
+            TDM_NOTIFY_GROUP_ID=f"n-{uuid.uuid4().hex[:8]}",
+            TDM_NOTIFY_DLQ_TOPIC=undelivered,
+            TDM_NOTIFY_INCIDENTS_TOPIC=topics["alerts"] + ".incidents",
+            **SERVICE,
+        )
+        _send(kafka_bootstrap, topics["input"], "1.2")
+        wait_until(lambda: len(handler.received) >= 3, timeout_s=90)
+        _send(kafka_bootstrap, topics["input"], "5.0", status="corrected")
+        [dead] = read_topic(kafka_bootstrap, undelivered, expected=1, timeout_s=90)
+        assert notifier.alive(), notifier.log_text()[-2000:]
+        assert notifier.stop() == 0 and service.stop() == 0
+    finally:
+        server.shutdown()
+    assert handler.violations == []
+    actions = [e["event_action"] for e in handler.received]
+    assert actions == ["trigger", "trigger", "trigger", "resolve"]
+    assert len({e["dedup_key"] for e in handler.received}) == 1  # one incident
+    headers = dict(dead.headers)
+    assert headers["tdm.dlq.reason"] == b"undelivered"
+    assert b"pagerduty: HTTP 400" in headers["tdm.dlq.error"] and b"R" * 32 not in headers["tdm.dlq.error"]
+    assert json.loads(dead.value)["action"] == "resolve"
+    assert "PT-PAGE" not in json.dumps(handler.received)  # no patient identifier leaves for PagerDuty
