@@ -66,10 +66,6 @@ _CODED_TYPES = frozenset({"CE", "CWE", "CNE", "CF"})
 _TEXT_TYPES = frozenset({"ST", "TX", "FT"})
 
 
-def looks_like_hl7v2(text: str) -> bool:
-    return text[:3] in ("MSH", "FHS", "BHS")
-
-
 def split_messages(text: str) -> list[str]:
     """The messages in `text` (one, a batch file, or MLLP frames), each with CR-separated segments.
 
