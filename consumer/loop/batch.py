@@ -90,8 +90,12 @@ class Batches(Generic[R]):
         batch = self.open
         if batch is None:
             batch = self.open = Batch(opened=time.monotonic())
+            # Offsets first: if opening fails (a transaction refused), the rewind must still
+            # cover the polled records, or they would be skipped.
+            batch.cover(polled)
             self.delivery.begin()
             self.topology.batch_opened()
+            return batch
         batch.cover(polled)
         return batch
 

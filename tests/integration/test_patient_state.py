@@ -376,7 +376,10 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
     service = start_service(TDM_CONTEXT_TOPIC=context, TDM_INPUT_KEYED_BY_PATIENT=str(keyed).lower())
     reader = AlertReader(kafka_bootstrap, topics["alerts"])
     try:
-        wait_for_log(service, '"partitions assigned"', timeout_s=60)
+        # A real assignment, not kafka-python's empty first one (K3): an instance restarted after
+        # a hung join would otherwise meet the context record and the results together, in any
+        # order, and a result read before its record is judged without it.
+        wait_until(lambda: '"partitions": ["' in _assigned_lines(service), timeout_s=90)
         time.sleep(2)  # the context record is read and kept before the results arrive
         results = [message(p, f"A-{p}", f"S-{p}", DAY0, level("15")) for p in (sc, iv)]
         produce(kafka_bootstrap, topics["input"], results, [sc.encode(), iv.encode()])
@@ -462,3 +465,7 @@ def test_a_patient_record_the_service_cannot_read_is_dead_lettered_and_the_strea
     assert headers["tdm.dlq.source.topic"].decode() == patient_topic
     assert service.stop() == 0
     assert patient not in service.log_text()  # the error names a type, not the record
+
+
+def _assigned_lines(service) -> str:
+    return "\n".join(line for line in service.log_text().splitlines() if '"partitions assigned"' in line)

@@ -191,3 +191,20 @@ def test_a_batch_refused_at_a_rebalance_is_aborted_and_rewound_for_whoever_reads
     assert consumer.seeks == [(P0, 3)]
     assert "abort" in client.log and b.open is None and b.fatal is None
     assert topology.events == ["opened", "discarded", f"revoked {[P0]}"]
+
+
+def test_a_batch_that_cannot_open_is_still_rewound_over_what_was_polled():
+    """A refused begin (a fenced or unreachable transaction coordinator) must not skip the records
+    the poll already took: the rewind covers them."""
+    topology, client, waited = Topology(), Client(), []
+    b = batches(topology, client, waited)
+    consumer = Consumer({P0})
+
+    def refused() -> None:
+        raise ClientError(Failure.TRANSIENT, "begin: coordinator not available")
+
+    b.delivery.begin = refused  # type: ignore[method-assign]
+    with pytest.raises(ClientError) as err:
+        b.include({P0: records(P0, 12, 13)})
+    b.fail(consumer, err.value)  # type: ignore[arg-type]
+    assert consumer.seeks == [(P0, 12)]
