@@ -101,22 +101,29 @@ def _notifier(service_env: dict[str, str], tmp_path: Path, name: str, **settings
     return RunningService({**service_env, **settings}, tmp_path / f"{name}.log", command="notify")
 
 
+def _notify_settings(bootstrap: str, topics: dict[str, str], **receiver: str) -> dict[str, str]:
+    """The notifier's own group and topics for one test (its dead-letter topic made), and `receiver`."""
+    undelivered = topics["dlq"] + ".undelivered"
+    admin_topics(bootstrap, [undelivered])
+    return {
+        "TDM_NOTIFY_GROUP_ID": f"n-{uuid.uuid4().hex[:8]}",
+        "TDM_NOTIFY_DLQ_TOPIC": undelivered,
+        "TDM_NOTIFY_INCIDENTS_TOPIC": topics["alerts"] + ".incidents",
+        **SERVICE,
+        **receiver,
+    }
+
+
 def test_an_incident_stays_active_in_alertmanager_until_it_resolves_through_a_kill(
     topics, service_env, start_service, alertmanager, tmp_path
 ):
     """Alertmanager resolves an alert whose client stops re-sending it: the page must stay up while
     the incident is open (through a kill -9 of the notifier), be updated in place, and end when
     the correction resolves it."""
-    notify = {
-        "TDM_NOTIFY_ALERTMANAGER_URL": alertmanager,
-        "TDM_NOTIFY_RESEND_S": str(RESEND_S),
-        "TDM_NOTIFY_GROUP_ID": f"n-{uuid.uuid4().hex[:8]}",
-        "TDM_NOTIFY_DLQ_TOPIC": topics["dlq"] + ".undelivered",
-        "TDM_NOTIFY_INCIDENTS_TOPIC": topics["alerts"] + ".incidents",
-        **SERVICE,
-    }
     kafka_bootstrap = service_env["TDM_BOOTSTRAP_SERVERS"]
-    admin_topics(kafka_bootstrap, [notify["TDM_NOTIFY_DLQ_TOPIC"]])
+    notify = _notify_settings(
+        kafka_bootstrap, topics, TDM_NOTIFY_ALERTMANAGER_URL=alertmanager, TDM_NOTIFY_RESEND_S=str(RESEND_S)
+    )
     service = start_service(**SERVICE)
     notifier = _notifier(service_env, tmp_path, "notifier-1", **notify)
     _send(kafka_bootstrap, topics["input"], "1.2")
@@ -193,20 +200,14 @@ def test_a_signed_webhook_gets_every_event_once_keyed_even_after_being_down(
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        undelivered = topics["dlq"] + ".undelivered"
-        admin_topics(kafka_bootstrap, [undelivered])
-        service = start_service(**SERVICE)
-        notifier = _notifier(
-            service_env,
-            tmp_path,
-            "notifier",
+        webhook = _notify_settings(
+            kafka_bootstrap,
+            topics,
             TDM_NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/tdm",
             TDM_NOTIFY_WEBHOOK_SECRET_FILE=str(secret),
-            TDM_NOTIFY_GROUP_ID=f"n-{uuid.uuid4().hex[:8]}",
-            TDM_NOTIFY_DLQ_TOPIC=undelivered,
-            TDM_NOTIFY_INCIDENTS_TOPIC=topics["alerts"] + ".incidents",
-            **SERVICE,
         )
+        service = start_service(**SERVICE)
+        notifier = _notifier(service_env, tmp_path, "notifier", **webhook)
         _send(kafka_bootstrap, topics["input"], "1.2")
         _send(kafka_bootstrap, topics["input"], "5.0", status="corrected")
         wait_until(lambda: sum(handler.keys.values()) >= 2, timeout_s=90)
@@ -306,21 +307,16 @@ def test_pagerduty_contract_retries_429_and_500_and_dead_letters_a_refusal(
     )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    undelivered = topics["dlq"] + ".undelivered"
-    admin_topics(kafka_bootstrap, [undelivered])
+    pagerduty = _notify_settings(
+        kafka_bootstrap,
+        topics,
+        TDM_NOTIFY_PAGERDUTY_URL=f"http://127.0.0.1:{server.server_port}/v2/enqueue",
+        TDM_NOTIFY_PAGERDUTY_ROUTING_KEY_FILE=str(key_file),
+    )
+    undelivered = pagerduty["TDM_NOTIFY_DLQ_TOPIC"]
     try:
         service = start_service(**SERVICE)
-        notifier = _notifier(
-            service_env,
-            tmp_path,
-            "notifier",
-            TDM_NOTIFY_PAGERDUTY_URL=f"http://127.0.0.1:{server.server_port}/v2/enqueue",
-            TDM_NOTIFY_PAGERDUTY_ROUTING_KEY_FILE=str(key_file),
-            TDM_NOTIFY_GROUP_ID=f"n-{uuid.uuid4().hex[:8]}",
-            TDM_NOTIFY_DLQ_TOPIC=undelivered,
-            TDM_NOTIFY_INCIDENTS_TOPIC=topics["alerts"] + ".incidents",
-            **SERVICE,
-        )
+        notifier = _notifier(service_env, tmp_path, "notifier", **pagerduty)
         _send(kafka_bootstrap, topics["input"], "1.2")
         wait_until(lambda: len(handler.received) >= 3, timeout_s=90)
         _send(kafka_bootstrap, topics["input"], "5.0", status="corrected")
