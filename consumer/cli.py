@@ -112,7 +112,12 @@ def _serve(settings: Settings, process: Lifecycle, metrics: Metrics, **about: ob
     """Run `process` with its metrics and probes served, a watchdog, and SIGTERM/SIGINT handled."""
     metrics.build.info({"version": VERSION})
     server = MetricsServer(
-        settings.metrics_host, settings.metrics_port, metrics.registry, process.is_ready, process.health.alive
+        settings.metrics_host,
+        settings.metrics_port,
+        metrics.registry,
+        process.is_ready,
+        alive=process.health.alive,
+        detail=process.readiness_detail,
     )
     server.start()
 

@@ -28,6 +28,7 @@ from consumer.loop.loop import Loop
 from consumer.loop.pacing import Pacing
 from consumer.loop.rebalance import RebalanceListener
 from consumer.loop.topology import Topology
+from consumer.loop.waiting import Waiting
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 
@@ -68,6 +69,7 @@ class Lifecycle(ABC):
         self._consumer: GroupConsumer | None = None
         self._batches: Batches[Any] | None = None
         self._end_offsets = EndOffsets(self.client)
+        self.waiting = Waiting()  # partitions told to wait; the loop's own, once it is built
         metrics.ready.set_function(lambda: float(self.is_ready()))
 
     @abstractmethod
@@ -93,6 +95,10 @@ class Lifecycle(ABC):
             and consumer is not None
             and consumer.in_group()
         )
+
+    def readiness_detail(self) -> str:
+        """A line for /readyz's body beyond "ready" (a process waiting on something says what)."""
+        return ""
 
     def run(self) -> None:
         check_tls_material(self.settings)
@@ -139,6 +145,7 @@ class Lifecycle(ABC):
     def _loop(self, consumer: GroupConsumer, built: Built) -> Loop:
         """The loop's parts around the topology, and the subscription that starts the group's work."""
         pacing = Pacing.from_settings(self.settings)
+        waiting = self.waiting = Waiting()
         batches = self._batches = Batches(
             self.settings,
             self.delivery,
@@ -147,13 +154,15 @@ class Lifecycle(ABC):
             health=self.health,
             committed=pacing.committed,
             wait=self._stop.wait,
+            waiting=waiting,
         )
         lag = LagMeter(
             self._end_offsets,
             self.metrics,
             self.health,
-            held=built.topology.holds,
+            held=lambda tp: built.topology.holds(tp) or waiting.holds(tp),
             every_refresh=built.every_refresh,
+            waits=waiting.holds,
         )
         listener = RebalanceListener(lambda: self._consumer, batches, built.topology, lag)
         consumer.subscribe(built.topics, built.pattern, listener)

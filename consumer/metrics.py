@@ -244,6 +244,7 @@ class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry
     ready: Callable[[], bool]
     alive: Callable[[], bool]
+    detail: Callable[[], str]
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -254,7 +255,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200 if ok else 503, b"ok\n" if ok else b"main loop stalled\n")
         elif path == "/readyz":
             ok = self.ready()
-            self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            said = (b"ready\n" if ok else b"not ready\n") + self.detail().encode()
+            self._reply(200 if ok else 503, said)
         else:
             self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
 
@@ -278,12 +280,19 @@ class MetricsServer:
         port: int,
         registry: CollectorRegistry,
         ready: Callable[[], bool],
+        *,
         alive: Callable[[], bool] = lambda: True,
+        detail: Callable[[], str] = lambda: "",
     ) -> None:
         handler = type(
             "Handler",
             (_Handler,),
-            {"registry": registry, "ready": staticmethod(ready), "alive": staticmethod(alive)},
+            {
+                "registry": registry,
+                "ready": staticmethod(ready),
+                "alive": staticmethod(alive),
+                "detail": staticmethod(detail),
+            },
         )
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True

@@ -22,6 +22,7 @@ from consumer.delivery import Delivery, is_fatal
 from consumer.fatal import FatalError
 from consumer.health import Health
 from consumer.loop.topology import R, Topology
+from consumer.loop.waiting import Waiting
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 
@@ -53,6 +54,10 @@ class Batch(Generic[R]):
             self.first.setdefault(tp, records[0].offset)
             self.next[tp] = records[-1].offset + 1
 
+    def cut(self, tp: Partition, offset: int) -> None:
+        """Commit `tp` only up to `offset`: that record and the rest were left for later."""
+        self.next[tp] = offset
+
     def add(self, record: Record, result: R) -> None:
         self.processed.append((record, result))
         self.urgent = self.urgent or result.urgent
@@ -71,6 +76,7 @@ class Batches(Generic[R]):
         health: Health,
         committed: Callable[[float], None],
         wait: Callable[[float], object],
+        waiting: Waiting | None = None,
     ) -> None:
         self.settings = settings
         self.delivery = delivery
@@ -79,6 +85,7 @@ class Batches(Generic[R]):
         self.health = health
         self._committed = committed  # told how long each commit took (the pacing)
         self._wait = wait  # sleeps, but wakes on a stop request
+        self.waiting = waiting or Waiting()  # partitions a stage told to wait: a rewind moves them too
         self.open: Batch[R] | None = None
         self.backoff = 0.5
         # Raised in a rebalance callback (kafka-python K5): the loop raises it after the poll.
@@ -151,7 +158,7 @@ class Batches(Generic[R]):
         )
         self.abort("failure")
         if batch is not None:
-            rewind(consumer, batch)
+            self._rewind(consumer, batch)
         self._wait(self.backoff)
         self.backoff = min(self.backoff * 2, self.settings.retry_backoff_max_s)
 
@@ -171,7 +178,11 @@ class Batches(Generic[R]):
                 self.abort("rebalance")
             except FatalError as fatal:
                 self.fatal = fatal
-            rewind(consumer, batch)
+            self._rewind(consumer, batch)
+
+    def _rewind(self, consumer: GroupConsumer, batch: Batch[R]) -> None:
+        rewind(consumer, batch)
+        self.waiting.rewound(batch.first)
 
     def finish(self, consumer: GroupConsumer) -> None:
         """On a stop request: the batch in hand is committed, not dropped."""

@@ -35,14 +35,18 @@ class LagMeter:
         end_offsets: EndOffsets,
         metrics: Metrics,
         health: Health,
+        *,
         held: Callable[[Partition], bool],
         every_refresh: Callable[[], None] = lambda: None,
+        waits: Callable[[Partition], bool] = lambda tp: False,
     ) -> None:
         self.end_offsets = end_offsets
         self.metrics = metrics
         self.health = health
         self.held = held  # kept from processing on purpose: waiting, not stuck
         self.every_refresh = every_refresh  # other gauges refreshed at the same pace
+        # Told by a stage to wait (a receiver down): its lag is shown, but it is not a stall.
+        self.waits = waits
         self.due = 0.0  # monotonic time of the next measurement
         self.assigned: set[Partition] = set()
         self._restarted: dict[str, int] = {}  # stuck partitions whose fetch was restarted, at which offset
@@ -76,8 +80,9 @@ class LagMeter:
                 if tp in owned:  # not revoked while the question was out
                     position = consumer.position(tp)
                     lag = max(end - position, 0)
-                    positions[f"{tp.topic}/{tp.partition}"] = (position, lag)
                     self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+                    if not self.waits(tp):
+                        positions[f"{tp.topic}/{tp.partition}"] = (position, lag)
         except ClientError as err:  # a missed sample is not worth failing the loop for
             log.warning("could not measure consumer lag", error=err.name)
             # Cluster unreachable: a restart cannot fix that, so it is not a stall to restart for.

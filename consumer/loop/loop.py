@@ -12,6 +12,7 @@ from consumer.loop.batch import Batches
 from consumer.loop.lag import LagMeter
 from consumer.loop.pacing import Pacing
 from consumer.loop.topology import R, Topology
+from consumer.loop.waiting import NotYet
 
 
 class Loop:
@@ -50,11 +51,13 @@ class Loop:
                 # so no transaction stays open across it.
                 batches.commit(consumer)
                 self.topology.chores(consumer)
+            if batches.waiting.due():
+                batches.waiting.release(consumer)
             room = pacing.room(batches.open)
             polled = consumer.poll(pacing.wait_ms(batches.open), room)
             if batches.fatal is not None:
                 raise batches.fatal
-            polled = self.topology.admit(consumer, polled)
+            polled = self.topology.admit(consumer, batches.waiting.admit(consumer, polled))
             if polled:
                 self._process(polled)
             # A poll that filled up means a backlog: there, large batches catch up fastest and
@@ -73,4 +76,11 @@ class Loop:
         for tp, records in polled.items():
             stage = self.topology.stage_for(tp.topic)
             for record in records:
-                batch.add(record, stage.process(record))
+                try:
+                    result = stage.process(record)
+                except NotYet as later:
+                    # This partition waits from this record on; the others go on.
+                    batch.cut(tp, record.offset)
+                    self.batches.waiting.hold(self.consumer, tp, record.offset, later)
+                    break
+                batch.add(record, result)

@@ -30,6 +30,7 @@ class RebalanceListener:
         if (consumer := self._consumer()) is not None:
             self.batches.close_for_rebalance(consumer)
         self.topology.revoked(revoked)
+        self.batches.waiting.revoked(revoked)
         self.lag.assignment_changed("revoked", revoked)
 
     def lost(self, lost: Collection[Partition]) -> None:

@@ -26,7 +26,8 @@ R_co = TypeVar("R_co", bound=Result, covariant=True)
 class Stage(Protocol[R_co]):
     def process(self, record: Record) -> R_co:
         """Read one record and send its outputs into the open batch; never raises for a bad
-        record (it becomes a dead letter), only for Kafka's or the disk's failures."""
+        record (it becomes a dead letter), only for Kafka's or the disk's failures, or NotYet
+        (`consumer.loop.waiting`) when the record's partition should wait and try it again."""
 
 
 class Topology(Protocol[R]):

@@ -3,14 +3,15 @@
 At least once to every receiver: the event's offset is committed only after every routed
 receiver accepted it, or it was dead-lettered (refused for good, or still failing when the
 retry budget ran out). Events of one incident share a partition (alerts are keyed by patient),
-so they are delivered in order.
+so they are delivered in order. While a receiver fails transiently, the event's partition waits
+(NotYet) and the others go on; a receiver that already accepted the event is not asked again.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -19,10 +20,11 @@ from pydantic import ValidationError
 
 from consumer.clients.seam import Client, GroupConsumer, Partition, Record
 from consumer.dead_letters import DeadLetter, Reason, Stage
+from consumer.loop.waiting import NotYet
 from consumer.notify.incidents import OpenIncidents
 from consumer.notify.metrics import NotifyMetrics
 from consumer.notify.receivers import Alertmanager, PagerDuty, Webhook, opened
-from consumer.notify.sending import Sender, Undelivered
+from consumer.notify.sending import Failing, Sender, Undelivered
 from consumer.outputs import Outputs
 from consumer.pipeline import Outcome, Processed
 from consumer.settings import Route, Settings
@@ -79,6 +81,17 @@ class Receivers:
         return [n for n in self.names() if self.routes.get(n, every).takes(event.severity, event.category)]
 
 
+@dataclass
+class Pending:
+    """An event not every routed receiver has taken yet: its partition waits on it."""
+
+    offset: int
+    timestamp_ms: int | None
+    done: set[str] = field(default_factory=set)  # accepted, or dead-lettered for that receiver
+    failing: dict[str, Failing] = field(default_factory=dict)
+    outcome: str = "delivered"
+
+
 class DeliveryStage:
     def __init__(
         self,
@@ -96,6 +109,7 @@ class DeliveryStage:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.clock = clock
+        self.pending: dict[Partition, Pending] = {}
 
     def process(self, record: Record) -> Delivered:
         try:
@@ -107,12 +121,22 @@ class DeliveryStage:
             )
             return Delivered("unreadable")
         routed = self.receivers.for_event(event)
-        outcome = "delivered" if routed else "unrouted"
+        if not routed:
+            return Delivered("unrouted")
+        tp = Partition(record.topic, record.partition)
+        pending = self.pending.get(tp)
+        if pending is None or pending.offset != record.offset:
+            pending = Pending(record.offset, record.timestamp_ms)
         for name in routed:
+            if name in pending.done:
+                continue
             try:
-                self._deliver(name, event, record)
+                self._deliver(name, event, record, pending.failing.setdefault(name, Failing()))
+            except NotYet:
+                self.pending[tp] = pending  # asked again when the partition's wait is over
+                raise
             except Undelivered as err:
-                outcome = "undelivered"
+                pending.outcome = "undelivered"
                 self.metrics.deliveries.labels(name, "dead_lettered").inc()
                 log.error(
                     "delivery failed; dead-lettered",
@@ -123,31 +147,40 @@ class DeliveryStage:
                     incident_key=event.incident_key,
                 )
                 self._dead(record, DeadLetter(Reason.UNDELIVERED, Stage.DELIVER, f"{name}: {err.reason}"))
-                continue
-            self.metrics.deliveries.labels(name, "delivered").inc()
-            if record.timestamp_ms is not None:
-                self.metrics.delivery_seconds.observe(max(time.time() - record.timestamp_ms / 1000, 0.0))
-        return Delivered(outcome)
+            else:
+                self.metrics.deliveries.labels(name, "delivered").inc()
+                if record.timestamp_ms is not None:
+                    self.metrics.delivery_seconds.observe(max(time.time() - record.timestamp_ms / 1000, 0.0))
+            pending.done.add(name)
+        if self.pending.get(tp) is pending:
+            del self.pending[tp]
+        return Delivered(pending.outcome)
 
-    def _deliver(self, name: str, event: Alert, record: Record) -> None:
+    def oldest_waiting_s(self) -> float:
+        """Age of the oldest event a receiver has not taken yet (0 when none waits)."""
+        stamps = [p.timestamp_ms for p in self.pending.values() if p.timestamp_ms is not None]
+        return max(time.time() - min(stamps) / 1000, 0.0) if stamps else 0.0
+
+    def _deliver(self, name: str, event: Alert, record: Record, failing: Failing) -> None:
         now = self.clock()
         r = self.receivers
         if name == "alertmanager" and r.alertmanager is not None:
             previous = self.incidents.get(record.partition, event.incident_key)
             if event.action is Action.RESOLVE:
-                self.sender.send(r.alertmanager.post([], [previous or opened(event, None, now)], now))
+                ending = previous or opened(event, None, now)
+                self.sender.send(r.alertmanager.post([], [ending], now), failing)
                 self.incidents.close(record.partition, event.incident_key)
             else:
                 current = opened(event, previous, now)
                 # A new severity is a new label set: end the old one, so one incident stays one alert.
                 ended = [previous] if previous is not None and previous.labels != current.labels else []
-                self.sender.send(r.alertmanager.post([current], ended, now))
+                self.sender.send(r.alertmanager.post([current], ended, now), failing)
                 self.incidents.put(record.partition, current)
             self.metrics.open_incidents.set(self.incidents.count())
         elif name == "pagerduty" and r.pagerduty is not None:
-            self.sender.send(r.pagerduty.event(event))
+            self.sender.send(r.pagerduty.event(event), failing)
         elif name == "webhook" and r.webhook is not None:
-            self.sender.send(r.webhook.event(record.value or b"", event, now))
+            self.sender.send(r.webhook.event(record.value or b"", event, now), failing)
 
     def _dead(self, record: Record, why: DeadLetter) -> None:
         self.dead_letters.send(record, Processed(Outcome.DEAD_LETTERED, dead_letter=why))
@@ -162,6 +195,7 @@ class DeliveryTopology:
         self.metrics = metrics
         self.resend_s = resend_s
         self.resend_at = 0.0  # monotonic
+        self.resend_failing = Failing()
 
     def stage_for(self, topic: str) -> DeliveryStage:
         return self.stage
@@ -179,6 +213,8 @@ class DeliveryTopology:
 
     def revoked(self, partitions: Collection[Partition]) -> None:
         self.stage.incidents.revoke([tp.partition for tp in partitions])
+        for tp in partitions:
+            self.stage.pending.pop(tp, None)
 
     def chores_due(self) -> bool:
         return (
@@ -193,9 +229,15 @@ class DeliveryTopology:
         alertmanager = self.stage.receivers.alertmanager
         if alertmanager is None:
             return
+        request = alertmanager.post(self.stage.incidents.all(), [], self.stage.clock())
         try:
-            self.stage.sender.send(alertmanager.post(self.stage.incidents.all(), [], self.stage.clock()))
+            self.stage.sender.send(request, self.resend_failing)
+        except NotYet as later:  # sooner than the interval, backing off while it fails
+            self.resend_at = time.monotonic() + min(later.after_s, self.resend_s)
+            self.metrics.resends.labels("failed").inc()
+            return
         except Undelivered as err:
+            self.resend_failing = Failing()
             self.metrics.resends.labels("failed").inc()
             log.error(
                 "re-send to Alertmanager failed; trying again next interval",
@@ -203,6 +245,7 @@ class DeliveryTopology:
                 reason=err.reason,
             )
             return
+        self.resend_failing = Failing()
         self.metrics.resends.labels("sent").inc()
 
     def admit(

@@ -43,3 +43,13 @@ class NotifyMetrics(Metrics):
             ["outcome"],
             registry=r,
         )
+        self.waiting_partitions = Gauge(
+            "tdm_notify_waiting_partitions",
+            "Alert partitions paused on an event a receiver keeps failing (retried with back-off).",
+            registry=r,
+        )
+        self.oldest_undelivered = Gauge(
+            "tdm_notify_oldest_undelivered_seconds",
+            "Age of the oldest alert event a routed receiver has not accepted yet (0 when none waits).",
+            registry=r,
+        )

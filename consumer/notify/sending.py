@@ -1,34 +1,30 @@
-"""Sending a request to a receiver: retried while the failure is transient, within a budget.
+"""Sending a request to a receiver: one try per call, retried by the caller while transient.
 
 Transient: no connection, a time-out, 429 and 5xx (with `Retry-After` honoured). Anything else
-the receiver refused is permanent and is not retried. Retries back off exponentially with
-jitter (tenacity), capped, and stop at the retry budget; the caller dead-letters what did not
-get through, with the receiver's answer.
+the receiver refused is permanent and is not retried. A transient failure raises NotYet with
+the back-off (exponential with jitter, capped: tenacity's policy), so only the event's
+partition waits, not the loop; once the retry budget, counted from the event's first failure,
+has run out, or on a refusal, Undelivered, and the caller dead-letters the event with the
+receiver's answer.
 """
 
 from __future__ import annotations
 
 import email.utils
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
 import structlog
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    stop_when_event_set,
-    wait_exponential_jitter,
-)
+from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
-from consumer.clients.seam import ClientError, Failure
+from consumer.loop.waiting import NotYet
 from consumer.notify.receivers import HttpRequest
 
 log = structlog.get_logger("tdm_alerts.notify")
 BACKOFF_MAX_S = 30.0
+_BACKOFF = wait_exponential_jitter(multiplier=0.5, max=BACKOFF_MAX_S, jitter=0.5)
 
 
 class Transient(Exception):
@@ -51,8 +47,11 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
     if value.strip().isdigit():
         return float(value)
-    when = email.utils.parsedate_to_datetime(value)
-    return max(when.timestamp() - time.time(), 0.0) if when is not None else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):  # not a date either: the back-off decides
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
 
 
 def _once(client: httpx.Client, request: HttpRequest) -> int:
@@ -69,54 +68,61 @@ def _once(client: httpx.Client, request: HttpRequest) -> int:
     return status
 
 
+@dataclass
+class Failing:
+    """One request's transient failures so far: since when (monotonic), and how many."""
+
+    since: float | None = None
+    attempts: int = 0
+
+
+def backoff_s(attempts: int, retry_after_s: float | None) -> float:
+    """How long to wait after the `attempts`-th failure: the receiver's Retry-After if it gave one."""
+    if retry_after_s is not None:
+        return min(retry_after_s, BACKOFF_MAX_S)
+    # tenacity's policy, asked directly: the loop does the waiting (a paused partition), not a sleep.
+    state = RetryCallState(Retrying(), None, (), {})
+    state.attempt_number = attempts
+    return float(_BACKOFF(state))
+
+
 class Sender:
     def __init__(
         self,
         client: httpx.Client,
         budget_s: float,
         retried: Callable[[str], None] = lambda receiver: None,
-        sleep: Callable[[float], None] = time.sleep,
-        stopping: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.budget_s = budget_s
         self.retried = retried  # counted per receiver
-        self.sleep = sleep  # wakes early on a stop request
-        self.stopping = stopping or threading.Event()
+        self.clock = clock
 
-    def send(self, request: HttpRequest) -> int:
-        """The receiver's status once it accepted the request; raises Undelivered."""
-        jitter = wait_exponential_jitter(multiplier=0.5, max=BACKOFF_MAX_S, jitter=0.5)
+    def send(self, request: HttpRequest, failing: Failing) -> int:
+        """The receiver's status once it accepted the request.
 
-        def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome else None
-            if isinstance(error, Transient) and error.retry_after_s is not None:
-                return min(error.retry_after_s, BACKOFF_MAX_S)
-            return float(jitter(state))
-
-        def before_sleep(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome else None
+        Raises NotYet after a transient failure while the budget lasts (`failing` counts them),
+        Undelivered on a refusal or once the budget ran out.
+        """
+        try:
+            return _once(self.client, request)
+        except Transient as err:
+            now = self.clock()
+            failing.since = now if failing.since is None else failing.since
+            failing.attempts += 1
+            left = self.budget_s - (now - failing.since)
+            if left <= 0:
+                raise Undelivered(
+                    request.receiver, err.status, f"{err.reason} for {self.budget_s:.0f} s", permanent=False
+                ) from err
             self.retried(request.receiver)
+            wait = min(backoff_s(failing.attempts, err.retry_after_s), left)
             log.warning(
                 "delivery failed; retrying",
                 receiver=request.receiver,
-                reason=getattr(error, "reason", type(error).__name__),
-                attempt=state.attempt_number,
+                reason=err.reason,
+                attempt=failing.attempts,
+                retry_in_s=round(wait, 2),
             )
-
-        retrying = Retrying(
-            retry=retry_if_exception_type(Transient),
-            wait=wait,
-            stop=stop_after_delay(self.budget_s) | stop_when_event_set(self.stopping),
-            sleep=self.sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        try:
-            return int(retrying(_once, self.client, request))
-        except Transient as err:
-            if self.stopping.is_set():  # not the receiver's failure: the batch is re-read after the restart
-                raise ClientError(Failure.TRANSIENT, f"delivery to {request.receiver} stopped") from err
-            raise Undelivered(
-                request.receiver, err.status, f"{err.reason} for {self.budget_s:.0f} s", permanent=False
-            ) from err
+            raise NotYet(wait, f"{request.receiver}: {err.reason}") from err

@@ -31,6 +31,17 @@ class Notifier(Lifecycle):
         self.receivers = receivers
         self.notify_metrics = metrics
         self.http = httpx.Client(timeout=settings.notify_timeout_s)
+        self.stage: DeliveryStage | None = None
+
+    def readiness_detail(self) -> str:
+        """Ready, and honest about a receiver that keeps failing: the probe's body says so."""
+        stage = self.stage
+        if stage is None or not stage.pending:
+            return ""
+        return (
+            f"{len(stage.pending)} alert partition(s) waiting on a failing receiver; "
+            f"oldest undelivered event {stage.oldest_waiting_s():.0f} s old\n"
+        )
 
     def build(self) -> Built:
         s = self.settings
@@ -39,7 +50,7 @@ class Notifier(Lifecycle):
             lambda: dead_letter_limit(s.model_copy(update={"dlq_topic": s.notify_dlq_topic}), self.client),
             "admin",
         )
-        sender = Sender(self.http, s.notify_retry_budget_s, self._retried, self._pause, self._stop)
+        sender = Sender(self.http, s.notify_retry_budget_s, self._retried)
         stage = DeliveryStage(
             self.receivers,
             sender,
@@ -48,10 +59,10 @@ class Notifier(Lifecycle):
             metrics=self.notify_metrics,
         )
         topology = DeliveryTopology(stage, self.client, self.notify_metrics, s.notify_resend_s)
+        self.stage = stage
+        self.notify_metrics.waiting_partitions.set_function(lambda: len(stage.pending))
+        self.notify_metrics.oldest_undelivered.set_function(stage.oldest_waiting_s)
         return Built(topology, [s.alert_topic], None)
-
-    def _pause(self, seconds: float) -> None:
-        self._stop.wait(seconds)  # a stop request ends the wait and the retries
 
     def _retried(self, receiver: str) -> None:
         self.notify_metrics.retries.labels(receiver).inc()

@@ -83,16 +83,16 @@ def active_alerts(url: str) -> list[dict]:
     ]
 
 
-def _send(bootstrap: str, topic: str, value: str, status: str = "final") -> None:
+def _send(bootstrap: str, topic: str, value: str, status: str = "final", patient: str = "PT-PAGE") -> None:
     message = {
-        "patient_id": "PT-PAGE",
-        "accession": "A-PAGE",
+        "patient_id": patient,
+        "accession": "A-" + patient.removeprefix("PT-"),  # not the patient id: PagerDuty gets it
         "results": [
             {"code": "39803-2", "value": value, "unit": "ug/mL", "status": status, "result_id": "R1"}
         ],
     }
     producer = KafkaProducer(bootstrap_servers=bootstrap)
-    producer.send(topic, json.dumps(message).encode(), key=b"PT-PAGE")
+    producer.send(topic, json.dumps(message).encode(), key=patient.encode())
     producer.flush()
     producer.close()
 
@@ -226,6 +226,94 @@ def test_a_signed_webhook_gets_every_event_once_keyed_even_after_being_down(
         assert _post(url, body, stamp, signature) == 202
     finally:
         server.shutdown()
+
+
+class _DownForOne(BaseHTTPRequestHandler):
+    """A webhook that answers 503 to one patient's events while `down` is set, 202 to the rest."""
+
+    down = True
+    accepted: list[tuple[float, dict]]
+    refused: list[float]
+
+    def do_POST(self) -> None:
+        event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        failing = type(self).down and event["patient_id"] == "PT-DOWN"
+        if failing:
+            type(self).refused.append(time.monotonic())
+        else:
+            type(self).accepted.append((time.monotonic(), event))
+        self.send_response(503 if failing else 202)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_receiver_down_past_the_budget_holds_only_its_partition_and_loses_nothing(
+    kafka_bootstrap, topics, service_env, start_service, tmp_path
+):
+    """The event a receiver keeps refusing (503) holds its own partition, not the notifier: the
+    other partitions' events are delivered meanwhile, the notifier stays ready and says what it
+    waits on; once the retry budget is spent the event is dead-lettered, and the events behind it
+    follow in order."""
+    from tests.conftest import metric_total, metrics_port, read_topic, scrape
+    from tests.integration.test_exactly_once import wait_for_log
+
+    budget_s = 20
+    handler = type("Receiver", (_DownForOne,), {"down": True, "accepted": [], "refused": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret = tmp_path / "webhook-secret"
+    secret.write_text("a-shared-secret\n")
+    webhook = _notify_settings(
+        kafka_bootstrap,
+        topics,
+        TDM_NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/tdm",
+        TDM_NOTIFY_WEBHOOK_SECRET_FILE=str(secret),
+        TDM_NOTIFY_RETRY_BUDGET_S=str(budget_s),
+    )
+    try:
+        service = start_service(**SERVICE)
+        notifier = _notifier(service_env, tmp_path, "notifier", **webhook)
+        port = metrics_port(wait_for_log(notifier, '"metrics_port"'))
+        _send(kafka_bootstrap, topics["input"], "1.2", patient="PT-DOWN")
+        wait_until(lambda: len(handler.refused) >= 2, timeout_s=90)
+        others = [f"PT-UP-{n}" for n in range(8)]
+        for patient in others:
+            _send(kafka_bootstrap, topics["input"], "1.1", patient=patient)
+        # Where each patient's alerts went: the service publishes them keyed by patient.
+        published = read_topic(kafka_bootstrap, topics["alerts"], expected=1 + len(others))
+        partition_of = {json.loads(r.value)["patient_id"]: r.partition for r in published}
+        elsewhere = {p for p in others if partition_of[p] != partition_of["PT-DOWN"]}
+        assert elsewhere, partition_of  # 8 patients over 3 partitions
+        wait_until(lambda: elsewhere <= {e["patient_id"] for _, e in handler.accepted}, timeout_s=30)
+        first_refused = handler.refused[0]
+        assert (
+            max(at for at, e in handler.accepted if e["patient_id"] in elsewhere) < first_refused + budget_s
+        )
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as ready:
+            assert (
+                ready.status == 200 and b"1 alert partition(s) waiting on a failing receiver" in ready.read()
+            )
+        assert metric_total(scrape(port), "tdm_notify_waiting_partitions") == 1
+        assert metric_total(scrape(port), "tdm_notify_oldest_undelivered_seconds") > 0
+
+        [dead] = read_topic(kafka_bootstrap, webhook["TDM_NOTIFY_DLQ_TOPIC"], expected=1, timeout_s=90)
+        assert json.loads(dead.value)["patient_id"] == "PT-DOWN"
+        assert dict(dead.headers)["tdm.dlq.reason"] == b"undelivered"
+        assert f"HTTP 503 for {budget_s} s".encode() in dict(dead.headers)["tdm.dlq.error"]
+        wait_until(lambda: {e["patient_id"] for _, e in handler.accepted} >= set(others), timeout_s=30)
+        handler.down = False  # back: the next event of that patient goes straight through
+        _send(kafka_bootstrap, topics["input"], "5.0", status="corrected", patient="PT-DOWN")
+        wait_until(lambda: "PT-DOWN" in {e["patient_id"] for _, e in handler.accepted}, timeout_s=60)
+        assert notifier.alive() and notifier.restarts == 0, notifier.log_text()[-3000:]
+        assert metric_total(scrape(port), "tdm_notify_waiting_partitions") == 0
+        assert notifier.stop() == 0 and service.stop() == 0
+    finally:
+        server.shutdown()
+    # Nothing lost and nothing out of order: each patient's events in the order the service sent them.
+    delivered = [e["patient_id"] for _, e in handler.accepted]
+    assert sorted(delivered) == sorted([*others, "PT-DOWN"]), delivered
 
 
 def _post(url: str, body: bytes, stamp: str, signature: str) -> int:

@@ -15,7 +15,9 @@ from consumer.fatal import FatalError
 from consumer.health import Health
 from consumer.loop.batch import Batches
 from consumer.loop.lag import LagMeter
+from consumer.loop.loop import Loop
 from consumer.loop.rebalance import RebalanceListener
+from consumer.loop.waiting import NotYet, Waiting
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 
@@ -80,6 +82,13 @@ class Consumer:
     def __init__(self, owned: Collection[Partition]) -> None:
         self.owned = set(owned)
         self.seeks: list[tuple[Partition, int]] = []
+        self.paused: set[Partition] = set()
+
+    def pause(self, partitions: Collection[Partition]) -> None:
+        self.paused |= set(partitions)
+
+    def resume(self, partitions: Collection[Partition]) -> None:
+        self.paused -= set(partitions)
 
     def assignment(self) -> frozenset[Partition]:
         return frozenset(self.owned)
@@ -208,3 +217,89 @@ def test_a_batch_that_cannot_open_is_still_rewound_over_what_was_polled():
         b.include({P0: records(P0, 12, 13)})
     b.fail(consumer, err.value)  # type: ignore[arg-type]
     assert consumer.seeks == [(P0, 12)]
+
+
+class ReceiverDown:
+    """A stage whose receiver fails for P0's records from offset 6 on."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Partition, int]] = []
+
+    def process(self, record: Record) -> Result:
+        if record.partition == 0 and record.offset >= 6:
+            raise NotYet(2.0, "webhook: HTTP 503")
+        self.seen.append((Partition(record.topic, record.partition), record.offset))
+        return Result(urgent=True)
+
+
+def test_a_record_a_stage_cannot_take_yet_holds_only_its_partition_from_that_record_on():
+    topology, client, stage = Topology(), Client(), ReceiverDown()
+    topology.stage_for = lambda topic: stage  # type: ignore[attr-defined]
+    clock = [0.0]
+    b = batches(topology, client)
+    b.waiting = Waiting(clock=lambda: clock[0])
+    consumer = Consumer({P0, P1})
+    loop = Loop(consumer, topology, b, pacing=None, lag=None, health=None, stop=None)  # type: ignore[arg-type]
+    loop._process({P0: records(P0, 5, 6, 7), P1: records(P1, 9, 10)})
+    assert stage.seen == [(P0, 5), (P1, 9), (P1, 10)]  # P1 went on; P0's 7 was not tried before 6
+    assert consumer.paused == {P0} and consumer.seeks == [(P0, 6)]
+    # What the client had fetched for P0 before its pause took hold is left for later.
+    assert b.waiting.admit(consumer, {P0: records(P0, 7), P1: records(P1, 11)}) == {P1: records(P1, 11)}
+    b.commit(consumer)  # type: ignore[arg-type]
+    assert client.log[-2] == f"offsets {[(P0, 6), (P1, 11)]}"  # P0 committed only up to the waiting record
+    assert not b.waiting.due()
+    clock[0] = 2.0
+    assert b.waiting.due()
+    b.waiting.release(consumer)  # type: ignore[arg-type]
+    assert consumer.paused == set() and consumer.seeks[-1] == (P0, 6) and not b.waiting.holds(P0)
+
+
+def test_a_waiting_partition_rewound_by_an_aborted_batch_resumes_at_the_rewind():
+    topology, client, stage = Topology(), Client(), ReceiverDown()
+    topology.stage_for = lambda topic: stage  # type: ignore[attr-defined]
+    b = batches(topology, client)
+    b.waiting = Waiting(clock=lambda: 5.0)
+    consumer = Consumer({P0})
+    loop = Loop(consumer, topology, b, pacing=None, lag=None, health=None, stop=None)  # type: ignore[arg-type]
+    loop._process({P0: records(P0, 4, 5, 6)})
+    b.fail(consumer, ClientError(Failure.TRANSIENT, "commit: broker gone"))  # type: ignore[arg-type]
+    assert b.waiting.at == {P0: 4}  # resuming at 6 would skip the aborted 4 and 5
+    b.waiting.revoked([P0])
+    assert not b.waiting.holds(P0)
+
+
+class EndOffsets:
+    def __init__(self, ends: dict[Partition, int]) -> None:
+        self.ends = ends
+
+    def ask(self, partitions: Collection[Partition]) -> bool:
+        return True
+
+    def answer(self) -> dict[Partition, int]:
+        return self.ends
+
+
+class Positions(Consumer):
+    def position(self, tp: Partition) -> int:
+        return 3
+
+
+def test_a_partition_told_to_wait_shows_its_lag_but_is_not_a_stall():
+    clock = [0.0]
+    health = Health(60, 30, clock=lambda: clock[0])
+    health.started()
+    metrics = Metrics()
+    waiting = Waiting()
+    waiting.at[P0] = 3
+    lag = LagMeter(EndOffsets({P0: 10, P1: 3}), metrics, health, held=waiting.holds, waits=waiting.holds)  # type: ignore[arg-type]
+    consumer = Positions({P0, P1})
+    for clock[0] in (0.0, 31.0, 62.0):
+        health.beat()
+        lag.measure(consumer)  # type: ignore[arg-type]
+    assert metrics.consumer_lag.labels(P0.topic, "0")._value.get() == 7
+    assert health.stalled() is None and health.stuck(0) == []
+    waiting.revoked([P0])  # the same lag, not told to wait: a stall
+    for clock[0] in (63.0, 94.0):
+        health.beat()
+        lag.measure(consumer)  # type: ignore[arg-type]
+    assert "7 messages wait" in (health.stalled() or "")

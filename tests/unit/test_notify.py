@@ -7,8 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
-from consumer.notify.delivering import Receivers
+from consumer.clients.seam import Partition, Record
+from consumer.loop.waiting import NotYet
+from consumer.notify.delivering import DeliveryStage, Receivers
+from consumer.notify.metrics import NotifyMetrics
 from consumer.notify.receivers import (
     PAGERDUTY_SUMMARY_MAX,
     SIGNATURE_HEADER,
@@ -19,8 +23,8 @@ from consumer.notify.receivers import (
     opened,
     sign,
 )
-from consumer.notify.sending import Sender, Undelivered
-from consumer.pipeline import Pipeline
+from consumer.notify.sending import BACKOFF_MAX_S, Failing, Sender, Undelivered, backoff_s
+from consumer.pipeline import Pipeline, Processed
 from consumer.settings import Settings
 from interpretation import SourceRef
 from interpretation.alerts import Action, Alert, Severity
@@ -129,7 +133,17 @@ def test_routes_send_each_event_to_its_receivers_and_name_a_receiver_not_configu
         Receivers.from_settings(Settings())
 
 
-def _sender(answers: list[httpx.Response], waits: list[float], budget_s: float = 60.0) -> tuple[Sender, list]:
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _sender(
+    answers: list[httpx.Response], budget_s: float = 60.0, clock: Clock | None = None
+) -> tuple[Sender, list[httpx.Request]]:
     asked: list[httpx.Request] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -137,32 +151,134 @@ def _sender(answers: list[httpx.Response], waits: list[float], budget_s: float =
         return answers.pop(0) if len(answers) > 1 else answers[0]
 
     client = httpx.Client(transport=httpx.MockTransport(answer))
-    return Sender(client, budget_s, sleep=waits.append), asked
+    return Sender(client, budget_s, clock=clock or Clock()), asked
 
 
-def test_transient_failures_are_retried_honouring_retry_after():
+def test_a_transient_failure_asks_to_wait_backing_off_and_honouring_retry_after():
     from consumer.notify.receivers import HttpRequest
 
-    waits: list[float] = []
-    answers = [httpx.Response(503), httpx.Response(429, headers={"Retry-After": "7"}), httpx.Response(202)]
-    sender, asked = _sender(answers, waits)
-    assert sender.send(HttpRequest("webhook", "https://hooks.example/tdm", b"{}")) == 202
-    assert len(asked) == 3
-    assert 0 < waits[0] <= 1.5 and waits[1] == 7.0  # jittered back-off, then the receiver's own wait
+    answers = [
+        httpx.Response(503),
+        httpx.Response(503),
+        httpx.Response(429, headers={"Retry-After": "7"}),
+        httpx.Response(429, headers={"Retry-After": "soon"}),  # neither seconds nor a date
+        httpx.Response(202),
+    ]
+    sender, asked = _sender(answers)
+    request, failing, waits = HttpRequest("webhook", "https://hooks.example/tdm", b"{}"), Failing(), []
+    for _ in range(4):
+        with pytest.raises(NotYet) as later:
+            sender.send(request, failing)
+        waits.append(later.value.after_s)
+    assert sender.send(request, failing) == 202
+    assert len(asked) == 5 and failing.attempts == 4
+    assert 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 1.5  # exponential, jittered
+    assert waits[2] == 7.0  # the receiver's own wait
+    assert 4.0 <= waits[3] <= 4.5  # an unreadable Retry-After: the back-off decides
+
+
+def test_back_off_is_capped_and_never_outlasts_the_budget():
+    assert all(backoff_s(n, None) <= BACKOFF_MAX_S for n in (1, 10, 100, 10_000))
+    assert backoff_s(3, 3600) == BACKOFF_MAX_S
+    from consumer.notify.receivers import HttpRequest
+
+    clock = Clock()
+    sender, _ = _sender([httpx.Response(500)], budget_s=10.0, clock=clock)
+    failing = Failing()
+    with pytest.raises(NotYet):
+        sender.send(HttpRequest("webhook", "https://hooks.example/tdm", b"{}"), failing)
+    clock.now += 9.8
+    with pytest.raises(NotYet) as later:
+        sender.send(HttpRequest("webhook", "https://hooks.example/tdm", b"{}"), failing)
+    assert later.value.after_s == pytest.approx(0.2)  # the last try comes as the budget ends
 
 
 def test_a_refusal_is_not_retried_and_a_receiver_down_past_the_budget_is_undelivered():
     from consumer.notify.receivers import HttpRequest
 
     request = HttpRequest("pagerduty", "https://events.pagerduty.com/v2/enqueue", b"{}")
-    waits: list[float] = []
-    sender, asked = _sender([httpx.Response(400, text="Event object is invalid")], waits)
+    sender, asked = _sender([httpx.Response(400, text="Event object is invalid")])
+    failing = Failing()
     with pytest.raises(Undelivered) as refused:
-        sender.send(request)
-    assert refused.value.permanent and refused.value.status == 400 and len(asked) == 1 and not waits
-    assert "Event object is invalid" in refused.value.reason
+        sender.send(request, failing)
+    assert refused.value.permanent and refused.value.status == 400 and len(asked) == 1
+    assert failing.attempts == 0 and "Event object is invalid" in refused.value.reason
 
-    sender, asked = _sender([httpx.Response(500)], [], budget_s=0.0)
+    clock = Clock()
+    sender, asked = _sender([httpx.Response(500)], budget_s=30.0, clock=clock)
+    failing = Failing()
+    with pytest.raises(NotYet):
+        sender.send(request, failing)
+    clock.now += 30.0
     with pytest.raises(Undelivered) as down:
-        sender.send(request)
-    assert not down.value.permanent and down.value.status == 500
+        sender.send(request, failing)
+    assert not down.value.permanent and down.value.status == 500 and "for 30 s" in down.value.reason
+
+
+class DeadLetters:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Record, str]] = []
+
+    def send(self, record: Record, processed: Processed) -> None:
+        assert processed.dead_letter is not None
+        self.sent.append((record, processed.dead_letter.detail))
+
+
+def _stage(answers: dict[str, list[int]], clock: Clock, budget_s: float = 60.0):
+    """A stage with PagerDuty and a webhook answering as scripted (the last answer repeats)."""
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        name = "pagerduty" if "pagerduty" in request.url.host else "webhook"
+        asked.append(name)
+        script = answers[name]
+        return httpx.Response(script.pop(0) if len(script) > 1 else script[0])
+
+    sender = Sender(httpx.Client(transport=httpx.MockTransport(answer)), budget_s, clock=clock)
+    receivers = Receivers(
+        None,
+        PagerDuty("https://events.pagerduty.com/v2/enqueue", "R" * 32),
+        Webhook("https://hooks.example/tdm", b"secret"),
+        {},
+    )
+    dead = DeadLetters()
+    stage = DeliveryStage(
+        receivers,
+        sender,
+        None,  # type: ignore[arg-type]  # no Alertmanager, so no open incidents
+        dead_letters=dead,  # type: ignore[arg-type]
+        metrics=NotifyMetrics(CollectorRegistry()),
+        clock=lambda: NOW,
+    )
+    return stage, asked, dead
+
+
+def _alert_record(offset: int) -> Record:
+    body = low_level_alert().model_dump_json().encode()
+    return Record("lab.alerts", 0, offset, b"PT-77", body, (), int(NOW.timestamp() * 1000))
+
+
+def test_a_receiver_that_already_took_an_event_is_not_asked_again_while_another_fails():
+    clock = Clock()
+    stage, asked, dead = _stage({"pagerduty": [202], "webhook": [503, 503, 202]}, clock)
+    record = _alert_record(4)
+    for _ in range(2):
+        with pytest.raises(NotYet):
+            stage.process(record)
+    assert set(stage.pending) == {Partition("lab.alerts", 0)} and stage.oldest_waiting_s() > 0
+    assert stage.process(record).outcome == "delivered"
+    assert asked == ["pagerduty", "webhook", "webhook", "webhook"]
+    assert not stage.pending and not dead.sent and stage.oldest_waiting_s() == 0.0
+
+
+def test_an_event_a_receiver_keeps_failing_is_dead_lettered_for_it_once_the_budget_is_spent():
+    clock = Clock()
+    stage, asked, dead = _stage({"pagerduty": [400], "webhook": [500]}, clock, budget_s=20.0)
+    record = _alert_record(9)
+    with pytest.raises(NotYet):
+        stage.process(record)
+    clock.now += 20.0
+    assert stage.process(record).outcome == "undelivered"
+    assert [why for _, why in dead.sent] == ["pagerduty: HTTP 400: ", "webhook: HTTP 500 for 20 s"]
+    assert asked == ["pagerduty", "webhook", "webhook"]  # the refusal was not asked again
+    assert not stage.pending
