@@ -14,6 +14,7 @@ class NotifyMetrics(Metrics):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         super().__init__(registry)
         r = self.registry
+        r.unregister(self.ruleset)  # the notifier reads no rule set
         self.deliveries = Counter(
             "tdm_notify_deliveries",
             "Alert events by receiver and outcome: delivered, or dead_lettered (refused, or out of retries).",
@@ -43,6 +44,8 @@ class NotifyMetrics(Metrics):
             ["outcome"],
             registry=r,
         )
+        for outcome in ("sent", "failed"):  # from the first scrape: a rule watches their increase
+            self.resends.labels(outcome)
         self.waiting_partitions = Gauge(
             "tdm_notify_waiting_partitions",
             "Alert partitions paused on an event a receiver keeps failing (retried with back-off).",

@@ -30,6 +30,10 @@ class Notifier(Lifecycle):
         super().__init__(own, metrics, AtLeastOnceDelivery)
         self.receivers = receivers
         self.notify_metrics = metrics
+        for name in receivers.names():  # every series from the first scrape, for rates and rules
+            metrics.retries.labels(name)
+            for outcome in ("delivered", "dead_lettered"):
+                metrics.deliveries.labels(name, outcome)
         self.http = httpx.Client(timeout=settings.notify_timeout_s)
         self.stage: DeliveryStage | None = None
 

@@ -10,15 +10,18 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import DATA, REPO, metrics_port, produce
+from tests.conftest import DATA, REPO, RunningService, metrics_port, produce
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +35,7 @@ def free_port() -> int:
 class Prometheus:
     """Prometheus on loopback, started and stopped by its own pid."""
 
-    def __init__(self, workdir: Path, target_port: int) -> None:
+    def __init__(self, workdir: Path, ports: dict[str, int]) -> None:
         binary = shutil.which("prometheus")
         if binary is None:
             pytest.fail(
@@ -40,7 +43,8 @@ class Prometheus:
             )
         config = yaml.safe_load((REPO / "ops/prometheus/prometheus.yml").read_text())
         config["global"].update(scrape_interval="1s", evaluation_interval="1s")
-        config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{target_port}"]}]
+        for job in config["scrape_configs"]:  # each job at its process here (port by job name)
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}]
         config["rule_files"] = [str(REPO / "ops/prometheus/alerts.yml")]
         config.pop("alerting", None)  # no Alertmanager in this test
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -100,11 +104,17 @@ def test_prometheus_scrapes_the_service_and_loads_the_rules(kafka_bootstrap, top
         b'[{"code": "39803-2", "value": "QNS", "unit": "ug/mL", "status": "final"}]}'
     )
     service = start_service()
-    deadline = time.monotonic() + 30
-    while '"metrics_port"' not in service.log_text():
-        assert time.monotonic() < deadline, service.log_text()
-        time.sleep(0.1)
-    prometheus = Prometheus(tmp_path, metrics_port(service.log_text()))
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Accepting)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    notifier = _notifier(kafka_bootstrap, topics, service.env, tmp_path, receiver.server_port)
+    ports = {}
+    for job, process in (("tdm-alerts", service), ("tdm-alerts-notify", notifier)):
+        deadline = time.monotonic() + 30
+        while '"metrics_port"' not in process.log_text():
+            assert time.monotonic() < deadline, process.log_text()
+            time.sleep(0.1)
+        ports[job] = metrics_port(process.log_text())
+    prometheus = Prometheus(tmp_path, ports)
     try:
         produce(kafka_bootstrap, topics["input"], lines)
         deadline = time.monotonic() + 60
@@ -119,11 +129,18 @@ def test_prometheus_scrapes_the_service_and_loads_the_rules(kafka_bootstrap, top
         assert prometheus.value('tdm_review_incidents_total{reason="no_valid_result"}') == 1
         assert prometheus.value('sum(tdm_messages_consumed_total{outcome="dead_lettered"})') == 2
         assert prometheus.value('tdm_dead_letters_total{reason="invalid"}') == 1
-        assert prometheus.value("tdm_ready") == 1
-        assert prometheus.value("tdm_assigned_partitions") == 3 + 6  # input, and patient-state partitions
+        assert prometheus.value('tdm_ready{job="tdm-alerts"}') == 1
+        # The input's partitions, and the patient-state topic's.
+        assert prometheus.value('tdm_assigned_partitions{job="tdm-alerts"}') == 3 + 6
         # Every lab message, and each patient-topic record that produced an event (the 5 alerts).
         assert prometheus.value("sum(tdm_end_to_end_seconds_count)") == len(lines) + 5
         assert prometheus.value("count(tdm_ruleset_info)") == 1
+        # The notifier took the 5 alerts to its receiver, and is scraped as its own job.
+        deadline = time.monotonic() + 60
+        while prometheus.value('sum(tdm_notify_deliveries_total{outcome="delivered"})') != 5:
+            assert time.monotonic() < deadline, notifier.log_text()[-3000:]
+            time.sleep(0.5)
+        assert prometheus.value('up{job="tdm-alerts-notify"}') == 1
 
         groups = prometheus.api("rules")["groups"]
         assert isinstance(groups, list)
@@ -157,4 +174,35 @@ def test_prometheus_scrapes_the_service_and_loads_the_rules(kafka_bootstrap, top
             time.sleep(1)
     finally:
         prometheus.stop()
+        receiver.shutdown()
+        assert notifier.stop() == 0
         assert service.stop() == 0
+
+
+class _Accepting(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(202)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _notifier(
+    bootstrap: str, topics: dict[str, str], env: dict[str, str], tmp_path: Path, port: int
+) -> RunningService:
+    from tests.integration.test_notify import admin_topics
+
+    undelivered = topics["dlq"] + ".undelivered"
+    admin_topics(bootstrap, [undelivered])
+    secret = tmp_path / "webhook-secret"
+    secret.write_text("a-shared-secret\n")
+    settings = {
+        "TDM_NOTIFY_GROUP_ID": f"n-{uuid.uuid4().hex[:8]}",
+        "TDM_NOTIFY_DLQ_TOPIC": undelivered,
+        "TDM_NOTIFY_INCIDENTS_TOPIC": topics["alerts"] + ".incidents",
+        "TDM_NOTIFY_WEBHOOK_URL": f"http://127.0.0.1:{port}/tdm",
+        "TDM_NOTIFY_WEBHOOK_SECRET_FILE": str(secret),
+    }
+    return RunningService({**env, **settings}, tmp_path / "notifier.log", command="notify")

@@ -18,16 +18,19 @@ import pytest
 import yaml
 
 from consumer.metrics import Metrics
+from consumer.notify.metrics import NotifyMetrics
 from consumer.settings import Settings
 from tests.conftest import REPO
 
 OPS = REPO / "ops"
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
 DASHBOARD = json.loads((OPS / "grafana/dashboards/tdm-alerts.json").read_text())
+# The lab-result service's manifests, by kind (the notifier's, notify-*.yaml, are checked in
+# tests/ops/test_k8s_manifests.py).
 K8S = {
     doc["kind"]: doc
     for path in sorted((OPS / "k8s").glob("*.yaml"))
-    if path.name != "kustomization.yaml"
+    if path.name != "kustomization.yaml" and not path.name.startswith("notify-")
     for doc in yaml.safe_load_all(path.read_text())
 }
 
@@ -43,7 +46,8 @@ def exposed_metric_names() -> set[str]:
     """Every series name the service exposes, with histogram and counter suffixes."""
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "info": ["_info"]}
     names = set()
-    for family in Metrics().registry.collect():
+    families = [*Metrics().registry.collect(), *NotifyMetrics().registry.collect()]
+    for family in families:  # the service's and the notifier's
         names.add(family.name)
         names.update(family.name + suffix for suffix in suffixes.get(family.type, []))
     return names
@@ -167,6 +171,10 @@ def test_dashboard_covers_the_issue_and_uses_only_real_metrics():
         "tdm_dead_letters_total",
         "tdm_end_to_end_seconds_bucket",
         "tdm_ready",
+        "tdm_notify_deliveries_total",
+        "tdm_notify_delivery_seconds_bucket",
+        "tdm_notify_open_incidents",
+        "tdm_notify_oldest_undelivered_seconds",
     ):
         assert needed in text
 

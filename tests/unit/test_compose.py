@@ -44,3 +44,22 @@ def test_long_running_services_come_back_after_a_crash_or_a_reboot():
     for name, service in services.items():
         expected = "on-failure" if name == "create-topics" else "unless-stopped"
         assert service.get("restart") == expected, name
+
+
+def test_the_notifier_is_its_own_service_scraped_as_its_job_with_secrets_as_files():
+    notify = SERVICES["tdm-alerts-notify"]
+    assert notify["command"] == ["notify"] and notify["build"] == "."
+    env = notify["environment"]
+    mount = next(v for v in SERVICES["prometheus"]["volumes"] if "prometheus.yml" in v)
+    config = yaml.safe_load((REPO / mount.split(":")[0]).read_text())
+    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert jobs["tdm-alerts-notify"] == [f"tdm-alerts-notify:{env['TDM_METRICS_PORT']}"]
+    # Its receivers are the stack's own services; the signing secret is a mounted file.
+    assert env["TDM_NOTIFY_ALERTMANAGER_URL"].startswith("http://alertmanager:")
+    assert env["TDM_NOTIFY_WEBHOOK_URL"].startswith("http://alert-webhook:")
+    [secret] = notify["secrets"]
+    assert env["TDM_NOTIFY_WEBHOOK_SECRET_FILE"] == f"/run/secrets/{secret}"
+    assert (REPO / COMPOSE["secrets"][secret]["file"]).read_text().strip()
+    assert not any("SECRET" in k and not k.endswith("_FILE") for k in env)
+    topics = SERVICES["create-topics"]["command"][0]
+    assert env["TDM_NOTIFY_DLQ_TOPIC"] + ":" in topics
