@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 	{ command -v promtool && command -v amtool; } >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus prometheus-alertmanager; }
 	mkdir -p .cache && touch $@
 
-## demo: start a local broker, run the service over the sample feed, print its alerts
-demo: $(STAMP) .cache/kafka/.fetched
+## demo: start a local broker, run the service over the sample feed, print its alerts, and page
+## them to a real Alertmanager through `tdm-alerts notify` (printed with amtool)
+demo: $(STAMP) .cache/kafka/.fetched .cache/prometheus.installed
 	$(BIN)/python ops/demo.py
 
 ## bench: start a local broker, pre-load a 200,000-message mixed feed, compare tdm-alerts with

@@ -1,4 +1,5 @@
-"""`make demo`: a local broker, the service, the sample feed, and the alerts it published.
+"""`make demo`: a local broker, the service, the sample feed, the alerts it published, and
+those alerts paged to a real Alertmanager by `tdm-alerts notify` (shown by `amtool`).
 
 Starts everything it needs, shows the result, and stops everything it started, even on error.
 """
@@ -26,6 +27,14 @@ BROKER = REPO / "ops" / "kafka" / "local-broker"
 WORK = REPO / ".cache" / "demo"
 FEED = REPO / "tests" / "data" / "sample-feed.jsonl"
 INPUT, ALERTS, DLQ = "lab.results", "lab.alerts", "lab.results.dlq"
+UNDELIVERED = "lab.alerts.undelivered"
+ALERTMANAGER_CONFIG = """\
+# The demo's Alertmanager: it holds the pages; a real one routes them to the on-call.
+route:
+  receiver: on-call
+receivers:
+  - name: on-call
+"""
 
 
 def free_port(preferred: int) -> int:
@@ -59,6 +68,48 @@ def read_all(bootstrap: str, topic: str) -> list:
         consumer.close()
 
 
+def start_alertmanager(port: int) -> subprocess.Popen[bytes]:
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        raise RuntimeError("prometheus-alertmanager is missing: `make demo` installs it")
+    config = WORK / "alertmanager.yml"
+    config.write_text(ALERTMANAGER_CONFIG)
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.path={WORK / 'alertmanager'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(WORK / "alertmanager.log").open("wb"),
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(OSError):
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2).status == 200:
+                return proc
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"Alertmanager did not start; see {WORK / 'alertmanager.log'}")
+        time.sleep(0.2)
+
+
+def wait_consumed(
+    process: subprocess.Popen[bytes], metrics_url: str, topic: str, count: int, log: Path
+) -> None:
+    deadline = time.monotonic() + 60
+    done = 0.0
+    while time.monotonic() < deadline and done < count:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[-1]} exited early; see {log}")
+        with contextlib.suppress(OSError):  # the metrics server may not be up yet
+            done = consumed_total(metrics_url, topic)
+        time.sleep(0.3)
+    if done < count:
+        raise RuntimeError(f"only {done:.0f} of {count} messages of {topic} processed in 60 s; see {log}")
+
+
 def main() -> int:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
@@ -70,12 +121,18 @@ def main() -> int:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    service = None
+    service = notifier = alertmanager = None
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        admin.create_topics([NewTopic(INPUT, 3, 1), NewTopic(ALERTS, 3, 1), NewTopic(DLQ, 1, 1)])
+        topics = [
+            NewTopic(INPUT, 3, 1),
+            NewTopic(ALERTS, 3, 1),
+            NewTopic(DLQ, 1, 1),
+            NewTopic(UNDELIVERED, 1, 1),
+        ]
+        admin.create_topics(topics)
         admin.close()
-        print(f"   broker {bootstrap}; topics {INPUT}, {ALERTS}, {DLQ}")
+        print(f"   broker {bootstrap}; topics {INPUT}, {ALERTS}, {DLQ}, {UNDELIVERED}")
 
         port = free_port(int(os.environ.get("TDM_METRICS_PORT", "9108")))
         metrics_url = f"http://127.0.0.1:{port}/metrics"
@@ -104,18 +161,7 @@ def main() -> int:
         producer.close()
         print(f"== replayed {len(messages)} messages from {FEED.relative_to(REPO)}")
 
-        deadline = time.monotonic() + 60
-        done = 0.0
-        while time.monotonic() < deadline and done < len(messages):
-            if service.poll() is not None:
-                raise RuntimeError(f"the service exited early; see {log_path}")
-            with contextlib.suppress(OSError):  # the metrics server may not be up yet
-                done = consumed_total(metrics_url, INPUT)
-            time.sleep(0.3)
-        if done < len(messages):
-            raise RuntimeError(
-                f"only {done:.0f} of {len(messages)} messages processed in 60 s; see {log_path}"
-            )
+        wait_consumed(service, metrics_url, INPUT, len(messages), log_path)
 
         time.sleep(2)  # the patient-state stage runs a batch behind the intake
         alerts = read_all(bootstrap, ALERTS)
@@ -141,6 +187,44 @@ def main() -> int:
                 f"{headers['tdm.dlq.error']}"
             )
 
+        am_port = free_port(9093)
+        am_url = f"http://127.0.0.1:{am_port}"
+        alertmanager = start_alertmanager(am_port)
+        notify_port = free_port(port + 1)
+        notify_log = WORK / "notify.log"
+        print(
+            f"\n== paging: Alertmanager at {am_url}; tdm-alerts notify (log: {notify_log.relative_to(REPO)})"
+        )
+        notifier = subprocess.Popen(
+            [sys.executable, "-m", "consumer", "notify"],
+            env={
+                **env,
+                "TDM_METRICS_PORT": str(notify_port),
+                "TDM_NOTIFY_ALERTMANAGER_URL": am_url,
+                "TDM_NOTIFY_DLQ_TOPIC": UNDELIVERED,
+            },
+            cwd=REPO,
+            stdout=notify_log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_consumed(notifier, f"http://127.0.0.1:{notify_port}/metrics", ALERTS, len(alerts), notify_log)
+        amtool = shutil.which("amtool")
+        if amtool is None:
+            raise RuntimeError("amtool is missing: `make demo` installs it")
+        query = [amtool, "alert", "query", "alertname=InfliximabTDM", f"--alertmanager.url={am_url}"]
+        print(f"$ amtool alert query alertname=InfliximabTDM --alertmanager.url={am_url}")
+        shown = subprocess.run(query, capture_output=True, text=True, check=True).stdout
+        print("\n".join("  " + line for line in shown.rstrip().splitlines()))
+        last = {json.loads(r.value)["incident_key"]: json.loads(r.value)["action"] for r in alerts}
+        open_incidents = sum(action != "resolve" for action in last.values())
+        pages = len(shown.strip().splitlines()) - 1  # under the header
+        print(
+            f"   {len(alerts)} alert events, {len(last)} incidents, {open_incidents} open: one page each, "
+            "updated in place and re-sent while open"
+        )
+        if pages != open_incidents:
+            raise RuntimeError(f"Alertmanager shows {pages} pages for {open_incidents} open incidents")
+
         print(f"\n== metrics were served at {metrics_url} (also /healthz, /readyz); a sample:")
         text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
         for line in text.splitlines():
@@ -150,6 +234,12 @@ def main() -> int:
                 print("  " + line)
         return 0
     finally:
+        if notifier is not None and notifier.poll() is None:
+            notifier.send_signal(signal.SIGTERM)
+            print(f"\n== notifier stopped (exit {notifier.wait(timeout=30)})")
+        if alertmanager is not None:
+            alertmanager.terminate()
+            alertmanager.wait(timeout=10)
         if service is not None and service.poll() is None:
             service.send_signal(signal.SIGTERM)
             code = service.wait(timeout=30)
