@@ -19,26 +19,51 @@ log = structlog.get_logger("tdm_alerts.access")
 KAFKA_MAX_MESSAGE_BYTES = 1_048_588
 
 
-def check_topic_access(settings: Settings, client: Client) -> None:
-    """Raise FatalError naming each topic we may not use and the ACL or topic that is missing."""
+# (topic, operation, the setting that names it)
+Need = tuple[str, str, str]
+
+
+def service_needs(settings: Settings) -> list[Need]:
+    """`tdm-alerts run`: read the input topics, write the alert and dead-letter topics."""
     wanted = [
         (t, "READ", "TDM_INPUT_TOPICS") for t in ([] if settings.input_pattern else settings.input_topics)
     ]
-    wanted += [
+    return [
+        *wanted,
         (settings.alert_topic, "WRITE", "TDM_ALERT_TOPIC"),
         (settings.dlq_topic, "WRITE", "TDM_DLQ_TOPIC"),
     ]
+
+
+def notifier_needs(settings: Settings) -> list[Need]:
+    """`tdm-alerts notify`: read the alerts, write its dead letters, read and write its incidents."""
+    return [
+        (settings.alert_topic, "READ", "TDM_ALERT_TOPIC"),
+        (settings.notify_dlq_topic, "WRITE", "TDM_NOTIFY_DLQ_TOPIC"),
+        (settings.notify_incidents_topic, "READ", "TDM_NOTIFY_INCIDENTS_TOPIC"),
+        (settings.notify_incidents_topic, "WRITE", "TDM_NOTIFY_INCIDENTS_TOPIC"),
+    ]
+
+
+def check_topic_access(client: Client, wanted: list[Need]) -> None:
+    """Raise FatalError naming each topic we may not use and the ACL or topic that is missing."""
+    # Per topic, every operation wanted on it: one line says all that is missing there.
+    by_topic: dict[tuple[str, str], list[str]] = {}
+    for topic, operation, setting in wanted:
+        by_topic.setdefault((topic, setting), []).append(operation)
     admin = client.admin()
     try:
-        described = admin.describe_topics([t for t, _, _ in wanted])
+        described = admin.describe_topics(list(dict.fromkeys(t for t, _ in by_topic)))
     finally:
         admin.close()
     problems: list[str] = []
-    for topic, operation, setting in wanted:
+    for (topic, setting), operations in by_topic.items():
         found = described[topic]
-        grant = f"grant {operation} on Topic:{topic} to this service's principal (README 'Security')"
+        missing = [op for op in operations if op not in (found.operations or {op})]
+        ops = " and ".join(missing or operations)
+        grant = f"grant {ops} on Topic:{topic} to this process's principal (README 'Security')"
         if found.failure is Failure.MISSING_TOPIC:
-            if operation == "READ":
+            if operations == ["READ"]:
                 log.warning("input topic does not exist yet; waiting for it", topic=topic)
                 continue
             problems.append(f"topic {topic} ({setting}) does not exist: create it (README 'Topics')")
@@ -50,8 +75,8 @@ def check_topic_access(settings: Settings, client: Client) -> None:
             )
         elif found.failure is not None:
             problems.append(f"topic {topic} ({setting}): {found.error}")
-        elif operation not in (found.operations or {operation}):
-            problems.append(f"not authorised to {operation} topic {topic} ({setting}): {grant}")
+        elif missing:
+            problems.append(f"not authorised to {ops} topic {topic} ({setting}): {grant}")
     if problems:
         raise FatalError("; ".join(problems))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from consumer.access import check_topic_access, dead_letter_limit
+from consumer.access import check_topic_access, dead_letter_limit, service_needs
 from consumer.accounting import Accounting
 from consumer.delivery import delivery_for
 from consumer.lifecycle import Built, Lifecycle
@@ -33,7 +33,7 @@ class Service(Lifecycle):
     def build(self) -> Built:
         """Access checked, internal topics in place, the stages built for this mode."""
         s = self.settings
-        self.backoff(lambda: check_topic_access(s, self.client), "admin")
+        self.backoff(lambda: check_topic_access(self.client, service_needs(s)), "admin")
         limit = self.backoff(lambda: dead_letter_limit(s, self.client), "admin")
         states = gate = None
         if s.patient_state:

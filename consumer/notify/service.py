@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import httpx
 
-from consumer.access import dead_letter_limit
-from consumer.clients.seam import TopicSpec
+from consumer.access import check_topic_access, dead_letter_limit, notifier_needs
+from consumer.clients.seam import Failure, TopicSpec
 from consumer.delivery import AtLeastOnceDelivery
 from consumer.fatal import FatalError
 from consumer.lifecycle import Built, Lifecycle
@@ -49,7 +49,9 @@ class Notifier(Lifecycle):
 
     def build(self) -> Built:
         s = self.settings
+        # Made first if missing (it is the notifier's own), then every topic's ACLs are checked.
         self.backoff(self._ensure_incidents_topic, "admin")
+        self.backoff(lambda: check_topic_access(self.client, notifier_needs(s)), "admin")
         limit = self.backoff(
             lambda: dead_letter_limit(s.model_copy(update={"dlq_topic": s.notify_dlq_topic}), self.client),
             "admin",
@@ -78,6 +80,11 @@ class Notifier(Lifecycle):
         try:
             found = admin.describe_topics([s.alert_topic, s.notify_incidents_topic])
             alerts, incidents = found[s.alert_topic], found[s.notify_incidents_topic]
+            if (
+                alerts.failure is Failure.NOT_AUTHORISED_TOPIC
+                or incidents.failure is Failure.NOT_AUTHORISED_TOPIC
+            ):
+                return  # the access check names the ACL to grant
             if alerts.failure is not None:
                 raise FatalError(
                     f"alert topic {s.alert_topic} (TDM_ALERT_TOPIC) cannot be read: {alerts.error}"

@@ -9,6 +9,9 @@ NAME is one of:
   confluent             the bare loop with confluent-kafka (librdkafka), what a user could pick instead
   quix                  a Quix Streams application running our decoders and interpretation core
                         (filter, interpret, publish alerts and dead letters), exactly once
+  bridge                the bare paging bridge a README field mapping leads to: kafka-python
+                        reads alert events and POSTs each to the URL in --sink (httpx), offsets
+                        committed after each batch's posts; no retry, routing or signature
 
 Prints one JSON object: when the first record arrived, when the last was committed, CPU
 seconds and peak RSS of the process.
@@ -102,6 +105,37 @@ def confluent(args: argparse.Namespace) -> dict[str, float]:
     return {"first_at": first, "done_at": done, "messages": seen, **usage()}
 
 
+def bridge(args: argparse.Namespace) -> dict[str, float]:
+    import httpx
+    from kafka import KafkaConsumer
+    from kafka.structs import OffsetAndMetadata
+
+    consumer = KafkaConsumer(
+        args.topic,
+        bootstrap_servers=args.bootstrap,
+        group_id=args.group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_records=POLL_RECORDS,
+    )
+    client = httpx.Client(timeout=10)
+    seen, first = 0, 0.0
+    while seen < args.expect:
+        batch = consumer.poll(timeout_ms=100)
+        if not batch:
+            continue
+        first = first or time.time()
+        for records in batch.values():
+            for r in records:
+                client.post(args.sink, content=r.value, headers={"Content-Type": "application/json"})
+        consumer.commit({tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in batch.items()})
+        seen += sum(len(rs) for rs in batch.values())
+    done = time.time()
+    consumer.close()
+    return {"first_at": first, "done_at": done, "messages": seen, **usage()}
+
+
 def quix(args: argparse.Namespace) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from quixstreams import Application
@@ -149,7 +183,9 @@ def quix(args: argparse.Namespace) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("name", choices=["kafka-python", "kafka-python-consume", "confluent", "quix"])
+    parser.add_argument(
+        "name", choices=["kafka-python", "kafka-python-consume", "confluent", "quix", "bridge"]
+    )
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--sink", required=True)
@@ -163,6 +199,8 @@ def main() -> None:
         result = kafka_python(args, produce=False)
     elif args.name == "confluent":
         result = confluent(args)
+    elif args.name == "bridge":
+        result = bridge(args)
     else:
         result = quix(args)
     print(json.dumps(result), flush=True)

@@ -23,6 +23,7 @@ import time
 import urllib.request
 import uuid
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,12 +180,12 @@ def service_env(
 
 
 class Service:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, command: str = "run") -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.started = time.time()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "consumer", "run"],
+            [sys.executable, "-m", "consumer", command],
             env=env,
             cwd=REPO,
             stdout=self._log,
@@ -479,6 +480,173 @@ def latency(
     }
 
 
+# -- paging --------------------------------------------------------------------------------
+
+PAGING_RATE = 50  # alert events/s: the issue's target is p99 <= 1 s from commit to receiver here
+PAGING_PATIENTS = 1_000
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """A webhook that accepts at once and notes when each event arrived."""
+
+    arrived: dict[str, float]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.arrived.setdefault(json.loads(body)["event_id"], time.time())
+        self.send_response(202)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def alert_events(count: int) -> list[tuple[str, bytes, bytes]]:
+    """(event id, key, value): alert events as the service publishes them, one patient in 1,000."""
+    from consumer.pipeline import Pipeline
+    from interpretation import SourceRef, default_ruleset
+
+    low = json.dumps(
+        {
+            "patient_id": "P",
+            "accession": "A",
+            "results": [{"code": "39803-2", "value": "1.2", "unit": "ug/mL"}],
+        }
+    ).encode()
+    [alert] = Pipeline(default_ruleset(), 1 << 20).process(low, SourceRef()).alerts
+    events = []
+    for i in range(count):
+        patient = f"BENCH-{i % PAGING_PATIENTS:04d}"
+        event = alert.model_copy(
+            update={"event_id": uuid.uuid4().hex, "patient_id": patient, "incident_key": uuid.uuid4().hex}
+        )
+        events.append((event.event_id, patient.encode(), event.model_dump_json().encode()))
+    return events
+
+
+def paging(bootstrap: str, seconds: float, who: str) -> dict[str, float | str]:
+    """Offer PAGING_RATE alert events/s to `who` (the notifier on a client, or the bare bridge);
+    time from each event's commit (its record time) to the receiver's acceptance."""
+    alerts, undelivered = (f"bench.page.{x}.{uuid.uuid4().hex[:6]}" for x in ("alerts", "undelivered"))
+    create_topics(bootstrap, (alerts, PARTITIONS), (undelivered, 1))
+    handler = type("Receiver", (_Receiver,), {"arrived": {}})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/tdm"
+    total = int(PAGING_RATE * (LATENCY_WARMUP_S + seconds))
+    events = alert_events(total)
+    group = f"bench-page-{uuid.uuid4().hex[:6]}"
+    if who == "bare bridge":
+        loop = subprocess.Popen(
+            [sys.executable, str(REPO / "ops/bench/loops.py"), "bridge", "--bootstrap", bootstrap,
+             "--topic", alerts, "--sink", url, "--group", group, "--expect", str(total)],
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        pid = loop.pid
+        time.sleep(3.0)  # its join; the warm-up covers the rest
+    else:
+        secret = WORK / "webhook-secret"
+        secret.write_text("bench\n")
+        env = service_env(bootstrap, f"{alerts}.unread", alerts, undelivered, "at_least_once", client=who)
+        env.update(
+            TDM_NOTIFY_GROUP_ID=group,
+            TDM_NOTIFY_WEBHOOK_URL=url,
+            TDM_NOTIFY_WEBHOOK_SECRET_FILE=str(secret),
+            TDM_NOTIFY_DLQ_TOPIC=undelivered,
+            TDM_NOTIFY_INCIDENTS_TOPIC=f"{alerts}.incidents",
+        )
+        notifier = Service(env, WORK / f"notify-{who}.log", command="notify")
+        notifier.assigned_at()
+        pid = notifier.proc.pid
+    committed: dict[str, float] = {}
+    try:
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": LATENCY_LINGER_MS})
+
+        def delivered(err: object, msg: object) -> None:
+            if err is None:
+                event_id = json.loads(msg.value())["event_id"]  # type: ignore[attr-defined]
+                committed[event_id] = msg.timestamp()[1] / 1000  # type: ignore[attr-defined]
+
+        began = time.perf_counter()
+        measured_from = time.time() + LATENCY_WARMUP_S
+        for i, (_, key, value) in enumerate(events):
+            due = began + i / PAGING_RATE
+            while (now := time.perf_counter()) < due:
+                time.sleep(min(due - now, 0.002))
+            producer.produce(alerts, key=key, value=value, on_delivery=delivered)
+            producer.poll(0)
+        producer.flush()
+        deadline = time.monotonic() + 30
+        while len(handler.arrived) < total and time.monotonic() < deadline:
+            time.sleep(0.2)
+        usage = proc_usage(pid)
+    finally:
+        server.shutdown()
+        if who == "bare bridge":
+            try:
+                out, _ = loop.communicate(timeout=30)  # it ends once it has every event
+                usage = json.loads(out)  # its own peak RSS: it has exited by now
+            except subprocess.TimeoutExpired:
+                loop.kill()
+                loop.wait()
+        else:
+            notifier.stop()
+    waits = sorted(
+        handler.arrived[e] - committed[e] for e in handler.arrived if committed.get(e, 0) >= measured_from
+    )
+    if not waits:
+        raise RuntimeError(f"no events reached the receiver ({who})")
+
+    def pct(p: float) -> float:
+        return waits[min(len(waits) - 1, int(p * len(waits)))] * 1000
+
+    return {
+        "who": who,
+        "offered_per_s": PAGING_RATE,
+        "events": len(waits),
+        "delivered": len(handler.arrived),
+        "sent": total,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": waits[-1] * 1000,
+        "peak_rss_mb": usage["peak_rss_mb"],
+    }
+
+
+def paging_table(rows_in: list[dict[str, float | str]]) -> list[str]:
+    bare = next(r for r in rows_in if r["who"] == "bare bridge")
+    rows = [("deliverer", "events/s", "delivered", "p50 ms", "p99 ms", "max ms", "p99 x bare", "peak RSS MB")]
+    for r in rows_in:
+        rows.append(
+            (
+                "bare bridge (kafka-python + httpx)"
+                if r["who"] == "bare bridge"
+                else f"tdm-alerts notify, {r['who']}",
+                f"{r['offered_per_s']}",
+                f"{r['delivered']}/{r['sent']}",
+                f"{r['p50_ms']:.0f}",
+                f"{r['p99_ms']:.0f}",
+                f"{r['max_ms']:.0f}",
+                f"{float(r['p99_ms']) / float(bare['p99_ms']):.2f}",
+                f"{r['peak_rss_mb']:.0f}",
+            )
+        )
+    note = (
+        f"(commit of the alert event to the webhook's acceptance; first {LATENCY_WARMUP_S:.0f} s not "
+        "counted; targets: p99 <= 1,000 ms, notifier RSS <= 80 MB)"
+    )
+    return [*_grid(rows), note]
+
+
+def run_paging(bootstrap: str, seconds: float) -> list[dict[str, float | str]]:
+    out = []
+    for who in ("bare bridge", *CLIENTS):
+        log(f"paging at {PAGING_RATE} events/s for {seconds:.0f} s ({who})")
+        out.append(paging(bootstrap, seconds, who))
+        log(f"  {out[-1]}")
+    return out
+
+
 # -- in-process ----------------------------------------------------------------------------
 
 
@@ -622,6 +790,8 @@ def table(results: dict[str, object]) -> str:
             f"{st['restore_peak_rss_mb']:.0f} MB)"
         )
     lines.append("")
+    if "paging" in results:
+        lines += [*paging_table(results["paging"]), ""]
     rows = [("format", "message kind", "us per message")]
     for fmt, costs in results["in_process_us"].items():
         rows += [(fmt, kind, f"{us:.1f}") for kind, us in costs.items()]
@@ -642,8 +812,22 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=35.0)  # >= 1,000 alerts at 2,000 msgs/s
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "benchmarks.json")
     parser.add_argument("--state-patients", type=int, default=100_000)
+    parser.add_argument("--paging-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--only", choices=["paging"], help="run this step alone; its results replace the JSON's"
+    )
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.only == "paging":
+        bootstrap = start_broker()
+        try:
+            found = run_paging(bootstrap, args.paging_seconds)
+        finally:
+            stop_broker()
+        print("\n".join(paging_table(found)))
+        kept = json.loads(args.json.read_text()) if args.json.exists() else {}
+        args.json.write_text(json.dumps({**kept, "paging": found}, indent=2) + "\n")
+        return
     messages = list(feed.generate(args.messages))
     relevant = sum(m.relevant for m in messages)
     records = patient_records(messages)
@@ -764,6 +948,7 @@ def main() -> None:
             results["latency"].append(
                 latency(bootstrap, lat_feed, rate, args.latency_seconds, client, keyed=keyed)
             )
+        results["paging"] = run_paging(bootstrap, args.paging_seconds)
         log("in-process costs")
         results["in_process_us"] = in_process(messages)
     finally:

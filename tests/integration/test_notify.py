@@ -148,6 +148,47 @@ def test_an_incident_stays_active_in_alertmanager_until_it_resolves_through_a_ki
     assert notifier.stop() == 0 and service.stop() == 0
 
 
+def test_open_incidents_move_with_their_partitions_to_another_live_notifier(
+    topics, service_env, start_service, alertmanager, tmp_path
+):
+    """Two notifiers share the alert topic; the first is killed -9. The second takes its
+    partitions and their open incidents (from the compacted topic) and keeps every page up past
+    several of Alertmanager's windows; a correction then resolves a moved incident."""
+    from tests.conftest import metric_total, metrics_port, scrape
+    from tests.integration.test_exactly_once import wait_for_log
+
+    resend_s = 5  # a page ends 4 re-sends (20 s) after the last one that reached Alertmanager
+    kafka_bootstrap = service_env["TDM_BOOTSTRAP_SERVERS"]
+    notify = _notify_settings(
+        kafka_bootstrap, topics, TDM_NOTIFY_ALERTMANAGER_URL=alertmanager, TDM_NOTIFY_RESEND_S=str(resend_s)
+    )
+    service = start_service(**SERVICE)
+    first = _notifier(service_env, tmp_path, "notifier-1", **notify)
+    patients = [f"PT-MOVE-{n}" for n in range(6)]
+    for patient in patients:
+        _send(kafka_bootstrap, topics["input"], "1.2", patient=patient)
+    wait_until(lambda: len(active_alerts(alertmanager)) == len(patients), timeout_s=90)
+    second = _notifier(service_env, tmp_path, "notifier-2", **notify)
+    wait_for_log(second, '"metrics_port"')
+
+    def held(name: str) -> float:
+        assert second.alive() or second.revive(), second.log_text()[-3000:]
+        return metric_total(scrape(metrics_port(second.log_text())), name)
+
+    wait_until(lambda: held("tdm_assigned_partitions") > 0, timeout_s=90)  # the group shares the work
+    first.kill()
+    wait_until(lambda: held("tdm_assigned_partitions") == 3, timeout_s=90)
+    assert held("tdm_notify_open_incidents") == len(patients)
+    time.sleep(resend_s * 4 * 1.5)  # past the end of every post the first notifier made
+    assert len(active_alerts(alertmanager)) == len(patients), second.log_text()[-3000:]
+
+    for patient in patients[:2]:
+        _send(kafka_bootstrap, topics["input"], "5.0", status="corrected", patient=patient)
+    wait_until(lambda: len(active_alerts(alertmanager)) == len(patients) - 2, timeout_s=60)
+    assert held("tdm_notify_open_incidents") == len(patients) - 2
+    assert second.stop() == 0 and service.stop() == 0
+
+
 def admin_topics(bootstrap: str, names: list[str]) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic

@@ -347,3 +347,31 @@ def test_operator_commands_name_a_missing_permission_and_work_with_the_documente
         assert done.returncode == 0, (command, done.stderr)
     replayed = read_topic(grants.bootstrap, grants.input, expected=1, timeout_s=30)
     assert [r.value for r in replayed] == [b"{}"]
+
+
+def test_the_notifier_names_each_acl_it_lacks_at_start(secure, grants, tmp_path):
+    """`notify` as the lab-result service's principal: it may write alerts but not read them, and
+    has no rights on the notifier's own topics. One fatal line names each missing grant."""
+    grants.grant()
+    env = _env(
+        secure,
+        grants,
+        tmp_path,
+        TDM_NOTIFY_ALERTMANAGER_URL="http://127.0.0.1:9",  # never reached: it stops first
+        TDM_NOTIFY_DLQ_TOPIC=f"{grants.alerts}.undelivered",
+        TDM_NOTIFY_INCIDENTS_TOPIC=f"{grants.alerts}.incidents",
+    )
+    began = time.monotonic()
+    notifier = RunningService(env, tmp_path / "notify.log", command="notify")
+    try:
+        code = notifier.proc.wait(timeout=EXIT_WITHIN_S)
+    finally:
+        notifier.stop()
+    log = notifier.log_text()
+    assert code == 1, log[-3000:]
+    [fatal] = [json.loads(line) for line in log.splitlines() if '"event": "fatal"' in line]
+    error = fatal["error"]
+    assert f"not authorised to READ topic {grants.alerts} (TDM_ALERT_TOPIC)" in error, error
+    assert "(TDM_NOTIFY_DLQ_TOPIC)" in error and "(TDM_NOTIFY_INCIDENTS_TOPIC)" in error, error
+    assert error.count("TDM_NOTIFY_INCIDENTS_TOPIC") == 1  # read and written: said once
+    assert time.monotonic() - began < EXIT_WITHIN_S
