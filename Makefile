@@ -31,6 +31,7 @@ demo: $(STAMP) .cache/kafka/.fetched .cache/prometheus.installed
 ## the kafka-python ceiling and its peers; prints a table, writes docs/benchmarks.json
 bench: $(STAMP) .venv/.bench-installed .cache/kafka/.fetched
 	$(BIN)/python ops/bench/run.py
+	$(BIN)/python ops/bench/forecast_check.py
 
 .venv/.bench-installed: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'

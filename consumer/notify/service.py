@@ -10,7 +10,7 @@ from __future__ import annotations
 import httpx
 
 from consumer.access import check_topic_access, dead_letter_limit, notifier_needs
-from consumer.clients.seam import Failure, TopicSpec
+from consumer.clients.seam import ClientError, Failure, TopicSpec
 from consumer.delivery import AtLeastOnceDelivery
 from consumer.fatal import FatalError
 from consumer.lifecycle import Built, Lifecycle
@@ -98,5 +98,9 @@ class Notifier(Lifecycle):
                 return
             spec = TopicSpec(s.notify_incidents_topic, alerts.partitions, {"cleanup.policy": "compact"})
             admin.create_topics([spec])
+            # Retried (with back-off) until the new topic shows in the metadata: the access
+            # check that follows would otherwise find it missing (seen in a test).
+            if admin.describe_topics([s.notify_incidents_topic])[s.notify_incidents_topic].failure:
+                raise ClientError(Failure.TRANSIENT, f"{s.notify_incidents_topic} created; not yet described")
         finally:
             admin.close()

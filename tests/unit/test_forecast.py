@@ -1,0 +1,185 @@
+"""The next-trough forecast: the published model's kinetics, the individual fit, and its refusals."""
+
+from __future__ import annotations
+
+import random
+import sys
+from datetime import datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interpretation.forecast import Antibodies, Forecast, Level, Patient, Refused, estimate, forecast
+from interpretation.pharmacokinetics import (
+    Covariates,
+    Dose,
+    concentration,
+    fasanmade_2009,
+    individual,
+    steady_trough,
+    terminal_half_life_days,
+)
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "ops" / "bench"))
+from forecast_check import check, virtual_patients
+
+MODEL = fasanmade_2009()
+T0 = datetime(2026, 1, 5, 9, 0)
+INFUSION = MODEL.infusion_hours / 24
+TYPICAL = Covariates(
+    MODEL.weight_reference_kg, MODEL.albumin_reference_g_per_dl, antibodies=False, female=False
+)
+
+
+def schedule(mg: float = 385, days: tuple[int, ...] = (0, 14, 42, 98, 154, 210)) -> list[Dose]:
+    return [Dose(T0 + timedelta(days=d), mg) for d in days]
+
+
+def patient(**changes: object) -> Patient:
+    base = Patient(
+        levels=[Level(T0 + timedelta(days=266) - timedelta(hours=1), 1.9)],
+        doses=schedule(days=(0, 14, 42, 98, 154, 210, 266 - 56 + 56)),
+        weight_kg=77.0,
+        albumin_g_per_dl=None,
+        female=None,
+        antibodies=Antibodies.NEGATIVE,
+        route="intravenous",
+        age_years=None,
+        indication=None,
+    )
+    base = base._replace(doses=schedule(days=(0, 14, 42, 98, 154, 210)))
+    return base._replace(**changes)
+
+
+def test_the_typical_patient_has_the_papers_half_life_and_settles_at_the_closed_form_trough():
+    typical = individual(MODEL, TYPICAL)
+    assert typical == (0.407, 3.29, 7.14, 4.13)  # the cited Table 3 values, for the reference patient
+    # The abstract's "about 14 days", within 10%.
+    assert terminal_half_life_days(typical) == pytest.approx(MODEL.half_life_days, rel=0.10)
+    # Infusions summed one by one reach the closed-form steady trough (5 mg/kg every 8 weeks).
+    doses = schedule(days=tuple(56 * k for k in range(30)))
+    summed = concentration(typical, doses, doses[-1].at + timedelta(days=56) - timedelta(seconds=1), INFUSION)
+    assert summed == pytest.approx(steady_trough(typical, 385, 56, INFUSION), rel=1e-3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    eta=st.tuples(st.floats(-1.5, 1.5), st.floats(-1, 1)),
+    weight=st.floats(40, 150),
+    albumin=st.floats(2.5, 5.0),
+    mg=st.floats(100, 1500),
+    every=st.floats(14, 84),
+)
+def test_more_drug_or_a_shorter_interval_never_lowers_the_projection_and_higher_clearance_never_raises_it(
+    eta, weight, albumin, mg, every
+):
+    cov = Covariates(weight, albumin, antibodies=False, female=False)
+    p = individual(MODEL, cov, *eta)
+    base = steady_trough(p, mg, every, INFUSION)
+    assert steady_trough(p, mg * 1.5, every, INFUSION) >= base
+    assert steady_trough(p, mg, every * 0.75, INFUSION) >= base
+    assert steady_trough(individual(MODEL, cov, eta[0] + 0.3, eta[1]), mg, every, INFUSION) <= base
+    worse = Covariates(weight, albumin * 0.8, antibodies=True, female=False)  # less albumin, antibodies
+    assert individual(MODEL, worse, *eta).cl > p.cl
+
+
+def test_a_low_trough_gives_a_clearance_above_typical_and_the_least_change_that_reaches_the_target():
+    done = forecast(MODEL, patient(), target=3.0)
+    assert isinstance(done, Forecast)
+    low, high = done.clearance_interval
+    assert MODEL.clearance_l_per_day < done.clearance_l_per_day and low < done.clearance_l_per_day < high
+    assert done.current is not None and done.current.mg_per_kg == 5 and done.current.every_weeks == 8
+    assert done.current.trough_ug_per_ml < 3.0
+    [least] = [r for r in done.regimens if r.least_change]
+    intensity = lambda r: r.mg_per_kg / r.every_weeks  # noqa: E731
+    assert least.trough_ug_per_ml >= 3.0 and intensity(least) > intensity(done.current)
+    # Nothing gentler than it (and more than today's) reaches the target.
+    assert not [
+        r for r in done.regimens
+        if intensity(done.current) < intensity(r) < intensity(least) and r.trough_ug_per_ml >= 3.0
+    ]  # fmt: skip
+    assert f"{least.mg_per_kg:g} mg/kg every {least.every_weeks:g} weeks projects" in done.sentence
+    assert {c.name: c.assumed for c in done.covariates} == {
+        "weight_kg": False,
+        "albumin_g_per_dl": True,
+        "sex": True,
+        "antibodies": False,
+    }
+    assert done.citation.locator and "Table 3" in done.citation.locator and done.citation.pmid == "19756557"
+
+
+def test_levels_and_doses_in_any_order_give_the_same_forecast():
+    levels = [Level(T0 + timedelta(days=d) - timedelta(hours=1), v) for d, v in ((154, 2.4), (210, 1.9))]
+    doses = schedule()
+    first = forecast(MODEL, patient(levels=levels, doses=doses), 3.0)
+    for seed in range(5):
+        rng = random.Random(seed)
+        shuffled_levels, shuffled_doses = levels[:], doses[:]
+        rng.shuffle(shuffled_levels)
+        rng.shuffle(shuffled_doses)
+        assert forecast(MODEL, patient(levels=shuffled_levels, doses=shuffled_doses), 3.0) == first
+
+
+def test_a_level_below_the_assays_limit_counts_as_censored_not_as_its_limit():
+    at = T0 + timedelta(days=210) - timedelta(hours=1)
+    as_value = forecast(MODEL, patient(levels=[Level(at, 0.4)]), 3.0)
+    censored = forecast(MODEL, patient(levels=[Level(at, 0.4, censored=True)]), 3.0)
+    assert isinstance(as_value, Forecast) and isinstance(censored, Forecast)
+    # "Somewhere below 0.4" allows a lower trough than exactly 0.4, so a higher clearance.
+    assert censored.clearance_l_per_day > as_value.clearance_l_per_day
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"route": "subcutaneous"}, "subcutaneous infliximab: the model"),
+        ({"antibodies": Antibodies.HIGH_TITRE}, "the failure is immunogenic"),
+        ({"indication": "crohns_disease"}, "no model for crohns disease yet"),
+        ({"age_years": 12}, "age 12 is outside the model's population (18-75 years)"),
+        ({"weight_kg": None}, "no body weight"),
+        ({"weight_kg": 200.0}, "weight 200 kg is outside"),
+        ({"doses": []}, "no dose history"),
+        ({"levels": [Level(T0 - timedelta(days=1), 1.0)]}, "no level drawn after a known infusion"),
+    ],
+)
+def test_a_forecast_the_model_cannot_make_is_refused_out_loud(changes, reason):
+    done = forecast(MODEL, patient(**changes), 3.0)
+    assert isinstance(done, Refused) and reason in done.reason, done
+
+
+def test_simulated_patients_are_recovered_and_more_levels_narrow_the_estimate():
+    """From data drawn from the model itself: this shows the estimation works as the model says,
+    not that the model fits a hospital's patients (README 'Forecast')."""
+    two = virtual_patients(MODEL, 150, 2, seed=11)
+    one = [v._replace(levels=v.levels[-1:]) for v in two]  # the same patients, their last level only
+    first, second = check(MODEL, one), check(MODEL, two)
+    assert first.clearance_mdape < 20 and second.clearance_mdape < first.clearance_mdape
+    assert abs(first.trough_bias) < 0.4 and first.trough_mae < 0.7
+    assert first.trough_mae < first.typical_mae / 2  # the levels are worth having
+
+    def width(v) -> float:
+        _, draws = estimate(MODEL, v.cov, v.doses, v.levels)
+        cls = sorted(individual(MODEL, v.cov, *d).cl for d in draws)
+        return cls[int(0.95 * len(cls))] / cls[int(0.05 * len(cls))]
+
+    # A second level: on average the interval never widens.
+    assert sum(map(width, two[:60])) <= sum(map(width, one[:60]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    a=st.floats(-50, 200),
+    b=st.floats(-80, 80),
+    d=st.floats(-50, 200),
+)
+def test_levels_never_make_the_estimate_less_certain_than_the_prior(a, b, d):
+    from interpretation.forecast import _at_least_prior
+
+    prior = (15.0, 40.0)
+    (a2, b2), (_, d2) = _at_least_prior(((a, b), (b, d)), prior)
+    la, ld = a2 - prior[0], d2 - prior[1]  # what the levels add: positive semi-definite
+    assert la >= -1e-9 and ld >= -1e-9 and la * ld - b2 * b2 >= -1e-6 * max(1.0, la * ld)
+    if a - prior[0] >= 0 and d - prior[1] >= 0 and (a - prior[0]) * (d - prior[1]) >= b * b:
+        assert (a2, b2, d2) == pytest.approx((a, b, d), abs=1e-6)  # already so: unchanged
