@@ -128,8 +128,10 @@ def _what_we_read(text: str, relevant: Relevance) -> str:
     """
     segments = text.split("\r")
     msh = segments[0]
-    if len(msh) < 8:
-        return text  # let python-hl7 report what is wrong with it
+    if len(msh) < 8 or msh[3] in msh[4:8] or len(set(msh[4:8])) < 4:
+        # No four distinct encoding characters in MSH-2 ("MSH||..."): the separators are not
+        # known here, so python-hl7 reads (or refuses) it whole, as without the trimming.
+        return text
     field, component, repetition, escape, subcomponent = msh[3], msh[4], msh[5], msh[6], msh[7]
     kept: list[str] = []
     keep_notes = False
