@@ -27,6 +27,8 @@ from consumer.dead_letter_reader import DeadLetterView, Position, dead_letters, 
 from consumer.dead_letters import Reason
 from consumer.fatal import FatalError
 from consumer.formats import Format
+from consumer.formats.errors import DecodeError
+from consumer.formats.treatment import context_in_file
 from consumer.group_status import group_status
 from consumer.health import Watchdog
 from consumer.lifecycle import Lifecycle
@@ -56,7 +58,7 @@ from interpretation import (
     default_ruleset,
     parse_ruleset,
 )
-from interpretation.correlation import correlate_result
+from interpretation.correlation import correlate_result, record_treatment
 from interpretation.patient_state import PatientState
 from interpretation.ruleset import PACKAGED_RULESETS, packaged_ruleset
 
@@ -219,6 +221,15 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     # The service's correlation settings (TDM_PAIR_WINDOW_HOURS and the rest), read the same way.
     rules = Settings().correlation_rules()
     for source, message in messages_in(data, name, fmt):
+        if not args.no_state:
+            try:
+                if _read_context(message, pipeline, patients):
+                    continue
+            except DecodeError as err:
+                failures += 1
+                where = f"{name}:{source.line}" if source.line else f"{name}: message {source.message}"
+                print(f"{where}: treatment-context record: {err.reason.value}: {err.detail}", file=sys.stderr)
+                continue
         result = pipeline.process(message, source, fmt)
         if result.dead_letter is not None:
             failures += 1
@@ -245,6 +256,21 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _read_context(message: bytes, pipeline: Pipeline, patients: dict[str, PatientState]) -> bool:
+    """A treatment-context record in the file (README 'Forecast'): the patient's record updated
+    as the service's context stage updates it. False for a lab message; DecodeError for a bad one."""
+    found, update = context_in_file(message, pipeline.ruleset.recognition)
+    if found and update is not None:
+        state = record_treatment(
+            patients.get(update.patient_id), update.patient_id, update.record, replace=update.replace
+        )
+        if state is None:
+            patients.pop(update.patient_id, None)
+        else:
+            patients[update.patient_id] = state
+    return found
+
+
 def event_line(event: Alert) -> dict[str, Any]:
     """What `interpret` shows of an alert event: the lifecycle fields (the rest is in the line)."""
     return {
@@ -256,6 +282,8 @@ def event_line(event: Alert) -> dict[str, Any]:
         "pattern": event.pattern.value if event.pattern else None,
         "resolve_reason": event.resolve_reason,
         "previous_levels": [float(p.value) for p in event.previous_levels],
+        "recommendation": event.recommendation,
+        "forecast": event.forecast.model_dump(mode="json") if event.forecast is not None else None,
     }
 
 

@@ -25,6 +25,7 @@ from interpretation.findings import (
     Interpretation,
     Pattern,
 )
+from interpretation.forecast import Forecast, Refused
 from interpretation.lab_result import Frozen, LabResult, ResultStatus, TreatmentContext
 from interpretation.quantities import Comparator
 from interpretation.review import ReviewReason, review_reason
@@ -145,6 +146,8 @@ class Alert(Frozen):
     collected_at: datetime | None
     previous_levels: tuple[PreviousLevel, ...] = ()
     change_from_last: JsonNumber | None = None  # ug/mL, this level minus the previous one
+    # A level's next-trough forecast (README 'Forecast'), or why the model cannot make one.
+    forecast: Forecast | Refused | None = None
     source: SourceRef
 
 

@@ -12,7 +12,8 @@ time taken from the messages. The rules, as a TDM pharmacist applies them:
   accession and analyte): the incident is updated while still abnormal, else resolved. An
   entered-in-error or cancelled result resolves its incident with the reason.
 - A preliminary result never pages; the final after it does.
-- Every event carries the patient's previous levels and the change from the last one.
+- Every event carries the patient's previous levels and the change from the last one; a
+  level's events carry its next-trough forecast (`interpretation.next_trough`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,17 @@ from interpretation.alerts import (
     severity_of,
 )
 from interpretation.engine import interpret, pattern_of
-from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, Interpretation, Pattern
+from interpretation.findings import (
+    Analyte,
+    AntibodyFinding,
+    DrugLevelFinding,
+    DrugLevelInterpretation,
+    Interpretation,
+    Pattern,
+)
+from interpretation.forecast import Forecast
 from interpretation.lab_result import LabResult, TreatmentContext, as_utc
+from interpretation.next_trough import forecast_for
 from interpretation.patient_state import CorrelationRules, OpenIncident, PatientState, RememberedResult
 from interpretation.ruleset import RuleSet
 from interpretation.treatment import TreatmentRecord
@@ -384,7 +394,32 @@ def correlate(
             r.model_copy(update={"incident_key": new.incident_key}) if r is partner else r for r in fold.kept
         )
     fold.kept = (*fold.kept, new)
-    return fold.done(rules, seen)
+    after, events = fold.done(rules, seen)
+    if ruleset.forecast and isinstance(interpretation, DrugLevelInterpretation):
+        events = _with_forecast(events, after, interpretation)
+    return after, events
+
+
+def _with_forecast(events: list[Alert], state: PatientState, level: DrugLevelInterpretation) -> list[Alert]:
+    """The level's own events (not a resolve) carry its forecast, and their advice says it."""
+    mine = [e for e in events if e.action is not Action.RESOLVE and isinstance(e.finding, DrugLevelFinding)]
+    if not mine or (found := forecast_for(state, level)) is None:
+        return events
+    if isinstance(found, Forecast):
+        addition = f"Forecast: {found.sentence[0].upper()}{found.sentence[1:]}"
+    else:
+        addition = f"No forecast ({found.model}): {found.reason}."
+    return [
+        e.model_copy(
+            update={
+                "forecast": found,
+                "recommendation": f"{e.recommendation} {addition}" if e.recommendation else addition,
+            }
+        )
+        if e in mine
+        else e
+        for e in events
+    ]
 
 
 class Correlated(NamedTuple):

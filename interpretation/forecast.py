@@ -29,6 +29,7 @@ from interpretation.pharmacokinetics import (
     Parameters,
     PopPkModel,
     concentration,
+    disposition,
     individual,
     steady_trough,
 )
@@ -37,7 +38,7 @@ from interpretation.ruleset import Citation
 # The regimens tabulated: the label's maintenance dose, and the intensifications guidelines list.
 REGIMEN_MG_PER_KG = (5.0, 7.5, 10.0)
 REGIMEN_EVERY_WEEKS = (8, 6, 4)
-DRAWS = 400  # posterior samples for the intervals and probabilities
+DRAWS = 200  # posterior samples for the intervals and probabilities
 SEED = 20_090_916  # fixed: the same history gives the same forecast
 INTERVAL = (0.05, 0.95)  # a 90% interval
 
@@ -65,7 +66,7 @@ class Patient(NamedTuple):
     weight_kg: float | None
     albumin_g_per_dl: float | None
     female: bool | None
-    antibodies: Antibodies
+    antibodies: Antibodies | None  # None: no antibody result known (the model's reference: none)
     route: str | None  # "intravenous", "subcutaneous"
     age_years: int | None
     indication: str | None
@@ -116,11 +117,13 @@ def forecast(model: PopPkModel, patient: Patient, target: float) -> Forecast | R
     levels = sorted(lv for lv in patient.levels if lv.at > doses[0].at)
     mode, draws = estimate(model, cov, doses, levels)
     fitted = individual(model, cov, *mode)
-    cl_draws = sorted(individual(model, cov, *d).cl for d in draws)
+    drawn = [individual(model, cov, *d) for d in draws]
+    cl_draws = sorted(p.cl for p in drawn)
+    dispositions = [disposition(p) for p in drawn]  # once per draw, for every regimen
 
     def regimen(mg_per_kg: float, every_days: float) -> Regimen:
         mg = mg_per_kg * weight
-        troughs = sorted(steady_trough(individual(model, cov, *d), mg, every_days, infusion) for d in draws)
+        troughs = sorted(steady_trough(e, mg, every_days, infusion) for e in dispositions)
         return Regimen(
             mg_per_kg=mg_per_kg,
             every_weeks=round(every_days / 7, 1),
@@ -217,7 +220,16 @@ def _covariates(model: PopPkModel, p: Patient) -> tuple[Covariates, tuple[Covari
         CovariateUsed(name="weight_kg", value=p.weight_kg or 0.0, assumed=False),
         CovariateUsed(name="albumin_g_per_dl", value=albumin, assumed=p.albumin_g_per_dl is None),
         CovariateUsed(name="sex", value="female" if female else "male", assumed=p.female is None),
-        CovariateUsed(name="antibodies", value=p.antibodies.value, assumed=False),
+        CovariateUsed(
+            name="indication",
+            value=p.indication or model.indications[0],
+            assumed=p.indication is None,
+        ),
+        CovariateUsed(
+            name="antibodies",
+            value=(p.antibodies or Antibodies.NEGATIVE).value,
+            assumed=p.antibodies is None,
+        ),
     )
     return Covariates(p.weight_kg or 0.0, albumin, p.antibodies is Antibodies.POSITIVE, female), used
 

@@ -103,24 +103,26 @@ class Dose(NamedTuple):
     mg: float
 
 
-class _Exponents(NamedTuple):
+class Disposition(NamedTuple):
+    """The central concentration after a unit bolus: a e^(-alpha t) + b e^(-beta t)."""
+
     alpha: float
     beta: float
-    a: float  # unit-bolus coefficients on the central concentration, 1/L
+    a: float  # 1/L
     b: float
 
 
-def _exponents(p: Parameters) -> _Exponents:
+def disposition(p: Parameters) -> Disposition:
     k10, k12, k21 = p.cl / p.v1, p.q / p.v1, p.q / p.v2
     total, product = k10 + k12 + k21, k10 * k21
     root = math.sqrt(total * total - 4 * product)
     alpha, beta = (total + root) / 2, (total - root) / 2
-    return _Exponents(
+    return Disposition(
         alpha, beta, (alpha - k21) / (p.v1 * (alpha - beta)), (k21 - beta) / (p.v1 * (alpha - beta))
     )
 
 
-def _infusion(e: _Exponents, mg: float, duration: float, t: float) -> float:
+def _infusion(e: Disposition, mg: float, duration: float, t: float) -> float:
     """Concentration `t` days after one infusion of `mg` over `duration` days began."""
     if t <= 0:
         return 0.0
@@ -135,13 +137,13 @@ def _infusion(e: _Exponents, mg: float, duration: float, t: float) -> float:
 
 
 def concentration(p: Parameters, doses: Sequence[Dose], at: datetime, infusion_days: float) -> float:
-    e = _exponents(p)
+    e = disposition(p)
     return sum(_infusion(e, d.mg, infusion_days, (at - d.at).total_seconds() / DAY_S) for d in doses)
 
 
-def steady_trough(p: Parameters, mg: float, every_days: float, infusion_days: float) -> float:
+def steady_trough(p: Parameters | Disposition, mg: float, every_days: float, infusion_days: float) -> float:
     """The trough (just before the next infusion) once `mg` every `every_days` has settled."""
-    e = _exponents(p)
+    e = p if isinstance(p, Disposition) else disposition(p)
     rate = mg / infusion_days
     total = 0.0
     for k, c in ((e.alpha, e.a), (e.beta, e.b)):
@@ -152,4 +154,4 @@ def steady_trough(p: Parameters, mg: float, every_days: float, infusion_days: fl
 
 
 def terminal_half_life_days(p: Parameters) -> float:
-    return math.log(2) / _exponents(p).beta
+    return math.log(2) / disposition(p).beta

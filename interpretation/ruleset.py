@@ -243,6 +243,9 @@ class RuleSet(Frozen):
     plausibility: Plausibility
     assay_limits: AssayLimits
     trough_timing: TroughTiming | None = None
+    # Level alerts carry a next-trough forecast from the packaged population model (README
+    # 'Forecast'); false turns it off.
+    forecast: bool = True
     # How each performing lab writes numbers, where it is known ("1,234": thousands or decimals).
     number_styles: dict[Annotated[str, StringConstraints(min_length=1)], NumberStyle] = Field(
         default_factory=dict

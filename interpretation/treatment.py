@@ -10,10 +10,11 @@ each field: the message's own context, then the patient's record, then the rule 
 from __future__ import annotations
 
 from datetime import date, datetime
+from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, field_validator
 
 from interpretation.lab_result import (
     Frozen,
@@ -34,8 +35,28 @@ class ContextSource(StrEnum):
     OVERRIDE = "override"  # an operator's explicit choice (interpret --phase ...)
 
 
+MAX_DOSES = 12  # the infusions kept: a year and more of maintenance, all a forecast needs
+
+
+class DoseGiven(Frozen):
+    """One infliximab infusion: when it began and how much (mg, or mg/kg of body weight)."""
+
+    at: datetime
+    amount: Annotated[Decimal, Field(gt=0, le=5000)]
+    unit: Literal["mg", "mg/kg"] = "mg"
+
+    def mg(self, weight_kg: Decimal | None) -> Decimal | None:
+        if self.unit == "mg":
+            return self.amount
+        return self.amount * weight_kg if weight_kg is not None else None
+
+
 class TreatmentRecord(Frozen):
-    """What the treatment-context topic says of one patient; every field optional."""
+    """What the treatment-context topic says of one patient; every field optional.
+
+    The doses, weight, albumin, sex and birth date feed the next-trough forecast
+    (`interpretation.forecast`); nothing else reads them.
+    """
 
     phase: Phase | None = None
     induction_start: date | None = None
@@ -45,10 +66,24 @@ class TreatmentRecord(Frozen):
     indication: Annotated[str, StringConstraints(pattern=r"^[a-z_]{2,40}$")] | None = None
     dosing_interval_days: Annotated[int, Field(ge=1, le=365)] | None = None
     last_dose_at: datetime | None = None
+    doses: tuple[DoseGiven, ...] = ()  # oldest first, the last MAX_DOSES
+    weight_kg: Annotated[Decimal, Field(gt=0, le=400)] | None = None
+    albumin_g_per_dl: Annotated[Decimal, Field(gt=0, le=10)] | None = None
+    sex: Literal["female", "male"] | None = None
+    birth_date: date | None = None
+
+    @field_validator("doses")
+    @classmethod
+    def _in_order(cls, doses: tuple[DoseGiven, ...]) -> tuple[DoseGiven, ...]:
+        return _kept(doses)
 
     def merged_with(self, update: TreatmentRecord) -> TreatmentRecord:
-        """This record with every field `update` sets replaced (a dose given, a route changed)."""
-        return self.model_copy(update=update.model_dump(exclude_none=True))
+        """This record with every field `update` sets replaced (a route changed); a dose given
+        joins the doses (the same start time twice is one infusion, the later report wins)."""
+        fields = update.model_dump(exclude_none=True, exclude={"doses"})
+        if update.doses:
+            fields["doses"] = _kept((*self.doses, *update.doses))
+        return self.model_copy(update=fields)
 
     def context_at(self, collected_at: datetime | None) -> TreatmentContext:
         """The context this record implies for a sample drawn at `collected_at`."""
@@ -73,6 +108,11 @@ class TreatmentRecord(Frozen):
             days_since_last_dose=days_since,
             dosing_interval_days=self.dosing_interval_days,
         )
+
+
+def _kept(doses: tuple[DoseGiven, ...]) -> tuple[DoseGiven, ...]:
+    by_start = {as_utc(d.at): d for d in doses}
+    return tuple(by_start[at] for at in sorted(by_start))[-MAX_DOSES:]
 
 
 _INDICATIONS = {i.value: i for i in Indication}  # a record's other indications choose nothing

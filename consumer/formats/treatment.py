@@ -1,11 +1,15 @@
 """Records of the treatment-context topic: compacted, keyed by patient id, a tombstone deletes.
 
-Two shapes are read:
+These shapes are read:
 
-- our canonical record (`{"phase": "induction", "induction_start": "2026-09-01", "route": ...}`),
-  the patient's whole treatment context: it replaces what was known;
-- a FHIR R4 MedicationAdministration (an infliximab dose given: last dose time, route) or
-  MedicationRequest (the regimen: route, dosing interval), which update the fields they carry.
+- our canonical record (`{"phase": "induction", "induction_start": "2026-09-01", "route": ...,
+  "doses": [{"at": ..., "amount": 400, "unit": "mg"}], "weight_kg": 78}`), the patient's whole
+  treatment context: it replaces what was known;
+- a FHIR R4 MedicationAdministration (an infliximab dose given: its time, amount, route) or
+  MedicationRequest (the regimen: route, dosing interval), which update the fields they carry;
+- a FHIR R4 Observation of body weight (LOINC 29463-7) or serum albumin (1751-7): covariates
+  of the next-trough forecast;
+- an HL7 v2 RAS^O17 administration message (`consumer.formats.administration`).
 
 Medications other than infliximab and its biosimilars are skipped; a brand that exists only as
 a subcutaneous product (Zymfentra, Remsima SC) sets the route.
@@ -15,12 +19,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from consumer.dead_letters import Reason
+from consumer.formats.administration import (
+    BODY_WEIGHT_LOINC,
+    decode_administration,
+    is_administration,
+)
+from consumer.formats.administration import patient_of as administration_patient
 from consumer.formats.errors import DecodeError, describe_validation_error
 from interpretation.lab_result import Route
 from interpretation.recognition import mentions_infliximab, phrase_text
@@ -30,6 +41,10 @@ from interpretation.treatment import TreatmentRecord
 # SNOMED CT route codes (FHIR's route value set) for the two ways infliximab is given.
 _ROUTES = {"47625008": Route.INTRAVENOUS, "34206005": Route.SUBCUTANEOUS}
 _PERIOD_DAYS = {"d": 1, "wk": 7}
+ALBUMIN_LOINC = "1751-7"
+_DOSE_UNITS = {"mg": "mg", "mg/kg": "mg/kg"}
+_KG = {"kg": Decimal(1), "[lb_av]": Decimal("0.45359237"), "lb": Decimal("0.45359237")}
+_G_PER_DL = {"g/dl": Decimal(1), "g/l": Decimal("0.1")}
 
 
 @dataclass(frozen=True)
@@ -67,10 +82,29 @@ class _Timing(BaseModel):
     repeat: _Repeat | None = None
 
 
+class _Quantity(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    value: Decimal | None = None
+    unit: str | None = None
+    code: str | None = None
+
+    def unit_key(self) -> str:
+        return (self.code or self.unit or "").strip().lower()
+
+
 class _Dosage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     route: _Concept | None = None
     timing: _Timing | None = None
+    dose: _Quantity | None = None
+
+
+class _Observation(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    resourceType: str  # noqa: N815
+    status: str
+    code: _Concept
+    valueQuantity: _Quantity | None = None  # noqa: N815
 
 
 class _Period(BaseModel):
@@ -98,6 +132,11 @@ def decode_treatment(
     patient_id = key.decode("utf-8", errors="replace")
     if value is None:
         return TreatmentUpdate(patient_id, None, replace=True)
+    if value.lstrip()[:3] == b"MSH":
+        if not is_administration(value):
+            raise DecodeError(Reason.UNSUPPORTED_FORMAT, "HL7 v2 on the context topic: expected RAS^O17")
+        given = decode_administration(value, recognition)
+        return TreatmentUpdate(patient_id, given, replace=False) if given is not None else None
     try:
         document = pydantic_core.from_json(value)
     except ValueError as err:
@@ -114,6 +153,8 @@ def decode_treatment(
 
 
 def _from_fhir(patient_id: str, document: dict[str, Any], recognition: Recognition) -> TreatmentUpdate | None:
+    if document.get("resourceType") == "Observation":
+        return _from_observation(patient_id, document)
     try:
         med = _Medication.model_validate(document)
     except ValidationError as err:
@@ -121,7 +162,7 @@ def _from_fhir(patient_id: str, document: dict[str, Any], recognition: Recogniti
     if med.resourceType not in ("MedicationAdministration", "MedicationRequest"):
         raise DecodeError(
             Reason.UNSUPPORTED_FORMAT,
-            "FHIR resourceType: expected MedicationAdministration or MedicationRequest",
+            "FHIR resourceType: expected MedicationAdministration, MedicationRequest or Observation",
         )
     words = med.medicationCodeableConcept.words() if med.medicationCodeableConcept else " "
     if not mentions_infliximab("", words, recognition):
@@ -136,12 +177,41 @@ def _from_fhir(patient_id: str, document: dict[str, Any], recognition: Recogniti
         fields["last_dose_at"] = med.effectiveDateTime or (
             med.effectivePeriod.start if med.effectivePeriod else None
         )
+        dose = dosage.dose if dosage else None
+        unit = _DOSE_UNITS.get(dose.unit_key()) if dose else None
+        if dose is not None and dose.value is not None and unit is not None and fields["last_dose_at"]:
+            fields["doses"] = [{"at": fields["last_dose_at"], "amount": dose.value, "unit": unit}]
     elif dosage and dosage.timing and dosage.timing.repeat:
         repeat = dosage.timing.repeat
         if repeat.period and repeat.periodUnit in _PERIOD_DAYS:
             fields["dosing_interval_days"] = round(repeat.period * _PERIOD_DAYS[repeat.periodUnit])
     try:
         record = TreatmentRecord.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as err:
+        raise DecodeError(Reason.INVALID, describe_validation_error(err)) from err
+    return TreatmentUpdate(patient_id, record, replace=False)
+
+
+def _from_observation(patient_id: str, document: dict[str, Any]) -> TreatmentUpdate | None:
+    """Body weight or serum albumin; other observations are not the context topic's."""
+    try:
+        obs = _Observation.model_validate(document)
+    except ValidationError as err:
+        raise DecodeError(Reason.INVALID, describe_validation_error(err)) from err
+    codes = {c.code for c in obs.code.coding if c.system in (None, "http://loinc.org")}
+    quantity = obs.valueQuantity
+    if obs.status not in ("final", "amended", "corrected") or quantity is None or quantity.value is None:
+        return None
+    if BODY_WEIGHT_LOINC in codes:
+        factor, field_name = _KG.get(quantity.unit_key()), "weight_kg"
+    elif ALBUMIN_LOINC in codes:
+        factor, field_name = _G_PER_DL.get(quantity.unit_key()), "albumin_g_per_dl"
+    else:
+        return None
+    if factor is None:
+        raise DecodeError(Reason.INVALID, f"valueQuantity: a unit {field_name} can be read in")
+    try:
+        record = TreatmentRecord.model_validate({field_name: quantity.value * factor})
     except ValidationError as err:
         raise DecodeError(Reason.INVALID, describe_validation_error(err)) from err
     return TreatmentUpdate(patient_id, record, replace=False)
@@ -166,3 +236,40 @@ def _route_of_brand(words: str, recognition: Recognition) -> Route | None:
         if phrase_text(brand) in words:
             return Route.SUBCUTANEOUS
     return None
+
+
+_CONTEXT_FIELDS = frozenset(TreatmentRecord.model_fields)
+_CONTEXT_RESOURCES = frozenset({"MedicationAdministration", "MedicationRequest"})
+
+
+def context_in_file(message: bytes, recognition: Recognition) -> tuple[bool, TreatmentUpdate | None]:
+    """For `interpret`, which reads a patient's whole history from one file: whether `message`
+    is a treatment-context record rather than a lab message, and the update it makes. With no
+    record key, the patient comes from the record (patient_id, subject, PID-3)."""
+    if is_administration(message):
+        return True, decode_treatment(_key(administration_patient(message)), message, recognition)
+    try:
+        document = pydantic_core.from_json(message)
+    except ValueError:
+        return False, None
+    if not isinstance(document, dict):
+        return False, None
+    kind = document.get("resourceType")
+    observation = kind == "Observation" and _covariate_codes(document)
+    if kind in _CONTEXT_RESOURCES or observation:
+        subject = document.get("subject") or {}
+        reference = subject.get("reference", "") if isinstance(subject, dict) else ""
+        return True, decode_treatment(_key(str(reference).rpartition("/")[2]), message, recognition)
+    if kind is None and "results" not in document and _CONTEXT_FIELDS & document.keys():
+        return True, decode_treatment(_key(document.get("patient_id")), message, recognition)
+    return False, None
+
+
+def _key(patient: object) -> bytes | None:
+    return str(patient).encode() if patient else None
+
+
+def _covariate_codes(document: dict[str, Any]) -> bool:
+    code = document.get("code")
+    codings = code.get("coding", []) if isinstance(code, dict) else []
+    return any(isinstance(c, dict) and c.get("code") in (BODY_WEIGHT_LOINC, ALBUMIN_LOINC) for c in codings)

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from interpretation.forecast import Level, estimate
+from interpretation.forecast import DRAWS, Antibodies, Level, Patient, estimate, forecast
 from interpretation.pharmacokinetics import (
     Covariates,
     Dose,
@@ -107,12 +107,32 @@ def check(model: PopPkModel, patients: list[Virtual]) -> Check:
     )
 
 
+def _patient(v: Virtual) -> Patient:
+    return Patient(
+        levels=v.levels,
+        doses=v.doses,
+        weight_kg=v.cov.weight_kg,
+        albumin_g_per_dl=v.cov.albumin_g_per_dl,
+        female=v.cov.female,
+        antibodies=Antibodies.POSITIVE if v.cov.antibodies else Antibodies.NEGATIVE,
+        route="intravenous",
+        age_years=None,
+        indication=None,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--patients", type=int, default=1000)
     args = parser.parse_args()
     model = fasanmade_2009()
     print(f"{args.patients} virtual patients from {model.id} (5 mg/kg at weeks 0, 2, 6, 14, 22, 30)")
+    patients = virtual_patients(model, 200, 2)
+    began = time.perf_counter()
+    for v in patients:
+        forecast(model, _patient(v), 3.0)
+    each = (time.perf_counter() - began) / len(patients) * 1000
+    print(f"  a whole forecast (fit, {DRAWS} posterior draws, 9 regimens): {each:.1f} ms")
     for levels in (1, 2):
         c = check(model, virtual_patients(model, args.patients, levels))
         print(

@@ -105,6 +105,7 @@ def test_a_low_trough_gives_a_clearance_above_typical_and_the_least_change_that_
         "weight_kg": False,
         "albumin_g_per_dl": True,
         "sex": True,
+        "indication": True,
         "antibodies": False,
     }
     assert done.citation.locator and "Table 3" in done.citation.locator and done.citation.pmid == "19756557"
