@@ -25,7 +25,9 @@ import re
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 POLL_RECORDS = 500  # the service's TDM_BATCH_MAX_RECORDS default: same batch size everywhere
 
@@ -37,7 +39,9 @@ def usage() -> dict[str, float]:
     return {"cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": int(peak.group(1)) / 1024 if peak else 0.0}
 
 
-def kafka_python(args: argparse.Namespace, produce: bool) -> dict[str, float]:
+def kafka_python(args: argparse.Namespace, forward: str) -> dict[str, float]:
+    """The bare kafka-python loop; each record forwarded to the sink topic ("kafka"), POSTed to
+    the sink URL ("http", the bare paging bridge), or not at all ("none")."""
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.structs import OffsetAndMetadata
 
@@ -50,24 +54,35 @@ def kafka_python(args: argparse.Namespace, produce: bool) -> dict[str, float]:
         isolation_level="read_committed",
         max_poll_records=POLL_RECORDS,
     )
-    producer = KafkaProducer(
-        bootstrap_servers=args.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
-    )
+    send: Callable[[Any], object] = lambda record: None  # noqa: E731
+    flush: Callable[[], object] = lambda: None  # noqa: E731
+    if forward == "kafka":
+        producer = KafkaProducer(
+            bootstrap_servers=args.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+        send = lambda r: producer.send(args.sink, key=r.key, value=r.value)  # noqa: E731
+        flush = producer.flush
+    elif forward == "http":
+        import httpx
+
+        client = httpx.Client(timeout=10)
+        headers = {"Content-Type": "application/json"}
+        send = lambda r: client.post(args.sink, content=r.value, headers=headers)  # noqa: E731
     seen, first = 0, 0.0
     while seen < args.expect:
         batch = consumer.poll(timeout_ms=100)
         if not batch:
             continue
         first = first or time.time()
-        if produce:
-            for records in batch.values():
-                for r in records:
-                    producer.send(args.sink, key=r.key, value=r.value)
-            producer.flush()
+        for records in batch.values():
+            for r in records:
+                send(r)
+        flush()
         consumer.commit({tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in batch.items()})
         seen += sum(len(rs) for rs in batch.values())
     done = time.time()
-    producer.close()
+    if forward == "kafka":
+        producer.close()
     consumer.close()
     return {"first_at": first, "done_at": done, "messages": seen, **usage()}
 
@@ -100,37 +115,6 @@ def confluent(args: argparse.Namespace) -> dict[str, float]:
         producer.flush()
         consumer.commit(asynchronous=False)
         seen += len(batch)
-    done = time.time()
-    consumer.close()
-    return {"first_at": first, "done_at": done, "messages": seen, **usage()}
-
-
-def bridge(args: argparse.Namespace) -> dict[str, float]:
-    import httpx
-    from kafka import KafkaConsumer
-    from kafka.structs import OffsetAndMetadata
-
-    consumer = KafkaConsumer(
-        args.topic,
-        bootstrap_servers=args.bootstrap,
-        group_id=args.group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        max_poll_records=POLL_RECORDS,
-    )
-    client = httpx.Client(timeout=10)
-    seen, first = 0, 0.0
-    while seen < args.expect:
-        batch = consumer.poll(timeout_ms=100)
-        if not batch:
-            continue
-        first = first or time.time()
-        for records in batch.values():
-            for r in records:
-                client.post(args.sink, content=r.value, headers={"Content-Type": "application/json"})
-        consumer.commit({tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in batch.items()})
-        seen += sum(len(rs) for rs in batch.values())
     done = time.time()
     consumer.close()
     return {"first_at": first, "done_at": done, "messages": seen, **usage()}
@@ -194,13 +178,13 @@ def main() -> None:
     parser.add_argument("--expect", type=int, required=True)
     args = parser.parse_args()
     if args.name == "kafka-python":
-        result = kafka_python(args, produce=True)
+        result = kafka_python(args, forward="kafka")
     elif args.name == "kafka-python-consume":
-        result = kafka_python(args, produce=False)
+        result = kafka_python(args, forward="none")
+    elif args.name == "bridge":
+        result = kafka_python(args, forward="http")
     elif args.name == "confluent":
         result = confluent(args)
-    elif args.name == "bridge":
-        result = bridge(args)
     else:
         result = quix(args)
     print(json.dumps(result), flush=True)

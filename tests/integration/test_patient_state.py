@@ -373,6 +373,11 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
         admin.close()
     sc, iv = f"SC-{uuid.uuid4().hex[:6]}", f"IV-{uuid.uuid4().hex[:6]}"
     send(kafka_bootstrap, context, sc, json.dumps({"route": "subcutaneous", "phase": "maintenance"}).encode())
+    # A third patient's dose history from a pharmacy feed (HL7 RAS^O17) and a weight (FHIR):
+    # their low level's alert carries the next-trough forecast.
+    fc = f"FC-{uuid.uuid4().hex[:6]}"
+    send(kafka_bootstrap, context, fc, json.dumps({"route": "intravenous", "phase": "maintenance"}).encode())
+    send(kafka_bootstrap, context, fc, _weight(70), _administrations(fc, DAY0, (210, 196, 168, 112, 56)))
     service = start_service(TDM_CONTEXT_TOPIC=context, TDM_INPUT_KEYED_BY_PATIENT=str(keyed).lower())
     reader = AlertReader(kafka_bootstrap, topics["alerts"])
     try:
@@ -382,15 +387,22 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
         wait_until(lambda: '"partitions": ["' in _assigned_lines(service), timeout_s=90)
         time.sleep(2)  # the context record is read and kept before the results arrive
         results = [message(p, f"A-{p}", f"S-{p}", DAY0, level("15")) for p in (sc, iv)]
-        produce(kafka_bootstrap, topics["input"], results, [sc.encode(), iv.encode()])
-        reader.wait_for(1, timeout_s=60, while_alive=[service])
+        results.append(message(fc, f"A-{fc}", f"S-{fc}", DAY0, level("1.6")))
+        produce(kafka_bootstrap, topics["input"], results, [sc.encode(), iv.encode(), fc.encode()])
+        reader.wait_for(2, timeout_s=60, while_alive=[service])
         found = events_of(reader)
     finally:
         reader.close()
-    assert [e["patient_id"] for e in found] == [sc]  # the IV patient's 15 is above range: no page
-    (alert,) = found
+    # The IV patient's 15 is above range: no page.
+    assert sorted(e["patient_id"] for e in found) == sorted([sc, fc])
+    (alert,) = [e for e in found if e["patient_id"] == sc]
     assert alert["target"]["low"] == 17.5
     assert alert["context_source"]["route"] == "patient_record"
+    assert alert["forecast"]["status"] == "refused" and "subcutaneous" in alert["forecast"]["reason"]
+    (forecast,) = [e["forecast"] for e in found if e["patient_id"] == fc]
+    assert forecast["status"] == "forecast", forecast
+    assert forecast["current"]["mg_per_kg"] == 5 and forecast["current"]["every_weeks"] == 8
+    assert {c["name"]: c["value"] for c in forecast["covariates"]}["weight_kg"] == 70
     # The readings counted are the ones made with the record: one low, one above.
     port = metrics_port(service.log_text())
 
@@ -402,6 +414,29 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
     wait_until(lambda: sum(findings().values()) == 2, timeout_s=30)
     assert findings() == {"subtherapeutic": 1, "above_target": 1}
     assert service.stop() == 0
+
+
+def _weight(kg: float) -> bytes:
+    return json.dumps(
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+            "valueQuantity": {"value": kg, "unit": "kg"},
+        }
+    ).encode()
+
+
+def _administrations(patient: str, drawn: datetime, days_before: tuple[int, ...]) -> bytes:
+    """One RAS^O17 message: 5 mg/kg infusions this many days before the level was drawn."""
+    segments = ["MSH|^~\\&|PHARM|H|TDM|H|20261102||RAS^O17^RAS_O17|R1|P|2.5", f"PID|1||{patient}^^^H^MR"]
+    for days in days_before:
+        start = (drawn - timedelta(days=days, hours=-1)).strftime("%Y%m%d%H%M%S")
+        segments.append(
+            "|".join(["RXA", "0", "1", start, "", "INFX^Infliximab^L", "5", "mg/kg"] + [""] * 12 + ["CP"])
+        )
+        segments.append("RXR|IV^Intravenous^HL70162")
+    return "\r".join(segments).encode()
 
 
 def test_a_low_level_corrected_into_range_resolves_its_incident(kafka_bootstrap, topics, start_service):
