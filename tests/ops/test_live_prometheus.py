@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import DATA, REPO, RunningService, metrics_port, produce
+from tests.conftest import DATA, REPO, RunningService, produce
 
 pytestmark = pytest.mark.integration
 
@@ -103,21 +103,28 @@ def test_prometheus_scrapes_the_service_and_loads_the_rules(kafka_bootstrap, top
         b'{"patient_id": "PT-REVIEW", "accession": "ACC-R", "results": '
         b'[{"code": "39803-2", "value": "QNS", "unit": "ug/mL", "status": "final"}]}'
     )
-    service = start_service()
+    # Fixed ports, not 0: an instance its watchdog ends (kafka-python K3) is started again by
+    # the test's supervisor, and Prometheus must find it where it scraped its predecessor.
+    ports = {"tdm-alerts": free_port(), "tdm-alerts-notify": free_port()}
+    service = start_service(TDM_METRICS_PORT=str(ports["tdm-alerts"]))
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Accepting)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    notifier = _notifier(kafka_bootstrap, topics, service.env, tmp_path, receiver.server_port)
-    ports = {}
-    for job, process in (("tdm-alerts", service), ("tdm-alerts-notify", notifier)):
+    notifier = _notifier(
+        kafka_bootstrap,
+        topics,
+        {**service.env, "TDM_METRICS_PORT": str(ports["tdm-alerts-notify"])},
+        tmp_path,
+        receiver.server_port,
+    )
+    for process in (service, notifier):
         deadline = time.monotonic() + 30
         while '"metrics_port"' not in process.log_text():
             assert time.monotonic() < deadline, process.log_text()
             time.sleep(0.1)
-        ports[job] = metrics_port(process.log_text())
     prometheus = Prometheus(tmp_path, ports)
     try:
         produce(kafka_bootstrap, topics["input"], lines)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # room for one restart of a hung join (35 s)
         consumed = f'sum(tdm_messages_consumed_total{{topic="{topics["input"]}"}})'
         while prometheus.value(consumed) != len(lines):
             assert time.monotonic() < deadline, prometheus.api("targets")
@@ -136,7 +143,7 @@ def test_prometheus_scrapes_the_service_and_loads_the_rules(kafka_bootstrap, top
         assert prometheus.value("sum(tdm_end_to_end_seconds_count)") == len(lines) + 5
         assert prometheus.value("count(tdm_ruleset_info)") == 1
         # The notifier took the 5 alerts to its receiver, and is scraped as its own job.
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # room for one restart of a hung join (35 s)
         while prometheus.value('sum(tdm_notify_deliveries_total{outcome="delivered"})') != 5:
             assert time.monotonic() < deadline, notifier.log_text()[-3000:]
             time.sleep(0.5)
