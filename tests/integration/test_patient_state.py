@@ -403,7 +403,7 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
     assert forecast["status"] == "forecast", forecast
     assert forecast["current"]["mg_per_kg"] == 5 and forecast["current"]["every_weeks"] == 8
     assert {c["name"]: c["value"] for c in forecast["covariates"]}["weight_kg"] == 70
-    # The readings counted are the ones made with the record: one low, one above.
+    # The readings counted are the ones made with the records: two low, one above.
     port = metrics_port(service.log_text())
 
     def findings() -> dict[str, float]:
@@ -411,8 +411,8 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
         counted = ("subtherapeutic", "above_target")
         return {f: metric_total(text, "tdm_interpretations_total", finding=f) for f in counted}
 
-    wait_until(lambda: sum(findings().values()) == 2, timeout_s=30)
-    assert findings() == {"subtherapeutic": 1, "above_target": 1}
+    wait_until(lambda: sum(findings().values()) == 3, timeout_s=30)
+    assert findings() == {"subtherapeutic": 2, "above_target": 1}
     assert service.stop() == 0
 
 
