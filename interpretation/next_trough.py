@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from interpretation.findings import Analyte, AntibodyFinding, DrugLevelInterpretation
+from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, DrugLevelInterpretation
 from interpretation.forecast import Antibodies, Forecast, Level, Patient, Refused, forecast
 from interpretation.lab_result import Route, as_utc
 from interpretation.patient_state import PatientState
@@ -30,10 +30,16 @@ def forecast_for(state: PatientState, level: DrugLevelInterpretation) -> Forecas
     treatment = state.treatment or TreatmentRecord()
     weight = treatment.weight_kg
     doses = [Dose(as_utc(d.at), float(mg)) for d in treatment.doses if (mg := d.mg(weight)) is not None]
+    # Final or corrected levels the engine could read: not a preliminary one (it may change),
+    # nor one it found implausible or could not judge.
     levels = [
         Level(as_utc(r.collected_at), float(r.value), censored=r.comparator in _BELOW)
         for r in state.results
-        if r.analyte is Analyte.INFLIXIMAB and r.value is not None and r.collected_at is not None
+        if r.analyte is Analyte.INFLIXIMAB
+        and r.value is not None
+        and r.collected_at is not None
+        and r.status.may_page
+        and r.finding is not DrugLevelFinding.UNINTERPRETABLE
     ]
     route = level.context.route or treatment.route
     patient = Patient(

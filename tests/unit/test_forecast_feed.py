@@ -235,3 +235,24 @@ def test_interpret_reads_the_context_records_in_the_file_and_shows_the_forecast(
     [event] = line["events"]
     assert event["forecast"]["status"] == "forecast", event["forecast"]
     assert event["forecast"]["current"]["mg_per_kg"] == 5 and event["forecast"]["levels_used"] == 1
+
+
+def test_a_preliminary_or_unreadable_level_is_not_fitted():
+    state = _fold(_history())
+    preliminary = LabResult(
+        patient_id="PT-1",
+        accession="A-22",
+        code="39803-2",
+        value="0.2",
+        unit="ug/mL",
+        status="preliminary",
+        collected_at=T0 + timedelta(days=154) - timedelta(hours=1),
+    )  # type: ignore[call-arg]
+    done = correlate_result(state, preliminary, HERE, RULES)
+    assert done is not None
+    latest = correlate_result(done.state, _level("1.6").model_copy(update={"accession": "A-31"}), HERE, RULES)
+    assert latest is not None
+    [event] = [e for e in latest.events if e.forecast is not None]
+    assert (
+        isinstance(event.forecast, Forecast) and event.forecast.levels_used == 2
+    )  # both finals, not the 0.2
