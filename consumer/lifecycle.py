@@ -69,7 +69,6 @@ class Lifecycle(ABC):
         self._consumer: GroupConsumer | None = None
         self._batches: Batches[Any] | None = None
         self._end_offsets = EndOffsets(self.client)
-        self.waiting = Waiting()  # partitions told to wait; the loop's own, once it is built
         metrics.ready.set_function(lambda: float(self.is_ready()))
 
     @abstractmethod
@@ -145,7 +144,7 @@ class Lifecycle(ABC):
     def _loop(self, consumer: GroupConsumer, built: Built) -> Loop:
         """The loop's parts around the topology, and the subscription that starts the group's work."""
         pacing = Pacing.from_settings(self.settings)
-        waiting = self.waiting = Waiting()
+        waiting = Waiting()  # partitions a stage told to wait (a receiver down)
         batches = self._batches = Batches(
             self.settings,
             self.delivery,

@@ -402,24 +402,19 @@ def correlate(
 
 def _with_forecast(events: list[Alert], state: PatientState, level: DrugLevelInterpretation) -> list[Alert]:
     """The level's own events (not a resolve) carry its forecast, and their advice says it."""
-    mine = [e for e in events if e.action is not Action.RESOLVE and isinstance(e.finding, DrugLevelFinding)]
-    if not mine or (found := forecast_for(state, level)) is None:
+    mine = [e.action is not Action.RESOLVE and isinstance(e.finding, DrugLevelFinding) for e in events]
+    if not any(mine) or (found := forecast_for(state, level)) is None:
         return events
     if isinstance(found, Forecast):
         addition = f"Forecast: {found.sentence[0].upper()}{found.sentence[1:]}"
     else:
         addition = f"No forecast ({found.model}): {found.reason}."
-    return [
-        e.model_copy(
-            update={
-                "forecast": found,
-                "recommendation": f"{e.recommendation} {addition}" if e.recommendation else addition,
-            }
-        )
-        if e in mine
-        else e
-        for e in events
-    ]
+
+    def told(e: Alert) -> Alert:
+        advice = f"{e.recommendation} {addition}" if e.recommendation else addition
+        return e.model_copy(update={"forecast": found, "recommendation": advice})
+
+    return [told(e) if ours else e for e, ours in zip(events, mine, strict=True)]
 
 
 class Correlated(NamedTuple):
