@@ -220,16 +220,18 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     patients: dict[str, PatientState] = {}
     # The service's correlation settings (TDM_PAIR_WINDOW_HOURS and the rest), read the same way.
     rules = Settings().correlation_rules()
-    for source, message in messages_in(data, name, fmt):
+    for source, raw in messages_in(data, name, fmt):
+        message: bytes | None = raw
         if not args.no_state:
             try:
-                if _read_context(message, pipeline, patients):
-                    continue
+                message = _read_context(raw, pipeline, patients)
             except DecodeError as err:
                 failures += 1
                 where = f"{name}:{source.line}" if source.line else f"{name}: message {source.message}"
                 print(f"{where}: treatment-context record: {err.reason.value}: {err.detail}", file=sys.stderr)
                 continue
+        if message is None:  # only treatment-context records
+            continue
         result = pipeline.process(message, source, fmt)
         if result.dead_letter is not None:
             failures += 1
@@ -256,11 +258,12 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _read_context(message: bytes, pipeline: Pipeline, patients: dict[str, PatientState]) -> bool:
-    """A treatment-context record in the file (README 'Forecast'): the patient's record updated
-    as the service's context stage updates it. False for a lab message; DecodeError for a bad one."""
-    found, update = context_in_file(message, pipeline.ruleset.recognition)
-    if found and update is not None:
+def _read_context(message: bytes, pipeline: Pipeline, patients: dict[str, PatientState]) -> bytes | None:
+    """The treatment-context records in `message` (README 'Forecast') applied to their patients'
+    records, as the service's context stage applies them; returns what is left for the lab
+    pipeline (None: nothing). DecodeError for a record that cannot be read."""
+    updates, left = context_in_file(message, pipeline.ruleset.recognition)
+    for update in updates:
         state = record_treatment(
             patients.get(update.patient_id), update.patient_id, update.record, replace=update.replace
         )
@@ -268,7 +271,7 @@ def _read_context(message: bytes, pipeline: Pipeline, patients: dict[str, Patien
             patients.pop(update.patient_id, None)
         else:
             patients[update.patient_id] = state
-    return found
+    return left
 
 
 def event_line(event: Alert) -> dict[str, Any]:

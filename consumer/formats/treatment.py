@@ -17,6 +17,7 @@ a subcutaneous product (Zymfentra, Remsima SC) sets the route.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -242,27 +243,52 @@ _CONTEXT_FIELDS = frozenset(TreatmentRecord.model_fields)
 _CONTEXT_RESOURCES = frozenset({"MedicationAdministration", "MedicationRequest"})
 
 
-def context_in_file(message: bytes, recognition: Recognition) -> tuple[bool, TreatmentUpdate | None]:
-    """For `interpret`, which reads a patient's whole history from one file: whether `message`
-    is a treatment-context record rather than a lab message, and the update it makes. With no
-    record key, the patient comes from the record (patient_id, subject, PID-3)."""
+def context_in_file(message: bytes, recognition: Recognition) -> tuple[list[TreatmentUpdate], bytes | None]:
+    """For `interpret`, which reads a patient's whole history from one file: the treatment-context
+    records in `message`, and what is left of it for the lab pipeline (None: nothing). With no
+    record key, the patient comes from the record (patient_id, subject, PID-3). A FHIR Bundle
+    may hold both: its context resources are taken out, its lab results left."""
     if is_administration(message):
-        return True, decode_treatment(_key(administration_patient(message)), message, recognition)
+        return _updates([decode_treatment(_key(administration_patient(message)), message, recognition)]), None
     try:
         document = pydantic_core.from_json(message)
     except ValueError:
-        return False, None
+        return [], message
     if not isinstance(document, dict):
-        return False, None
-    kind = document.get("resourceType")
-    observation = kind == "Observation" and _covariate_codes(document)
-    if kind in _CONTEXT_RESOURCES or observation:
-        subject = document.get("subject") or {}
-        reference = subject.get("reference", "") if isinstance(subject, dict) else ""
-        return True, decode_treatment(_key(str(reference).rpartition("/")[2]), message, recognition)
-    if kind is None and "results" not in document and _CONTEXT_FIELDS & document.keys():
-        return True, decode_treatment(_key(document.get("patient_id")), message, recognition)
-    return False, None
+        return [], message
+    if document.get("resourceType") == "Bundle" and isinstance(document.get("entry"), list):
+        found, rest = [], []
+        for entry in document["entry"]:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and _is_context(resource):
+                found.append(_from_resource(resource, recognition))
+            else:
+                rest.append(entry)
+        if not found:
+            return [], message
+        left = json.dumps({**document, "entry": rest}).encode() if rest else None
+        return _updates(found), left
+    if _is_context(document):
+        return _updates([_from_resource(document, recognition)]), None
+    if "resourceType" not in document and "results" not in document and _CONTEXT_FIELDS & document.keys():
+        return _updates([decode_treatment(_key(document.get("patient_id")), message, recognition)]), None
+    return [], message
+
+
+def _is_context(resource: dict[str, Any]) -> bool:
+    kind = resource.get("resourceType")
+    return kind in _CONTEXT_RESOURCES or (kind == "Observation" and _covariate_codes(resource))
+
+
+def _from_resource(resource: dict[str, Any], recognition: Recognition) -> TreatmentUpdate | None:
+    subject = resource.get("subject") or {}
+    reference = subject.get("reference", "") if isinstance(subject, dict) else ""
+    patient = _key(str(reference).rpartition("/")[2])
+    return decode_treatment(patient, json.dumps(resource).encode(), recognition)
+
+
+def _updates(found: list[TreatmentUpdate | None]) -> list[TreatmentUpdate]:
+    return [u for u in found if u is not None]  # None: another medication, or a dose not given
 
 
 def _key(patient: object) -> bytes | None:

@@ -256,3 +256,55 @@ def test_a_preliminary_or_unreadable_level_is_not_fitted():
     assert (
         isinstance(event.forecast, Forecast) and event.forecast.levels_used == 2
     )  # both finals, not the 0.2
+
+
+def test_interpret_takes_the_context_out_of_a_fhir_bundle_and_reads_its_lab_results(tmp_path):
+    subject = {"reference": "Patient/PT-BUNDLE"}
+    doses = [
+        {
+            "resource": {
+                "resourceType": "MedicationAdministration",
+                "status": "completed",
+                "subject": subject,
+                "medicationCodeableConcept": {"text": "Infliximab"},
+                "effectiveDateTime": (T0 + timedelta(days=d)).isoformat(),
+                "dosage": {"dose": {"value": 5, "unit": "mg/kg"}},
+            }
+        }
+        for d in MAINTENANCE
+    ]
+    weight = {
+        "resource": {
+            "resourceType": "Observation",
+            "status": "final",
+            "subject": subject,
+            "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+            "valueQuantity": {"value": 70, "unit": "kg"},
+        }
+    }
+    level = {
+        "resource": {
+            "resourceType": "Observation",
+            "status": "final",
+            "subject": subject,
+            "identifier": [{"value": "OBS-B"}],
+            "effectiveDateTime": DRAWN.isoformat(),
+            "code": {"coding": [{"system": "http://loinc.org", "code": "39803-2"}]},
+            "valueQuantity": {"value": 1.6, "unit": "ug/mL"},
+        }
+    }
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [*doses, weight, level]}
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps(bundle))
+    done = subprocess.run(
+        [sys.executable, "-m", "consumer", "interpret", str(history)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    [line] = [json.loads(out) for out in done.stdout.splitlines()]
+    [event] = line["events"]
+    assert event["forecast"]["status"] == "forecast", event["forecast"]
+    assert event["forecast"]["current"]["mg_per_kg"] == 5
