@@ -223,16 +223,7 @@ def test_interpret_reads_the_context_records_in_the_file_and_shows_the_forecast(
     ]
     history = tmp_path / "history.jsonl"
     history.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "consumer", "interpret", str(history)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    [line] = [json.loads(out) for out in done.stdout.splitlines()]
-    [event] = line["events"]
+    event = _interpreted_event(history)
     assert event["forecast"]["status"] == "forecast", event["forecast"]
     assert event["forecast"]["current"]["mg_per_kg"] == 5 and event["forecast"]["levels_used"] == 1
 
@@ -296,6 +287,13 @@ def test_interpret_takes_the_context_out_of_a_fhir_bundle_and_reads_its_lab_resu
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [*doses, weight, level]}
     history = tmp_path / "history.json"
     history.write_text(json.dumps(bundle))
+    event = _interpreted_event(history)
+    assert event["forecast"]["status"] == "forecast", event["forecast"]
+    assert event["forecast"]["current"]["mg_per_kg"] == 5
+
+
+def _interpreted_event(history) -> dict:
+    """`tdm-alerts interpret` over the file: the one event of its one result line."""
     done = subprocess.run(
         [sys.executable, "-m", "consumer", "interpret", str(history)],
         capture_output=True,
@@ -306,5 +304,4 @@ def test_interpret_takes_the_context_out_of_a_fhir_bundle_and_reads_its_lab_resu
     assert done.returncode == 0, done.stderr
     [line] = [json.loads(out) for out in done.stdout.splitlines()]
     [event] = line["events"]
-    assert event["forecast"]["status"] == "forecast", event["forecast"]
-    assert event["forecast"]["current"]["mg_per_kg"] == 5
+    return event
