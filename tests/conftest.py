@@ -348,14 +348,16 @@ def metrics_port(log_text: str) -> int:
     return int(found[-1])
 
 
+def live_port(service: RunningService) -> int:
+    """The metrics port of `service` as it runs now. One its watchdog ended (kafka-python 3's
+    hung join) is started again first, as an orchestrator would, and binds a new port."""
+    assert service.alive() or service.revive(), service.log_text()[-3000:]
+    return metrics_port(service.log_text())
+
+
 def gauges(services: list[RunningService], name: str) -> list[float]:
-    """`name` from each instance. One its watchdog ended (kafka-python 3's hung join) is started
-    again first, as an orchestrator would; OSError while it is still starting."""
-    values = []
-    for service in services:
-        assert service.alive() or service.revive(), service.log_text()[-3000:]
-        values.append(metric_total(scrape(metrics_port(service.log_text())), name))
-    return values
+    """`name` from each instance (OSError while one is still starting)."""
+    return [metric_total(scrape(live_port(service)), name) for service in services]
 
 
 def scrape(port: int) -> str:
