@@ -133,10 +133,11 @@ def _what_we_read(text: str, relevant: Relevance) -> str:
         # known here, so python-hl7 reads (or refuses) it whole, as without the trimming.
         return text
     field, component, repetition, escape, subcomponent = msh[3], msh[4], msh[5], msh[6], msh[7]
-    kept: list[str] = []
+    kept = [_first_fields(msh, field, _LAST_FIELD_READ["MSH"])]  # the header, whatever python-hl7 makes of it
     keep_notes = False
-    for segment in segments:
-        kind = segment[:3]
+    for segment in segments[1:]:
+        # The segment's name as the reader sees it: the whole first field ("OBX5" is no OBX).
+        kind = segment.split(field, 1)[0]
         if kind == "OBX":
             fields = segment.split(field, _LAST_FIELD_READ["OBX"] + 1)[: _LAST_FIELD_READ["OBX"] + 1]
             obx3 = fields[3] if len(fields) > 3 else ""
