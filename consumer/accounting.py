@@ -51,7 +51,9 @@ class Accounting:
         for record, result in processed:
             if self.debug:
                 self._debug(record, result)
-            if result.outcome is Outcome.SKIPPED and not result.recognition_gap:
+            if result.outcome is Outcome.SKIPPED and not (
+                result.recognition_gap or result.covariates or result.covariate_error
+            ):
                 continue  # nearly every record: nothing more to count or log
             self._notable(record, result)
         m.batch_seconds.observe(batch_seconds)
@@ -99,6 +101,12 @@ class Accounting:
             log.warning(
                 "message names infliximab but no result was recognised; check the rule set's codes", **where
             )
+        for covariate in result.covariates:
+            outcome = "kept" if covariate.reading.record is not None else "unusable"
+            m.covariates.labels(covariate.reading.covariate.value, outcome).inc()
+        if result.covariate_error is not None:
+            m.covariates.labels("unknown", "unreadable").inc()
+            log.warning("albumin or weight result not readable", error=result.covariate_error, **where)
         for interpretation in result.interpretations:
             m.interpretations.labels(interpretation.analyte.value, interpretation.finding.value).inc()
         for alert in result.alerts:

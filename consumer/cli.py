@@ -38,7 +38,7 @@ from consumer.metrics import Metrics, MetricsServer
 from consumer.notify.metrics import NotifyMetrics
 from consumer.notify.service import Notifier
 from consumer.patient_topic import forget_record
-from consumer.pipeline import Pipeline
+from consumer.pipeline import Pipeline, Processed
 from consumer.replay import ReplayRequest, replay
 from consumer.service import Service
 from consumer.settings import Settings, describe_settings_error
@@ -59,8 +59,9 @@ from interpretation import (
     parse_ruleset,
 )
 from interpretation.correlation import correlate_result, record_treatment
-from interpretation.patient_state import PatientState
+from interpretation.patient_state import CorrelationRules, PatientState
 from interpretation.ruleset import PACKAGED_RULESETS, packaged_ruleset
+from interpretation.treatment import TreatmentRecord
 
 VERSION = "0.1.0"
 SINCE_HELP = "only dead letters written at or after this ISO 8601 time with a UTC offset (2026-11-27T08:00Z)"
@@ -94,7 +95,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     ruleset = load_ruleset(settings.ruleset)
     metrics = Metrics()
     metrics.ruleset.info({"version": ruleset.version})
-    pipeline = Pipeline(ruleset, settings.max_message_bytes, topic_formats=settings.topic_formats)
+    pipeline = Pipeline(
+        ruleset,
+        settings.max_message_bytes,
+        topic_formats=settings.topic_formats,
+        lab_covariates=settings.lab_covariates and settings.patient_state,
+    )
     return _serve(settings, Service(settings, pipeline, metrics), metrics, ruleset=ruleset.version)
 
 
@@ -209,7 +215,8 @@ def _non_empty(text: str) -> str:
 
 def cmd_interpret(args: argparse.Namespace) -> int:
     override = TreatmentContext(phase=args.phase, week=args.week, route=args.route, goal=args.goal)
-    pipeline = Pipeline(load_ruleset(args.ruleset), args.max_message_bytes, override)
+    # A history file's albumin and weight results are always read: its cost is no concern here.
+    pipeline = Pipeline(load_ruleset(args.ruleset), args.max_message_bytes, override, lab_covariates=True)
     fmt = Format(args.format)
     if args.file == "-":
         name, data = "-", sys.stdin.buffer.read()
@@ -239,23 +246,39 @@ def cmd_interpret(args: argparse.Namespace) -> int:
             where = f"{name}:{source.line}" if source.line else f"{name}: message {source.message}"
             print(f"{where}: {dl.reason.value} ({dl.stage.value}): {dl.detail}", file=sys.stderr)
             continue
-        for item in result.interpretations:
-            line = interpretation_line(item, source)
-            if not args.no_state:
-                patient = item.result.patient_id
-                done = correlate_result(
-                    patients.get(patient),
-                    item.result,
-                    source,
-                    pipeline.ruleset,
-                    rules=rules,
-                    override=override,
-                )
-                if done is not None:
-                    patients[patient] = done.state
-                    line["events"] = [event_line(e) for e in done.events]
+        patients_now = None if args.no_state else patients
+        for line in _lines(result, source, pipeline, patients=patients_now, rules=rules, override=override):
             print(json.dumps(line, default=str), flush=True)
     return 1 if failures else 0
+
+
+def _lines(
+    result: Processed,
+    source: SourceRef,
+    pipeline: Pipeline,
+    *,
+    patients: dict[str, PatientState] | None,
+    rules: CorrelationRules,
+    override: TreatmentContext,
+) -> list[dict[str, Any]]:
+    """One line per result of a message; with `patients`, each read with its patient's state."""
+    lines = []
+    if patients is not None:
+        for covariate in result.covariates:
+            if covariate.reading.record is not None:
+                _record(patients, covariate.patient_id, covariate.reading.record, replace=False)
+    for item in result.interpretations:
+        line = interpretation_line(item, source)
+        if patients is not None:
+            patient = item.result.patient_id
+            done = correlate_result(
+                patients.get(patient), item.result, source, pipeline.ruleset, rules=rules, override=override
+            )
+            if done is not None:
+                patients[patient] = done.state
+                line["events"] = [event_line(e) for e in done.events]
+        lines.append(line)
+    return lines
 
 
 def _read_context(message: bytes, pipeline: Pipeline, patients: dict[str, PatientState]) -> bytes | None:
@@ -264,14 +287,18 @@ def _read_context(message: bytes, pipeline: Pipeline, patients: dict[str, Patien
     pipeline (None: nothing). DecodeError for a record that cannot be read."""
     updates, left = context_in_file(message, pipeline.ruleset.recognition)
     for update in updates:
-        state = record_treatment(
-            patients.get(update.patient_id), update.patient_id, update.record, replace=update.replace
-        )
-        if state is None:
-            patients.pop(update.patient_id, None)
-        else:
-            patients[update.patient_id] = state
+        _record(patients, update.patient_id, update.record, replace=update.replace)
     return left
+
+
+def _record(
+    patients: dict[str, PatientState], patient_id: str, update: TreatmentRecord | None, *, replace: bool
+) -> None:
+    state = record_treatment(patients.get(patient_id), patient_id, update, replace=replace)
+    if state is None:
+        patients.pop(patient_id, None)
+    else:
+        patients[patient_id] = state
 
 
 def event_line(event: Alert) -> dict[str, Any]:

@@ -120,6 +120,18 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.covariates = Counter(
+            "tdm_covariates",
+            "Serum albumin and body weight results read on the lab feed for the forecast "
+            "(TDM_LAB_COVARIATES), by covariate and outcome: kept in the patient's record, unusable "
+            "(not final, censored, an unknown unit, implausible), or unreadable (the decoder refused it).",
+            ["covariate", "outcome"],
+            registry=r,
+        )
+        for covariate in ("albumin", "body_weight"):
+            for outcome in ("kept", "unusable"):
+                self.covariates.labels(covariate, outcome)
+        self.covariates.labels("unknown", "unreadable")
         # Process metrics (start time, CPU, memory, open files) for the restart and crash-loop alert.
         ProcessCollector(registry=r)
         self.recognition_gaps = Counter(

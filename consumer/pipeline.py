@@ -25,6 +25,7 @@ from interpretation import (
     alert_for,
     interpret_all,
 )
+from interpretation.covariates import CovariateReading, read_covariate
 from interpretation.engine import recognised
 from interpretation.recognition import mentions_infliximab
 
@@ -42,6 +43,13 @@ class Outcome(StrEnum):
     INTERPRETED = "interpreted"
     SKIPPED = "skipped"
     DEAD_LETTERED = "dead_lettered"
+
+
+class CovariateFound(NamedTuple):
+    """An albumin or weight result of the lab feed, for the patient's treatment record."""
+
+    patient_id: str
+    reading: CovariateReading
 
 
 class Processed(NamedTuple):
@@ -63,6 +71,10 @@ class Processed(NamedTuple):
     maybe_relevant: bool = False
     # Read with `interpret=False`: the infliximab results, for the patient stage to interpret.
     results: Sequence[LabResult] = ()
+    # With `lab_covariates`: the albumin and weight results, and why they could not be read at
+    # all (they never dead-letter a message: it is not about infliximab).
+    covariates: Sequence[CovariateFound] = ()
+    covariate_error: str | None = None
 
     @property
     def urgent(self) -> bool:
@@ -77,10 +89,19 @@ class Pipeline:
     max_message_bytes: int
     context_override: TreatmentContext = field(default_factory=TreatmentContext)
     topic_formats: Mapping[str, Format] = field(default_factory=dict)
+    # Also read serum albumin and body weight results, the forecast's covariates (TDM_LAB_COVARIATES).
+    lab_covariates: bool = False
     prefilter: Prefilter = field(init=False)
+    _covariate_codes: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prefilter", Prefilter(self.ruleset.recognition))
+        recognition = self.ruleset.recognition
+        object.__setattr__(self, "prefilter", Prefilter(recognition, covariates=self.lab_covariates))
+        codes = recognition.covariates
+        known = (
+            frozenset((*codes.albumin, *codes.body_weight)) if codes and self.lab_covariates else frozenset()
+        )
+        object.__setattr__(self, "_covariate_codes", known)
 
     def format_for(self, topic: str | None) -> Format:
         """The format configured for a topic, else AUTO (told by the bytes)."""
@@ -136,6 +157,7 @@ class Pipeline:
             return _dead(
                 Reason.PROCESSING_ERROR, Stage.INTERPRET, type(err).__name__, began, maybe_relevant=True
             )
+        covariates, covariate_error = self._covariates(data, fmt) if self._covariate_codes else ((), None)
         done = time.perf_counter()
         if alerts:
             outcome = Outcome.ALERTED
@@ -154,7 +176,28 @@ class Pipeline:
             # Only a message the pre-filter let through can name the drug (checked once, here).
             recognition_gap=not (interpretations or picked) and maybe and self.prefilter.names_drug(data),
             results=picked,
+            covariates=covariates,
+            covariate_error=covariate_error,
         )
+
+    def _covariates(self, data: bytes, fmt: Format) -> tuple[list[CovariateFound], str | None]:
+        """The message's albumin and weight results, read on their own: a result of theirs the
+        decoder refuses (a bad date) costs the covariate, never the message."""
+        if not self.prefilter.mentions_covariate(data):
+            return [], None
+        try:
+            results = decode(data, self._is_covariate, fmt, True)
+        except DecodeError as err:
+            return [], err.detail
+        recognition = self.ruleset.recognition
+        return [
+            CovariateFound(r.patient_id, reading)
+            for r in results
+            if (reading := read_covariate(r, recognition)) is not None
+        ], None
+
+    def _is_covariate(self, code: str, display: str | None) -> bool:
+        return code in self._covariate_codes
 
     def _refused(self, data: bytes, began: float) -> Processed | None:
         """A dead letter for a message too large or binary to be parsed at all."""

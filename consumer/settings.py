@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     # Patient state (see README "Patient state").
     patient_state: bool = True
     context_topic: str | None = None  # the treatment-context topic (compacted, keyed by patient id)
+    # Read serum albumin and body weight results on the lab feed too, as the forecast's
+    # covariates (README "Forecast of the next trough": what it costs).
+    lab_covariates: bool = False
     input_keyed_by_patient: bool = False  # skip the repartition hop (single input topic only)
     state_dir: Path = Path("state")
     state_partitions: Annotated[int, Field(ge=1, le=1000)] = 6

@@ -164,6 +164,14 @@ class AntibodyAssay(Frozen):
         return code in self.codes and unit is not None and unit_key(unit) == unit_key(self.unit)
 
 
+class CovariateCodes(Frozen):
+    """Codes of the results the next-trough forecast reads as covariates; they never alert."""
+
+    albumin: tuple[str, ...] = ()  # serum or plasma albumin, mass/volume
+    body_weight: tuple[str, ...] = ()
+    citations: tuple[RuleId, ...] = Field(min_length=1)
+
+
 class Recognition(Frozen):
     """How infliximab and anti-infliximab antibody results are told apart from everything else."""
 
@@ -184,6 +192,7 @@ class Recognition(Frozen):
     # Brands that exist only as a subcutaneous product: naming one sets the route.
     subcutaneous_brands: tuple[str, ...] = ()
     citation: RuleId
+    covariates: CovariateCodes | None = None
 
     def known_unit(self, unit: str | None) -> str | None:
         """The vocabulary's spelling of `unit`, or None when it is not a unit we know.
@@ -271,6 +280,7 @@ class RuleSet(Frozen):
             self.plausibility.citation,
             self.assay_limits.citation,
             *(self.trough_timing.citations if self.trough_timing else ()),
+            *(self.recognition.covariates.citations if self.recognition.covariates else ()),
             *(c for r in self.recommendations.values() for c in r.citations),
         ]
         missing = sorted(set(cited) - known)

@@ -68,7 +68,9 @@ class TreatmentRecord(Frozen):
     last_dose_at: datetime | None = None
     doses: tuple[DoseGiven, ...] = ()  # oldest first, the last MAX_DOSES
     weight_kg: Annotated[Decimal, Field(gt=0, le=400)] | None = None
+    weight_at: datetime | None = None  # when it was measured, if known
     albumin_g_per_dl: Annotated[Decimal, Field(gt=0, le=10)] | None = None
+    albumin_at: datetime | None = None
     sex: Literal["female", "male"] | None = None
     birth_date: date | None = None
 
@@ -81,6 +83,14 @@ class TreatmentRecord(Frozen):
         """This record with every field `update` sets replaced (a route changed); a dose given
         joins the doses (the same start time twice is one infusion, the later report wins)."""
         fields = update.model_dump(exclude_none=True, exclude={"doses"})
+        # A measurement older than the one kept does not replace it: results arrive out of order.
+        # A value comes with its own time, or none: never another measurement's.
+        for value, at in _MEASURED:
+            if _earlier(getattr(update, at), getattr(self, at)):
+                fields.pop(value, None)
+                fields.pop(at, None)
+            elif value in fields:
+                fields[at] = getattr(update, at)
         if update.doses:
             fields["doses"] = _kept((*self.doses, *update.doses))
         return self.model_copy(update=fields)
@@ -108,6 +118,13 @@ class TreatmentRecord(Frozen):
             days_since_last_dose=days_since,
             dosing_interval_days=self.dosing_interval_days,
         )
+
+
+_MEASURED = (("weight_kg", "weight_at"), ("albumin_g_per_dl", "albumin_at"))
+
+
+def _earlier(update: datetime | None, kept: datetime | None) -> bool:
+    return update is not None and kept is not None and as_utc(update) < as_utc(kept)
 
 
 def _kept(doses: tuple[DoseGiven, ...]) -> tuple[DoseGiven, ...]:

@@ -2,8 +2,9 @@
 
 Many hospitals' medication feeds are v2. Each RXA for infliximab (or a biosimilar) that was
 completed is one infusion: RXA-3 its start, RXA-6 and RXA-7 its amount and unit (mg or mg/kg),
-and the RXR that follows it the route; an OBX with LOINC 29463-7 gives the body weight. They
-update the patient's record (a dose joins the doses), as a FHIR MedicationAdministration does.
+and the RXR that follows it the route; an OBX with a body-weight code (LOINC 29463-7 and the
+rule set's others) gives the body weight and OBX-14 when it was measured. They update the
+patient's record (a dose joins the doses), as a FHIR MedicationAdministration does.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from pydantic import ValidationError
 from consumer.dead_letters import Reason
 from consumer.formats.errors import DecodeError, describe_validation_error
 from consumer.formats.hl7v2 import hl7_text, split_messages
+from interpretation.covariates import Covariate, Unusable, covariate_of, measured
 from interpretation.lab_result import Route
 from interpretation.recognition import mentions_infliximab, phrase_text
 from interpretation.ruleset import Recognition
 from interpretation.treatment import DoseGiven, TreatmentRecord
 
-BODY_WEIGHT_LOINC = "29463-7"
 # HL7 table 0162 (route of administration) and the NCI thesaurus codes some feeds send.
 _ROUTES = {
     "IV": Route.INTRAVENOUS,
@@ -32,8 +33,6 @@ _ROUTES = {
     "C38299": Route.SUBCUTANEOUS,
 }
 _DOSE_UNITS = {"mg": "mg", "mg/kg": "mg/kg"}
-_POUNDS = {"lb", "[lb_av]", "lbs"}
-_KG_PER_LB = Decimal("0.45359237")
 _GIVEN = {"", "CP", "PA"}  # complete, partially administered; RE refused and NA not given are not doses
 
 
@@ -61,7 +60,7 @@ def decode_administration(data: bytes, recognition: Recognition) -> TreatmentRec
     """The infusions (and weight) of infliximab the message records, or None if it holds none."""
     doses: list[DoseGiven] = []
     route: Route | None = None
-    weight: Decimal | None = None
+    weight: TreatmentRecord | None = None
     for number, text in enumerate(split_messages(hl7_text(data)), start=1):
         try:
             message = hl7.parse(text)
@@ -79,14 +78,15 @@ def decode_administration(data: bytes, recognition: Recognition) -> TreatmentRec
                     doses.append(dose)
             elif kind == "RXR" and ours:
                 route = _ROUTES.get(_part(segment, 1, 0).upper(), route)
-            elif kind == "OBX" and _part(segment, 3, 0) == BODY_WEIGHT_LOINC:
-                weight = _weight(segment, number) or weight
+            elif kind == "OBX" and covariate_of({_part(segment, 3, 0)}, recognition) is Covariate.BODY_WEIGHT:
+                weight = _weight(segment, number)
     if not doses and weight is None:
         return None
     try:
-        return TreatmentRecord(doses=tuple(doses), route=route, weight_kg=weight)
+        given = TreatmentRecord(doses=tuple(doses), route=route)
     except ValidationError as err:
         raise DecodeError(Reason.INVALID, describe_validation_error(err)) from err
+    return given.merged_with(weight) if weight is not None else given
 
 
 def _dose(rxa: Any, number: int, recognition: Recognition) -> DoseGiven | None:
@@ -112,17 +112,20 @@ def _dose(rxa: Any, number: int, recognition: Recognition) -> DoseGiven | None:
         raise DecodeError(Reason.INVALID, f"{where}: {describe_validation_error(err)}") from err
 
 
-def _weight(obx: Any, number: int) -> Decimal | None:
+def _weight(obx: Any, number: int) -> TreatmentRecord:
+    where = f"message {number}: OBX"
     try:
         value = Decimal(_part(obx, 5, 0))
-    except InvalidOperation as err:
-        raise DecodeError(Reason.INVALID, f"message {number}: OBX-5 body weight is not a number") from err
-    unit = _part(obx, 6, 0).lower()
-    if unit in _POUNDS:
-        return value * _KG_PER_LB
-    if unit in ("kg", ""):
-        return value
-    raise DecodeError(Reason.INVALID, f"message {number}: OBX-6 body weight unit must be kg or lb")
+        at = hl7.parse_datetime(_part(obx, 14, 0))
+    except (InvalidOperation, ValueError, TypeError) as err:
+        raise DecodeError(
+            Reason.INVALID, f"{where}-5 body weight is not a number, or OBX-14 no time"
+        ) from err
+    try:
+        # A pharmacy system's weight with no unit is in kilograms, as its dosing is per kg.
+        return measured(Covariate.BODY_WEIGHT, value, _part(obx, 6, 0) or "kg", _plain(at) if at else None)
+    except Unusable as err:
+        raise DecodeError(Reason.INVALID, f"{where}: {err}") from err
 
 
 def _plain(moment: datetime) -> datetime:

@@ -26,7 +26,7 @@ _LETTER_ESCAPES = re.compile(rb"\\[uXZCMHN]")
 
 
 class Prefilter:
-    def __init__(self, recognition: Recognition) -> None:
+    def __init__(self, recognition: Recognition, covariates: bool = False) -> None:
         self._codes = tuple(c.encode() for c in {*recognition.drug_level_codes, *recognition.antibody_codes})
         # A drug name's words, in order, separated by anything that is not a letter or digit,
         # which is how recognition compares display names ("CT-P13" is "ct p13").
@@ -46,10 +46,23 @@ class Prefilter:
         self._any_word = (
             BytesAhoCorasick(words_in_bytes, implementation=Implementation.DFA) if words_in_bytes else None
         )
+        # Albumin and weight codes, when the forecast reads them from the lab feed. They never
+        # page, so a code hidden behind an escape may go unread.
+        codes = recognition.covariates
+        covariate_codes = sorted({*codes.albumin, *codes.body_weight}) if covariates and codes else []
+        self._covariate_code = (
+            BytesAhoCorasick([c.encode() for c in covariate_codes], implementation=Implementation.DFA)
+            if covariate_codes
+            else None
+        )
 
     def _mentions_a_word(self, data: bytes) -> bool:
         """Whether a code or a name's anchor occurs in `data`, ignoring case."""
         return self._any_word is not None and bool(self._any_word.find_matches_as_indexes(data.lower()))
+
+    def mentions_covariate(self, data: bytes) -> bool:
+        """Whether an albumin or weight code occurs in `data` (always False unless asked for)."""
+        return self._covariate_code is not None and bool(self._covariate_code.find_matches_as_indexes(data))
 
     def names_drug(self, data: bytes) -> bool:
         """True when a drug name occurs in the bytes (not just a code that may be coincidence)."""

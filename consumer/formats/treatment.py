@@ -7,8 +7,8 @@ These shapes are read:
   treatment context: it replaces what was known;
 - a FHIR R4 MedicationAdministration (an infliximab dose given: its time, amount, route) or
   MedicationRequest (the regimen: route, dosing interval), which update the fields they carry;
-- a FHIR R4 Observation of body weight (LOINC 29463-7) or serum albumin (1751-7): covariates
-  of the next-trough forecast;
+- a FHIR R4 Observation of body weight (LOINC 29463-7) or serum albumin (1751-7), or another
+  code the rule set lists for them: covariates of the next-trough forecast;
 - an HL7 v2 RAS^O17 administration message (`consumer.formats.administration`).
 
 Medications other than infliximab and its biosimilars are skipped; a brand that exists only as
@@ -27,13 +27,10 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from consumer.dead_letters import Reason
-from consumer.formats.administration import (
-    BODY_WEIGHT_LOINC,
-    decode_administration,
-    is_administration,
-)
+from consumer.formats.administration import decode_administration, is_administration
 from consumer.formats.administration import patient_of as administration_patient
 from consumer.formats.errors import DecodeError, describe_validation_error
+from interpretation.covariates import Unusable, covariate_of, measured
 from interpretation.lab_result import Route
 from interpretation.recognition import mentions_infliximab, phrase_text
 from interpretation.ruleset import Recognition
@@ -42,10 +39,7 @@ from interpretation.treatment import TreatmentRecord
 # SNOMED CT route codes (FHIR's route value set) for the two ways infliximab is given.
 _ROUTES = {"47625008": Route.INTRAVENOUS, "34206005": Route.SUBCUTANEOUS}
 _PERIOD_DAYS = {"d": 1, "wk": 7}
-ALBUMIN_LOINC = "1751-7"
 _DOSE_UNITS = {"mg": "mg", "mg/kg": "mg/kg"}
-_KG = {"kg": Decimal(1), "[lb_av]": Decimal("0.45359237"), "lb": Decimal("0.45359237")}
-_G_PER_DL = {"g/dl": Decimal(1), "g/l": Decimal("0.1")}
 
 
 @dataclass(frozen=True)
@@ -106,6 +100,7 @@ class _Observation(BaseModel):
     status: str
     code: _Concept
     valueQuantity: _Quantity | None = None  # noqa: N815
+    effectiveDateTime: datetime | None = None  # noqa: N815
 
 
 class _Period(BaseModel):
@@ -155,7 +150,7 @@ def decode_treatment(
 
 def _from_fhir(patient_id: str, document: dict[str, Any], recognition: Recognition) -> TreatmentUpdate | None:
     if document.get("resourceType") == "Observation":
-        return _from_observation(patient_id, document)
+        return _from_observation(patient_id, document, recognition)
     try:
         med = _Medication.model_validate(document)
     except ValidationError as err:
@@ -193,28 +188,25 @@ def _from_fhir(patient_id: str, document: dict[str, Any], recognition: Recogniti
     return TreatmentUpdate(patient_id, record, replace=False)
 
 
-def _from_observation(patient_id: str, document: dict[str, Any]) -> TreatmentUpdate | None:
+def _from_observation(
+    patient_id: str, document: dict[str, Any], recognition: Recognition
+) -> TreatmentUpdate | None:
     """Body weight or serum albumin; other observations are not the context topic's."""
     try:
         obs = _Observation.model_validate(document)
     except ValidationError as err:
         raise DecodeError(Reason.INVALID, describe_validation_error(err)) from err
-    codes = {c.code for c in obs.code.coding if c.system in (None, "http://loinc.org")}
+    codes = {c.code for c in obs.code.coding if c.system in (None, "http://loinc.org") and c.code}
+    covariate = covariate_of(codes, recognition)
     quantity = obs.valueQuantity
-    if obs.status not in ("final", "amended", "corrected") or quantity is None or quantity.value is None:
+    if covariate is None or obs.status not in ("final", "amended", "corrected"):
         return None
-    if BODY_WEIGHT_LOINC in codes:
-        factor, field_name = _KG.get(quantity.unit_key()), "weight_kg"
-    elif ALBUMIN_LOINC in codes:
-        factor, field_name = _G_PER_DL.get(quantity.unit_key()), "albumin_g_per_dl"
-    else:
+    if quantity is None or quantity.value is None:
         return None
-    if factor is None:
-        raise DecodeError(Reason.INVALID, f"valueQuantity: a unit {field_name} can be read in")
     try:
-        record = TreatmentRecord.model_validate({field_name: quantity.value * factor})
-    except ValidationError as err:
-        raise DecodeError(Reason.INVALID, describe_validation_error(err)) from err
+        record = measured(covariate, quantity.value, quantity.code or quantity.unit, obs.effectiveDateTime)
+    except Unusable as err:
+        raise DecodeError(Reason.INVALID, f"valueQuantity: {err}") from err
     return TreatmentUpdate(patient_id, record, replace=False)
 
 
@@ -260,7 +252,7 @@ def context_in_file(message: bytes, recognition: Recognition) -> tuple[list[Trea
         found, rest = [], []
         for entry in document["entry"]:
             resource = entry.get("resource") if isinstance(entry, dict) else None
-            if isinstance(resource, dict) and _is_context(resource):
+            if isinstance(resource, dict) and _is_context(resource, recognition):
                 found.append(_from_resource(resource, recognition))
             else:
                 rest.append(entry)
@@ -268,16 +260,16 @@ def context_in_file(message: bytes, recognition: Recognition) -> tuple[list[Trea
             return [], message
         left = json.dumps({**document, "entry": rest}).encode() if rest else None
         return _updates(found), left
-    if _is_context(document):
+    if _is_context(document, recognition):
         return _updates([_from_resource(document, recognition)]), None
     if "resourceType" not in document and "results" not in document and _CONTEXT_FIELDS & document.keys():
         return _updates([decode_treatment(_key(document.get("patient_id")), message, recognition)]), None
     return [], message
 
 
-def _is_context(resource: dict[str, Any]) -> bool:
+def _is_context(resource: dict[str, Any], recognition: Recognition) -> bool:
     kind = resource.get("resourceType")
-    return kind in _CONTEXT_RESOURCES or (kind == "Observation" and _covariate_codes(resource))
+    return kind in _CONTEXT_RESOURCES or (kind == "Observation" and _covariate_codes(resource, recognition))
 
 
 def _from_resource(resource: dict[str, Any], recognition: Recognition) -> TreatmentUpdate | None:
@@ -295,7 +287,8 @@ def _key(patient: object) -> bytes | None:
     return str(patient).encode() if patient else None
 
 
-def _covariate_codes(document: dict[str, Any]) -> bool:
+def _covariate_codes(document: dict[str, Any], recognition: Recognition) -> bool:
     code = document.get("code")
     codings = code.get("coding", []) if isinstance(code, dict) else []
-    return any(isinstance(c, dict) and c.get("code") in (BODY_WEIGHT_LOINC, ALBUMIN_LOINC) for c in codings)
+    codes = {str(c.get("code")) for c in codings if isinstance(c, dict)}
+    return covariate_of(codes, recognition) is not None

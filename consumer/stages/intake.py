@@ -3,7 +3,8 @@
 - `Intake` (no patient state): each message is read alone and its alerts published.
 - `ForwardingIntake` (the repartition hop, the default): the infliximab results are only picked
   out and sent to the patient topic keyed by patient; the patient stage interprets them there,
-  with the patient's state.
+  with the patient's state. Albumin and weight results (with TDM_LAB_COVARIATES) go there too,
+  as updates of the patient's treatment record.
 - `KeyedIntake` (input already keyed by patient): results are interpreted and read with the
   patient's state in one step. A result it cannot interpret is dead-lettered before any state
   is written: a failure partway through a message's results would leave the first result's
@@ -18,7 +19,7 @@ from typing import Any
 from consumer.clients.seam import Record
 from consumer.delivery import Delivery
 from consumer.outputs import CORRELATION_HEADER, correlation_id, source_of
-from consumer.patient_topic import is_forget, result_value
+from consumer.patient_topic import is_forget, result_value, treatment_record
 from consumer.pipeline import Pipeline, Processed
 from consumer.stages.patient import PatientStage
 from consumer.state.manager import PatientStates
@@ -43,6 +44,10 @@ class ForwardingIntake:
     def process(self, record: Record) -> Processed:
         fmt = self.pipeline.format_for(record.topic)
         result = self.pipeline.process(record.value, partial(source_of, record), fmt, interpret=False)
+        for covariate in result.covariates:
+            if covariate.reading.record is not None:  # to the patient's record, as the context topic's are
+                value, headers = treatment_record(covariate.reading.record, replace=False)
+                self.delivery.send(self.patient_topic, covariate.patient_id.encode(), value, headers)
         if result.results:
             source = source_of(record)
             correlation = [(CORRELATION_HEADER, correlation_id(record).encode())]
@@ -70,6 +75,11 @@ class KeyedIntake:
             return self.patients.process(record)
         fmt = self.pipeline.format_for(record.topic)
         result = self.pipeline.process(record.value, partial(source_of, record), fmt)
+        for covariate in result.covariates:
+            if covariate.reading.record is not None:
+                self.states.record_treatment(
+                    record.partition, covariate.patient_id, covariate.reading.record, replace=False
+                )
         if not result.interpretations:
             return result
         # Read again with the patient's state: that reading is the one counted, as on the hop.

@@ -238,12 +238,18 @@ def run_service(
     patient_records: int = 0,
     client: str = "kafka-python",
     keyed: bool = False,
+    covariates: bool = False,
 ) -> dict[str, float]:
     """Until every input message is committed and, with state, every patient record too."""
     alerts, dlq = f"bench.tdm.alerts.{uuid.uuid4().hex[:6]}", f"bench.tdm.dlq.{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, (alerts, PARTITIONS), (dlq, 1))
     env = service_env(bootstrap, topic, alerts, dlq, delivery, state=state, client=client, keyed=keyed)
-    kind = ("keyed-" if keyed else "") + ("state" if state else "stateless")
+    env["TDM_LAB_COVARIATES"] = "true" if covariates else "false"
+    kind = (
+        ("keyed-" if keyed else "")
+        + ("state" if state else "stateless")
+        + ("-covariates" if covariates else "")
+    )
     service = Service(env, WORK / f"service-{client}-{delivery}-{kind}.log")
     try:
         while service.consumed(topic) < expect or (
@@ -684,13 +690,19 @@ def in_process(messages: list[feed.Message]) -> dict[str, dict[str, float]]:
 # -- report --------------------------------------------------------------------------------
 
 
-def patient_records(messages: list[feed.Message]) -> int:
-    """How many results the intake forwards to the patient stage (infliximab results)."""
+def patient_records(messages: list[feed.Message], covariates: bool = False) -> int:
+    """How many records the intake forwards to the patient stage: infliximab results, and with
+    `covariates` (TDM_LAB_COVARIATES) the usable albumin and weight results too."""
     from consumer.pipeline import Pipeline
     from interpretation import SourceRef, default_ruleset
 
-    pipeline = Pipeline(default_ruleset(), 1 << 20)
-    return sum(len(pipeline.process(m.value, SourceRef()).interpretations) for m in messages if m.relevant)
+    pipeline = Pipeline(default_ruleset(), 1 << 20, lab_covariates=covariates)
+    count = 0
+    for m in messages:
+        if m.relevant or covariates:
+            done = pipeline.process(m.value, SourceRef())
+            count += len(done.interpretations) + sum(c.reading.record is not None for c in done.covariates)
+    return count
 
 
 def machine() -> dict[str, object]:
@@ -717,6 +729,7 @@ CLIENTS = ("kafka-python", "confluent-kafka")
 CONFLUENT_STATEFUL = "tdm-alerts exactly-once, patient state (confluent-kafka)"
 CONFLUENT_STATELESS = "tdm-alerts exactly-once, stateless (confluent-kafka)"
 CONFLUENT_KEYED = "tdm-alerts exactly-once, patient state, input keyed by patient (confluent-kafka)"
+CONFLUENT_COVARIATES = "tdm-alerts exactly-once, patient state, albumin and weight read (confluent-kafka)"
 QUIX = "Quix Streams + our core, exactly-once"
 # Run twice, alternating, best of two each: one run of the same contender on this 2-core
 # machine varied by up to 25% (a cold broker, the page cache), more than the ratio's margin.
@@ -742,6 +755,15 @@ def table(results: dict[str, object]) -> str:
     quix = results["throughput"][QUIX]["per_s"]
     for name in ("tdm-alerts exactly-once, patient state", *RERUN[1:]):
         lines.append(f"{name}: {results['throughput'][name]['per_s'] / quix:.2f}x Quix Streams")
+    if CONFLUENT_COVARIATES in results["throughput"]:
+        ratio = (
+            results["throughput"][CONFLUENT_COVARIATES]["per_s"]
+            / results["throughput"][CONFLUENT_STATEFUL]["per_s"]
+        )
+        lines.append(
+            f"TDM_LAB_COVARIATES=true: {ratio:.2f}x patient state without it, confluent-kafka "
+            f"({results['feed'].get('with_albumin_or_weight', 0):,} messages carry albumin or weight)"
+        )
     lines.append(
         "best of two alternating runs for: "
         + "; ".join(
@@ -831,6 +853,7 @@ def main() -> None:
     messages = list(feed.generate(args.messages))
     relevant = sum(m.relevant for m in messages)
     records = patient_records(messages)
+    covariate_records = patient_records(messages, covariates=True)
     size = sum(len(m.value) for m in messages) / len(messages)
     log(
         f"feed: {len(messages):,} messages, {relevant:,} with infliximab results "
@@ -840,7 +863,11 @@ def main() -> None:
     results: dict[str, object] = {
         "machine": machine(),
         "when": datetime.now().isoformat(timespec="seconds"),
-        "feed": {"messages": len(messages), "relevant": relevant},
+        "feed": {
+            "messages": len(messages),
+            "relevant": relevant,
+            "with_albumin_or_weight": sum(b"1751-7" in m.value or b"29463-7" in m.value for m in messages),
+        },
     }
     try:
         topic = f"bench.feed.{uuid.uuid4().hex[:6]}"
@@ -885,6 +912,18 @@ def main() -> None:
                 CONFLUENT_KEYED,
                 lambda: run_service(
                     bootstrap, topic, len(messages), "exactly_once", client="confluent-kafka", keyed=True
+                ),
+            ),
+            (
+                CONFLUENT_COVARIATES,
+                lambda: run_service(
+                    bootstrap,
+                    topic,
+                    len(messages),
+                    "exactly_once",
+                    patient_records=covariate_records,
+                    client="confluent-kafka",
+                    covariates=True,
                 ),
             ),
             (

@@ -378,7 +378,9 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
     fc = f"FC-{uuid.uuid4().hex[:6]}"
     send(kafka_bootstrap, context, fc, json.dumps({"route": "intravenous", "phase": "maintenance"}).encode())
     send(kafka_bootstrap, context, fc, _weight(70), _administrations(fc, DAY0, (210, 196, 168, 112, 56)))
-    service = start_service(TDM_CONTEXT_TOPIC=context, TDM_INPUT_KEYED_BY_PATIENT=str(keyed).lower())
+    service = start_service(
+        TDM_CONTEXT_TOPIC=context, TDM_INPUT_KEYED_BY_PATIENT=str(keyed).lower(), TDM_LAB_COVARIATES="true"
+    )
     reader = AlertReader(kafka_bootstrap, topics["alerts"])
     try:
         # A real assignment, not kafka-python's empty first one (K3): an instance restarted after
@@ -387,8 +389,12 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
         wait_until(lambda: '"partitions": ["' in _assigned_lines(service), timeout_s=90)
         time.sleep(2)  # the context record is read and kept before the results arrive
         results = [message(p, f"A-{p}", f"S-{p}", DAY0, level("15")) for p in (sc, iv)]
+        # The forecast patient's albumin comes from the lab feed, in a chemistry panel before the level.
+        results.append(_chemistry_panel(fc, DAY0, albumin_g_per_l="31"))
         results.append(message(fc, f"A-{fc}", f"S-{fc}", DAY0, level("1.6")))
-        produce(kafka_bootstrap, topics["input"], results, [sc.encode(), iv.encode(), fc.encode()])
+        produce(
+            kafka_bootstrap, topics["input"], results, [sc.encode(), iv.encode(), fc.encode(), fc.encode()]
+        )
         reader.wait_for(2, timeout_s=60, while_alive=[service])
         found = events_of(reader)
     finally:
@@ -402,7 +408,9 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
     (forecast,) = [e["forecast"] for e in found if e["patient_id"] == fc]
     assert forecast["status"] == "forecast", forecast
     assert forecast["current"]["mg_per_kg"] == 5 and forecast["current"]["every_weeks"] == 8
-    assert {c["name"]: c["value"] for c in forecast["covariates"]}["weight_kg"] == 70
+    covariates = {c["name"]: c for c in forecast["covariates"]}
+    assert covariates["weight_kg"]["value"] == 70
+    assert covariates["albumin_g_per_dl"]["value"] == 3.1 and not covariates["albumin_g_per_dl"]["assumed"]
     # The readings counted are the ones made with the records: two low, one above.
     port = metrics_port(service.log_text())
 
@@ -413,7 +421,24 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
 
     wait_until(lambda: sum(findings().values()) == 3, timeout_s=30)
     assert findings() == {"subtherapeutic": 2, "above_target": 1}
+    kept = metric_total(scrape(port), "tdm_covariates_total", covariate="albumin", outcome="kept")
+    assert kept == 1
     assert service.stop() == 0
+
+
+def _chemistry_panel(patient: str, drawn: datetime, albumin_g_per_l: str) -> bytes:
+    """An HL7 v2 chemistry panel with a serum albumin among other analytes, no infliximab."""
+    at = drawn.strftime("%Y%m%d%H%M%S")
+    return "\r".join(
+        [
+            f"MSH|^~\\&|LIS|LAB|TDM|H|{at}||ORU^R01^ORU_R01|CMP-{patient}|P|2.5.1",
+            f"PID|1||{patient}^^^H^MR",
+            f"OBR|1|P-{patient}|CMP-{patient}|CMP^Comprehensive metabolic panel^L|||{at}",
+            "OBX|1|NM|2345-7^Glucose^LN||98|mg/dL|||||F",
+            f"OBX|2|NM|1751-7^Albumin^LN||{albumin_g_per_l}|g/L|||||F",
+            "OBX|3|NM|2160-0^Creatinine^LN||0.9|mg/dL|||||F",
+        ]
+    ).encode()
 
 
 def _weight(kg: float) -> bytes:

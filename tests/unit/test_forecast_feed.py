@@ -16,6 +16,7 @@ from consumer.formats.errors import DecodeError
 from consumer.formats.treatment import decode_treatment
 from interpretation import LabResult, SourceRef
 from interpretation.correlation import correlate_result, record_treatment
+from interpretation.covariates import read_covariate
 from interpretation.forecast import Forecast, Refused
 from interpretation.lab_result import Route
 from interpretation.next_trough import forecast_for
@@ -145,9 +146,15 @@ def _history() -> list[tuple[str, object]]:
     return [
         ("record", TreatmentRecord(weight_kg=Decimal(70), route=Route.INTRAVENOUS, doses=doses[:3])),
         ("record", TreatmentRecord(doses=doses[3:])),
-        ("record", TreatmentRecord(albumin_g_per_dl=Decimal("3.4"))),
+        # Two albumin results of the lab feed, the later one kept whichever arrives last.
+        ("covariate", _albumin("34", DRAWN - timedelta(hours=2))),
+        ("covariate", _albumin("28", DRAWN - timedelta(days=60))),
         ("level", _level("1.6")),
     ]
+
+
+def _albumin(grams_per_litre: str, drawn: datetime) -> LabResult:
+    return LabResult(patient_id="PT-1", code="1751-7", value=grams_per_litre, unit="g/L", collected_at=drawn)
 
 
 def _fold(arrivals):
@@ -155,6 +162,10 @@ def _fold(arrivals):
     for kind, item in arrivals:
         if kind == "record":
             state = record_treatment(state, "PT-1", item, replace=False)
+        elif kind == "covariate":
+            reading = read_covariate(item, RULES.recognition)
+            assert reading is not None and reading.record is not None
+            state = record_treatment(state, "PT-1", reading.record, replace=False)
         else:
             done = correlate_result(state, item, HERE, RULES)
             assert done is not None
@@ -163,9 +174,7 @@ def _fold(arrivals):
 
 
 def test_a_low_levels_alert_carries_its_forecast_and_says_it_in_its_advice():
-    state = record_treatment(None, "PT-1", None, replace=False)
-    for _kind, item in _history()[:-1]:
-        state = record_treatment(state, "PT-1", item, replace=False)
+    state = _fold(_history()[:-1])
     done = correlate_result(state, _level("1.6"), HERE, RULES)
     assert done is not None
     [event] = done.events
@@ -188,7 +197,10 @@ def test_the_level_and_the_context_in_any_order_give_the_same_forecast_once_all_
         state = _fold(order)
         found = forecast_for(state, interpretation.interpretation)  # type: ignore[arg-type]
         forecasts.add(found.model_dump_json() if found is not None else None)
-    assert len(forecasts) == 1 and json.loads(next(iter(forecasts)))["status"] == "forecast"
+    [once] = forecasts
+    assert json.loads(once)["status"] == "forecast"
+    covariates = {c["name"]: c for c in json.loads(once)["covariates"]}
+    assert covariates["albumin_g_per_dl"]["value"] == 3.4 and not covariates["albumin_g_per_dl"]["assumed"]
 
 
 def test_a_subcutaneous_patients_alert_says_why_there_is_no_forecast():
