@@ -226,6 +226,16 @@ def test_interpret_reads_the_context_records_in_the_file_and_shows_the_forecast(
             }
             for d in MAINTENANCE
         ),
+        # A chemistry panel of the lab feed with the albumin, read as a covariate.
+        {
+            "patient_id": "PT-FILE",
+            "accession": "A-CMP",
+            "collected_at": (DRAWN - timedelta(days=1)).isoformat(),
+            "results": [
+                {"code": "2345-7", "value": "98", "unit": "mg/dL"},
+                {"code": "1751-7", "value": "29", "unit": "g/L"},
+            ],
+        },
         {
             "patient_id": "PT-FILE",
             "accession": "A-F",
@@ -238,6 +248,8 @@ def test_interpret_reads_the_context_records_in_the_file_and_shows_the_forecast(
     event = _interpreted_event(history)
     assert event["forecast"]["status"] == "forecast", event["forecast"]
     assert event["forecast"]["current"]["mg_per_kg"] == 5 and event["forecast"]["levels_used"] == 1
+    albumin = next(c for c in event["forecast"]["covariates"] if c["name"] == "albumin_g_per_dl")
+    assert albumin["value"] == 2.9 and not albumin["assumed"]
 
 
 def test_a_preliminary_or_unreadable_level_is_not_fitted():
