@@ -100,6 +100,9 @@ class Delivery(ABC, Generic[P]):
         """Whether `err` is a fence this delivery has recovered from (by replacing its producer)."""
         return False
 
+    def failed(self, err: ClientError) -> None:
+        """A batch failed with `err` (the loop retries it)."""
+
     def close(self) -> None:
         self._drop_producer()
 
@@ -118,6 +121,13 @@ class TransactionalDelivery(Delivery[TransactionalProducer]):
         self._began = 0.0  # monotonic time the open transaction began
         self._lane = 0
         self._resting: TransactionalProducer | None = None
+        # For telling the broker's own aborts after an outage from another instance's fence:
+        # when each lane's producer last worked (made or committed), since when batches have
+        # been failing (the cluster away), and when the last failing spell long enough for the
+        # broker to time a transaction out ended.
+        self._worked = [0.0, 0.0]
+        self._failing_since: float | None = None
+        self._long_outage_ended: float | None = None
 
     @property
     def transactional_id(self) -> str:
@@ -131,6 +141,7 @@ class TransactionalDelivery(Delivery[TransactionalProducer]):
         # Initialising fences and aborts whatever a predecessor with this id left open.
         transactional_id = self.lane_id(self._lane)
         producer = self.client.transactional_producer(transactional_id)
+        self._worked[self._lane] = time.monotonic()
         log.info("transactions ready", transactional_id=transactional_id, client=self.client.name)
         return producer
 
@@ -155,7 +166,18 @@ class TransactionalDelivery(Delivery[TransactionalProducer]):
         self.producer.flush(SEND_TIMEOUT_S)  # raises the first failed send
         self.producer.send_offsets(offsets, consumer.group_metadata())
         self.producer.commit()
+        now = self._worked[self._lane] = time.monotonic()
+        if self._failing_since is not None and self._outlived_transactions(now - self._failing_since):
+            self._long_outage_ended = now
+        self._failing_since = None
         self._take_turns()
+
+    def failed(self, err: ClientError) -> None:
+        if err.failure is Failure.TRANSIENT and self._failing_since is None:
+            self._failing_since = time.monotonic()
+
+    def _outlived_transactions(self, seconds: float) -> bool:
+        return seconds * 1000 >= self.settings.transaction_timeout_ms
 
     def close(self) -> None:
         super().close()
@@ -187,18 +209,33 @@ class TransactionalDelivery(Delivery[TransactionalProducer]):
         self._drop_producer()
 
     def survive_fence(self, err: BaseException) -> bool:
-        """Replace the producer after the broker's abort of a timed-out transaction; False (a
-        fatal fence: another instance has our id) for anything else."""
+        """Replace the producer after the broker's own abort of a timed-out transaction; False
+        (a fatal fence: another instance has our id) for anything else.
+
+        The broker's abort can reach a producer three ways: its transaction stayed open past
+        TDM_TRANSACTION_TIMEOUT_MS; batches have been failing (the cluster away) for that long;
+        or the producer last worked before such a spell ended (the other lane, idle through it,
+        met the bumped epoch on its next transaction: seen on confluent-kafka with Kafka 4).
+        Another instance with our id fences a producer that has worked all along.
+        """
         if not (isinstance(err, ClientError) and err.failure is Failure.FENCED):
             return False
-        open_s = time.monotonic() - self._began
-        if open_s * 1000 < self.settings.transaction_timeout_ms:
+        now = time.monotonic()
+        open_s = now - self._began
+        failing_s = now - self._failing_since if self._failing_since is not None else 0.0
+        ended = self._long_outage_ended
+        if not (
+            self._outlived_transactions(open_s)
+            or self._outlived_transactions(failing_s)
+            or (ended is not None and self._worked[self._lane] < ended)
+        ):
             return False
         log.warning(
-            "transaction fenced after it outlived TDM_TRANSACTION_TIMEOUT_MS (a broker outage); "
+            "transaction fenced by the broker after an outage longer than TDM_TRANSACTION_TIMEOUT_MS; "
             "replacing the producer",
             error=err.name,
             open_s=round(open_s, 1),
+            failing_s=round(failing_s, 1),
         )
         self._drop_producer()  # the next batch's producer claims the id again and aborts what is open
         return True

@@ -148,6 +148,7 @@ class Batches(Generic[R]):
         A commit refused because the group moved on (a rebalance, an expired member) is retried
         at once: waiting only delays the rejoin. Other failures back off up to the maximum.
         """
+        self.delivery.failed(err)
         self.raise_if_fatal(err)
         batch = self.open
         self.metrics.batch_failures.inc()

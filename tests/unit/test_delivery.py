@@ -167,3 +167,60 @@ def test_an_abort_replaces_only_the_lane_in_use(clock):
     assert resting is not None and not resting.closed
     transactional.close()
     assert resting.closed and transactional._resting is None and transactional._producer is None
+
+
+def _started(clock) -> TransactionalDelivery:
+    """Both lanes claimed and one transaction committed on each."""
+    transactional = TransactionalDelivery(Settings(), _Client())  # type: ignore[arg-type]
+    transactional.connect()
+    for _ in range(2):
+        transactional.begin()
+        transactional.commit({}, _Consumer())  # type: ignore[arg-type]
+        clock[0] += 0.25
+    return transactional
+
+
+def test_a_fence_while_batches_have_failed_for_longer_than_the_timeout_is_the_brokers(clock):
+    transactional = _started(clock)
+    transactional.begin()
+    transactional.failed(ClientError(Failure.TRANSIENT, "commit: all brokers down"))
+    clock[0] += TIMEOUT_S + 1  # retried with back-off through the outage
+    transactional.abort()
+    transactional.begin()  # a new producer on this lane, a young transaction
+    assert transactional.survive_fence(fenced())
+
+
+def test_the_lane_idle_through_a_long_outage_survives_its_fence_after_the_other_lane_recovers(clock):
+    """confluent-kafka on Kafka 4: after a 35 s outage the lane that had rested through it was
+    fenced on its first transaction (a young one), and the service exited as if replaced."""
+    transactional = _started(clock)
+    transactional.begin()
+    transactional.failed(ClientError(Failure.TRANSIENT, "commit: all brokers down"))
+    clock[0] += TIMEOUT_S + 5
+    transactional.abort()
+    transactional.begin()
+    transactional.commit({}, _Consumer())  # type: ignore[arg-type]  # the cluster is back
+    clock[0] += 0.25
+    transactional.begin()  # the other lane: its producer last worked before the outage
+    rested = transactional.producer
+    assert transactional.survive_fence(fenced())
+    assert rested.closed and transactional._producer is None
+    # Its new producer has worked since: a fence on it now is another instance.
+    transactional.begin()
+    transactional.commit({}, _Consumer())  # type: ignore[arg-type]
+    transactional.begin()
+    assert not transactional.survive_fence(fenced())
+
+
+def test_a_short_outage_or_a_rebalance_does_not_excuse_a_fence(clock):
+    transactional = _started(clock)
+    transactional.begin()
+    transactional.failed(ClientError(Failure.TRANSIENT, "commit: request timed out"))
+    transactional.failed(ClientError(Failure.REBALANCED, "send offsets"))
+    clock[0] += TIMEOUT_S / 2  # too short for the broker to time a transaction out
+    transactional.abort()
+    transactional.begin()
+    assert not transactional.survive_fence(fenced())
+    transactional.commit({}, _Consumer())  # type: ignore[arg-type]
+    transactional.begin()  # the other lane, which rested through the short spell
+    assert not transactional.survive_fence(fenced())
