@@ -197,11 +197,20 @@ class RunningService:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and its exit code; one that does not exit in `timeout` is killed, and the
+        failure shows what its log says it was doing."""
         with self._lock:
             self._supervising = False
             if self.proc.poll() is None:
                 self.proc.terminate()
-            code = self.proc.wait(timeout=timeout)
+            try:
+                code = self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+                raise AssertionError(
+                    f"did not stop within {timeout:.0f} s of SIGTERM:\n{self.diagnosis()}"
+                ) from None
             if not self._log.closed:
                 self._log.close()
         return code
