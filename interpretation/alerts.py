@@ -222,6 +222,8 @@ def _summary(interpretation: Interpretation, partner: Partner | None, action: Ac
             text += f"; trough {partner.comparator or ''}{partner.value} {partner.unit or ''}".rstrip()
     if interpretation.pattern is Pattern.IMMUNOGENIC_FAILURE:
         text += "; low level with antibodies (immunogenic failure)"
+    elif interpretation.pattern is Pattern.LOW_LEVEL_WITH_LOW_TITRE_ANTIBODIES:
+        text += "; low level with low-titre antibodies"
     if action is Action.RESOLVE:
         text = "Resolved: " + text
     target = interpretation.target if isinstance(interpretation, DrugLevelInterpretation) else None

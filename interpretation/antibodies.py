@@ -15,12 +15,12 @@ import re
 from decimal import Decimal
 from typing import NamedTuple
 
-from interpretation.findings import NO_RULE, AntibodyFinding, AntibodyInterpretation, DecidedBy
+from interpretation.findings import NO_RULE, AntibodyFinding, AntibodyInterpretation, DecidedBy, Titre
 from interpretation.lab_result import LabResult, TreatmentContext
 from interpretation.numbers import ValueReading, read_value
 from interpretation.qualitative import Reading, read_text
 from interpretation.quantities import Comparator, Quantity, UnreadableValue, unit_key
-from interpretation.ruleset import RuleSet
+from interpretation.ruleset import AntibodyAssay, RuleSet
 
 Verdict = AntibodyFinding | None  # None: this evidence does not settle it
 
@@ -110,11 +110,10 @@ class _Evidence(NamedTuple):
     citation: str | None
 
 
-def _evidence(
-    result: LabResult, level: Quantity | None, ruleset: RuleSet, unit: str | None
-) -> list[_Evidence]:
-    """Every piece of evidence the report carries that settles positivity, in rank order."""
-    found: list[_Evidence] = []
+def _assays(
+    result: LabResult, ruleset: RuleSet, unit: str | None
+) -> tuple[AntibodyAssay | None, AntibodyAssay | None]:
+    """The first configured assay for this result naming its performing lab, and the first not."""
     named = unnamed = None
     for assay in ruleset.antibody_assays:
         if assay.applies_to(result.code, unit, result.performing_lab):
@@ -122,6 +121,39 @@ def _evidence(
                 named = named or assay
             else:
                 unnamed = unnamed or assay
+    return named, unnamed
+
+
+def _titre_grade(
+    result: LabResult, level: Quantity | None, ruleset: RuleSet, unit: str | None
+) -> tuple[Titre, str, str] | None:
+    """Detected antibodies graded against the high titre of the assay that reported them (the
+    named one first), with the reason's words and the citation; None where no assay defines
+    one or the value straddles it."""
+    named, unnamed = _assays(result, ruleset, unit)
+    assay = named or unnamed
+    if level is None or assay is None or assay.high_titre_citation is None:
+        return None
+    high, cited = assay.high_titre_at_or_above, assay.high_titre_citation
+    if high is None:
+        return None
+    if level.all_at_least(high):
+        return Titre.HIGH, f"high titre (at or above {high} {assay.unit}, {assay.id})", cited
+    if level.all_below(high):
+        return (
+            Titre.LOW,
+            f"low titre (below the assay's high titre of {high} {assay.unit}, {assay.id})",
+            cited,
+        )
+    return None
+
+
+def _evidence(
+    result: LabResult, level: Quantity | None, ruleset: RuleSet, unit: str | None
+) -> list[_Evidence]:
+    """Every piece of evidence the report carries that settles positivity, in rank order."""
+    found: list[_Evidence] = []
+    named, unnamed = _assays(result, ruleset, unit)
     if (
         level is not None
         and named is not None
@@ -237,11 +269,19 @@ def interpret_antibody(
     citation_ids = [c for c in (evidence.citation,) if c] + list(
         recommendation.citations if recommendation else ()
     )
+    titre = None
+    if evidence.finding is AntibodyFinding.ANTIBODIES_DETECTED and (
+        graded := _titre_grade(result, level, ruleset, unit)
+    ):
+        titre, said, cited = graded
+        reason = f"{reason}; {said}"
+        citation_ids.append(cited)
     return AntibodyInterpretation.model_validate(
         {
             **common,
             "finding": evidence.finding,
             "decided_by": evidence.decided_by,
+            "titre": titre,
             "alert": evidence.finding is AntibodyFinding.ANTIBODIES_DETECTED and result.status.may_page,
             "reason": reason,
             "rule_id": evidence.rule_id,

@@ -40,6 +40,7 @@ from interpretation.engine import interpret, pattern_of
 from interpretation.findings import (
     Analyte,
     AntibodyFinding,
+    AntibodyInterpretation,
     DrugLevelFinding,
     DrugLevelInterpretation,
     Interpretation,
@@ -53,9 +54,7 @@ from interpretation.ruleset import RuleSet
 from interpretation.treatment import TreatmentRecord
 
 # Patterns that call for attention; "adequate level without antibodies" does not.
-_ALERTING_PATTERNS = frozenset(
-    {Pattern.IMMUNOGENIC_FAILURE, Pattern.NON_IMMUNE_LOW_LEVEL, Pattern.ANTIBODIES_WITH_ADEQUATE_LEVEL}
-)
+_ALERTING_PATTERNS = frozenset(set(Pattern) - {Pattern.ADEQUATE_WITHOUT_ANTIBODIES})
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 DEFAULT_RULES = CorrelationRules()
 
@@ -87,6 +86,7 @@ def _remember(interpretation: Interpretation) -> RememberedResult:
         value=interpretation.value,
         comparator=interpretation.comparator,
         unit=interpretation.unit,
+        titre=interpretation.titre if isinstance(interpretation, AntibodyInterpretation) else None,
     )
 
 
@@ -373,7 +373,7 @@ def correlate(
     if partner is not None:
         level, antibodies = (new, partner) if new.analyte is Analyte.INFLIXIMAB else (partner, new)
         if isinstance(level.finding, DrugLevelFinding) and isinstance(antibodies.finding, AntibodyFinding):
-            pattern = pattern_of(level.finding, antibodies.finding)
+            pattern = pattern_of(level.finding, antibodies.finding, antibodies.titre)
     if pattern is not None:
         interpretation = _with_pattern(interpretation, pattern, ruleset)
     incident = earlier or (state.incident(partner.incident_key) if partner else None)

@@ -16,6 +16,7 @@ from interpretation.findings import (
     DrugLevelInterpretation,
     Interpretation,
     Pattern,
+    Titre,
 )
 from interpretation.lab_result import LabResult, TreatmentContext
 from interpretation.recognition import Recognised, recognise
@@ -86,14 +87,20 @@ def _specimen_key(result: LabResult) -> tuple[str, str | None]:
     return result.patient_id, result.specimen_id or result.accession
 
 
-def pattern_of(level: DrugLevelFinding, antibodies: AntibodyFinding) -> Pattern | None:
+def pattern_of(
+    level: DrugLevelFinding, antibodies: AntibodyFinding, titre: Titre | None = None
+) -> Pattern | None:
     """The combined reading of a trough and an antibody result; None if either is undecided."""
     if level is DrugLevelFinding.UNINTERPRETABLE or antibodies is AntibodyFinding.UNINTERPRETABLE:
         return None
     low = level is DrugLevelFinding.SUBTHERAPEUTIC
     detected = antibodies is AntibodyFinding.ANTIBODIES_DETECTED
     if low:
-        return Pattern.IMMUNOGENIC_FAILURE if detected else Pattern.NON_IMMUNE_LOW_LEVEL
+        if not detected:
+            return Pattern.NON_IMMUNE_LOW_LEVEL
+        # Ungraded antibodies (no cited high titre) with a low level are read as the failure.
+        low_titre = titre is Titre.LOW
+        return Pattern.LOW_LEVEL_WITH_LOW_TITRE_ANTIBODIES if low_titre else Pattern.IMMUNOGENIC_FAILURE
     return Pattern.ANTIBODIES_WITH_ADEQUATE_LEVEL if detected else Pattern.ADEQUATE_WITHOUT_ANTIBODIES
 
 
@@ -112,7 +119,7 @@ def pair(interpretations: Sequence[Interpretation], ruleset: RuleSet) -> list[In
         if len(levels) != 1 or len(antibodies) != 1:
             continue
         (level_at, level), (antibody_at, antibody) = levels[0], antibodies[0]
-        pattern = pattern_of(level.finding, antibody.finding)
+        pattern = pattern_of(level.finding, antibody.finding, antibody.titre)
         if pattern is None:
             continue
         advice = ruleset.advice(pattern.value)

@@ -39,6 +39,13 @@ class AntibodyFinding(StrEnum):
     UNINTERPRETABLE = "uninterpretable"
 
 
+class Titre(StrEnum):
+    """Detected antibodies graded against the assay's cited high-titre level, where it has one."""
+
+    LOW = "low"
+    HIGH = "high"
+
+
 class DecidedBy(StrEnum):
     """Which evidence settled antibody positivity, in the order the engine consults them."""
 
@@ -52,6 +59,9 @@ class Pattern(StrEnum):
     """A drug level and an antibody result on the same specimen, read together."""
 
     IMMUNOGENIC_FAILURE = "immunogenic_failure"
+    # A low level with antibodies the assay calls low-titre: may be transient or overcome by
+    # dose intensification; with no graded titre, antibodies with a low level are the failure.
+    LOW_LEVEL_WITH_LOW_TITRE_ANTIBODIES = "low_level_with_low_titre_antibodies"
     NON_IMMUNE_LOW_LEVEL = "non_immune_low_level"
     ANTIBODIES_WITH_ADEQUATE_LEVEL = "antibodies_with_adequate_level"
     ADEQUATE_WITHOUT_ANTIBODIES = "adequate_without_antibodies"
@@ -88,6 +98,7 @@ class AntibodyInterpretation(_InterpretationBase):
     analyte: Literal[Analyte.ANTI_INFLIXIMAB_ANTIBODY] = Analyte.ANTI_INFLIXIMAB_ANTIBODY
     finding: AntibodyFinding
     decided_by: DecidedBy | None = None
+    titre: Titre | None = None  # detected antibodies only, where the assay defines a high titre
 
 
 Interpretation = Annotated[DrugLevelInterpretation | AntibodyInterpretation, Field(discriminator="analyte")]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, DrugLevelInterpretation
+from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, DrugLevelInterpretation, Titre
 from interpretation.forecast import Antibodies, Forecast, Level, Patient, Refused, forecast
 from interpretation.lab_result import Route, as_utc
 from interpretation.patient_state import PatientState
@@ -79,9 +79,10 @@ def _antibodies(state: PatientState) -> Antibodies | None:
     if not found:
         return None
     latest = max(found, key=lambda r: as_utc(r.collected_at) if r.collected_at else _EARLIEST)
-    return (
-        Antibodies.POSITIVE if latest.finding is AntibodyFinding.ANTIBODIES_DETECTED else Antibodies.NEGATIVE
-    )
+    if latest.finding is AntibodyFinding.ANTIBODIES_NOT_DETECTED:
+        return Antibodies.NEGATIVE
+    # Only an assay that defines a high titre can call them high; ungraded ones count as positive.
+    return Antibodies.HIGH_TITRE if latest.titre is Titre.HIGH else Antibodies.POSITIVE
 
 
 def _age(treatment: TreatmentRecord, at: datetime | None) -> int | None:

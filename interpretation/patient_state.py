@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import Field
 
 from interpretation.alerts import Category, Severity
-from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, Pattern
+from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, Pattern, Titre
 from interpretation.lab_result import Frozen, ResultStatus
 from interpretation.quantities import Comparator
 from interpretation.treatment import TreatmentRecord
@@ -47,6 +47,7 @@ class RememberedResult(Frozen):
     comparator: Comparator | None
     unit: str | None
     incident_key: str | None = None  # the open incident this result is part of
+    titre: Titre | None = None  # detected antibodies graded by the assay's high titre
 
 
 class OpenIncident(Frozen):

@@ -69,6 +69,7 @@ RecommendationKey = Literal[
     "antibodies_detected",
     "antibodies_not_detected",
     "immunogenic_failure",
+    "low_level_with_low_titre_antibodies",
     "non_immune_low_level",
     "antibodies_with_adequate_level",
     "adequate_without_antibodies",
@@ -155,6 +156,21 @@ class AntibodyAssay(Frozen):
     positive_at_or_above: Positive
     performing_lab: Text | None = None
     citation: RuleId
+    # Where the assay's documentation defines a high titre (cited): below it, antibodies with a
+    # low level may be transient or overcome by dose intensification, and are graded so.
+    high_titre_at_or_above: Positive | None = None
+    high_titre_citation: RuleId | None = None
+
+    @model_validator(mode="after")
+    def _high_titre_is_cited_and_above_positive(self) -> AntibodyAssay:
+        if (self.high_titre_at_or_above is None) != (self.high_titre_citation is None):
+            raise ValueError("high_titre_at_or_above and high_titre_citation go together")
+        if (
+            self.high_titre_at_or_above is not None
+            and self.high_titre_at_or_above <= self.positive_at_or_above
+        ):
+            raise ValueError("high_titre_at_or_above must be above positive_at_or_above")
+        return self
 
     def applies_to(self, code: str, unit: str | None, performing_lab: str | None) -> bool:
         if self.performing_lab is not None and (
@@ -276,6 +292,7 @@ class RuleSet(Frozen):
         cited = [
             *(t.citation for t in self.drug_level_targets),
             *(a.citation for a in self.antibody_assays),
+            *(a.high_titre_citation for a in self.antibody_assays if a.high_titre_citation),
             self.recognition.citation,
             self.plausibility.citation,
             self.assay_limits.citation,
