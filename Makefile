@@ -37,16 +37,10 @@ bench: $(STAMP) .venv/.bench-installed .cache/kafka/.fetched
 	$(BIN)/pip install -q -e '.[bench]'
 	touch $@
 
-## test: lint, type checks, then every test (unit, integration on a real broker, slow ones), and
-## the integration suite again on the other Kafka client (confluent-kafka), alongside on its own broker
+## test: lint, type checks, then every test: the integration suite (real broker) once per Kafka
+## client, kafka-python and confluent-kafka, in the background, and the rest alongside
 test: lint typecheck .cache/prometheus.installed .cache/kafka/.fetched
-	@TEST_KAFKA_CLIENT=confluent-kafka $(BIN)/pytest tests/integration -q -p no:cacheprovider \
-		> .cache/pytest-confluent-kafka.log 2>&1 & other=$$!; \
-	$(BIN)/pytest; first=$$?; \
-	wait $$other; second=$$?; \
-	echo "--- the integration suite on confluent-kafka (exit $$second; whole log in .cache/pytest-confluent-kafka.log) ---"; \
-	tail -n 40 .cache/pytest-confluent-kafka.log; \
-	test $$first -eq 0 && test $$second -eq 0
+	tests/run-suites
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
