@@ -185,16 +185,18 @@ class Pipeline:
         decoder refuses (a bad date) costs the covariate, never the message."""
         if not self.prefilter.mentions_covariate(data):
             return [], None
+        recognition = self.ruleset.recognition
         try:
             results = decode(data, self._is_covariate, fmt, True)
+            return [
+                CovariateFound(r.patient_id, reading)
+                for r in results
+                if (reading := read_covariate(r, recognition)) is not None
+            ], None
         except DecodeError as err:
             return [], err.detail
-        recognition = self.ruleset.recognition
-        return [
-            CovariateFound(r.patient_id, reading)
-            for r in results
-            if (reading := read_covariate(r, recognition)) is not None
-        ], None
+        except Exception as err:  # `process` never raises: this costs the covariate only
+            return [], type(err).__name__
 
     def _is_covariate(self, code: str, display: str | None) -> bool:
         return code in self._covariate_codes

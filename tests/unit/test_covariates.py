@@ -149,3 +149,17 @@ def test_fhir_and_canonical_albumin_results_are_read_too():
         [found] = done.covariates
         assert found.reading.record is not None and getattr(found.reading.record, field) == Decimal(value)
         assert found.reading.record.model_dump()[field.split("_")[0] + "_at"] == T0.replace(minute=30)
+
+
+def test_an_unexpected_failure_reading_a_covariate_never_escapes_the_pipeline(monkeypatch):
+    from consumer import pipeline as module
+
+    def broken(result, recognition):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(module, "read_covariate", broken)
+    done = Pipeline(RULES, 1_000_000, lab_covariates=True).process(
+        hl7_panel(ALBUMIN, level=True), HERE, Format.AUTO, interpret=False
+    )
+    assert done.dead_letter is None and [r.code for r in done.results] == ["39803-2"]
+    assert not done.covariates and done.covariate_error == "RuntimeError"
