@@ -244,7 +244,8 @@ def run_service(
     alerts, dlq = f"bench.tdm.alerts.{uuid.uuid4().hex[:6]}", f"bench.tdm.dlq.{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, (alerts, PARTITIONS), (dlq, 1))
     env = service_env(bootstrap, topic, alerts, dlq, delivery, state=state, client=client, keyed=keyed)
-    env["TDM_LAB_COVARIATES"] = "true" if covariates else "false"
+    if covariates:
+        env["TDM_LAB_COVARIATES"] = "true"
     kind = (
         ("keyed-" if keyed else "")
         + ("state" if state else "stateless")
