@@ -98,9 +98,7 @@ class Pipeline:
         recognition = self.ruleset.recognition
         object.__setattr__(self, "prefilter", Prefilter(recognition, covariates=self.lab_covariates))
         codes = recognition.covariates
-        known = (
-            frozenset((*codes.albumin, *codes.body_weight)) if codes and self.lab_covariates else frozenset()
-        )
+        known = codes.every_code if codes is not None and self.lab_covariates else frozenset()
         object.__setattr__(self, "_covariate_codes", known)
 
     def format_for(self, topic: str | None) -> Format:

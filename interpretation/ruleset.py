@@ -187,6 +187,10 @@ class CovariateCodes(Frozen):
     body_weight: tuple[str, ...] = ()
     citations: tuple[RuleId, ...] = Field(min_length=1)
 
+    @property
+    def every_code(self) -> frozenset[str]:
+        return frozenset((*self.albumin, *self.body_weight))
+
 
 class Recognition(Frozen):
     """How infliximab and anti-infliximab antibody results are told apart from everything else."""

@@ -49,7 +49,7 @@ class Prefilter:
         # Albumin and weight codes, when the forecast reads them from the lab feed. They never
         # page, so a code hidden behind an escape may go unread.
         codes = recognition.covariates
-        covariate_codes = sorted({*codes.albumin, *codes.body_weight}) if covariates and codes else []
+        covariate_codes = sorted(codes.every_code) if covariates and codes else []
         self._covariate_code = (
             BytesAhoCorasick([c.encode() for c in covariate_codes], implementation=Implementation.DFA)
             if covariate_codes
