@@ -11,8 +11,6 @@ reproduced in docs/benchmarks.md or a test). Elsewhere the code refers to them b
 - K3 A join can hang for good (an empty first assignment, a re-join after a commit), and the
   fetcher can wedge or spin after rebalances: the watchdog (`health.py`) ends the process for
   the orchestrator to restart; a partition left unfetched is re-sought first (`loop/lag.py`).
-  A leader without the topics' metadata at its first join assigns nothing and stays a stable
-  member: `subscribe` fetches the metadata first.
 - K4 A zero-timeout poll can spin in its coordinator lookup after a rebalance: the loop never
   polls with 0 (`loop/pacing.py`).
 - K5 What a rebalance callback raises is swallowed: a fatal error there is kept and raised
@@ -243,14 +241,8 @@ class GroupConsumer(_Reader):
     def subscribe(self, topics: Sequence[str], pattern: str | None, listener: Rebalance) -> None:
         if pattern:
             self._consumer.subscribe(pattern=pattern, listener=_Listener(listener))
-            return
-        # The topics' metadata first (K3): a leader whose first join finds none assigns every
-        # partition to nobody ("No partition metadata for topic"), and the member it leaves
-        # with an empty assignment is stable, so nothing restarts it. Seen with a notifier
-        # started after a kill -9: alone in its group, it held no partition and paged nothing.
-        for topic in topics:
-            self.partitions_for(topic)
-        self._consumer.subscribe(topics=list(topics), listener=_Listener(listener))
+        else:
+            self._consumer.subscribe(topics=list(topics), listener=_Listener(listener))
 
     def pause(self, partitions: Collection[Partition]) -> None:
         self._consumer.pause(*[_theirs(p) for p in partitions])
