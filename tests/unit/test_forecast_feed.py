@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
+import os
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -21,7 +20,7 @@ from interpretation.forecast import Forecast, Refused
 from interpretation.lab_result import Route
 from interpretation.next_trough import forecast_for
 from interpretation.treatment import MAX_DOSES, DoseGiven, TreatmentRecord
-from tests.conftest import REPO
+from tests.conftest import run_cli
 from tests.unit.helpers import RULES
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -318,14 +317,7 @@ def test_interpret_takes_the_context_out_of_a_fhir_bundle_and_reads_its_lab_resu
 
 def _interpreted_event(history) -> dict:
     """`tdm-alerts interpret` over the file: the one event of its one result line."""
-    done = subprocess.run(
-        [sys.executable, "-m", "consumer", "interpret", str(history)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_cli(dict(os.environ), "interpret", str(history))
     [line] = [json.loads(out) for out in done.stdout.splitlines()]
     [event] = line["events"]
     return event
