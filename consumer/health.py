@@ -34,6 +34,8 @@ class Health:
     # Partitions with messages waiting: (position, since when it has been there).
     _waiting: dict[str, tuple[int, float]] = field(init=False, default_factory=dict)
     _outside_since: float | None = field(init=False, default=None)  # not a group member since
+    # Subscribed partitions the group left to nobody (`loop/coverage.py`), since when.
+    _unowned: tuple[int, float] | None = field(init=False, default=None)
     _running: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +88,15 @@ class Health:
         elif self._outside_since is None:
             self._outside_since = self.clock()
 
+    def unowned(self, count: int) -> None:
+        """How many subscribed partitions the group leaves to nobody, as last confirmed."""
+        if not count:
+            self._unowned = None
+        elif self._unowned is None:
+            self._unowned = (count, self.clock())
+        else:
+            self._unowned = (count, self._unowned[1])
+
     def since_beat(self) -> float:
         return self.clock() - self._beat
 
@@ -102,6 +113,11 @@ class Health:
         if outside >= min(self.stall_timeout_s, MEMBERSHIP_TIMEOUT_S):
             # A join that never completes (kafka-python K3).
             return f"not a member of the consumer group for {outside:.0f} s"
+        if self._unowned is not None:
+            count, since = self._unowned
+            if (left := self.clock() - since) >= min(self.stall_timeout_s, MEMBERSHIP_TIMEOUT_S):
+                # New assignments asked for did not help: a fresh member joins with fresh metadata.
+                return f"{count} subscribed partition(s) owned by no member of the group for {left:.0f} s"
         idle = self.clock() - self._progress
         if self._lag > 0 and idle >= self.stall_timeout_s:
             return f"no record processed for {idle:.0f} s while {self._lag} messages wait at the broker"

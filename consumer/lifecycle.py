@@ -23,6 +23,7 @@ from consumer.end_offsets import EndOffsets
 from consumer.fatal import FatalError
 from consumer.health import Health
 from consumer.loop.batch import Batches
+from consumer.loop.coverage import GroupCoverage
 from consumer.loop.lag import LagMeter
 from consumer.loop.loop import Loop
 from consumer.loop.pacing import Pacing
@@ -68,6 +69,7 @@ class Lifecycle(ABC):
         self._consuming = False
         self._consumer: GroupConsumer | None = None
         self._batches: Batches[Any] | None = None
+        self._coverage: GroupCoverage | None = None
         self._end_offsets = EndOffsets(self.client)
         metrics.ready.set_function(lambda: float(self.is_ready()))
 
@@ -86,18 +88,25 @@ class Lifecycle(ABC):
         partitions as soon as another member leaves, so it must not page as not ready.
         """
         fresh = self.health.since_beat() < min(READY_TURN_S, self.settings.liveness_timeout_s)
-        consumer = self._consumer
+        consumer, coverage = self._consumer, self._coverage
         return (
             self._consuming
             and not self._stop.is_set()
             and fresh
             and consumer is not None
             and consumer.in_group()
+            and not (coverage is not None and coverage.unowned)
         )
 
     def readiness_detail(self) -> str:
         """A line for /readyz's body beyond "ready" (a process waiting on something says what)."""
-        return ""
+        coverage = self._coverage
+        if coverage is None or not coverage.unowned:
+            return ""
+        return (
+            f"{len(coverage.unowned)} partition(s) of the subscribed topics owned by no member of "
+            "the group; a new assignment was asked for\n"
+        )
 
     def run(self) -> None:
         check_tls_material(self.settings)
@@ -131,6 +140,8 @@ class Lifecycle(ABC):
                 built.topology.close()
             self.delivery.close()
             self._end_offsets.close()
+            if self._coverage is not None:
+                self._coverage.close()
             consumer.close()
             log.info("stopped")
 
@@ -163,6 +174,9 @@ class Lifecycle(ABC):
             every_refresh=built.every_refresh,
             waits=waiting.holds,
         )
+        coverage = self._coverage = GroupCoverage(
+            self.client, self.settings.group_id, built.topics, metrics=self.metrics, health=self.health
+        )
         listener = RebalanceListener(lambda: self._consumer, batches, built.topology, lag)
         consumer.subscribe(built.topics, built.pattern, listener)
         s = self.settings
@@ -175,7 +189,14 @@ class Lifecycle(ABC):
             delivery=s.delivery,
         )
         return Loop(
-            consumer, built.topology, batches, pacing=pacing, lag=lag, health=self.health, stop=self._stop
+            consumer,
+            built.topology,
+            batches,
+            pacing=pacing,
+            lag=lag,
+            coverage=coverage,
+            health=self.health,
+            stop=self._stop,
         )
 
 

@@ -243,9 +243,21 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.unowned_partitions = Gauge(
+            "tdm_unowned_partitions",
+            "Partitions of the subscribed topics that no member of the consumer group owns, as this "
+            "instance last confirmed (the group settled without them: nothing reads them).",
+            registry=r,
+        )
+        self.group_rejoins = Counter(
+            "tdm_group_rejoins",
+            "New assignments asked of the group because it left subscribed partitions unowned.",
+            registry=r,
+        )
         self.ready = Gauge(
             "tdm_ready",
-            "1 while a member of the consumer group (with or without partitions) and the loop turns.",
+            "1 while a member of the consumer group (with or without partitions), the loop turns, "
+            "and no subscribed partition is left unowned by the group.",
             registry=r,
         )
         self.ruleset = Info("tdm_ruleset", "Active interpretation rule set.", registry=r)

@@ -356,6 +356,7 @@ class GroupConsumer(_Reader):
             extra["heartbeat.interval.ms"] = settings.session_timeout_ms // 3
             extra["max.poll.interval.ms"] = 60_000
         self._steady = False
+        self._subscription: tuple[list[str], dict[str, Any]] | None = None
         super().__init__(settings, "consumer", extra)
 
     def _stats(self, text: str) -> None:
@@ -374,6 +375,7 @@ class GroupConsumer(_Reader):
 
         # librdkafka reads a subscription that starts with ^ as a regular expression.
         names = [f"^{pattern}"] if pattern else list(topics)
+        self._subscription = (names, {"on_assign": assigned, "on_revoke": revoked, "on_lost": lost})
         self._consumer.subscribe(names, on_assign=assigned, on_revoke=revoked, on_lost=lost)
 
     def pause(self, partitions: Collection[Partition]) -> None:
@@ -394,6 +396,19 @@ class GroupConsumer(_Reader):
 
     def in_group(self) -> bool:
         return self._steady
+
+    def rejoin(self) -> bool:
+        """A member that owns nothing leaves and joins again as a new member, which makes the
+        leader assign again (a follower's plain re-join gets the current assignment back).
+        librdkafka has no call to ask for a rebalance, and an unsubscribe with partitions owned
+        would revoke them outside the batch's order: such a member is left to the watchdog."""
+        if self._subscription is None or self._consumer.assignment():
+            return False
+        names, callbacks = self._subscription
+        _call(self._consumer.unsubscribe, "unsubscribe")
+        _call(lambda: self._consumer.subscribe(names, **callbacks), "subscribe")
+        self._steady = False
+        return True
 
 
 class _Sent:

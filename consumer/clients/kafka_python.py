@@ -24,6 +24,10 @@ reproduced in docs/benchmarks.md or a test). Elsewhere the code refers to them b
 - K8 It logs its own recovered I/O-thread errors with tracebacks, and reports every failed
   bootstrap as a time-out: the cause of a refused connection is read from its log records
   (`kafka_python_failures.py`).
+- K9 A leader that joins before it has a topic's metadata assigns that topic to nobody ("No
+  partition metadata for topic") and the group stays stable so: a restarted notifier paged
+  nothing (issue 25). Every member checks the group's assignment against the topics and asks
+  for a new one (`loop/coverage.py`, `GroupConsumer.rejoin`).
 """
 
 from __future__ import annotations
@@ -238,7 +242,12 @@ class _Reader:
 
 
 class GroupConsumer(_Reader):
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        super().__init__(consumer)
+        self._subscription: tuple[Sequence[str], str | None, Rebalance] | None = None
+
     def subscribe(self, topics: Sequence[str], pattern: str | None, listener: Rebalance) -> None:
+        self._subscription = (topics, pattern, listener)
         if pattern:
             self._consumer.subscribe(pattern=pattern, listener=_Listener(listener))
         else:
@@ -273,6 +282,26 @@ class GroupConsumer(_Reader):
 
     def in_group(self) -> bool:
         return in_group(self._consumer)
+
+    def rejoin(self) -> bool:
+        """K9. A follower's JoinGroup with unchanged metadata gets the group's current assignment
+        back, with no rebalance (seen: the member stayed with nothing). So a member that owns
+        nothing leaves and joins again as a new member, which makes the leader assign again; one
+        that owns partitions only re-joins (that re-assigns if it leads; otherwise the watchdog
+        ends it after Health's bound). kafka-python has no public call for the latter; its
+        coordinator is read defensively, as `in_group` does."""
+        if self._subscription is None:
+            return False
+        if not self._consumer.assignment():
+            topics, pattern, listener = self._subscription
+            self._consumer.unsubscribe()
+            self.subscribe(topics, pattern, listener)
+            return True
+        request = getattr(getattr(self._consumer, "_coordinator", None), "request_rejoin", None)
+        if request is None:
+            return False
+        request()
+        return True
 
 
 class _Sent:

@@ -174,6 +174,13 @@ class GroupConsumer(Reader, Protocol):
     def in_group(self) -> bool:
         """A stable member with a known coordinator (readiness, the watchdog)."""
 
+    def rejoin(self) -> bool:
+        """Ask the group for a new assignment (`loop/coverage.py`): a member that owns nothing
+        leaves and joins again as a new member (a follower's plain re-join is answered with the
+        current assignment, no rebalance). Revocations and assignments reach the listener inside
+        a later poll. False if the client cannot do it in place (the watchdog then ends the
+        process after Health's bound, for a fresh start)."""
+
 
 class Sent(Protocol):
     def offset(self, timeout_s: float) -> int:

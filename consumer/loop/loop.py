@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from consumer.clients.seam import ClientError, GroupConsumer, Partition, Record
 from consumer.health import Health
 from consumer.loop.batch import Batches
+from consumer.loop.coverage import GroupCoverage
 from consumer.loop.lag import LagMeter
 from consumer.loop.pacing import Pacing
 from consumer.loop.topology import R, Topology
@@ -24,6 +25,7 @@ class Loop:
         *,
         pacing: Pacing,
         lag: LagMeter,
+        coverage: GroupCoverage,
         health: Health,
         stop: threading.Event,
     ) -> None:
@@ -32,6 +34,7 @@ class Loop:
         self.batches = batches
         self.pacing = pacing
         self.lag = lag
+        self.coverage = coverage
         self.health = health
         self.stop = stop
 
@@ -46,6 +49,9 @@ class Loop:
         self.health.member(consumer.in_group())
         self.lag.measure(consumer)
         try:
+            if self.coverage.watch(consumer):
+                batches.commit(consumer)  # the batch in hand is not cut by the revocation
+                consumer.rejoin()
             if self.topology.chores_due():
                 # A restore can outlast the transaction timeout: commit what is in hand first,
                 # so no transaction stays open across it.

@@ -41,8 +41,8 @@ class Notifier(Lifecycle):
         """Ready, and honest about a receiver that keeps failing: the probe's body says so."""
         stage = self.stage
         if stage is None or not stage.pending:
-            return ""
-        return (
+            return super().readiness_detail()
+        return super().readiness_detail() + (
             f"{len(stage.pending)} alert partition(s) waiting on a failing receiver; "
             f"oldest undelivered event {stage.oldest_waiting_s():.0f} s old\n"
         )

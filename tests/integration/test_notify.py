@@ -19,8 +19,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
 
+from consumer.clients.kafka_python import in_group
 from tests.conftest import RunningService
 from tests.integration.test_exactly_once import SERVICE, wait_until
 
@@ -355,6 +358,97 @@ def test_a_receiver_down_past_the_budget_holds_only_its_partition_and_loses_noth
     # Nothing lost and nothing out of order: each patient's events in the order the service sent them.
     delivered = [e["patient_id"] for _, e in handler.accepted]
     assert sorted(delivered) == sorted([*others, "PT-DOWN"]), delivered
+
+
+class _LeavesThemToNobodyOnce(AbstractPartitionAssignor):
+    """A group leader that, the first time another member joins, assigns every partition to
+    nobody (as kafka-python's leader did without the topic's metadata, K9) and after that gives
+    them all to the other members. `range` is a protocol both clients offer, so the group takes
+    it and this first member leads."""
+
+    name = "range"
+    version = 0
+
+    def __init__(self, topic: str, partitions: int) -> None:
+        self.topic, self.partitions = topic, partitions
+        self.assignments: list[dict[str, list[int]]] = []  # what it handed out, with others present
+
+    def metadata(self, topics: list[str]) -> ConsumerProtocolSubscription:
+        return ConsumerProtocolSubscription(0, list(topics), b"leaves-them-to-nobody")
+
+    def assign(self, cluster: object, members: list) -> dict[str, ConsumerProtocolAssignment]:
+        others = sorted(m.member_id for m in members if m.metadata.user_data != b"leaves-them-to-nobody")
+        given: dict[str, list[int]] = {m.member_id: [] for m in members}
+        if others:
+            if self.assignments:  # not the first time: every partition to the others
+                for n in range(self.partitions):
+                    given[others[n % len(others)]].append(n)
+            self.assignments.append({m: p for m, p in given.items() if m in others})
+        return {
+            member: ConsumerProtocolAssignment(0, [(self.topic, owned)] if owned else [], b"")
+            for member, owned in given.items()
+        }
+
+    def on_assignment(self, assignment: object, generation: object) -> None:
+        pass
+
+
+def test_a_group_that_leaves_the_alert_partitions_to_nobody_is_asked_again_and_pages(
+    kafka_bootstrap, topics, service_env, start_service, tmp_path
+):
+    """A notifier that joins a group whose leader assigns nothing stays a stable member that owns
+    nothing: no lag, no stall, ready, and it pages nothing (seen once after a kill -9, issue 25).
+    It must find the partitions nobody owns, ask the group for a new assignment, and page."""
+    from tests.conftest import metric_total, metrics_port, scrape
+    from tests.integration.test_exactly_once import wait_for_log
+
+    handler = type("Receiver", (_DownForOne,), {"down": False, "accepted": [], "refused": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret = tmp_path / "webhook-secret"
+    secret.write_text("a-shared-secret\n")
+    webhook = _notify_settings(
+        kafka_bootstrap,
+        topics,
+        TDM_NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/tdm",
+        TDM_NOTIFY_WEBHOOK_SECRET_FILE=str(secret),
+    )
+    leader_assignor = _LeavesThemToNobodyOnce(topics["alerts"], 3)
+    leader = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=webhook["TDM_NOTIFY_GROUP_ID"],
+        partition_assignment_strategy=[leader_assignor],
+        enable_auto_commit=False,
+    )
+    leader.subscribe([topics["alerts"]])
+    stop = threading.Event()
+
+    def lead() -> None:  # a member polls to take part in every re-join
+        while not stop.is_set():
+            leader.poll(timeout_ms=200)
+
+    polling = threading.Thread(target=lead, name="leader", daemon=True)
+    polling.start()
+    try:
+        wait_until(lambda: in_group(leader), timeout_s=60)
+        service = start_service(**SERVICE)
+        notifier = _notifier(service_env, tmp_path, "notifier", **webhook)
+        port = metrics_port(wait_for_log(notifier, '"metrics_port"'))
+        _send(kafka_bootstrap, topics["input"], "1.2")
+        wait_until(lambda: len(handler.accepted) == 1, timeout_s=90, explain=notifier.log_text)
+        assert leader_assignor.assignments[0] == {m: [] for m in leader_assignor.assignments[0]}
+        assert len(leader_assignor.assignments) >= 2  # the notifier asked for a new assignment
+        assert "owned by no member of the group" in notifier.log_text()
+        assert metric_total(scrape(port), "tdm_group_rejoins_total") >= 1
+        # The next look (seconds after the new assignment) sees every partition owned.
+        wait_until(lambda: metric_total(scrape(port), "tdm_unowned_partitions") == 0, timeout_s=30)
+        assert notifier.restarts == 0, notifier.log_text()[-3000:]  # fixed in place
+        assert notifier.stop() == 0 and service.stop() == 0
+    finally:
+        stop.set()
+        polling.join(timeout=10)
+        leader.close()
+        server.shutdown()
 
 
 def _post(url: str, body: bytes, stamp: str, signature: str) -> int:

@@ -239,7 +239,7 @@ def test_a_record_a_stage_cannot_take_yet_holds_only_its_partition_from_that_rec
     b = batches(topology, client)
     b.waiting = Waiting(clock=lambda: clock[0])
     consumer = Consumer({P0, P1})
-    loop = Loop(consumer, topology, b, pacing=None, lag=None, health=None, stop=None)  # type: ignore[arg-type]
+    loop = Loop(consumer, topology, b, pacing=None, lag=None, coverage=None, health=None, stop=None)  # type: ignore[arg-type]
     loop._process({P0: records(P0, 5, 6, 7), P1: records(P1, 9, 10)})
     assert stage.seen == [(P0, 5), (P1, 9), (P1, 10)]  # P1 went on; P0's 7 was not tried before 6
     assert consumer.paused == {P0} and consumer.seeks == [(P0, 6)]
@@ -260,7 +260,7 @@ def test_a_waiting_partition_rewound_by_an_aborted_batch_resumes_at_the_rewind()
     b = batches(topology, client)
     b.waiting = Waiting(clock=lambda: 5.0)
     consumer = Consumer({P0})
-    loop = Loop(consumer, topology, b, pacing=None, lag=None, health=None, stop=None)  # type: ignore[arg-type]
+    loop = Loop(consumer, topology, b, pacing=None, lag=None, coverage=None, health=None, stop=None)  # type: ignore[arg-type]
     loop._process({P0: records(P0, 4, 5, 6)})
     b.fail(consumer, ClientError(Failure.TRANSIENT, "commit: broker gone"))  # type: ignore[arg-type]
     assert b.waiting.at == {P0: 4}  # resuming at 6 would skip the aborted 4 and 5
