@@ -77,9 +77,11 @@ class Failing:
 
 
 def backoff_s(attempts: int, retry_after_s: float | None) -> float:
-    """How long to wait after the `attempts`-th failure: the receiver's Retry-After if it gave one."""
+    """How long to wait after the `attempts`-th failure: the receiver's Retry-After if it gave one,
+    uncapped (asking sooner would be refused again, and counts against the receiver's limit);
+    the retry budget still bounds it (`Sender.send`)."""
     if retry_after_s is not None:
-        return min(retry_after_s, BACKOFF_MAX_S)
+        return retry_after_s
     # tenacity's policy, asked directly: the loop does the waiting (a paused partition), not a sleep.
     state = RetryCallState(Retrying(), None, (), {})
     state.attempt_number = attempts

@@ -179,7 +179,7 @@ def test_a_transient_failure_asks_to_wait_backing_off_and_honouring_retry_after(
 
 def test_back_off_is_capped_and_never_outlasts_the_budget():
     assert all(backoff_s(n, None) <= BACKOFF_MAX_S for n in (1, 10, 100, 10_000))
-    assert backoff_s(3, 3600) == BACKOFF_MAX_S
+    assert backoff_s(3, 45) == 45  # the receiver's Retry-After is honoured beyond our own cap
     from consumer.notify.receivers import HttpRequest
 
     clock = Clock()
@@ -191,6 +191,21 @@ def test_back_off_is_capped_and_never_outlasts_the_budget():
     with pytest.raises(NotYet) as later:
         sender.send(HttpRequest("webhook", "https://hooks.example/tdm", b"{}"), failing)
     assert later.value.after_s == pytest.approx(0.2)  # the last try comes as the budget ends
+
+
+def test_a_retry_after_longer_than_the_budget_left_waits_until_the_budget_ends():
+    from consumer.notify.receivers import HttpRequest
+
+    clock = Clock()
+    sender, asked = _sender([httpx.Response(429, headers={"Retry-After": "120"})], budget_s=60.0, clock=clock)
+    request, failing = HttpRequest("pagerduty", "https://events.pagerduty.com/v2/enqueue", b"{}"), Failing()
+    with pytest.raises(NotYet) as later:
+        sender.send(request, failing)
+    assert later.value.after_s == 60.0
+    clock.now += 60.0
+    with pytest.raises(Undelivered) as undelivered:
+        sender.send(request, failing)
+    assert "HTTP 429 for 60 s" in str(undelivered.value) and len(asked) == 2
 
 
 def test_a_refusal_is_not_retried_and_a_receiver_down_past_the_budget_is_undelivered():
