@@ -94,10 +94,12 @@ class GroupCoverage:
     def _take_answer(self, now: float) -> bool:
         self._asking = None
         found, self._answer = self._answer, None
-        if not found:  # none unowned, or no answer (a missed look is not a finding)
+        if found is None:  # no answer, or a group still settling: neither a finding nor a clean look
+            self._due = now + (CONFIRM_S if self._findings or self.unowned else CHECK_EVERY_S)
+            return False
+        if not found:
             self._findings = 0
-            if found is not None:
-                self._settled(frozenset())
+            self._settled(frozenset())
             self._due = now + CHECK_EVERY_S
             return False
         self._findings += 1
@@ -125,7 +127,7 @@ class GroupCoverage:
                 self._admin = self._client.admin()
             group = self._admin.describe_group(self._group_id)
             if group.state != "Stable":
-                self._answer = frozenset()  # settling: nothing to say yet
+                self._answer = None  # settling: nothing to say yet
                 return
             owned = [p for member in group.members for p in member.partitions]
             topics = self._topics | {p.topic for p in owned}

@@ -219,3 +219,16 @@ def test_after_the_new_assignment_it_looks_again_soon_and_clears_the_finding():
     admin.group = group((A0, A1, A2))
     turns_until(coverage, consumer, clock, CHECK_EMPTY_S + 1)
     assert coverage.unowned == frozenset() and health.stalled() is None
+
+
+def test_a_group_settling_neither_confirms_nor_clears_a_finding():
+    admin = Admin(group(()), {"alerts": 3})
+    coverage, clock, health, _, _ = make(admin)
+    consumer = Consumer()
+    assert len(turns_until(coverage, consumer, clock, CHECK_EMPTY_S + CONFIRM_S + 2)) == 1
+    admin.group = group((), state="PreparingRebalance")
+    turns_until(coverage, consumer, clock, 2 * CHECK_EVERY_S)
+    assert coverage.unowned == {A0, A1, A2}  # the health clock keeps running
+    admin.group = group((A0, A1, A2))
+    turns_until(coverage, consumer, clock, CONFIRM_S + 1)  # looked at again soon, not at the slow pace
+    assert coverage.unowned == frozenset() and health.stalled() is None
