@@ -23,7 +23,7 @@ from consumer.dead_letters import DeadLetter, Reason, Stage
 from consumer.loop.waiting import NotYet
 from consumer.notify.incidents import OpenIncidents
 from consumer.notify.metrics import NotifyMetrics
-from consumer.notify.receivers import Alertmanager, PagerDuty, Webhook, opened
+from consumer.notify.receivers import Alertmanager, OpenIncident, PagerDuty, Webhook, opened
 from consumer.notify.sending import Failing, Sender, Undelivered
 from consumer.outputs import Outputs
 from consumer.pipeline import Outcome, Processed
@@ -165,22 +165,46 @@ class DeliveryStage:
         now = self.clock()
         r = self.receivers
         if name == "alertmanager" and r.alertmanager is not None:
-            previous = self.incidents.get(record.partition, event.incident_key)
-            if event.action is Action.RESOLVE:
-                ending = previous or opened(event, None, now)
-                self.sender.send(r.alertmanager.post([], [ending], now), failing)
-                self.incidents.close(record.partition, event.incident_key)
-            else:
-                current = opened(event, previous, now)
-                # A new severity is a new label set: end the old one, so one incident stays one alert.
-                ended = [previous] if previous is not None and previous.labels != current.labels else []
-                self.sender.send(r.alertmanager.post([current], ended, now), failing)
-                self.incidents.put(record.partition, current)
-            self.metrics.open_incidents.set(self.incidents.count())
+            self._to_alertmanager(r.alertmanager, event, record.partition, failing, now)
         elif name == "pagerduty" and r.pagerduty is not None:
             self.sender.send(r.pagerduty.event(event), failing)
         elif name == "webhook" and r.webhook is not None:
             self.sender.send(r.webhook.event(record.value or b"", event, now), failing)
+
+    def _to_alertmanager(
+        self, alertmanager: Alertmanager, event: Alert, partition: int, failing: Failing, now: datetime
+    ) -> None:
+        """Post the incident's change, and keep the open incidents as the event leaves them.
+
+        They follow the event even when its post is dead-lettered after the retry budget (an
+        Alertmanager down that long): the re-sends then show an opened incident as soon as it is
+        back, and stop re-sending a resolved one, which Alertmanager ends at the `endsAt` of its
+        last post. Only a refusal (4xx) of a trigger or update leaves them as they were: re-sending
+        what Alertmanager refuses would fail every interval.
+        """
+        previous = self.incidents.get(partition, event.incident_key)
+        after: OpenIncident | None = None  # resolved
+        if event.action is Action.RESOLVE:
+            request = alertmanager.post([], [previous or opened(event, None, now)], now)
+        else:
+            after = opened(event, previous, now)
+            # A new severity is a new label set: end the old one, so one incident stays one alert.
+            ended = [previous] if previous is not None and previous.labels != after.labels else []
+            request = alertmanager.post([after], ended, now)
+        try:
+            self.sender.send(request, failing)
+        except Undelivered as err:
+            if not err.permanent or after is None:
+                self._keep(partition, event.incident_key, after)
+            raise
+        self._keep(partition, event.incident_key, after)
+
+    def _keep(self, partition: int, key: str, incident: OpenIncident | None) -> None:
+        if incident is None:
+            self.incidents.close(partition, key)
+        else:
+            self.incidents.put(partition, incident)
+        self.metrics.open_incidents.set(self.incidents.count())
 
     def _dead(self, record: Record, why: DeadLetter) -> None:
         self.dead_letters.send(record, Processed(Outcome.DEAD_LETTERED, dead_letter=why))

@@ -297,3 +297,63 @@ def test_an_event_a_receiver_keeps_failing_is_dead_lettered_for_it_once_the_budg
     assert [why for _, why in dead.sent] == ["pagerduty: HTTP 400: ", "webhook: HTTP 500 for 20 s"]
     assert asked == ["pagerduty", "webhook", "webhook"]  # the refusal was not asked again
     assert not stage.pending
+
+
+class IncidentWrites:
+    """The delivery OpenIncidents writes the compacted topic through: what it was given."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes | None]] = []
+
+    def send(self, topic: str, key: bytes, value: bytes | None, headers: list, partition: int) -> None:
+        self.sent.append((key, value))
+
+
+def _alertmanager_stage(script: list[int], clock: Clock, budget_s: float = 20.0):
+    from consumer.notify.incidents import OpenIncidents
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(script.pop(0) if len(script) > 1 else script[0])
+
+    sender = Sender(httpx.Client(transport=httpx.MockTransport(answer)), budget_s, clock=clock)
+    incidents = OpenIncidents("lab.alerts.incidents", IncidentWrites())  # type: ignore[arg-type]
+    dead = DeadLetters()
+    stage = DeliveryStage(
+        Receivers(Alertmanager("http://am:9093", 60), None, None, {}),
+        sender,
+        incidents,
+        dead_letters=dead,  # type: ignore[arg-type]
+        metrics=NotifyMetrics(CollectorRegistry()),
+        clock=lambda: NOW,
+    )
+    return stage, incidents, dead
+
+
+def _record(event: Alert, offset: int) -> Record:
+    return Record("lab.alerts", 0, offset, b"k", event.model_dump_json().encode(), (), None)
+
+
+def test_an_alertmanager_down_past_the_budget_still_gets_the_incident_through_the_re_sends():
+    """Dead-lettered after the budget, the trigger still opens the incident: the re-sends show it
+    once Alertmanager is back. A resolve dead-lettered so closes it: re-sends stop, and
+    Alertmanager ends the alert at its last post's endsAt."""
+    clock = Clock()
+    stage, incidents, dead = _alertmanager_stage([503], clock)
+    trigger = low_level_alert()
+    with pytest.raises(NotYet):
+        stage.process(_record(trigger, 1))
+    clock.now += 20.0
+    assert stage.process(_record(trigger, 1)).outcome == "undelivered"
+    assert [i.incident_key for i in incidents.all()] == [trigger.incident_key]
+    resolve = trigger.model_copy(update={"action": Action.RESOLVE, "event_id": "f" * 32})
+    with pytest.raises(NotYet):
+        stage.process(_record(resolve, 2))
+    clock.now += 20.0
+    assert stage.process(_record(resolve, 2)).outcome == "undelivered"
+    assert incidents.all() == [] and len(dead.sent) == 2
+
+
+def test_a_trigger_alertmanager_refuses_opens_no_incident_to_re_send():
+    stage, incidents, dead = _alertmanager_stage([400], Clock())
+    assert stage.process(_record(low_level_alert(), 1)).outcome == "undelivered"
+    assert incidents.all() == [] and [why for _, why in dead.sent] == ["alertmanager: HTTP 400: "]
