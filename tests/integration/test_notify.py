@@ -38,12 +38,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[str]:
+def _start_alertmanager(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+    """The real Alertmanager on `port`, resolving an alert nobody re-sends after 5 s."""
     binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
     if binary is None:
         pytest.fail("prometheus-alertmanager is missing: `make test` installs it", pytrace=False)
-    port = _free_port()
     config = tmp_path / "alertmanager.yml"
     config.write_text(
         "global:\n  resolve_timeout: 5s\nroute:\n  receiver: nowhere\nreceivers:\n  - name: nowhere\n"
@@ -70,7 +69,18 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
 
     try:
         wait_until(up, timeout_s=30)
-        yield url
+    except BaseException:
+        proc.terminate()
+        raise
+    return proc
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    proc = _start_alertmanager(tmp_path, port)
+    try:
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -190,6 +200,42 @@ def test_open_incidents_move_with_their_partitions_to_another_live_notifier(
     wait_until(lambda: len(active_alerts(alertmanager)) == len(patients) - 2, timeout_s=60)
     assert held("tdm_notify_open_incidents") == len(patients) - 2
     assert second.stop() == 0 and service.stop() == 0
+
+
+def test_an_alertmanager_down_past_the_retry_budget_gets_the_page_once_it_is_back(
+    kafka_bootstrap, topics, service_env, start_service, tmp_path
+):
+    """Alertmanager is down when the page comes and stays down past the retry budget: the event is
+    dead-lettered (with Alertmanager's failure), the notifier stays up, and once Alertmanager
+    starts the re-sends show the page there; the correction then resolves it."""
+    from tests.conftest import read_topic
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    notify = _notify_settings(
+        kafka_bootstrap,
+        topics,
+        TDM_NOTIFY_ALERTMANAGER_URL=url,
+        TDM_NOTIFY_RESEND_S=str(RESEND_S),
+        TDM_NOTIFY_RETRY_BUDGET_S="10",
+    )
+    service = start_service(**SERVICE)
+    notifier = _notifier(service_env, tmp_path, "notifier", **notify)
+    _send(kafka_bootstrap, topics["input"], "1.2")
+    [dead] = read_topic(kafka_bootstrap, notify["TDM_NOTIFY_DLQ_TOPIC"], expected=1, timeout_s=90)
+    assert b"alertmanager: ConnectError for 10 s" in dict(dead.headers)["tdm.dlq.error"]
+    proc = _start_alertmanager(tmp_path, port)
+    try:
+        wait_until(lambda: len(active_alerts(url)) == 1, timeout_s=60, explain=notifier.log_text)
+        time.sleep(RESEND_S * 4 * 1.5)  # kept up by the re-sends, past any single post's end
+        assert len(active_alerts(url)) == 1
+        _send(kafka_bootstrap, topics["input"], "5.0", status="corrected")
+        wait_until(lambda: active_alerts(url) == [], timeout_s=60, explain=notifier.log_text)
+        assert notifier.alive() and notifier.restarts == 0, notifier.log_text()[-3000:]
+        assert notifier.stop() == 0 and service.stop() == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def admin_topics(bootstrap: str, names: list[str]) -> None:
