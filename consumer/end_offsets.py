@@ -10,57 +10,28 @@ answer up on a later turn.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Collection, Mapping
 
-from consumer.clients.seam import Client, ClientError, Partition, Reader
+from consumer.clients.seam import Client, Partition, Reader
+from consumer.off_loop import OffLoop
 
 
 class EndOffsets:
-    """One question in flight at a time, each on a daemon thread (a broker that does not answer
-    cannot hold up a stop); the reader is used by one question at a time only."""
+    """End offsets asked on a reader of its own, off the loop (see `OffLoop`)."""
 
     def __init__(self, client: Client) -> None:
-        self._client = client
-        self._reader: Reader | None = None
-        self._asking: threading.Thread | None = None
-        self._answer: Mapping[Partition, int] | ClientError | None = None
+        self._asking: OffLoop[Reader, Mapping[Partition, int]] = OffLoop(
+            lambda: client.reader("lag"), "end-offsets"
+        )
 
     def ask(self, partitions: Collection[Partition]) -> bool:
         """Start asking for `partitions`' end offsets; False if the last question is unanswered."""
-        if self._asking is not None:
-            return False
-        self._answer = None
-        self._asking = threading.Thread(
-            target=self._ask, args=(frozenset(partitions),), name="end-offsets", daemon=True
-        )
-        self._asking.start()
-        return True
+        wanted = frozenset(partitions)
+        return self._asking.ask(lambda reader: reader.end_offsets(wanted))
 
     def answer(self) -> Mapping[Partition, int] | None:
         """The answer once it has come (raising the ClientError it failed with), else None."""
-        if self._asking is None or self._asking.is_alive():
-            return None
-        self._asking = None
-        answer, self._answer = self._answer, None
-        if isinstance(answer, ClientError):
-            raise answer
-        return answer
-
-    def _ask(self, partitions: frozenset[Partition]) -> None:
-        try:
-            if self._reader is None:
-                self._reader = self._client.reader("lag")
-            self._answer = self._reader.end_offsets(partitions)
-        except ClientError as err:
-            self._answer = err
-            self._close_reader()  # a new connection next time, in case this one is what failed
-
-    def _close_reader(self) -> None:
-        if self._reader is not None:
-            reader, self._reader = self._reader, None
-            reader.close()
+        return self._asking.take() if self._asking.answered else None
 
     def close(self) -> None:
-        if self._asking is None or not self._asking.is_alive():
-            self._close_reader()
+        self._asking.close()

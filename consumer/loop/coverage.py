@@ -17,7 +17,6 @@ orchestrator to start a fresh one. The broker round trips run on a thread, off t
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Collection
 
@@ -26,6 +25,7 @@ import structlog
 from consumer.clients.seam import Admin, Client, ClientError, GroupConsumer, Partition
 from consumer.health import Health
 from consumer.metrics import Metrics
+from consumer.off_loop import OffLoop
 
 log = structlog.get_logger("tdm_alerts.service")
 
@@ -41,8 +41,8 @@ def unowned(partitions_by_topic: dict[str, int], owned: Collection[Partition]) -
 
 
 class GroupCoverage:
-    """Asks the broker which subscribed partitions the group leaves unowned; one question in
-    flight at a time, on a daemon thread (a broker that does not answer holds up no stop)."""
+    """Asks the broker which subscribed partitions the group leaves unowned, on an admin client
+    of its own, off the loop (see `OffLoop`)."""
 
     def __init__(
         self,
@@ -54,15 +54,13 @@ class GroupCoverage:
         health: Health,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client = client
         self._metrics = metrics
         self._health = health
         self._group_id = group_id
         self._topics = frozenset(topics)  # by name; a pattern's topics are known by their owners
         self._clock = clock
-        self._admin: Admin | None = None
-        self._asking: threading.Thread | None = None
-        self._answer: frozenset[Partition] | None = None
+        # A look's answer: the unowned partitions, or None while the group is still settling.
+        self._asking: OffLoop[Admin, frozenset[Partition] | None] = OffLoop(client.admin, "group-coverage")
         self._due: float | None = None  # when to look next; None while not a stable member
         self._findings = 0  # consecutive looks that found partitions unowned
         self.unowned: frozenset[Partition] = frozenset()  # as of the last confirmed finding
@@ -71,7 +69,7 @@ class GroupCoverage:
     @property
     def busy(self) -> bool:
         """A look is in flight."""
-        return self._asking is not None and self._asking.is_alive()
+        return self._asking.busy
 
     def watch(self, consumer: GroupConsumer) -> bool:
         """Called once a turn; True when the member should ask the group for a new assignment."""
@@ -80,20 +78,24 @@ class GroupCoverage:
             self._due = None  # a join in flight: look again once it settles
             self._findings = 0
             return False
-        if self._asking is not None:
-            return self._take_answer(now) if not self._asking.is_alive() else False
+        if self._asking.busy:
+            return False
+        if self._asking.answered:
+            return self._take_answer(now)
         if self._due is None:
             # Soon if it owns nothing, or after the new assignment a finding asked for.
             soon = not consumer.assignment() or self.unowned
             self._due = now + (CHECK_EMPTY_S if soon else CHECK_EVERY_S)
         if now >= self._due:
-            self._asking = threading.Thread(target=self._ask, name="group-coverage", daemon=True)
-            self._asking.start()
+            self._asking.ask(self._look)
         return False
 
     def _take_answer(self, now: float) -> bool:
-        self._asking = None
-        found, self._answer = self._answer, None
+        try:
+            found = self._asking.take()
+        except ClientError as err:
+            log.debug("could not describe the group's assignment", error=err.name)
+            found = None
         if found is None:  # no answer, or a group still settling: neither a finding nor a clean look
             self._due = now + (CONFIRM_S if self._findings or self.unowned else CHECK_EVERY_S)
             return False
@@ -121,29 +123,15 @@ class GroupCoverage:
         self.unowned = unowned
         self._health.unowned(len(unowned))
 
-    def _ask(self) -> None:
-        try:
-            if self._admin is None:
-                self._admin = self._client.admin()
-            group = self._admin.describe_group(self._group_id)
-            if group.state != "Stable":
-                self._answer = None  # settling: nothing to say yet
-                return
-            owned = [p for member in group.members for p in member.partitions]
-            topics = self._topics | {p.topic for p in owned}
-            described = self._admin.describe_topics(sorted(topics))
-            counts = {topic: info.partitions for topic, info in described.items() if info.failure is None}
-            self._answer = unowned(counts, owned)
-        except ClientError as err:
-            log.debug("could not describe the group's assignment", error=err.name)
-            self._answer = None
-            self._close_admin()  # a new connection next time, in case this one is what failed
-
-    def _close_admin(self) -> None:
-        if self._admin is not None:
-            admin, self._admin = self._admin, None
-            admin.close()
+    def _look(self, admin: Admin) -> frozenset[Partition] | None:
+        group = admin.describe_group(self._group_id)
+        if group.state != "Stable":
+            return None  # settling: nothing to say yet
+        owned = [p for member in group.members for p in member.partitions]
+        topics = self._topics | {p.topic for p in owned}
+        described = admin.describe_topics(sorted(topics))
+        counts = {topic: info.partitions for topic, info in described.items() if info.failure is None}
+        return unowned(counts, owned)
 
     def close(self) -> None:
-        if self._asking is None or not self._asking.is_alive():
-            self._close_admin()
+        self._asking.close()
