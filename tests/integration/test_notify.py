@@ -277,24 +277,39 @@ class _Receiver(BaseHTTPRequestHandler):
         pass
 
 
+WEBHOOK_SECRET = b"a-shared-secret"
+
+
+def _serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """A local receiver on its own thread; the test shuts it down."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _signed_webhook(
+    tmp_path: Path, server: ThreadingHTTPServer, bootstrap: str, topics: dict[str, str], **more: str
+) -> dict[str, str]:
+    """The notifier's settings for the local webhook `server`, signing with WEBHOOK_SECRET."""
+    secret = tmp_path / "webhook-secret"
+    secret.write_bytes(WEBHOOK_SECRET + b"\n")
+    return _notify_settings(
+        bootstrap,
+        topics,
+        TDM_NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/tdm",
+        TDM_NOTIFY_WEBHOOK_SECRET_FILE=str(secret),
+        **more,
+    )
+
+
 def test_a_signed_webhook_gets_every_event_once_keyed_even_after_being_down(
     kafka_bootstrap, topics, service_env, start_service, tmp_path
 ):
-    secret = tmp_path / "webhook-secret"
-    secret.write_text("a-shared-secret\n")
-    handler = type(
-        "Receiver", (_Receiver,), {"secret": b"a-shared-secret", "keys": Counter(), "accepted": []}
-    )
+    handler = type("Receiver", (_Receiver,), {"secret": WEBHOOK_SECRET, "keys": Counter(), "accepted": []})
     handler.down_for = 3  # the receiver is down when the first event comes
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = _serve(handler)
     try:
-        webhook = _notify_settings(
-            kafka_bootstrap,
-            topics,
-            TDM_NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/tdm",
-            TDM_NOTIFY_WEBHOOK_SECRET_FILE=str(secret),
-        )
+        webhook = _signed_webhook(tmp_path, server, kafka_bootstrap, topics)
         service = start_service(**SERVICE)
         notifier = _notifier(service_env, tmp_path, "notifier", **webhook)
         _send(kafka_bootstrap, topics["input"], "1.2")
@@ -308,9 +323,7 @@ def test_a_signed_webhook_gets_every_event_once_keyed_even_after_being_down(
         url = f"http://127.0.0.1:{server.server_port}/tdm"
         assert _post(url, body + b" ", stamp, signature) == 401
         old = str(int(stamp) - 3600)
-        resigned = (
-            "v1=" + hmac.new(b"a-shared-secret", old.encode() + b"." + body, hashlib.sha256).hexdigest()
-        )
+        resigned = "v1=" + hmac.new(WEBHOOK_SECRET, old.encode() + b"." + body, hashlib.sha256).hexdigest()
         assert _post(url, body, old, resigned) == 401
         assert _post(url, body, stamp, signature) == 202
     finally:
@@ -350,16 +363,9 @@ def test_a_receiver_down_past_the_budget_holds_only_its_partition_and_loses_noth
 
     budget_s = 20
     handler = type("Receiver", (_DownForOne,), {"down": True, "accepted": [], "refused": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    secret = tmp_path / "webhook-secret"
-    secret.write_text("a-shared-secret\n")
-    webhook = _notify_settings(
-        kafka_bootstrap,
-        topics,
-        TDM_NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/tdm",
-        TDM_NOTIFY_WEBHOOK_SECRET_FILE=str(secret),
-        TDM_NOTIFY_RETRY_BUDGET_S=str(budget_s),
+    server = _serve(handler)
+    webhook = _signed_webhook(
+        tmp_path, server, kafka_bootstrap, topics, TDM_NOTIFY_RETRY_BUDGET_S=str(budget_s)
     )
     try:
         service = start_service(**SERVICE)
@@ -448,16 +454,8 @@ def test_a_group_that_leaves_the_alert_partitions_to_nobody_is_asked_again_and_p
     from tests.integration.test_exactly_once import wait_for_log
 
     handler = type("Receiver", (_DownForOne,), {"down": False, "accepted": [], "refused": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    secret = tmp_path / "webhook-secret"
-    secret.write_text("a-shared-secret\n")
-    webhook = _notify_settings(
-        kafka_bootstrap,
-        topics,
-        TDM_NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/tdm",
-        TDM_NOTIFY_WEBHOOK_SECRET_FILE=str(secret),
-    )
+    server = _serve(handler)
+    webhook = _signed_webhook(tmp_path, server, kafka_bootstrap, topics)
     leader_assignor = _LeavesThemToNobodyOnce(topics["alerts"], 3)
     leader = KafkaConsumer(
         bootstrap_servers=kafka_bootstrap,
@@ -573,8 +571,7 @@ def test_pagerduty_contract_retries_429_and_500_and_dead_letters_a_refusal(
             "violations": [],
         },
     )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = _serve(handler)
     pagerduty = _notify_settings(
         kafka_bootstrap,
         topics,
