@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from consumer.clients.deadlines import DEADLINES, Deadlines
+
 # A re-join completes within the rebalance timeout (60 s, MAX_POLL_INTERVAL_MS); longer out of
 # the group is a hung join (kafka-python K3, seen in CI and `make bench`), or a broker outage
 # long enough that a fresh start costs nothing.
@@ -28,6 +30,8 @@ class Health:
     liveness_timeout_s: float
     stall_timeout_s: float
     clock: Callable[[], float] = time.monotonic
+    # Client calls in progress with their own timeouts (librdkafka can outlive one).
+    deadlines: Deadlines = field(default_factory=lambda: DEADLINES)
     _beat: float = field(init=False)
     _progress: float = field(init=False)
     _lag: int = field(init=False, default=0)
@@ -107,6 +111,8 @@ class Health:
         """Why the service should be restarted, or None."""
         if not self._running:
             return None
+        if (hung := self.deadlines.overdue()) is not None:
+            return hung.describe()
         if self.since_beat() >= self.stall_timeout_s:
             return f"the main loop has not turned for {self.since_beat():.0f} s"
         outside = self.clock() - self._outside_since if self._outside_since is not None else 0.0

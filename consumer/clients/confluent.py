@@ -30,6 +30,7 @@ from confluent_kafka import Producer as _Producer
 from confluent_kafka import TopicPartition as _TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
+from consumer.clients.deadlines import DEADLINES
 from consumer.clients.seam import (
     FETCH_MAX_WAIT_MS,
     FETCH_MIN_BYTES,
@@ -455,7 +456,7 @@ class Producer:
         self._sent: list[_Sent] = []
         _check_reachable(self._producer, self._errors, settings, "connect")
         if transactional_id is not None:
-            self._do(lambda: self._producer.init_transactions(CALL_TIMEOUT_S), "init transactions")
+            self._bounded(self._producer.init_transactions, "init transactions")
 
     def _do(self, action: Callable[[], T], doing: str) -> T:
         try:
@@ -516,17 +517,22 @@ class Producer:
 
     def send_offsets(self, offsets: Mapping[Partition, int], group_metadata: object) -> None:
         marks = [_theirs(p, o) for p, o in offsets.items()]
-        self._do(
-            lambda: self._producer.send_offsets_to_transaction(marks, group_metadata, CALL_TIMEOUT_S),
+        self._bounded(
+            lambda timeout: self._producer.send_offsets_to_transaction(marks, group_metadata, timeout),
             "send offsets",
         )
 
     def commit(self) -> None:
-        self._do(lambda: self._producer.commit_transaction(CALL_TIMEOUT_S), "commit")
+        self._bounded(self._producer.commit_transaction, "commit")
 
     def abort(self) -> None:
         self._sent = []
-        self._do(lambda: self._producer.abort_transaction(CALL_TIMEOUT_S), "abort")
+        self._bounded(self._producer.abort_transaction, "abort")
+
+    def _bounded(self, call: Callable[[float], object], doing: str) -> None:
+        """A transaction call given CALL_TIMEOUT_S, and watched for keeping it (`deadlines.py`)."""
+        with DEADLINES.bounded(doing, CALL_TIMEOUT_S):
+            self._do(lambda: call(CALL_TIMEOUT_S), doing)
 
 
 # librdkafka's group states in the words the Kafka protocol (and kafka-python) use.

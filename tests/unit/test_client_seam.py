@@ -105,3 +105,28 @@ def test_kip848_needs_the_confluent_client(monkeypatch):
         Settings()
     monkeypatch.setenv("TDM_KAFKA_CLIENT", "confluent-kafka")
     assert Settings().group_protocol == "consumer"
+
+
+@pytest.mark.parametrize("call", ["send_offsets", "commit", "abort"])
+def test_confluent_transaction_calls_are_watched_for_outliving_their_timeout(call):
+    """librdkafka#5456: the watchdog can only see a hung transaction call that is registered."""
+    from consumer.clients import confluent
+    from consumer.clients.deadlines import DEADLINES
+
+    seen = []
+
+    class Librdkafka:
+        def __getattr__(self, name):
+            def transaction_call(*args):
+                seen.append((args[-1], DEADLINES.overdue(grace_s=-confluent.CALL_TIMEOUT_S)))
+
+            return transaction_call
+
+    producer = object.__new__(confluent.Producer)
+    producer._producer = Librdkafka()
+    producer._sent = []
+    getattr(producer, call)(*([{}, None] if call == "send_offsets" else []))
+    [(timeout, registered)] = seen
+    assert timeout == confluent.CALL_TIMEOUT_S
+    assert registered is not None and registered.timeout_s == confluent.CALL_TIMEOUT_S
+    assert DEADLINES.overdue(grace_s=-confluent.CALL_TIMEOUT_S) is None  # gone once it returned

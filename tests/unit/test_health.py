@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from consumer.clients.deadlines import GRACE_S, Deadlines
 from consumer.health import Health, Watchdog
 
 
@@ -158,3 +159,45 @@ def test_the_default_stall_timeout_fits_paging():
     from consumer.settings import Settings
 
     assert Settings().stall_timeout_s <= 60  # a page is due in seconds; issue 27 found 300 s
+
+
+def test_a_client_call_past_its_own_timeout_ends_the_process_before_the_stall_bound():
+    """librdkafka's send_offsets_to_transaction can outlive its timeout (librdkafka#5456): the
+    watchdog does not wait for TDM_STALL_TIMEOUT_S to call that hung."""
+    clock = Clock()
+    deadlines = Deadlines(clock)
+    health = Health(liveness_timeout_s=60, stall_timeout_s=300, clock=clock, deadlines=deadlines)
+    health.started()
+    with deadlines.bounded("send offsets", 30):
+        clock.now += 30 + GRACE_S - 1  # past the timeout, within the grace: an answer on its way
+        assert health.stalled() is None
+        clock.now += 1
+        hung = "the client's send offsets call has not returned 10 s after its 30 s timeout"
+        assert health.stalled() == hung
+    assert health.stalled() is None  # it returned after all: nothing overdue remains
+
+
+def test_deadlines_name_the_call_furthest_past_its_timeout_across_threads():
+    clock = Clock()
+    deadlines = Deadlines(clock)
+    inside, release = threading.Event(), threading.Event()
+
+    def elsewhere() -> None:
+        with deadlines.bounded("commit", 5):
+            inside.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=elsewhere)
+    with deadlines.bounded("abort", 30):
+        worker.start()
+        inside.wait(5)
+        clock.now += 20
+        late = deadlines.overdue(grace_s=0)
+        assert late is not None and (late.doing, late.late_s) == ("commit", 15)
+        release.set()
+        worker.join(5)
+        assert deadlines.overdue(grace_s=0) is None
+        clock.now += 11
+        late = deadlines.overdue(grace_s=0)
+        assert late is not None and late.doing == "abort"
+    assert deadlines.overdue(grace_s=0) is None
