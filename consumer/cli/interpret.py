@@ -1,0 +1,201 @@
+"""`tdm-alerts interpret`: lab messages from a file or stdin read as the service reads them,
+correlated per patient in memory, without Kafka; one JSON line per recognised result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from consumer.cli.arguments import Commands
+from consumer.cli.rules import load_ruleset
+from consumer.formats import Format
+from consumer.formats.errors import DecodeError
+from consumer.formats.treatment import context_in_file
+from consumer.message_files import messages_in
+from consumer.pipeline import Pipeline, Processed
+from consumer.settings import Settings
+from interpretation import (
+    Alert,
+    AntibodyInterpretation,
+    DrugLevelInterpretation,
+    Goal,
+    Interpretation,
+    Phase,
+    Route,
+    SourceRef,
+    TreatmentContext,
+)
+from interpretation.correlation import correlate_result, record_treatment
+from interpretation.patient_state import CorrelationRules, PatientState
+from interpretation.treatment import TreatmentRecord
+
+
+def interpretation_line(item: Interpretation, source: SourceRef) -> dict[str, Any]:
+    """The `interpret` output contract: one flat JSON object per recognised result."""
+    r = item.result
+    target = item.target if isinstance(item, DrugLevelInterpretation) else None
+    decided_by = item.decided_by if isinstance(item, AntibodyInterpretation) else None
+    return {
+        "analyte": item.analyte.value,
+        "finding": item.finding.value,
+        "alert": item.alert,
+        "value": float(item.value) if item.value is not None else None,
+        "comparator": item.comparator.value if item.comparator else None,
+        "unit": item.unit,
+        "patient_id": r.patient_id,
+        "accession": r.accession,
+        "specimen_id": r.specimen_id,
+        "status": r.status.value,
+        "rule_id": item.rule_id,
+        "ruleset_version": item.ruleset_version,
+        "reason": item.reason,
+        "pattern": item.pattern.value if item.pattern else None,
+        "decided_by": decided_by.value if decided_by else None,
+        "target": target.describe_range() if target else None,
+        "context": item.context.model_dump(mode="json", exclude_none=True),
+        "recommendation": item.recommendation,
+        "citations": [c.id for c in item.citations],
+        "source": source.model_dump(exclude_none=True),
+    }
+
+
+def cmd_interpret(args: argparse.Namespace) -> int:
+    override = TreatmentContext(phase=args.phase, week=args.week, route=args.route, goal=args.goal)
+    # A history file's albumin and weight results are always read: its cost is no concern here.
+    pipeline = Pipeline(load_ruleset(args.ruleset), args.max_message_bytes, override, lab_covariates=True)
+    fmt = Format(args.format)
+    if args.file == "-":
+        name, data = "-", sys.stdin.buffer.read()
+    else:
+        name, data = str(args.file), Path(args.file).read_bytes()
+    failures = 0
+    # The same correlation the service runs, over the file in order, with patients kept in memory.
+    patients: dict[str, PatientState] = {}
+    # The service's correlation settings (TDM_PAIR_WINDOW_HOURS and the rest), read the same way.
+    rules = Settings().correlation_rules()
+    for source, raw in messages_in(data, name, fmt):
+        message: bytes | None = raw
+        if not args.no_state:
+            try:
+                message = _read_context(raw, pipeline, patients)
+            except DecodeError as err:
+                failures += 1
+                where = f"{name}:{source.line}" if source.line else f"{name}: message {source.message}"
+                print(f"{where}: treatment-context record: {err.reason.value}: {err.detail}", file=sys.stderr)
+                continue
+        if message is None:  # only treatment-context records
+            continue
+        result = pipeline.process(message, source, fmt)
+        if result.dead_letter is not None:
+            failures += 1
+            dl = result.dead_letter
+            where = f"{name}:{source.line}" if source.line else f"{name}: message {source.message}"
+            print(f"{where}: {dl.reason.value} ({dl.stage.value}): {dl.detail}", file=sys.stderr)
+            continue
+        patients_now = None if args.no_state else patients
+        for line in _lines(result, source, pipeline, patients=patients_now, rules=rules, override=override):
+            print(json.dumps(line, default=str), flush=True)
+    return 1 if failures else 0
+
+
+def _lines(
+    result: Processed,
+    source: SourceRef,
+    pipeline: Pipeline,
+    *,
+    patients: dict[str, PatientState] | None,
+    rules: CorrelationRules,
+    override: TreatmentContext,
+) -> list[dict[str, Any]]:
+    """One line per result of a message; with `patients`, each read with its patient's state."""
+    lines = []
+    if patients is not None:
+        for covariate in result.covariates:
+            if covariate.reading.record is not None:
+                _record(patients, covariate.patient_id, covariate.reading.record, replace=False)
+    for item in result.interpretations:
+        line = interpretation_line(item, source)
+        if patients is not None:
+            patient = item.result.patient_id
+            done = correlate_result(
+                patients.get(patient), item.result, source, pipeline.ruleset, rules=rules, override=override
+            )
+            if done is not None:
+                patients[patient] = done.state
+                line["events"] = [event_line(e) for e in done.events]
+        lines.append(line)
+    return lines
+
+
+def _read_context(message: bytes, pipeline: Pipeline, patients: dict[str, PatientState]) -> bytes | None:
+    """The treatment-context records in `message` (README 'Forecast') applied to their patients'
+    records, as the service's context stage applies them; returns what is left for the lab
+    pipeline (None: nothing). DecodeError for a record that cannot be read."""
+    updates, left = context_in_file(message, pipeline.ruleset.recognition)
+    for update in updates:
+        _record(patients, update.patient_id, update.record, replace=update.replace)
+    return left
+
+
+def _record(
+    patients: dict[str, PatientState], patient_id: str, update: TreatmentRecord | None, *, replace: bool
+) -> None:
+    state = record_treatment(patients.get(patient_id), patient_id, update, replace=replace)
+    if state is None:
+        patients.pop(patient_id, None)
+    else:
+        patients[patient_id] = state
+
+
+def event_line(event: Alert) -> dict[str, Any]:
+    """What `interpret` shows of an alert event: the lifecycle fields (the rest is in the line)."""
+    return {
+        "action": event.action.value,
+        "incident_key": event.incident_key,
+        "event_id": event.event_id,
+        "severity": event.severity.value,
+        "category": event.category.value,
+        "pattern": event.pattern.value if event.pattern else None,
+        "resolve_reason": event.resolve_reason,
+        "previous_levels": [float(p.value) for p in event.previous_levels],
+        "recommendation": event.recommendation,
+        "forecast": event.forecast.model_dump(mode="json") if event.forecast is not None else None,
+    }
+
+
+def add_interpret(commands: Commands) -> None:
+    interp = commands.add_parser(
+        "interpret",
+        help="interpret lab messages from a file or stdin, without Kafka",
+        description="Prints one JSON line per infliximab or antibody result. Context options "
+        "override what the messages say, for the whole input.",
+    )
+    interp.add_argument(
+        "file",
+        nargs="?",
+        default="-",
+        help="HL7 v2 message or batch, FHIR JSON, canonical JSON, or JSON Lines (- = stdin)",
+    )
+    interp.add_argument(
+        "--format", choices=[f.value for f in Format], default="auto", help="input format (default: detect)"
+    )
+    interp.add_argument("--phase", choices=[p.value for p in Phase], help="treatment phase of every result")
+    interp.add_argument("--week", type=int, help="weeks since the start of induction")
+    interp.add_argument("--route", choices=[r.value for r in Route], help="intravenous or subcutaneous")
+    interp.add_argument("--goal", choices=[g.value for g in Goal], help="the treatment goal to judge against")
+    interp.add_argument("--ruleset", type=Path, help="rule file (default: $TDM_RULESET or the packaged one)")
+    interp.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=Settings.model_fields["max_message_bytes"].default,
+        help="larger messages are refused, as the service refuses them (default: %(default)s)",
+    )
+    interp.add_argument(
+        "--no-state",
+        action="store_true",
+        help="read each message alone (by default results are correlated per patient, as the service does)",
+    )
+    interp.set_defaults(handler=cmd_interpret)
