@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -59,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FatalError as err:  # operator commands: a clear line, no traceback
         print(f"tdm-alerts: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader stopped reading (`interpret ... | head`): what it did not take is not an
+        # error to report. Later writes, Python's own flush at exit included, go nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ClientError as err:  # one the command could not name more closely
         print(f"tdm-alerts: Kafka refused ({err.failure.value}): {err.name}{_OPERATOR_HINT}", file=sys.stderr)
         return 1

@@ -184,3 +184,19 @@ def test_dlq_show_names_the_senders_headers_only_with_the_body():
     assert "x-patient-mrn-4829105" not in view.describe()
     assert "other headers: 1" in view.describe()
     assert "x-patient-mrn-4829105" in view.describe(header_names=True)
+
+
+def test_a_reader_that_stops_reading_ends_interpret_quietly(tmp_path):
+    """`tdm-alerts interpret feed | head -1` is how people look at a file: no traceback."""
+    import subprocess
+    import sys
+
+    feed = tmp_path / "feed.jsonl"  # far more output than a pipe holds: the writer meets EPIPE
+    feed.write_text((DATA / "sample-feed.jsonl").read_text() * 300)
+    command = [sys.executable, "-m", "consumer", "interpret", "--no-state", str(feed)]
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as reading:
+        assert reading.stdout is not None and reading.stderr is not None
+        assert reading.stdout.readline().startswith(b"{")
+        reading.stdout.close()  # as `head -n 1` does once it has its line
+        assert reading.wait(timeout=120) == 0
+        assert reading.stderr.read() == b""
