@@ -10,198 +10,40 @@ start-up retries an unreachable cluster and stops on refused credentials or cert
 from __future__ import annotations
 
 import json
-import logging
-import socket
-import ssl
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_STORED,
-    Consumer,
-    ConsumerGroupTopicPartitions,
-    KafkaError,
-    KafkaException,
-    Message,
-    TopicCollection,
-)
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_STORED, Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import Producer as _Producer
 from confluent_kafka import TopicPartition as _TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
+from consumer.clients.confluent_admin import Admin
 from consumer.clients.deadlines import DEADLINES
+from consumer.clients.librdkafka import (
+    CALL_TIMEOUT_S,
+    LOG,
+    Errors,
+    call,
+    check_reachable,
+    client_error,
+    client_options,
+    failure_of,
+    ours,
+    theirs,
+)
 from consumer.clients.seam import (
     FETCH_MAX_WAIT_MS,
     FETCH_MIN_BYTES,
     METADATA_REFRESH_MS,
     ClientError,
     Failure,
-    GroupInfo,
-    Member,
     Partition,
     Rebalance,
     Record,
-    TopicInfo,
-    TopicSpec,
 )
 from consumer.settings import Settings
 
 T = TypeVar("T")
-CONNECT_TIMEOUT_S = 5.0  # as kafka-python's bootstrap time-out (kafka_python.BOOTSTRAP_TIMEOUT_MS)
-CALL_TIMEOUT_S = 30.0
-# librdkafka's own log lines, through the standard logging the service renders as JSON.
-_LOG = logging.getLogger("tdm_alerts.librdkafka")
-
-_BY_CODE: dict[int, Failure] = {
-    KafkaError._FENCED: Failure.FENCED,
-    KafkaError.PRODUCER_FENCED: Failure.FENCED,
-    KafkaError.INVALID_PRODUCER_EPOCH: Failure.FENCED,
-    KafkaError.UNKNOWN_MEMBER_ID: Failure.REBALANCED,
-    KafkaError.ILLEGAL_GENERATION: Failure.REBALANCED,
-    KafkaError.REBALANCE_IN_PROGRESS: Failure.REBALANCED,
-    KafkaError.FENCED_MEMBER_EPOCH: Failure.REBALANCED,  # KIP-848
-    KafkaError.STALE_MEMBER_EPOCH: Failure.REBALANCED,  # KIP-848
-    KafkaError.TOPIC_AUTHORIZATION_FAILED: Failure.NOT_AUTHORISED_TOPIC,
-    KafkaError.GROUP_AUTHORIZATION_FAILED: Failure.NOT_AUTHORISED_GROUP,
-    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: Failure.NOT_AUTHORISED_TRANSACTIONAL_ID,
-    KafkaError.CLUSTER_AUTHORIZATION_FAILED: Failure.NOT_AUTHORISED_CLUSTER,
-    KafkaError.UNKNOWN_TOPIC_OR_PART: Failure.MISSING_TOPIC,
-    KafkaError._UNKNOWN_TOPIC: Failure.MISSING_TOPIC,
-    KafkaError._AUTHENTICATION: Failure.AUTHENTICATION,
-    KafkaError.SASL_AUTHENTICATION_FAILED: Failure.AUTHENTICATION,
-    KafkaError.UNSUPPORTED_VERSION: Failure.UNSUPPORTED,
-    KafkaError._UNSUPPORTED_FEATURE: Failure.UNSUPPORTED,
-}
-
-
-def failure_of(error: KafkaError) -> Failure:
-    """Our reading of a librdkafka error. TLS problems arrive as _SSL with OpenSSL's words."""
-    if (known := _BY_CODE.get(error.code())) is not None:
-        return known
-    text = error.str().lower()
-    if "certificate verify failed" in text:
-        # librdkafka words a host-name mismatch the same way: _check_reachable tells them apart.
-        return Failure.TLS_HOSTNAME if "hostname" in text or "host name" in text else Failure.TLS_TRUST
-    if (
-        error.code() == KafkaError._SSL
-        or "ssl handshake failed" in text
-        or ("alert" in text and "certificate" in text)
-    ):
-        # The broker's TLS alert: it does not accept our certificate (missing, rogue, expired).
-        return Failure.TLS_CLIENT_CERTIFICATE
-    if error.code() == KafkaError._TRANSPORT and "sasl" in text and "authentication" in text:
-        return Failure.AUTHENTICATION
-    if error.code() == KafkaError._FATAL and "fenced" in text:
-        return Failure.FENCED
-    # Any other error librdkafka calls fatal (INVALID_TXN_STATE after a broker restart, say)
-    # makes this producer unusable, not the service: the delivery replaces a producer whose
-    # abort fails, and the new one fences the old epoch. Fences and refusals are mapped above.
-    return Failure.TRANSIENT
-
-
-def _error(error: KafkaError, doing: str) -> ClientError:
-    # librdkafka's error texts name brokers, topics and ids, never record contents.
-    return ClientError(failure_of(error), f"{doing}: {error.name()}: {error.str()[:200]}", name=error.name())
-
-
-def _call(action: Callable[[], T], doing: str) -> T:
-    try:
-        return action()
-    except KafkaException as err:
-        raise _error(err.args[0], doing) from err
-
-
-class _Errors:
-    """What librdkafka reported through error_cb that a call's own error does not say."""
-
-    def __init__(self) -> None:
-        self.refused: KafkaError | None = None  # the last refusal: credentials, certificates, ACLs
-        self.fatal: KafkaError | None = None  # a fatal error's own code (a call reports only _FATAL)
-
-    def __call__(self, error: KafkaError) -> None:
-        # "All brokers are down" follows every refused connection: it must not hide the refusal.
-        if failure_of(error).fatal:
-            self.refused = error
-            _LOG.warning("client error: %s", error.name())
-        if error.fatal():
-            self.fatal = error
-
-    def resolve(self, error: KafkaError) -> KafkaError:
-        """A call or delivery report says only _FATAL; the callback heard which error it was."""
-        return (self.fatal or error) if error.code() == KafkaError._FATAL else error
-
-
-def _options(settings: Settings, errors: _Errors, purpose: str) -> dict[str, Any]:
-    """librdkafka configuration for the shared settings (bootstrap, identity, TLS/SASL)."""
-    options: dict[str, Any] = {
-        "bootstrap.servers": ",".join(settings.bootstrap_servers),
-        "client.id": f"{settings.client_id}-{purpose}",
-        "security.protocol": settings.security_protocol,
-        "error_cb": errors,
-        "logger": _LOG,
-    }
-    if settings.sasl_mechanism:
-        options["sasl.mechanism"] = settings.sasl_mechanism
-        options["sasl.username"] = settings.sasl_username
-        if settings.sasl_password is not None:
-            options["sasl.password"] = settings.sasl_password.get_secret_value()
-    for ours, theirs in (
-        ("ssl_cafile", "ssl.ca.location"),
-        ("ssl_certfile", "ssl.certificate.location"),
-        ("ssl_keyfile", "ssl.key.location"),
-    ):
-        if (path := getattr(settings, ours)) is not None:
-            options[theirs] = str(path)
-    if settings.ssl_password is not None:
-        options["ssl.key.password"] = settings.ssl_password.get_secret_value()
-    if "SSL" in settings.security_protocol:
-        options["ssl.endpoint.identification.algorithm"] = "https" if settings.ssl_check_hostname else "none"
-    return options
-
-
-def _check_reachable(client: Any, errors: _Errors, settings: Settings, doing: str) -> None:
-    """A metadata request: the cluster answers, or the reason it did not becomes a ClientError."""
-    try:
-        client.list_topics(timeout=CONNECT_TIMEOUT_S)
-    except KafkaException as err:
-        client.poll(0)  # serves the error callback, which heard why the connections failed
-        refused = errors.refused
-        failure = _error(refused if refused is not None else err.args[0], doing)
-        if failure.failure is Failure.TLS_TRUST and _names_another_host(settings):
-            failure = ClientError(Failure.TLS_HOSTNAME, failure.detail, name=failure.name)
-        raise failure from err
-
-
-def _names_another_host(settings: Settings) -> bool:
-    """Whether the broker's certificate verifies against our CA but names another host.
-
-    librdkafka reports both as "certificate verify failed"; Python's TLS handshake with the same
-    CA says which (OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, 62, or _IP_ADDRESS_MISMATCH, 64, for a
-    broker named by address). No Kafka bytes are sent.
-    """
-    host, _, port = settings.bootstrap_servers[0].rpartition(":")
-    context = ssl.create_default_context(cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
-    try:
-        with (
-            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as raw,
-            context.wrap_socket(raw, server_hostname=host),
-        ):
-            return False
-    except ssl.SSLCertVerificationError as err:
-        return err.verify_code in (62, 64)
-    except (OSError, ValueError):
-        return False
-
-
-def _ours(tp: _TopicPartition) -> Partition:
-    return Partition(tp.topic, tp.partition)
-
-
-def _theirs(partition: Partition, offset: int | None = None) -> _TopicPartition:
-    if offset is None:
-        return _TopicPartition(partition.topic, partition.partition)
-    return _TopicPartition(partition.topic, partition.partition, offset)
 
 
 def _record(message: Message) -> Record:
@@ -221,9 +63,9 @@ class _Reader:
     """read_committed, no auto-commit."""
 
     def __init__(self, settings: Settings, purpose: str, extra: Mapping[str, Any]) -> None:
-        self._errors = _Errors()
+        self._errors = Errors()
         options = {
-            **_options(settings, self._errors, purpose),
+            **client_options(settings, self._errors, purpose),
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             # Pre-fetch at most ~16 MB (librdkafka's defaults, 64 MB and 100,000 messages per
@@ -242,9 +84,9 @@ class _Reader:
             **extra,
         }
         self._starting: dict[Partition, int] | None = None  # assigned, not yet handed to librdkafka
-        self._consumer = _call(lambda: Consumer(options), "connect")
+        self._consumer = call(lambda: Consumer(options), "connect")
         try:
-            _check_reachable(self._consumer, self._errors, settings, "connect")
+            check_reachable(self._consumer, self._errors, settings, "connect")
         except ClientError:
             self._consumer.close()
             raise
@@ -258,7 +100,7 @@ class _Reader:
         if (starting := self._starting) is not None and partition in starting:
             starting[partition] = offset
         else:
-            _call(lambda: self._consumer.seek(_theirs(partition, offset)), "seek")
+            call(lambda: self._consumer.seek(theirs(partition, offset)), "seek")
 
     def seek_to_beginning(self, partition: Partition) -> None:
         self.seek(partition, OFFSET_BEGINNING)
@@ -266,21 +108,21 @@ class _Reader:
     def poll(self, timeout_ms: int, max_records: int) -> Mapping[Partition, Sequence[Record]]:
         if self._starting is not None:
             starts, self._starting = self._starting, None
-            _call(lambda: self._consumer.assign([_theirs(p, o) for p, o in starts.items()]), "assign")
+            call(lambda: self._consumer.assign([theirs(p, o) for p, o in starts.items()]), "assign")
         consume = self._consumer.consume
         # librdkafka's consume waits until it has `num_messages` or the time-out; kafka-python's
         # poll returns what is there. Take what is queued; only if nothing is, wait for a first
         # record, then take what came with it. (A full wait held every alert ~100 ms.)
-        messages = _call(lambda: consume(num_messages=max_records, timeout=0), "poll")
+        messages = call(lambda: consume(num_messages=max_records, timeout=0), "poll")
         if not messages and timeout_ms > 0:
-            messages = _call(lambda: consume(num_messages=1, timeout=timeout_ms / 1000), "poll")
+            messages = call(lambda: consume(num_messages=1, timeout=timeout_ms / 1000), "poll")
             if messages and max_records > 1:
-                messages += _call(lambda: consume(num_messages=max_records - 1, timeout=0), "poll")
+                messages += call(lambda: consume(num_messages=max_records - 1, timeout=0), "poll")
         polled: dict[Partition, list[Record]] = {}
         for message in messages:
             if (error := message.error()) is not None:
                 if failure_of(error).fatal:
-                    raise _error(error, "poll")
+                    raise client_error(error, "poll")
                 continue  # e.g. a subscribed topic not created yet: librdkafka retries it
             polled.setdefault(Partition(message.topic(), message.partition()), []).append(_record(message))
         return polled
@@ -288,13 +130,11 @@ class _Reader:
     def position(self, partition: Partition) -> int:
         if self._starting is not None and partition in self._starting and self._starting[partition] >= 0:
             return self._starting[partition]
-        [found] = _call(lambda: self._consumer.position([_theirs(partition)]), "position")
+        [found] = call(lambda: self._consumer.position([theirs(partition)]), "position")
         if found.offset >= 0:
             return int(found.offset)
         # Nothing fetched yet since the assignment: where fetching will start.
-        [committed] = _call(
-            lambda: self._consumer.committed([_theirs(partition)], CALL_TIMEOUT_S), "position"
-        )
+        [committed] = call(lambda: self._consumer.committed([theirs(partition)], CALL_TIMEOUT_S), "position")
         if committed.offset >= 0:
             return int(committed.offset)
         return self._watermarks(partition, "position")[0]
@@ -302,8 +142,8 @@ class _Reader:
     def _watermarks(self, partition: Partition, doing: str) -> tuple[int, int]:
         """The log start and end, queried (not cached); the end is the last stable offset for
         a read_committed consumer."""
-        low, high = _call(
-            lambda: self._consumer.get_watermark_offsets(_theirs(partition), CALL_TIMEOUT_S, False), doing
+        low, high = call(
+            lambda: self._consumer.get_watermark_offsets(theirs(partition), CALL_TIMEOUT_S, False), doing
         )
         return int(low), int(high)
 
@@ -311,7 +151,7 @@ class _Reader:
         return {p: self._watermarks(p, "end offsets")[1] for p in partitions}
 
     def partitions_for(self, topic: str) -> list[int] | None:
-        metadata = _call(lambda: self._consumer.list_topics(topic, timeout=CALL_TIMEOUT_S), "describe topic")
+        metadata = call(lambda: self._consumer.list_topics(topic, timeout=CALL_TIMEOUT_S), "describe topic")
         found = metadata.topics.get(topic)
         return (
             None
@@ -323,17 +163,17 @@ class _Reader:
         return {p: self._watermarks(p, "beginning offsets")[0] for p in partitions}
 
     def offsets_for_time(self, partitions: Collection[Partition], ms: int) -> Mapping[Partition, int | None]:
-        found = _call(
-            lambda: self._consumer.offsets_for_times([_theirs(p, ms) for p in partitions], CALL_TIMEOUT_S),
+        found = call(
+            lambda: self._consumer.offsets_for_times([theirs(p, ms) for p in partitions], CALL_TIMEOUT_S),
             "offsets for time",
         )
-        return {_ours(tp): int(tp.offset) if tp.offset >= 0 else None for tp in found}
+        return {ours(tp): int(tp.offset) if tp.offset >= 0 else None for tp in found}
 
     def close(self) -> None:
         try:
             self._consumer.close()
         except (KafkaException, RuntimeError) as err:  # seam: close never raises
-            _LOG.info("consumer closed after a failure: %s", err)
+            LOG.info("consumer closed after a failure: %s", err)
 
 
 class GroupConsumer(_Reader):
@@ -366,13 +206,13 @@ class GroupConsumer(_Reader):
 
     def subscribe(self, topics: Sequence[str], pattern: str | None, listener: Rebalance) -> None:
         def assigned(consumer: Consumer, partitions: list[_TopicPartition]) -> None:
-            listener.assigned([_ours(tp) for tp in partitions])
+            listener.assigned([ours(tp) for tp in partitions])
 
         def revoked(consumer: Consumer, partitions: list[_TopicPartition]) -> None:
-            listener.revoked([_ours(tp) for tp in partitions])
+            listener.revoked([ours(tp) for tp in partitions])
 
         def lost(consumer: Consumer, partitions: list[_TopicPartition]) -> None:
-            listener.lost([_ours(tp) for tp in partitions])
+            listener.lost([ours(tp) for tp in partitions])
 
         # librdkafka reads a subscription that starts with ^ as a regular expression.
         names = [f"^{pattern}"] if pattern else list(topics)
@@ -380,17 +220,17 @@ class GroupConsumer(_Reader):
         self._consumer.subscribe(names, on_assign=assigned, on_revoke=revoked, on_lost=lost)
 
     def pause(self, partitions: Collection[Partition]) -> None:
-        self._consumer.pause([_theirs(p) for p in partitions])
+        self._consumer.pause([theirs(p) for p in partitions])
 
     def resume(self, partitions: Collection[Partition]) -> None:
-        self._consumer.resume([_theirs(p) for p in partitions])
+        self._consumer.resume([theirs(p) for p in partitions])
 
     def assignment(self) -> frozenset[Partition]:
-        return frozenset(_ours(tp) for tp in self._consumer.assignment())
+        return frozenset(ours(tp) for tp in self._consumer.assignment())
 
     def commit(self, offsets: Mapping[Partition, int]) -> None:
-        marks = [_theirs(p, o) for p, o in offsets.items()]
-        _call(lambda: self._consumer.commit(offsets=marks, asynchronous=False), "commit")
+        marks = [theirs(p, o) for p, o in offsets.items()]
+        call(lambda: self._consumer.commit(offsets=marks, asynchronous=False), "commit")
 
     def group_metadata(self) -> object:
         return self._consumer.consumer_group_metadata()
@@ -406,8 +246,8 @@ class GroupConsumer(_Reader):
         if self._subscription is None or self._consumer.assignment():
             return False
         names, callbacks = self._subscription
-        _call(self._consumer.unsubscribe, "unsubscribe")
-        _call(lambda: self._consumer.subscribe(names, **callbacks), "subscribe")
+        call(self._consumer.unsubscribe, "unsubscribe")
+        call(lambda: self._consumer.subscribe(names, **callbacks), "subscribe")
         self._steady = False
         return True
 
@@ -415,7 +255,7 @@ class GroupConsumer(_Reader):
 class _Sent:
     """Filled by the delivery callback, which runs inside the producer's poll or flush."""
 
-    def __init__(self, errors: _Errors) -> None:
+    def __init__(self, errors: Errors) -> None:
         self._offset: int | None = None
         self._error: KafkaError | None = None
         self._errors = errors
@@ -426,7 +266,7 @@ class _Sent:
 
     def offset(self, timeout_s: float) -> int:
         if self._error is not None:
-            raise _error(self._errors.resolve(self._error), "send")
+            raise client_error(self._errors.resolve(self._error), "send")
         if self._offset is None:
             raise ClientError(Failure.TRANSIENT, "send: not acknowledged (flush first)")
         return self._offset
@@ -437,9 +277,9 @@ class Producer:
     aborts whatever a predecessor with the same id left open)."""
 
     def __init__(self, settings: Settings, transactional_id: str | None = None) -> None:
-        self._errors = _Errors()
+        self._errors = Errors()
         options = {
-            **_options(settings, self._errors, "producer"),
+            **client_options(settings, self._errors, "producer"),
             "enable.idempotence": True,
             "acks": "all",
             # Keys to partitions as the Java client and kafka-python map them (murmur2), not
@@ -452,9 +292,9 @@ class Producer:
         if transactional_id is not None:
             options["transactional.id"] = transactional_id
             options["transaction.timeout.ms"] = settings.transaction_timeout_ms
-        self._producer = _call(lambda: _Producer(options), "connect")
+        self._producer = call(lambda: _Producer(options), "connect")
         self._sent: list[_Sent] = []
-        _check_reachable(self._producer, self._errors, settings, "connect")
+        check_reachable(self._producer, self._errors, settings, "connect")
         if transactional_id is not None:
             self._bounded(self._producer.init_transactions, "init transactions")
 
@@ -464,7 +304,7 @@ class Producer:
         except KafkaException as err:
             if err.args[0].code() == KafkaError._FATAL:
                 self._producer.poll(0)  # serves the error callback, which heard which error
-            raise _error(self._errors.resolve(err.args[0]), doing) from err
+            raise client_error(self._errors.resolve(err.args[0]), doing) from err
 
     def send(
         self,
@@ -507,7 +347,7 @@ class Producer:
         try:
             self._producer.flush(timeout_s)
         except KafkaException as err:  # a fenced or failed producer: nothing left to deliver
-            _LOG.info("producer closed after a failure: %s", err.args[0].name())
+            LOG.info("producer closed after a failure: %s", err.args[0].name())
 
     # -- transactions (with a transactional id) ----------------------------------------------
 
@@ -516,7 +356,7 @@ class Producer:
         self._do(self._producer.begin_transaction, "begin")
 
     def send_offsets(self, offsets: Mapping[Partition, int], group_metadata: object) -> None:
-        marks = [_theirs(p, o) for p, o in offsets.items()]
+        marks = [theirs(p, o) for p, o in offsets.items()]
         self._bounded(
             lambda timeout: self._producer.send_offsets_to_transaction(marks, group_metadata, timeout),
             "send offsets",
@@ -529,120 +369,10 @@ class Producer:
         self._sent = []
         self._bounded(self._producer.abort_transaction, "abort")
 
-    def _bounded(self, call: Callable[[float], object], doing: str) -> None:
+    def _bounded(self, transaction_call: Callable[[float], object], doing: str) -> None:
         """A transaction call given CALL_TIMEOUT_S, and watched for keeping it (`deadlines.py`)."""
         with DEADLINES.bounded(doing, CALL_TIMEOUT_S):
-            self._do(lambda: call(CALL_TIMEOUT_S), doing)
-
-
-# librdkafka's group states in the words the Kafka protocol (and kafka-python) use.
-_GROUP_STATES = {
-    "STABLE": "Stable",
-    "PREPARING_REBALANCING": "PreparingRebalance",
-    "COMPLETING_REBALANCING": "CompletingRebalance",
-    "EMPTY": "Empty",
-    "DEAD": "Dead",
-}
-
-
-class Admin:
-    def __init__(self, settings: Settings) -> None:
-        self._errors = _Errors()
-        options = _options(settings, self._errors, "admin")
-        self._admin = _call(lambda: AdminClient(options), "connect")
-        _check_reachable(self._admin, self._errors, settings, "connect")
-
-    def describe_topics(self, topics: Collection[str]) -> Mapping[str, TopicInfo]:
-        futures = _call(
-            lambda: self._admin.describe_topics(
-                TopicCollection(list(topics)),
-                request_timeout=CALL_TIMEOUT_S,
-                include_authorized_operations=True,
-            ),
-            "describe topics",
-        )
-        info: dict[str, TopicInfo] = {}
-        for topic, future in futures.items():
-            try:
-                described = future.result()
-            except KafkaException as err:
-                error: KafkaError = err.args[0]
-                if not failure_of(error).fatal and failure_of(error) is not Failure.MISSING_TOPIC:
-                    raise _error(error, "describe topics") from err
-                info[topic] = TopicInfo(0, failure_of(error), error.name())
-                continue
-            operations = described.authorized_operations
-            info[topic] = TopicInfo(
-                len(described.partitions),
-                operations=None if operations is None else frozenset(op.name for op in operations),
-            )
-        return info
-
-    def create_topics(self, specs: Collection[TopicSpec]) -> None:
-        topics = [NewTopic(t.name, num_partitions=t.partitions, config=dict(t.config)) for t in specs]
-        futures = _call(
-            lambda: self._admin.create_topics(topics, request_timeout=CALL_TIMEOUT_S), "create topics"
-        )
-        for future in futures.values():
-            try:
-                future.result()
-            except KafkaException as err:
-                if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another instance won the race
-                    raise _error(err.args[0], "create topics") from err
-
-    def max_message_bytes(self, topic: str) -> int | None:
-        wanted = ConfigResource(ResourceType.TOPIC, topic)
-        futures = _call(
-            lambda: self._admin.describe_configs([wanted], request_timeout=CALL_TIMEOUT_S), "describe configs"
-        )
-        try:
-            found = next(iter(futures.values())).result()
-        except KafkaException as err:
-            error: KafkaError = err.args[0]
-            if not failure_of(error).fatal and failure_of(error) is not Failure.MISSING_TOPIC:
-                raise _error(error, "describe configs") from err
-            return None  # not authorised to describe it, or gone: the caller assumes Kafka's default
-        entry = found.get("max.message.bytes")
-        return int(entry.value) if entry is not None and entry.value else None
-
-    def describe_group(self, group_id: str) -> GroupInfo:
-        future = _call(
-            lambda: self._admin.describe_consumer_groups([group_id], request_timeout=CALL_TIMEOUT_S)[
-                group_id
-            ],
-            "describe group",
-        )
-        try:
-            described = future.result()
-        except KafkaException as err:
-            if err.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:  # Kafka 4, of a group never used
-                return GroupInfo("Dead", ())
-            raise _error(err.args[0], "describe group") from err
-        members = tuple(
-            Member(
-                member_id=m.member_id,
-                host=str(m.host).lstrip("/"),
-                partitions=tuple(
-                    sorted(_ours(tp) for tp in (m.assignment.topic_partitions if m.assignment else []))
-                ),
-            )
-            for m in described.members
-        )
-        state = described.state.name
-        return GroupInfo(_GROUP_STATES.get(state, state.title()), members)
-
-    def group_offsets(self, group_id: str) -> Mapping[Partition, int]:
-        future = _call(
-            lambda: self._admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group_id)], request_timeout=CALL_TIMEOUT_S
-            )[group_id],
-            "group offsets",
-        )
-        found = _call(future.result, "group offsets")
-        return {_ours(tp): int(tp.offset) for tp in found.topic_partitions or [] if tp.offset >= 0}
-
-    def close(self) -> None:
-        """Nothing to release: librdkafka's admin client closes when it is collected."""
+            self._do(lambda: transaction_call(CALL_TIMEOUT_S), doing)
 
 
 class ConfluentClient:

@@ -3,7 +3,7 @@
 import pytest
 from confluent_kafka import KafkaError
 
-from consumer.clients.confluent import failure_of
+from consumer.clients.librdkafka import failure_of
 from consumer.clients.seam import Failure
 
 
