@@ -199,4 +199,7 @@ def test_a_reader_that_stops_reading_ends_interpret_quietly(tmp_path):
         assert reading.stdout.readline().startswith(b"{")
         reading.stdout.close()  # as `head -n 1` does once it has its line
         assert reading.wait(timeout=120) == 0
-        assert reading.stderr.read() == b""
+        # The sample feed's unreadable lines are reported on stderr before the pipe breaks, or
+        # not, depending on when the first block of stdout is flushed; only a traceback is wrong.
+        errors = reading.stderr.read()
+        assert b"Traceback" not in errors and b"BrokenPipe" not in errors
