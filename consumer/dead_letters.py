@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 HEADER_PREFIX = "tdm.dlq."
+# Set by `dlq replay` on a record sent back to its source topic: where it was first published
+# (topic/partition/offset), kept through later replays. The notifier orders a replayed alert
+# event by it, so an event older than what a receiver has is not news (issue 42).
+ORIGIN_HEADER = "tdm.origin"
 BODY_HEADER = HEADER_PREFIX + "body"
 # What a record needs beside its key, value and headers (batch header, lengths, varints), with
 # room to spare: a dead letter that exceeds its topic's limit by a byte blocks the partition.

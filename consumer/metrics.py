@@ -76,7 +76,7 @@ class Metrics:
     """The service's metrics, registered on one registry (a fresh one per test if wanted)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        self.registry = CollectorRegistry() if registry is None else registry
         self._what_became_of_messages(self.registry)
         self._patient_state(self.registry)
         self._timings(self.registry)

@@ -18,7 +18,7 @@ from consumer.clients import client_for
 from consumer.clients.seam import ClientError, Producer, Reader, Record, Sent
 from consumer.connecting import connect_once
 from consumer.dead_letter_reader import Position, dead_letters, new_reader, partitions_of
-from consumer.dead_letters import BODY_HEADER, HEADER_PREFIX, Body, Reason
+from consumer.dead_letters import BODY_HEADER, HEADER_PREFIX, ORIGIN_HEADER, Body, Reason
 from consumer.settings import Settings
 
 log = structlog.get_logger("tdm_alerts.replay")
@@ -77,6 +77,20 @@ def _target(record: Record, request: ReplayRequest, report: ReplayReport) -> str
     return target
 
 
+def _origin(record: Record, target: str) -> bytes | None:
+    """Where the record was first published, when it goes back to that topic (not --to another);
+    None when its own headers already say (a replay of a replay keeps the first)."""
+    headers = dict(record.headers)
+    if ORIGIN_HEADER in headers:
+        return None
+    source = headers.get(HEADER_PREFIX + "source.topic", b"").decode(errors="replace")
+    partition = headers.get(HEADER_PREFIX + "source.partition", b"").decode(errors="replace")
+    offset = headers.get(HEADER_PREFIX + "source.offset", b"").decode(errors="replace")
+    if source != target or not partition.isdigit() or not offset.isdigit():
+        return None
+    return f"{source}/{partition}/{offset}".encode()
+
+
 def replay(settings: Settings, request: ReplayRequest) -> ReplayReport:
     consumer = new_reader(settings, "dlq-replay")
     producer = None if request.dry_run else connect_once(client_for(settings).producer, settings)
@@ -101,8 +115,11 @@ def _replay(
         target = _target(record, request, report)
         if target is not None and producer is not None:
             original = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]
-            origin = f"{record.topic}/{record.partition}/{record.offset}".encode()
-            sent.append(producer.send(target, record.key, record.value, [*original, (REPLAYED_FROM, origin)]))
+            dead_letter = f"{record.topic}/{record.partition}/{record.offset}".encode()
+            headers = [*original, (REPLAYED_FROM, dead_letter)]
+            if (first := _origin(record, target)) is not None:
+                headers.append((ORIGIN_HEADER, first))
+            sent.append(producer.send(target, record.key, record.value, headers))
     if producer is not None:
         with contextlib.suppress(ClientError):  # raised for the first failed send; each is counted below
             producer.flush(SEND_TIMEOUT_S)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import socket
@@ -36,9 +37,11 @@ class Route(BaseModel):
     severities: frozenset[Severity] | None = None
     categories: frozenset[Category] | None = None
 
-    def takes(self, severity: Severity, category: Category) -> bool:
+    def takes(self, severity: Severity, category: Category | None) -> bool:
+        """`category` None is one this version does not know (an event from a newer `run`): it
+        passes the category filter, so a new kind of page is delivered, not dropped."""
         return (self.severities is None or severity in self.severities) and (
-            self.categories is None or category in self.categories
+            self.categories is None or category is None or category in self.categories
         )
 
 
@@ -133,10 +136,12 @@ class Settings(BaseSettings):
     notify_webhook_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
     notify_webhook_secret: SecretStr | None = None
     notify_webhook_secret_file: Path | None = None
-    notify_routes: dict[Literal["alertmanager", "pagerduty", "webhook"], Route] = {}
+    notify_routes: Annotated[dict[Literal["alertmanager", "pagerduty", "webhook"], Route], NoDecode] = {}
     notify_retry_budget_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     notify_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
     notify_dlq_topic: str = "lab.alerts.undelivered"
+    # How long a resolved incident is remembered, so a replayed older event is not news to a receiver.
+    notify_incident_memory_days: Annotated[int, Field(ge=1, le=3650)] = 30
     notify_incidents_topic: str = "tdm-alerts-notify.open-incidents"
 
     @model_validator(mode="before")
@@ -191,6 +196,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("notify_routes", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        """JSON read here, not by pydantic-settings: its parse error was a traceback naming the
+        field, where every other configuration error is a line naming the variable."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"not valid JSON ({err.msg} at character {err.pos})") from None
 
     @field_validator("topic_formats", mode="before")
     @classmethod
@@ -294,3 +311,10 @@ def describe_settings_error(err: ValidationError) -> str:
         where = f"TDM_{field.upper()}" if field else "settings"
         lines.append(f"  - {where}: {e['msg']}")
     return "\n".join(lines)
+
+
+def describe_decode_error(err: Exception) -> str:
+    """pydantic-settings' own decode error by variable name (it names the field, with no value)."""
+    found = re.search(r'field "(\w+)"', str(err))
+    where = f"TDM_{found.group(1).upper()}" if found else "a TDM_ variable"
+    return f"  - {where}: not valid JSON"

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from consumer.cli.dlq import add_dlq
 from consumer.cli.interpret import add_interpret
@@ -20,7 +21,7 @@ from consumer.cli.rules import add_rules
 from consumer.cli.service import VERSION, add_service_commands
 from consumer.clients.seam import ClientError
 from consumer.fatal import FatalError
-from consumer.settings import describe_settings_error
+from consumer.settings import describe_decode_error, describe_settings_error
 from interpretation import Alert, RuleSetError
 
 
@@ -53,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ValidationError as err:
         print(f"tdm-alerts: invalid configuration:\n{describe_settings_error(err)}", file=sys.stderr)
+        return 2
+    except SettingsError as err:  # a value pydantic-settings itself could not decode
+        print(f"tdm-alerts: invalid configuration:\n{describe_decode_error(err)}", file=sys.stderr)
         return 2
     except FileNotFoundError as err:
         print(f"tdm-alerts: {err.filename}: no such file", file=sys.stderr)

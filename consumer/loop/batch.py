@@ -85,7 +85,9 @@ class Batches(Generic[R]):
         self.health = health
         self._committed = committed  # told how long each commit took (the pacing)
         self._wait = wait  # sleeps, but wakes on a stop request
-        self.waiting = waiting or Waiting()  # partitions a stage told to wait: a rewind moves them too
+        # `is None`, not `or`: an empty Waiting is falsy (it has a length), and a batch with its own
+        # would hide the lifecycle's waiting partitions from the lag meter and the watchdog.
+        self.waiting = Waiting() if waiting is None else waiting
         self.open: Batch[R] | None = None
         self.backoff = 0.5
         # Raised in a rebalance callback (kafka-python K5): the loop raises it after the poll.
@@ -111,7 +113,7 @@ class Batches(Generic[R]):
         if batch is None:
             return
         began = time.perf_counter()
-        self.delivery.commit(batch.next, consumer)
+        self.delivery.commit(self.topology.offsets(batch.next), consumer)
         self.open = None
         committed = time.perf_counter()
         if batch.processed:

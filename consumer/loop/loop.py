@@ -1,5 +1,5 @@
-"""One turn of the loop, as Kafka Streams' `StreamThread.runOnce`: pace, poll, hand each record
-to the stage for its topic, commit when due, back off on failure."""
+"""One turn of the loop, as Kafka Streams' `StreamThread.runOnce`: pace, punctuate, poll, hand
+each record to the stage for its topic, commit when due, back off on failure."""
 
 from __future__ import annotations
 
@@ -57,6 +57,12 @@ class Loop:
                 # so no transaction stays open across it.
                 batches.commit(consumer)
                 self.topology.chores(consumer)
+            if self.topology.punctuate_due():
+                # Timed work (a receiver's retry) runs inside a batch, so what it writes commits
+                # with the offsets it settles, on an idle topic too.
+                ticked = batches.include({})
+                if self.topology.punctuate():
+                    ticked.urgent = True
             if batches.waiting.due():
                 batches.waiting.release(consumer)
             room = pacing.room(batches.open)

@@ -48,6 +48,16 @@ class Topology(Protocol[R]):
 
     def chores(self, consumer: GroupConsumer) -> None: ...
 
+    def punctuate_due(self) -> bool:
+        """Timed work is due (the notifier's retries of a waiting event)."""
+
+    def punctuate(self) -> bool:
+        """Do the timed work inside the open batch (opened for it if none is), its outputs
+        committed with the batch's; True if it produced something to commit soon."""
+
+    def offsets(self, read: Mapping[Partition, int]) -> Mapping[Partition, int]:
+        """The offsets to commit for a batch that read up to `read` (a stage may hold some back)."""
+
     def admit(
         self, consumer: GroupConsumer, polled: Mapping[Partition, Sequence[Record]]
     ) -> Mapping[Partition, Sequence[Record]]:

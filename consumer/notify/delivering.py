@@ -3,32 +3,35 @@
 At least once to every receiver: the event's offset is committed only after every routed
 receiver accepted it, or it was dead-lettered (refused for good, or still failing when the
 retry budget ran out). Events of one incident share a partition (alerts are keyed by patient),
-so they are delivered in order. While a receiver fails transiently, the event's partition waits
-(NotYet) and the others go on; a receiver that already accepted the event is not asked again.
+so they are delivered in order. While a receiver fails transiently the event waits in that
+receiver's lane for its incident (`consumer/notify/lanes.py`), retried on the loop's clock; the
+other receivers and incidents go on, and a receiver that already has an event is not asked again.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import structlog
-from pydantic import ValidationError
 
 from consumer.clients.seam import Client, GroupConsumer, Partition, Record
-from consumer.dead_letters import DeadLetter, Reason, Stage
+from consumer.dead_letters import ORIGIN_HEADER, DeadLetter, Reason, Stage
 from consumer.loop.waiting import NotYet
-from consumer.notify.incidents import OpenIncidents
-from consumer.notify.metrics import NotifyMetrics
+from consumer.notify.events import AlertEvent, Unreadable, read_event
+from consumer.notify.incidents import Incidents
+from consumer.notify.lanes import MAX_WAITING_EVENTS, Entry, Lanes
+from consumer.notify.metrics import NO_RECEIVER, NotifyMetrics
 from consumer.notify.receivers import Alertmanager, OpenIncident, PagerDuty, Webhook, opened
-from consumer.notify.sending import Failing, Sender, Undelivered
+from consumer.notify.sending import WAIT_MIN_S, Failing, Sender, Undelivered
 from consumer.outputs import Outputs
 from consumer.pipeline import Outcome, Processed
 from consumer.settings import Route, Settings
-from interpretation.alerts import Action, Alert
+from interpretation.alerts import Action
 
 log = structlog.get_logger("tdm_alerts.notify")
 
@@ -36,7 +39,9 @@ log = structlog.get_logger("tdm_alerts.notify")
 class Delivered(NamedTuple):
     """What became of one alert event; always committed promptly (the receivers have it)."""
 
-    outcome: str  # delivered, undelivered (dead-lettered for a receiver), unreadable, unrouted
+    # delivered; waiting (a receiver failing, retried); undelivered (dead-lettered for a
+    # receiver); superseded (every receiver had it or later); unreadable; unrouted
+    outcome: str
     urgent: bool = True
 
 
@@ -76,20 +81,20 @@ class Receivers:
     def names(self) -> list[str]:
         return [r.name for r in (self.alertmanager, self.pagerduty, self.webhook) if r is not None]
 
-    def for_event(self, event: Alert) -> list[str]:
+    def for_event(self, event: AlertEvent) -> list[str]:
         every = Route()
-        return [n for n in self.names() if self.routes.get(n, every).takes(event.severity, event.category)]
+        return [n for n in self.names() if self.routes.get(n, every).takes(event.level, event.kind)]
 
 
-@dataclass
-class Pending:
-    """An event not every routed receiver has taken yet: its partition waits on it."""
-
-    offset: int
-    timestamp_ms: int | None
-    done: set[str] = field(default_factory=set)  # accepted, or dead-lettered for that receiver
-    failing: dict[str, Failing] = field(default_factory=dict)
-    outcome: str = "delivered"
+def place_of(record: Record) -> int:
+    """The event's place in its incident's order: its offset, or where a replay first found it."""
+    origin = dict(record.headers).get(ORIGIN_HEADER)
+    if origin:
+        where, _, offset = origin.decode(errors="replace").rpartition("/")
+        topic, _, partition = where.rpartition("/")
+        if topic == record.topic and partition == str(record.partition) and offset.isdigit():
+            return int(offset)
+    return record.offset
 
 
 class DeliveryStage:
@@ -97,7 +102,7 @@ class DeliveryStage:
         self,
         receivers: Receivers,
         sender: Sender,
-        incidents: OpenIncidents,
+        incidents: Incidents,
         *,
         dead_letters: Outputs,
         metrics: NotifyMetrics,
@@ -109,71 +114,136 @@ class DeliveryStage:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.clock = clock
-        self.pending: dict[Partition, Pending] = {}
+        self.lanes = Lanes()
 
     def process(self, record: Record) -> Delivered:
         try:
-            event = Alert.model_validate_json(record.value or b"")
-        except ValidationError as err:
-            self._dead(
-                record,
-                DeadLetter(Reason.INVALID, Stage.DECODE, f"not an alert event ({err.error_count()} errors)"),
+            event = read_event(record.value)
+        except Unreadable as err:
+            self.metrics.deliveries.labels(NO_RECEIVER, "unreadable").inc()
+            log.error(
+                "alert event unreadable; dead-lettered",
+                partition=f"{record.topic}/{record.partition}",
+                offset=record.offset,
+                why=err.why,
             )
+            self._dead(record, DeadLetter(Reason.INVALID, Stage.DECODE, err.why))
+            self.lanes.read(record)
             return Delivered("unreadable")
+        if not event.known:
+            log.warning(
+                "alert event from a newer version; delivered with this version's fallbacks",
+                event_id=event.event_id,
+                alert_schema=event.alert_schema[:64],
+                action=event.act.value,
+                severity=event.level.value,
+                known_category=event.kind is not None,
+            )
         routed = self.receivers.for_event(event)
         if not routed:
+            self.lanes.read(record)
             return Delivered("unrouted")
+        if self.lanes.size >= MAX_WAITING_EVENTS:
+            # Memory stays bounded: this partition waits, its events stay on the topic.
+            due = self.lanes.next_due() or self.sender.clock()
+            raise NotYet(max(due - self.sender.clock(), WAIT_MIN_S), f"{self.lanes.size} events wait")
         tp = Partition(record.topic, record.partition)
-        pending = self.pending.get(tp)
-        if pending is None or pending.offset != record.offset:
-            pending = Pending(record.offset, record.timestamp_ms)
+        place = place_of(record)
+        outcomes = set()
         for name in routed:
-            if name in pending.done:
-                continue
-            try:
-                self._deliver(name, event, record, pending.failing.setdefault(name, Failing()))
-            except NotYet:
-                self.pending[tp] = pending  # asked again when the partition's wait is over
-                raise
-            except Undelivered as err:
-                pending.outcome = "undelivered"
-                self.metrics.deliveries.labels(name, "dead_lettered").inc()
-                log.error(
-                    "delivery failed; dead-lettered",
-                    receiver=name,
-                    status=err.status,
-                    reason=err.reason,
-                    event_id=event.event_id,
-                    incident_key=event.incident_key,
-                )
-                self._dead(record, DeadLetter(Reason.UNDELIVERED, Stage.DELIVER, f"{name}: {err.reason}"))
+            known = self.incidents.get(record.partition, event.incident_key)
+            if known is not None and known.has(name, place):
+                outcomes.add(self._superseded(name, event, place))
+            elif self.lanes.holds(name, record):
+                outcomes.add("waiting")  # read again after a rewind: it already waits
+            elif self.lanes.busy(name, tp, event.incident_key):
+                self.lanes.append(name, Entry(record, event, place))  # behind its incident's earlier events
+                outcomes.add("waiting")
             else:
-                self.metrics.deliveries.labels(name, "delivered").inc()
-                if record.timestamp_ms is not None:
-                    self.metrics.delivery_seconds.observe(max(time.time() - record.timestamp_ms / 1000, 0.0))
-            pending.done.add(name)
-        if self.pending.get(tp) is pending:
-            del self.pending[tp]
-        return Delivered(pending.outcome)
+                entry = Entry(record, event, place)
+                outcome = self._attempt(name, entry)
+                if outcome == "waiting":
+                    self.lanes.append(name, entry)
+                outcomes.add(outcome)
+        self.lanes.read(record)
+        for worst in ("undelivered", "waiting", "delivered"):
+            if worst in outcomes:
+                return Delivered(worst)
+        return Delivered("superseded")
+
+    def retry_due(self) -> bool:
+        due = self.lanes.next_due()
+        return due is not None and due <= self.sender.clock()
+
+    def retry(self) -> bool:
+        """Ask each receiver again for the waiting events whose wait is over, each lane in order;
+        True if any event was settled (delivered or dead-lettered)."""
+        settled = False
+        now = self.sender.clock()
+        for key in self.lanes.due(now):
+            while (entry := self.lanes.head(key)) is not None and entry.due <= now:
+                if self._attempt(key[0], entry) == "waiting":
+                    break
+                self.lanes.pop(key)
+                settled = True
+        return settled
 
     def oldest_waiting_s(self) -> float:
         """Age of the oldest event a receiver has not taken yet (0 when none waits)."""
-        stamps = [p.timestamp_ms for p in self.pending.values() if p.timestamp_ms is not None]
+        stamps = [e.record.timestamp_ms for _, e in self.lanes.entries() if e.record.timestamp_ms is not None]
         return max(time.time() - min(stamps) / 1000, 0.0) if stamps else 0.0
 
-    def _deliver(self, name: str, event: Alert, record: Record, failing: Failing) -> None:
+    def waiting_by_receiver(self) -> dict[str, int]:
+        return dict(Counter(receiver for receiver, _ in self.lanes.entries()))
+
+    def _attempt(self, name: str, entry: Entry) -> str:
+        """One try of one receiver: delivered, undelivered (dead-lettered for it), or waiting."""
+        record, event = entry.record, entry.event
+        try:
+            self._deliver(name, entry)
+        except NotYet as later:
+            entry.due = self.sender.clock() + later.after_s
+            return "waiting"
+        except Undelivered as err:
+            self.metrics.deliveries.labels(name, "dead_lettered").inc()
+            log.error(
+                "delivery failed; dead-lettered",
+                receiver=name,
+                status=err.status,
+                reason=err.reason,
+                event_id=event.event_id,
+                incident_key=event.incident_key,
+            )
+            self._dead(record, DeadLetter(Reason.UNDELIVERED, Stage.DELIVER, f"{name}: {err.reason}"))
+            return "undelivered"
+        self.metrics.deliveries.labels(name, "delivered").inc()
+        if record.timestamp_ms is not None:
+            self.metrics.delivery_seconds.observe(max(time.time() - record.timestamp_ms / 1000, 0.0))
+        self.incidents.delivered(record.partition, event.incident_key, name, entry.place, self.clock())
+        return "delivered"
+
+    def _superseded(self, name: str, event: AlertEvent, place: int) -> str:
+        self.metrics.deliveries.labels(name, "superseded").inc()
+        log.info(
+            "receiver already has this event or a later one of its incident; not sent again",
+            receiver=name,
+            event_id=event.event_id,
+            incident_key=event.incident_key,
+            place=place,
+        )
+        return "superseded"
+
+    def _deliver(self, name: str, entry: Entry) -> None:
         now = self.clock()
         r = self.receivers
         if name == "alertmanager" and r.alertmanager is not None:
-            self._to_alertmanager(r.alertmanager, event, record.partition, failing, now)
+            self._to_alertmanager(r.alertmanager, entry, now)
         elif name == "pagerduty" and r.pagerduty is not None:
-            self.sender.send(r.pagerduty.event(event), failing)
+            self.sender.send(r.pagerduty.event(entry.event), entry.failing)
         elif name == "webhook" and r.webhook is not None:
-            self.sender.send(r.webhook.event(record.value or b"", event, now), failing)
+            self.sender.send(r.webhook.event(entry.record.value or b"", entry.event, now), entry.failing)
 
-    def _to_alertmanager(
-        self, alertmanager: Alertmanager, event: Alert, partition: int, failing: Failing, now: datetime
-    ) -> None:
+    def _to_alertmanager(self, alertmanager: Alertmanager, entry: Entry, now: datetime) -> None:
         """Post the incident's change, and keep the open incidents as the event leaves them.
 
         They follow the event even when its post is dead-lettered after the retry budget (an
@@ -182,9 +252,10 @@ class DeliveryStage:
         last post. Only a refusal (4xx) of a trigger or update leaves them as they were: re-sending
         what Alertmanager refuses would fail every interval.
         """
-        previous = self.incidents.get(partition, event.incident_key)
+        event, partition = entry.event, entry.record.partition
+        previous = self.incidents.open_incident(partition, event.incident_key)
         after: OpenIncident | None = None  # resolved
-        if event.action is Action.RESOLVE:
+        if event.act is Action.RESOLVE:
             request = alertmanager.post([], [previous or opened(event, None, now)], now)
         else:
             after = opened(event, previous, now)
@@ -192,26 +263,27 @@ class DeliveryStage:
             ended = [previous] if previous is not None and previous.labels != after.labels else []
             request = alertmanager.post([after], ended, now)
         try:
-            self.sender.send(request, failing)
+            self.sender.send(request, entry.failing)
         except Undelivered as err:
             if not err.permanent or after is None:
-                self._keep(partition, event.incident_key, after)
+                self._show(partition, event.incident_key, after, now)
             raise
-        self._keep(partition, event.incident_key, after)
+        self._show(partition, event.incident_key, after, now)
 
-    def _keep(self, partition: int, key: str, incident: OpenIncident | None) -> None:
-        if incident is None:
-            self.incidents.close(partition, key)
-        else:
-            self.incidents.put(partition, incident)
+    def _show(self, partition: int, key: str, incident: OpenIncident | None, now: datetime) -> None:
+        self.incidents.shown(partition, key, incident, now)
         self.metrics.open_incidents.set(self.incidents.count())
 
     def _dead(self, record: Record, why: DeadLetter) -> None:
         self.dead_letters.send(record, Processed(Outcome.DEAD_LETTERED, dead_letter=why))
 
 
+FORGET_EVERY_S = 3600.0  # resolved incidents past TDM_NOTIFY_INCIDENT_MEMORY_DAYS are dropped hourly
+
+
 class DeliveryTopology:
-    """The alert topic's one stage, the open incidents' restore, and the re-sends to Alertmanager."""
+    """The alert topic's one stage, the incidents' restore, the retries of waiting events on the
+    loop's clock, and the re-sends to Alertmanager."""
 
     def __init__(self, stage: DeliveryStage, client: Client, metrics: NotifyMetrics, resend_s: float) -> None:
         self.stage = stage
@@ -220,6 +292,7 @@ class DeliveryTopology:
         self.resend_s = resend_s
         self.resend_at = 0.0  # monotonic
         self.resend_failing = Failing()
+        self.forget_at = time.monotonic() + FORGET_EVERY_S
 
     def stage_for(self, topic: str) -> DeliveryStage:
         return self.stage
@@ -229,7 +302,7 @@ class DeliveryTopology:
         # They are few (open incidents only, compacted), so the read is short (kafka-python K6).
         reader = self.client.reader("open-incidents")
         try:
-            self.stage.incidents.restore([tp.partition for tp in partitions], reader)
+            self.stage.incidents.restore([tp.partition for tp in partitions], reader, self.stage.clock())
         finally:
             reader.close()
         self.metrics.open_incidents.set(self.stage.incidents.count())
@@ -238,7 +311,7 @@ class DeliveryTopology:
     def revoked(self, partitions: Collection[Partition]) -> None:
         self.stage.incidents.revoke([tp.partition for tp in partitions])
         for tp in partitions:
-            self.stage.pending.pop(tp, None)
+            self.stage.lanes.revoke(tp)  # the next owner reads them again from the committed offset
 
     def chores_due(self) -> bool:
         return (
@@ -272,6 +345,25 @@ class DeliveryTopology:
         self.resend_failing = Failing()
         self.metrics.resends.labels("sent").inc()
 
+    def punctuate_due(self) -> bool:
+        return self.stage.retry_due() or time.monotonic() >= self.forget_at
+
+    def punctuate(self) -> bool:
+        """Inside the open batch: retry the waiting events that are due; forget old incidents."""
+        if time.monotonic() >= self.forget_at:
+            self.forget_at = time.monotonic() + FORGET_EVERY_S
+            self.stage.incidents.forget_old(self.stage.clock())
+        return self.stage.retry()
+
+    def offsets(self, read: Mapping[Partition, int]) -> dict[Partition, int]:
+        """Each alert partition commits up to its oldest event a receiver has not settled."""
+        offsets = dict(read)
+        for tp in set(read) | set(self.stage.lanes.read_to):
+            floor = self.stage.lanes.floor(tp)
+            if floor is not None:
+                offsets[tp] = min(offsets.get(tp, floor), floor)
+        return offsets
+
     def admit(
         self, consumer: GroupConsumer, polled: Mapping[Partition, Sequence[Record]]
     ) -> Mapping[Partition, Sequence[Record]]:
@@ -290,7 +382,9 @@ class DeliveryTopology:
         self.metrics.last_processed.set(time.time())
 
     def batch_discarded(self) -> None:
-        pass
+        # The batch's records are read again from its first offsets: until they are, what was
+        # read says nothing (a lost dead letter must not be committed past).
+        self.stage.lanes.read_to.clear()
 
     def close(self) -> None:
         self.stage.sender.client.close()

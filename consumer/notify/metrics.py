@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from consumer.metrics import Metrics
 
+NO_RECEIVER = "none"  # the receiver label of an event no receiver was asked about (unreadable)
 # From the alert's commit (its record time) to the receiver's acceptance.
 _DELIVERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -17,7 +18,9 @@ class NotifyMetrics(Metrics):
         r.unregister(self.ruleset)  # the notifier reads no rule set
         self.deliveries = Counter(
             "tdm_notify_deliveries",
-            "Alert events by receiver and outcome: delivered, or dead_lettered (refused, or out of retries).",
+            "Alert events by receiver and outcome: delivered; dead_lettered (refused, or out of "
+            "retries); superseded (the receiver had it or a later event of its incident); "
+            "unreadable (receiver none: not an alert event, dead-lettered).",
             ["receiver", "outcome"],
             registry=r,
         )
@@ -48,7 +51,8 @@ class NotifyMetrics(Metrics):
             self.resends.labels(outcome)
         self.waiting_partitions = Gauge(
             "tdm_notify_waiting_partitions",
-            "Alert partitions paused on an event a receiver keeps failing (retried with back-off).",
+            "Alert partitions with an event a receiver keeps failing (retried with back-off; "
+            "the other receivers go on).",
             registry=r,
         )
         self.oldest_undelivered = Gauge(

@@ -20,26 +20,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from interpretation.alerts import Action, Alert, Severity
+from consumer.notify.events import AlertEvent
+from interpretation.alerts import Action, Severity
 from interpretation.lab_result import Frozen
 
 ALERTNAME = "InfliximabTDM"
 # PagerDuty's severities; a `high` page is PagerDuty's `error`, a `low` (review) one `info`.
 PAGERDUTY_SEVERITY = {Severity.CRITICAL: "critical", Severity.HIGH: "error", Severity.LOW: "info"}
 PAGERDUTY_SUMMARY_MAX = 1024  # characters, Events API v2
-PAGERDUTY_DETAILS: set[str] = set(
-    {
-        "event_id",
-        "incident_key",
-        "action",
-        "severity",
-        "value",
-        "unit",
-        "recommendation",
-        "accession",
-        "collected_at",
-    }
-)
 SIGNATURE_HEADER = "X-TDM-Signature"
 TIMESTAMP_HEADER = "X-TDM-Timestamp"
 
@@ -65,7 +53,7 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def opened(event: Alert, previous: OpenIncident | None, now: datetime) -> OpenIncident:
+def opened(event: AlertEvent, previous: OpenIncident | None, now: datetime) -> OpenIncident:
     """The incident as Alertmanager shows it after a trigger or update."""
     annotations = {"summary": event.summary}
     if event.recommendation:
@@ -75,8 +63,8 @@ def opened(event: Alert, previous: OpenIncident | None, now: datetime) -> OpenIn
         labels={
             "alertname": ALERTNAME,
             "incident": event.incident_key,
-            "severity": event.severity.value,
-            "category": event.category.value,
+            "severity": event.level.value,
+            "category": event.category,
             "service": "tdm-alerts",
         },
         annotations={**annotations, "event_id": event.event_id},
@@ -118,23 +106,29 @@ class PagerDuty:
     routing_key: str = field(repr=False)
     name: str = "pagerduty"
 
-    def event(self, event: Alert) -> HttpRequest:
-        action = "resolve" if event.action is Action.RESOLVE else "trigger"
+    def event(self, event: AlertEvent) -> HttpRequest:
+        action = "resolve" if event.act is Action.RESOLVE else "trigger"
         body: dict[str, object] = {
             "routing_key": self.routing_key,
             "event_action": action,
             "dedup_key": event.incident_key,
         }
         if action == "trigger":
-            body["payload"] = {
+            payload: dict[str, object] = {
                 "summary": event.summary[:PAGERDUTY_SUMMARY_MAX],
                 "source": "tdm-alerts",
-                "severity": PAGERDUTY_SEVERITY[event.severity],
-                "component": event.analyte,
-                "group": event.category.value,
-                "class": event.finding.value,
-                "custom_details": details(event),
+                "severity": PAGERDUTY_SEVERITY[event.level],
+                "group": event.category,
+                # What a clinician needs to find the result, without the patient's identifier:
+                # PagerDuty is a third party, and the accession leads to the patient inside the
+                # hospital's own systems.
+                "custom_details": event.details(),
             }
+            if event.analyte:
+                payload["component"] = event.analyte
+            if event.finding:
+                payload["class"] = event.finding
+            body["payload"] = payload
         return HttpRequest(
             self.name,
             self.url,
@@ -143,19 +137,13 @@ class PagerDuty:
         )
 
 
-def details(event: Alert) -> dict[str, object]:
-    """What a clinician needs to find the result, without the patient's identifier: PagerDuty is
-    a third party, and the accession leads to the patient inside the hospital's own systems."""
-    return event.model_dump(mode="json", include=PAGERDUTY_DETAILS)
-
-
 @dataclass(frozen=True, slots=True)
 class Webhook:
     url: str
     secret: bytes = field(repr=False)
     name: str = "webhook"
 
-    def event(self, event_bytes: bytes, event: Alert, now: datetime) -> HttpRequest:
+    def event(self, event_bytes: bytes, event: AlertEvent, now: datetime) -> HttpRequest:
         timestamp = str(int(now.timestamp()))
         return HttpRequest(
             self.name,

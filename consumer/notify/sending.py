@@ -11,6 +11,7 @@ receiver's answer.
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ from consumer.notify.receivers import HttpRequest
 
 log = structlog.get_logger("tdm_alerts.notify")
 BACKOFF_MAX_S = 30.0
+# Every wait is kept between these, whatever computed it: a Retry-After in the past, zero or
+# negative asked again at once (932 requests in 15 s); one of days would outlast any budget.
+WAIT_MIN_S = 0.5
+WAIT_MAX_S = 600.0
 _BACKOFF = wait_exponential_jitter(multiplier=0.5, max=BACKOFF_MAX_S, jitter=0.5)
 
 
@@ -78,14 +83,19 @@ class Failing:
 
 def backoff_s(attempts: int, retry_after_s: float | None) -> float:
     """How long to wait after the `attempts`-th failure: the receiver's Retry-After if it gave one,
-    uncapped (asking sooner would be refused again, and counts against the receiver's limit);
-    the retry budget still bounds it (`Sender.send`)."""
+    beyond our own back-off cap (asking sooner would be refused again, and counts against the
+    receiver's limit), else tenacity's back-off; always within WAIT_MIN_S..WAIT_MAX_S. The
+    retry budget still bounds it (`Sender.send`)."""
     if retry_after_s is not None:
-        return retry_after_s
-    # tenacity's policy, asked directly: the loop does the waiting (a paused partition), not a sleep.
-    state = RetryCallState(Retrying(), None, (), {})
-    state.attempt_number = attempts
-    return float(_BACKOFF(state))
+        wait = retry_after_s
+    else:
+        # tenacity's policy, asked directly: the loop does the waiting, not a sleep.
+        state = RetryCallState(Retrying(), None, (), {})
+        state.attempt_number = attempts
+        wait = float(_BACKOFF(state))
+    if math.isnan(wait):
+        return WAIT_MIN_S
+    return min(max(wait, WAIT_MIN_S), WAIT_MAX_S)
 
 
 class Sender:

@@ -7,6 +7,8 @@ to `TDM_NOTIFY_DLQ_TOPIC`). The open incidents live in `TDM_NOTIFY_INCIDENTS_TOP
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import httpx
 
 from consumer.access import check_topic_access, dead_letter_limit, notifier_needs
@@ -15,8 +17,8 @@ from consumer.delivery import AtLeastOnceDelivery
 from consumer.fatal import FatalError
 from consumer.lifecycle import Built, Lifecycle
 from consumer.notify.delivering import DeliveryStage, DeliveryTopology, Receivers
-from consumer.notify.incidents import OpenIncidents
-from consumer.notify.metrics import NotifyMetrics
+from consumer.notify.incidents import Incidents
+from consumer.notify.metrics import NO_RECEIVER, NotifyMetrics
 from consumer.notify.sending import Sender
 from consumer.outputs import Outputs
 from consumer.settings import Settings
@@ -32,18 +34,21 @@ class Notifier(Lifecycle):
         self.notify_metrics = metrics
         for name in receivers.names():  # every series from the first scrape, for rates and rules
             metrics.retries.labels(name)
-            for outcome in ("delivered", "dead_lettered"):
+            for outcome in ("delivered", "dead_lettered", "superseded"):
                 metrics.deliveries.labels(name, outcome)
+        metrics.deliveries.labels(NO_RECEIVER, "unreadable")
         self.http = httpx.Client(timeout=settings.notify_timeout_s)
         self.stage: DeliveryStage | None = None
 
     def readiness_detail(self) -> str:
         """Ready, and honest about a receiver that keeps failing: the probe's body says so."""
         stage = self.stage
-        if stage is None or not stage.pending:
+        waiting = stage.waiting_by_receiver() if stage is not None else {}
+        if stage is None or not waiting:
             return super().readiness_detail()
+        by_receiver = ", ".join(f"{receiver} {n}" for receiver, n in sorted(waiting.items()))
         return super().readiness_detail() + (
-            f"{len(stage.pending)} alert partition(s) waiting on a failing receiver; "
+            f"{sum(waiting.values())} alert event(s) waiting on a failing receiver ({by_receiver}); "
             f"oldest undelivered event {stage.oldest_waiting_s():.0f} s old\n"
         )
 
@@ -60,13 +65,13 @@ class Notifier(Lifecycle):
         stage = DeliveryStage(
             self.receivers,
             sender,
-            OpenIncidents(s.notify_incidents_topic, self.delivery),
+            Incidents(s.notify_incidents_topic, self.delivery, timedelta(days=s.notify_incident_memory_days)),
             dead_letters=Outputs(self.delivery, s.alert_topic, s.notify_dlq_topic, dead_letter_limit=limit),
             metrics=self.notify_metrics,
         )
         topology = DeliveryTopology(stage, self.client, self.notify_metrics, s.notify_resend_s)
         self.stage = stage
-        self.notify_metrics.waiting_partitions.set_function(lambda: len(stage.pending))
+        self.notify_metrics.waiting_partitions.set_function(lambda: len(stage.lanes.partitions()))
         self.notify_metrics.oldest_undelivered.set_function(stage.oldest_waiting_s)
         return Built(topology, [s.alert_topic], None)
 

@@ -80,6 +80,15 @@ class TdmTopology:
         if self.gate is not None:
             self.gate.restore(consumer)
 
+    def punctuate_due(self) -> bool:
+        return False
+
+    def punctuate(self) -> bool:
+        return False
+
+    def offsets(self, read: Mapping[Partition, int]) -> Mapping[Partition, int]:
+        return read
+
     def admit(
         self, consumer: GroupConsumer, polled: Mapping[Partition, Sequence[Record]]
     ) -> Mapping[Partition, Sequence[Record]]:

@@ -119,6 +119,9 @@ class Topology:
     def assigned(self, partitions: Collection[Partition], consumer: object) -> None:
         self.events.append(f"assigned {sorted(partitions)}")
 
+    def offsets(self, read: dict[Partition, int]) -> dict[Partition, int]:
+        return read
+
 
 def batches(topology: Topology, client: Client, waited: list[float] | None = None) -> Batches[Result]:
     delivery = TransactionalDelivery(Settings(), client)  # type: ignore[arg-type]
@@ -303,3 +306,23 @@ def test_a_partition_told_to_wait_shows_its_lag_but_is_not_a_stall():
         health.beat()
         lag.measure(consumer)  # type: ignore[arg-type]
     assert "7 messages wait" in (health.stalled() or "")
+
+
+def test_the_batches_watch_the_waiting_they_are_given_even_while_it_is_empty():
+    """Issue 42: `waiting or Waiting()` made the batches their own when the lifecycle's was empty
+    (it has a length, so it was falsy): the lag meter and the watchdog watched the other one, and
+    a partition waiting on a receiver read as stuck, restarting the notifier after 60 s."""
+    waiting = Waiting()
+    assert len(waiting) == 0
+    made = batches(Topology(), Client())  # type: ignore[arg-type]
+    given = Batches(
+        Settings(),
+        made.delivery,
+        made.topology,
+        metrics=Metrics(),
+        health=Health(60, 60),
+        committed=lambda took: None,
+        wait=lambda seconds: None,
+        waiting=waiting,
+    )
+    assert given.waiting is waiting

@@ -7,12 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
-from consumer.clients.seam import Partition, Record
 from consumer.loop.waiting import NotYet
-from consumer.notify.delivering import DeliveryStage, Receivers
-from consumer.notify.metrics import NotifyMetrics
+from consumer.notify.delivering import Receivers
+from consumer.notify.events import AlertEvent, read_event
 from consumer.notify.receivers import (
     PAGERDUTY_SUMMARY_MAX,
     SIGNATURE_HEADER,
@@ -23,20 +21,29 @@ from consumer.notify.receivers import (
     opened,
     sign,
 )
-from consumer.notify.sending import BACKOFF_MAX_S, Failing, Sender, Undelivered, backoff_s
-from consumer.pipeline import Pipeline, Processed
+from consumer.notify.sending import (
+    BACKOFF_MAX_S,
+    WAIT_MAX_S,
+    WAIT_MIN_S,
+    Failing,
+    Sender,
+    Undelivered,
+    backoff_s,
+)
+from consumer.pipeline import Pipeline
 from consumer.settings import Settings
 from interpretation import SourceRef
-from interpretation.alerts import Action, Alert, Severity
+from interpretation.alerts import Alert
 from tests.unit.helpers import RULES
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
 
-def low_level_alert(value: str = "1.1") -> Alert:
+def published_alert(value: str = "1.1", patient: str = "PT-77") -> Alert:
+    """An alert as `run` publishes it for a low level of `patient`."""
     message = {
-        "patient_id": "PT-77",
+        "patient_id": patient,
         "accession": "ACC-1",
         "results": [{"code": "39803-2", "value": value, "unit": "ug/mL"}],
     }
@@ -45,6 +52,11 @@ def low_level_alert(value: str = "1.1") -> Alert:
     )
     [alert] = done.alerts
     return alert
+
+
+def low_level_alert(value: str = "1.1", patient: str = "PT-77") -> AlertEvent:
+    """The same, as the notifier reads it."""
+    return read_event(published_alert(value, patient).model_dump_json().encode())
 
 
 def test_alertmanager_gets_one_alert_per_incident_active_until_a_few_resends_ahead():
@@ -57,8 +69,8 @@ def test_alertmanager_gets_one_alert_per_incident_active_until_a_few_resends_ahe
     assert alert["labels"] == {
         "alertname": "InfliximabTDM",
         "incident": event.incident_key,
-        "severity": "critical" if event.severity is Severity.CRITICAL else event.severity.value,
-        "category": event.category.value,
+        "severity": event.severity,
+        "category": event.category,
         "service": "tdm-alerts",
     }
     assert alert["annotations"]["summary"] == event.summary
@@ -92,7 +104,7 @@ def test_pagerduty_events_follow_the_events_api_v2():
     }
     assert 0 < len(payload["summary"]) <= PAGERDUTY_SUMMARY_MAX
     assert event.patient_id not in json.dumps(body)  # PagerDuty is a third party
-    resolved = json.loads(pd.event(event.model_copy(update={"action": Action.RESOLVE})).body)
+    resolved = json.loads(pd.event(event.model_copy(update={"action": "resolve"})).body)
     assert resolved == {
         "routing_key": body["routing_key"],
         "event_action": "resolve",
@@ -122,7 +134,7 @@ def test_routes_send_each_event_to_its_receivers_and_name_a_receiver_not_configu
     receivers = Receivers.from_settings(Settings())
     event = low_level_alert()
     assert receivers.for_event(event) == ["alertmanager", "webhook"]
-    review = event.model_copy(update={"severity": Severity.LOW})
+    review = event.model_copy(update={"severity": "low"})
     assert receivers.for_event(review) == ["webhook"]  # review incidents: tickets, not the pager
     monkeypatch.setenv("TDM_NOTIFY_ROUTES", '{"pagerduty": {}}')
     with pytest.raises(ValueError, match="pagerduty, which is not configured"):
@@ -230,130 +242,29 @@ def test_a_refusal_is_not_retried_and_a_receiver_down_past_the_budget_is_undeliv
     assert not down.value.permanent and down.value.status == 500 and "for 30 s" in down.value.reason
 
 
-class DeadLetters:
-    def __init__(self) -> None:
-        self.sent: list[tuple[Record, str]] = []
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        ("0", WAIT_MIN_S),  # now: asked again at once, 932 times in 15 s
+        ("Wed, 21 Oct 2015 07:28:00 GMT", WAIT_MIN_S),  # a date in the past
+        ("86400000", WAIT_MAX_S),  # absurd: capped, the budget bounds it further
+        ("-5", None),  # not a number of seconds or a date: our own back-off
+        ("nan", None),
+    ],
+)
+def test_every_wait_has_a_floor_and_a_cap_whatever_the_receiver_says(retry_after, expected):
+    from consumer.notify.receivers import HttpRequest
 
-    def send(self, record: Record, processed: Processed) -> None:
-        assert processed.dead_letter is not None
-        self.sent.append((record, processed.dead_letter.detail))
-
-
-def _stage(answers: dict[str, list[int]], clock: Clock, budget_s: float = 60.0):
-    """A stage with PagerDuty and a webhook answering as scripted (the last answer repeats)."""
-    asked: list[str] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        name = "pagerduty" if "pagerduty" in request.url.host else "webhook"
-        asked.append(name)
-        script = answers[name]
-        return httpx.Response(script.pop(0) if len(script) > 1 else script[0])
-
-    sender = Sender(httpx.Client(transport=httpx.MockTransport(answer)), budget_s, clock=clock)
-    receivers = Receivers(
-        None,
-        PagerDuty("https://events.pagerduty.com/v2/enqueue", "R" * 32),
-        Webhook("https://hooks.example/tdm", b"secret"),
-        {},
-    )
-    dead = DeadLetters()
-    stage = DeliveryStage(
-        receivers,
-        sender,
-        None,  # type: ignore[arg-type]  # no Alertmanager, so no open incidents
-        dead_letters=dead,  # type: ignore[arg-type]
-        metrics=NotifyMetrics(CollectorRegistry()),
-        clock=lambda: NOW,
-    )
-    return stage, asked, dead
-
-
-def _alert_record(offset: int) -> Record:
-    body = low_level_alert().model_dump_json().encode()
-    return Record("lab.alerts", 0, offset, b"PT-77", body, (), int(NOW.timestamp() * 1000))
-
-
-def test_a_receiver_that_already_took_an_event_is_not_asked_again_while_another_fails():
     clock = Clock()
-    stage, asked, dead = _stage({"pagerduty": [202], "webhook": [503, 503, 202]}, clock)
-    record = _alert_record(4)
-    for _ in range(2):
-        with pytest.raises(NotYet):
-            stage.process(record)
-    assert set(stage.pending) == {Partition("lab.alerts", 0)} and stage.oldest_waiting_s() > 0
-    assert stage.process(record).outcome == "delivered"
-    assert asked == ["pagerduty", "webhook", "webhook", "webhook"]
-    assert not stage.pending and not dead.sent and stage.oldest_waiting_s() == 0.0
+    sender, _ = _sender([httpx.Response(429, headers={"Retry-After": retry_after})], 10_000.0, clock)
+    with pytest.raises(NotYet) as later:
+        sender.send(HttpRequest("webhook", "https://hooks.example/tdm", b"{}"), Failing())
+    if expected is None:
+        assert WAIT_MIN_S <= later.value.after_s <= 1.0
+    else:
+        assert later.value.after_s == expected
 
 
-def test_an_event_a_receiver_keeps_failing_is_dead_lettered_for_it_once_the_budget_is_spent():
-    clock = Clock()
-    stage, asked, dead = _stage({"pagerduty": [400], "webhook": [500]}, clock, budget_s=20.0)
-    record = _alert_record(9)
-    with pytest.raises(NotYet):
-        stage.process(record)
-    clock.now += 20.0
-    assert stage.process(record).outcome == "undelivered"
-    assert [why for _, why in dead.sent] == ["pagerduty: HTTP 400: ", "webhook: HTTP 500 for 20 s"]
-    assert asked == ["pagerduty", "webhook", "webhook"]  # the refusal was not asked again
-    assert not stage.pending
-
-
-class IncidentWrites:
-    """The delivery OpenIncidents writes the compacted topic through: what it was given."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, bytes | None]] = []
-
-    def send(self, topic: str, key: bytes, value: bytes | None, headers: list, partition: int) -> None:
-        self.sent.append((key, value))
-
-
-def _alertmanager_stage(script: list[int], clock: Clock, budget_s: float = 20.0):
-    from consumer.notify.incidents import OpenIncidents
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(script.pop(0) if len(script) > 1 else script[0])
-
-    sender = Sender(httpx.Client(transport=httpx.MockTransport(answer)), budget_s, clock=clock)
-    incidents = OpenIncidents("lab.alerts.incidents", IncidentWrites())  # type: ignore[arg-type]
-    dead = DeadLetters()
-    stage = DeliveryStage(
-        Receivers(Alertmanager("http://am:9093", 60), None, None, {}),
-        sender,
-        incidents,
-        dead_letters=dead,  # type: ignore[arg-type]
-        metrics=NotifyMetrics(CollectorRegistry()),
-        clock=lambda: NOW,
-    )
-    return stage, incidents, dead
-
-
-def _record(event: Alert, offset: int) -> Record:
-    return Record("lab.alerts", 0, offset, b"k", event.model_dump_json().encode(), (), None)
-
-
-def test_an_alertmanager_down_past_the_budget_still_gets_the_incident_through_the_re_sends():
-    """Dead-lettered after the budget, the trigger still opens the incident: the re-sends show it
-    once Alertmanager is back. A resolve dead-lettered so closes it: re-sends stop, and
-    Alertmanager ends the alert at its last post's endsAt."""
-    clock = Clock()
-    stage, incidents, dead = _alertmanager_stage([503], clock)
-    trigger = low_level_alert()
-    with pytest.raises(NotYet):
-        stage.process(_record(trigger, 1))
-    clock.now += 20.0
-    assert stage.process(_record(trigger, 1)).outcome == "undelivered"
-    assert [i.incident_key for i in incidents.all()] == [trigger.incident_key]
-    resolve = trigger.model_copy(update={"action": Action.RESOLVE, "event_id": "f" * 32})
-    with pytest.raises(NotYet):
-        stage.process(_record(resolve, 2))
-    clock.now += 20.0
-    assert stage.process(_record(resolve, 2)).outcome == "undelivered"
-    assert incidents.all() == [] and len(dead.sent) == 2
-
-
-def test_a_trigger_alertmanager_refuses_opens_no_incident_to_re_send():
-    stage, incidents, dead = _alertmanager_stage([400], Clock())
-    assert stage.process(_record(low_level_alert(), 1)).outcome == "undelivered"
-    assert incidents.all() == [] and [why for _, why in dead.sent] == ["alertmanager: HTTP 400: "]
+@pytest.mark.parametrize("wait", [-3.0, 0.0, float("nan"), float("inf"), 1e12])
+def test_backoff_stays_within_floor_and_cap(wait):
+    assert WAIT_MIN_S <= backoff_s(1, wait) <= WAIT_MAX_S

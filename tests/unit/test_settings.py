@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from pydantic_settings import NoDecode
 
 from consumer.formats import Format
 from consumer.settings import Settings, describe_settings_error
@@ -128,3 +129,27 @@ def test_a_missing_ca_file_is_named(tmp_path):
     missing = tmp_path / "ca.pem"
     with pytest.raises(FatalError, match=f"TDM_SSL_CAFILE={missing}: no such file"):
         check_tls_material(Settings(security_protocol="SSL", ssl_cafile=missing))
+
+
+def test_every_json_setting_that_is_not_json_exits_2_in_one_line_naming_its_variable(monkeypatch, capsys):
+    """Issue 42: a malformed TDM_NOTIFY_ROUTES was a 42-line traceback naming the field."""
+    from pydantic_settings.sources import EnvSettingsSource
+
+    from consumer.cli import main
+
+    source = EnvSettingsSource(Settings)
+    decoded = [
+        name
+        for name, field in Settings.model_fields.items()
+        if source.field_is_complex(field) and not any(m is NoDecode for m in field.metadata)
+    ]
+    assert decoded == [], f"{decoded}: pydantic-settings would decode these itself"
+    json_settings = ["notify_routes"]
+    for name in json_settings:
+        variable = f"TDM_{name.upper()}"
+        monkeypatch.setenv(variable, '{"alertmanager": ')
+        assert main(["notify"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and f"{variable}: Value error, not valid JSON" in err, err
+        assert len(err.strip().splitlines()) == 2  # the heading and the variable's line
+        monkeypatch.delenv(variable)
