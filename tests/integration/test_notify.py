@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import shutil
 import socket
@@ -208,8 +209,9 @@ def test_an_alertmanager_down_past_the_retry_budget_gets_the_page_once_it_is_bac
     """Alertmanager is down when the page comes and stays down past the retry budget: the event is
     dead-lettered (with Alertmanager's failure), the notifier stays up, and once Alertmanager
     starts the re-sends show the page there (only a re-send can: the post itself was given up);
-    the correction then resolves it."""
-    from tests.conftest import read_topic
+    the correction then resolves it, and a replay of the dead-lettered trigger reopens nothing."""
+    from tests.conftest import metric_total, metrics_port, read_topic, run_cli, scrape
+    from tests.integration.test_exactly_once import wait_for_log
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -230,6 +232,18 @@ def test_an_alertmanager_down_past_the_retry_budget_gets_the_page_once_it_is_bac
         wait_until(lambda: len(active_alerts(url)) == 1, timeout_s=60, explain=notifier.log_text)
         _send(kafka_bootstrap, topics["input"], "5.0", status="corrected")
         wait_until(lambda: active_alerts(url) == [], timeout_s=60, explain=notifier.log_text)
+
+        # The dead-lettered trigger replayed now is older than the resolve Alertmanager has: it
+        # must not reopen the incident (issue 42: it did, with a new start time).
+        replay_env = {**service_env, "TDM_DLQ_TOPIC": notify["TDM_NOTIFY_DLQ_TOPIC"]}
+        replayed = run_cli(replay_env, "dlq", "replay", "--reason", "undelivered")
+        assert "replayed 1 dead letters" in replayed.stdout + replayed.stderr
+        wait_for_log(notifier, "not sent again", timeout_s=60)
+        time.sleep(RESEND_S * 2)  # a re-send would show a reopened incident by now
+        assert active_alerts(url) == [], notifier.log_text()[-3000:]
+        port = metrics_port(notifier.log_text())
+        superseded = metric_total(scrape(port), "tdm_notify_deliveries_total", outcome="superseded")
+        assert superseded == 1 and metric_total(scrape(port), "tdm_notify_open_incidents") == 0
         assert notifier.alive() and notifier.restarts == 0, notifier.log_text()[-3000:]
         assert notifier.stop() == 0 and service.stop() == 0
     finally:
@@ -409,6 +423,134 @@ def test_a_receiver_down_past_the_budget_holds_only_its_partition_and_loses_noth
     # Nothing lost and nothing out of order: each patient's events in the order the service sent them.
     delivered = [e["patient_id"] for _, e in handler.accepted]
     assert sorted(delivered) == sorted([*others, "PT-DOWN"]), delivered
+
+
+class _AllDown(BaseHTTPRequestHandler):
+    """A webhook that answers 503 to everything, noting when each event was asked for."""
+
+    asked: list[tuple[float, str]]  # (monotonic time, event id)
+
+    def do_POST(self) -> None:
+        event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).asked.append((time.monotonic(), event["event_id"]))
+        self.send_response(503)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_webhook_down_past_the_watchdogs_bound_delays_no_alertmanager_page_and_restarts_nothing(
+    topics, service_env, start_service, alertmanager, tmp_path
+):
+    """Issue 42: a receiver down longer than the watchdog's bound restarted the notifier (the
+    batches watched another, empty list of waiting partitions), and one receiver's failing event
+    held the other receivers' pages of its partition. Here the webhook is down for good: the
+    notifier must stay up and ready throughout, Alertmanager must get every page at once (an
+    event from a newer `run` too), and each webhook event must be dead-lettered at the budget,
+    never retried faster than the back-off floor."""
+    from kafka import KafkaProducer
+
+    from tests.conftest import metrics_port, read_topic
+    from tests.integration.test_exactly_once import wait_for_log
+
+    kafka_bootstrap = service_env["TDM_BOOTSTRAP_SERVERS"]
+    budget_s, stall_s = 25, 10
+    handler = type("Receiver", (_AllDown,), {"asked": []})
+    server = _serve(handler)
+    notify = _signed_webhook(
+        tmp_path,
+        server,
+        kafka_bootstrap,
+        topics,
+        TDM_NOTIFY_ALERTMANAGER_URL=alertmanager,
+        TDM_NOTIFY_RESEND_S=str(RESEND_S),
+        TDM_NOTIFY_RETRY_BUDGET_S=str(budget_s),
+        TDM_STALL_TIMEOUT_S=str(stall_s),
+    )
+    ready: list[int] = []
+    polling = threading.Event()
+
+    def probe(port: int) -> None:
+        while not polling.is_set():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+                    ready.append(answer.status)
+            except urllib.error.HTTPError as err:
+                ready.append(err.code)
+            except OSError:
+                ready.append(0)
+            time.sleep(0.5)
+
+    try:
+        service = start_service(**SERVICE)
+        notifier = _notifier(service_env, tmp_path, "notifier", **notify)
+        port = metrics_port(wait_for_log(notifier, '"metrics_port"'))
+        _send(kafka_bootstrap, topics["input"], "1.2", patient="PT-DOWN")
+        wait_until(lambda: len(active_alerts(alertmanager)) == 1, timeout_s=60, explain=notifier.log_text)
+        wait_until(lambda: handler.asked, timeout_s=30)
+        [first] = read_topic(kafka_bootstrap, topics["alerts"], expected=1, timeout_s=30)
+        threading.Thread(target=probe, args=(port,), daemon=True).start()
+        time.sleep(stall_s + 3)  # the webhook still down past the watchdog's bound
+
+        seen: dict[str, float] = {}  # incident -> when Alertmanager first showed it
+
+        def watch() -> None:
+            while not polling.is_set():
+                for alert in active_alerts(alertmanager):
+                    seen.setdefault(alert["labels"]["incident"], time.time())
+                time.sleep(0.05)
+
+        threading.Thread(target=watch, daemon=True).start()
+        others = [f"PT-UP-{n}" for n in range(5)]
+        for patient in others:
+            _send(kafka_bootstrap, topics["input"], "1.1", patient=patient)
+        # An event from a newer `run`: a field, a severity, an action and a category new to us.
+        newer = {
+            **json.loads(first.value),
+            "alert_schema": "tdm-alerts/alert@3",
+            "incident_key": "9" * 32,
+            "event_id": "8" * 32,
+            "action": "escalate",
+            "severity": "urgent",
+            "category": "overdue_follow_up",
+            "follow_up": {"due_in_days": 3},
+        }
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        producer.send(topics["alerts"], json.dumps(newer).encode(), key=b"PT-DOWN")
+        producer.flush()
+        producer.close()
+        published = read_topic(kafka_bootstrap, topics["alerts"], expected=len(others) + 2)
+        stamps = {json.loads(r.value)["incident_key"]: r.timestamp / 1000 for r in published}
+        wait_until(lambda: set(seen) >= set(stamps), timeout_s=30, explain=notifier.log_text)
+        assert set(seen) == set(stamps), notifier.log_text()[-3000:]
+        down_key = json.loads(first.value)["incident_key"]  # paged before the watch began
+        delays = {key: seen[key] - stamps[key] for key in stamps if key != down_key}
+        print(f"publication to Alertmanager, webhook down: max {max(delays.values()):.2f} s")
+        assert max(delays.values()) < 2.0, delays
+        [escalated] = [a for a in active_alerts(alertmanager) if a["labels"]["incident"] == "9" * 32]
+        assert escalated["labels"]["severity"] == "high"  # the documented fallback
+
+        undelivered = read_topic(kafka_bootstrap, notify["TDM_NOTIFY_DLQ_TOPIC"], expected=7, timeout_s=90)
+        assert len(undelivered) == 7, notifier.log_text()[-3000:]
+        assert all(dict(r.headers)["tdm.dlq.reason"] == b"undelivered" for r in undelivered)
+        assert all(
+            f"HTTP 503 for {budget_s} s".encode() in dict(r.headers)["tdm.dlq.error"] for r in undelivered
+        )
+        by_event: dict[str, list[float]] = {}
+        for at, event_id in handler.asked:
+            by_event.setdefault(event_id, []).append(at)
+        for event_id, times in by_event.items():
+            assert budget_s - 2 <= times[-1] - times[0] <= budget_s + 2, (event_id, times)
+            assert min(b - a for a, b in itertools.pairwise(times)) >= 0.45, times
+        polling.set()
+        assert ready and set(ready) == {200}, ready  # ready throughout
+        assert notifier.alive() and notifier.restarts == 0, notifier.log_text()[-3000:]
+        assert "stalled" not in notifier.log_text() and "partition stuck" not in notifier.log_text()
+        assert notifier.stop() == 0 and service.stop() == 0
+    finally:
+        polling.set()
+        server.shutdown()
 
 
 class _LeavesThemToNobodyOnce(AbstractPartitionAssignor):
