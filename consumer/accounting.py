@@ -15,6 +15,7 @@ import structlog
 from consumer.clients.seam import Record
 from consumer.metrics import Metrics
 from consumer.pipeline import Outcome, Processed
+from interpretation.forecast import Forecast, RefusalCode, Refused
 
 log = structlog.get_logger("tdm_alerts.service")
 
@@ -109,6 +110,12 @@ class Accounting:
             log.warning("albumin or weight result not readable", error=result.covariate_error, **where)
         for interpretation in result.interpretations:
             m.interpretations.labels(interpretation.analyte.value, interpretation.finding.value).inc()
+        # One forecast per level, however many of its events carry it.
+        if (told := next((a.forecast for a in result.alerts if a.forecast is not None), None)) is not None:
+            outcome = told.status if isinstance(told, Forecast) else told.code.value
+            m.forecasts.labels(told.model, outcome).inc()
+            if isinstance(told, Refused) and told.code is RefusalCode.INTERNAL_ERROR:
+                log.error("forecast failed; the page went out without it", reason=told.reason, **where)
         for alert in result.alerts:
             m.alerts.labels(alert.category.value, alert.severity.value).inc()
             if alert.review_reason is not None:

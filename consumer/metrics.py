@@ -102,6 +102,14 @@ class Metrics:
             ["analyte", "reason"],
             registry=r,
         )
+        self.forecasts = Counter(
+            "tdm_forecast",
+            "Next-trough forecasts attached to a level's page, by model and outcome: forecast, or "
+            "the refusal's code (not_covered, withheld, internal_error: the forecast failed and "
+            "the page went out without it).",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.interpretations = Counter(
             "tdm_interpretations",
             "Infliximab results interpreted, by analyte and finding.",

@@ -46,10 +46,11 @@ from interpretation.findings import (
     Interpretation,
     Pattern,
 )
-from interpretation.forecast import Forecast
+from interpretation.forecast import Forecast, RefusalCode, Refused
 from interpretation.lab_result import LabResult, TreatmentContext, as_utc
 from interpretation.next_trough import forecast_for
 from interpretation.patient_state import CorrelationRules, OpenIncident, PatientState, RememberedResult
+from interpretation.review import ReviewReason
 from interpretation.ruleset import RuleSet
 from interpretation.treatment import TreatmentRecord
 
@@ -400,10 +401,26 @@ def correlate(
     return after, events
 
 
+FORECAST = "forecast"  # the model named on a refusal that came before any model was chosen
+
+
 def _with_forecast(events: list[Alert], state: PatientState, level: DrugLevelInterpretation) -> list[Alert]:
-    """The level's own events (not a resolve) carry its forecast, and their advice says it."""
+    """The level's own events (not a resolve) carry its forecast, and their advice says it.
+
+    Decision support only adds to a page: a forecast that fails is a refusal that says so
+    (`internal_error`), never a lost page (issue 37)."""
     mine = [e.action is not Action.RESOLVE and isinstance(e.finding, DrugLevelFinding) for e in events]
-    if not any(mine) or (found := forecast_for(state, level)) is None:
+    if not any(mine):
+        return events
+    try:
+        found = forecast_for(state, level)
+    except Exception as err:  # whatever fails in enrichment, the page goes out (issue 37)
+        found = Refused(
+            model=FORECAST,
+            code=RefusalCode.INTERNAL_ERROR,
+            reason=f"the forecast failed ({type(err).__name__}); the page is sent without it",
+        )
+    if found is None:
         return events
     if isinstance(found, Forecast):
         addition = f"Forecast: {found.sentence[0].upper()}{found.sentence[1:]}"
@@ -439,12 +456,74 @@ def correlate_result(
 
     The patient's treatment record, if any, supplies the context the message leaves unsaid.
     """
-    treatment = state.treatment if state is not None else None
-    record = treatment.context_at(result.collected_at) if treatment is not None else None
-    found = interpret(result, ruleset, override or TreatmentContext(), record)
+    given = TreatmentContext() if override is None else override
+    try:
+        treatment = state.treatment if state is not None else None
+        record = treatment.context_at(result.collected_at) if treatment is not None else None
+        found = interpret(result, ruleset, given, record)
+        if found is None:
+            return None
+        return Correlated(*correlate(state, found, source, ruleset, rules), found)
+    except Exception as err:  # the patient's history never costs the page (issue 37)
+        return _as_new_patient(
+            state, result, source, ruleset, rules=rules, override=given, error=type(err).__name__
+        )
+
+
+HISTORY_NOT_APPLIED = "the patient's history could not be applied"
+
+
+def _as_new_patient(
+    state: PatientState | None,
+    result: LabResult,
+    source: SourceRef,
+    ruleset: RuleSet,
+    *,
+    rules: CorrelationRules,
+    override: TreatmentContext,
+    error: str,
+) -> Correlated | None:
+    """The result read as the message alone says it (the stateless path), its events saying so,
+    a review incident for a person to look at the history, and the result still remembered.
+
+    A failure here too is a failure of the message alone: it is raised (a dead letter)."""
+    found = interpret(result, ruleset, override, None)
     if found is None:
         return None
-    return Correlated(*correlate(state, found, source, ruleset, rules), found)
+    fresh, events = correlate(None, found, source, ruleset, rules)
+    note = f"Read as a new patient: {HISTORY_NOT_APPLIED} ({error})."
+    events = [
+        e.model_copy(update={"recommendation": f"{e.recommendation} {note}" if e.recommendation else note})
+        for e in events
+    ]
+    key = incident_key(result, Category.REVIEW)
+    review = event_for(
+        found, source, action=Action.TRIGGER, incident=key, category=Category.REVIEW
+    ).model_copy(
+        update={
+            "review_reason": ReviewReason.HISTORY_NOT_APPLIED,
+            "summary": f"The infliximab or antibody result was read without the patient's history: "
+            f"{HISTORY_NOT_APPLIED} ({error}). A person should check it.",
+            "recommendation": None,
+            "forecast": None,
+        }
+    )
+    # The history stays as it was, with this result and its incidents added: a later result may
+    # be read with it again once what failed is fixed. The review is a ticket, not tracked.
+    after = fresh
+    if state is not None:
+        known = {r.key for r in fresh.results}
+        opened = {i.key for i in fresh.incidents}
+        after = state.model_copy(
+            update={
+                "results": (*(r for r in state.results if r.key not in known), *fresh.results),
+                "incidents": (*(i for i in state.incidents if i.key not in opened), *fresh.incidents),
+                "last_seen": max(
+                    (t for t in (state.last_seen, fresh.last_seen) if t is not None), default=None
+                ),
+            }
+        )
+    return Correlated(after, [*events, review], found)
 
 
 def record_treatment(

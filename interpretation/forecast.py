@@ -101,10 +101,19 @@ class Forecast(Frozen):
     sentence: str
 
 
+class RefusalCode(StrEnum):
+    """Why there is no forecast, as a code to count by (the reason says it in words)."""
+
+    NOT_COVERED = "not_covered"  # the model, or what is known of the patient, does not cover it
+    WITHHELD = "withheld"  # a forecast would mislead here
+    INTERNAL_ERROR = "internal_error"  # the forecast failed; the page went out without it
+
+
 class Refused(Frozen):
     status: Literal["refused"] = "refused"
     model: str
     reason: str
+    code: RefusalCode = RefusalCode.NOT_COVERED
 
 
 def forecast(model: PopPkModel, patient: Patient, target: float) -> Forecast | Refused:

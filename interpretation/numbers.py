@@ -13,7 +13,13 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import NamedTuple
 
-from interpretation.quantities import Comparator, Quantity, UnreadableValue, parse_quantity
+from interpretation.quantities import (
+    Comparator,
+    Quantity,
+    UnreadableValue,
+    parse_quantity,
+    spelled_comparators,
+)
 
 
 class NumberStyle(StrEnum):
@@ -40,6 +46,7 @@ _UNIT = re.compile(r"^[A-Za-z\u00b5\u03bc%][A-Za-z0-9\u00b5\u03bc/%.\[\] ]*$")
 
 def read_value(text: str, style: NumberStyle | None = None) -> tuple[ValueReading, ...]:
     """Every reading of a numeric value's text; raise `UnreadableValue` when there is none."""
+    text = spelled_comparators(text)
     if style is not NumberStyle.DECIMAL_COMMA or "." not in text:
         try:
             return (ValueReading(parse_quantity(text)),)

@@ -63,8 +63,17 @@ _ABSENT = frozenset(
     }
 )
 _NEGATIONS = frozenset({"no", "not", "none", "non", "without", "nil", "below", "less", "under"})
+# "Below (the) lower limit of quantitation", "under the reportable range", "less than LOD": a
+# limit or range the value falls beneath, which for a drug level means below the assay's limit.
+_BENEATH = frozenset({"below", "under", "less"})
+_LIMITS = frozenset(
+    {"limit", "limits", "quantitation", "quantification", "detection", "range", "lod", "reportable"}
+)
+# Said of a drug level only when negated: "not quantifiable", "not measurable".
+_NEGATED_PRESENCE = frozenset({"quantifiable", "quantified", "quantitated", "measurable"})
 _PRESENT = frozenset({"positive", "pos", "detected", "detectable", "present", "reactive", "seen", "found"})
 _NEGATION_REACH = 3  # a negation governs a presence word at most this many words later
+_LIMIT_REACH = 4  # "below the lower limit": the limit at most this many words after "below"
 
 
 def read_text(text: str) -> Reading:
@@ -76,9 +85,17 @@ def read_text(text: str) -> Reading:
         return Reading.UNCLEAR
     if any(w in _NO_RESULT for w in words):
         return Reading.NO_RESULT
-    absent = any(w in _ABSENT for w in words)
+    absent = any(w in _ABSENT for w in words) or any(
+        w in _BENEATH and any(x in _LIMITS for x in words[at + 1 : at + 1 + _LIMIT_REACH])
+        for at, w in enumerate(words)
+    )
     present = False
     for at, word in enumerate(words):
+        if word in _NEGATED_PRESENCE and any(
+            w in _NEGATIONS for w in words[max(0, at - _NEGATION_REACH) : at]
+        ):
+            absent = True
+            continue
         if word not in _PRESENT:
             continue
         if any(w in _NEGATIONS for w in words[max(0, at - _NEGATION_REACH) : at]):

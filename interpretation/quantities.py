@@ -73,11 +73,30 @@ class UnreadableValue(ValueError):
 
 # "<1.0", "< 2.5", ">=50", "<^1.0" (HL7 v2 structured numeric, comparator^number).
 _NUMERIC = re.compile(r"^\s*(<=|>=|<|>|=)?\s*\^?\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*$")
+# Other ways labs write a comparator (README "How a result is read"), as the four above.
+COMPARATOR_SPELLINGS = (
+    ("\u2264", "<="),  # ≤
+    ("\u2a7d", "<="),  # ⩽
+    ("\u2265", ">="),  # ≥
+    ("\u2a7e", ">="),  # ⩾
+    ("=<", "<="),
+    ("=>", ">="),
+    ("&lt;", "<"),  # HTML-escaped text in a FHIR valueString or an HL7 NTE
+    ("&gt;", ">"),
+)
+
+
+def spelled_comparators(text: str) -> str:
+    """`text` with each comparator spelled as `<`, `<=`, `>` or `>=`."""
+    for spelling, plain_form in COMPARATOR_SPELLINGS:
+        if spelling in text:
+            text = text.replace(spelling, plain_form)
+    return text
 
 
 def parse_quantity(text: str) -> Quantity:
     """Read a numeric lab value, censored or not; raise `UnreadableValue` for anything else."""
-    match = _NUMERIC.match(text)
+    match = _NUMERIC.match(spelled_comparators(text))
     if match is None:
         raise UnreadableValue("the value is not a number")
     sign, number = match.groups()
@@ -101,9 +120,41 @@ _TO_UG_PER_ML: dict[str, Decimal] = {
 }
 
 
+# Units written out in words (OBX-6 "microgram/mL"), each folded to its symbol; longest first.
+_UNIT_WORDS = (
+    ("micrograms", "ug"),
+    ("microgram", "ug"),
+    ("microg", "ug"),
+    ("kilograms", "kg"),
+    ("kilogram", "kg"),
+    ("milligrams", "mg"),
+    ("milligram", "mg"),
+    ("nanograms", "ng"),
+    ("nanogram", "ng"),
+    ("grams", "g"),
+    ("gram", "g"),
+    ("millilitres", "ml"),
+    ("millilitre", "ml"),
+    ("milliliters", "ml"),
+    ("milliliter", "ml"),
+    ("decilitres", "dl"),
+    ("decilitre", "dl"),
+    ("deciliters", "dl"),
+    ("deciliter", "dl"),
+    ("litres", "l"),
+    ("litre", "l"),
+    ("liters", "l"),
+    ("liter", "l"),
+)
+
+
 def unit_key(unit: str) -> str:
-    """A unit spelling folded so that equivalent spellings compare equal."""
+    """A unit spelling folded so that equivalent spellings compare equal: case, the micro sign
+    and Greek mu, "mcg", spaces, and units written out in words ("microgram/mL")."""
     folded = unit.strip().lower().replace("\u00b5", "u").replace("\u03bc", "u").replace(" ", "")
+    if len(folded) > 4:  # "ug/ml" and shorter are symbols already
+        for word, symbol in _UNIT_WORDS:
+            folded = folded.replace(word, symbol)
     return folded.replace("mcg", "ug").replace("[iu]", "iu")
 
 

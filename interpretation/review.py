@@ -24,6 +24,8 @@ class ReviewReason(StrEnum):
     NOT_A_TROUGH = "not_a_trough"
     CONFLICTING_RECOGNITION = "conflicting_recognition"  # code, name and unit disagree
     NO_CUTOFF = "no_cutoff"  # an antibody value nothing settles
+    # Read as a new patient: correlating with the patient's history failed (issue 37).
+    HISTORY_NOT_APPLIED = "history_not_applied"
     OTHER = "other"
 
 

@@ -17,7 +17,7 @@ from interpretation import LabResult, interpret
 from interpretation.alerts import Action, Category, Severity
 from interpretation.correlation import correlate
 from interpretation.patient_state import PatientState
-from tests.unit.helpers import RULES, ati
+from tests.unit.helpers import RULES, ati, read
 from tests.unit.helpers import level as bare_level
 from tests.unit.test_correlation import DAY0, HERE, antibodies, feed, level
 
@@ -188,3 +188,27 @@ def test_an_unreadable_partner_leaves_the_level_with_its_incident_so_a_correctio
         (Category.SUBTHERAPEUTIC_LEVEL, Action.RESOLVE),
     ]
     assert [i.category for i in state.incidents] == [Category.REVIEW]
+
+
+@pytest.mark.parametrize(
+    ("value", "unit"),
+    [
+        ("\u22640.4", "ug/mL"),  # ≤
+        ("=<0.4", "ug/mL"),
+        ("&lt;0.4", "ug/mL"),
+        ("Below lower limit of quantitation", "ug/mL"),
+        ("below the lower limit of quantification", None),
+        ("BLQ", "ug/mL"),
+        ("Not quantifiable", None),
+        ("1.1", "microgram/mL"),
+        ("1.1", "micrograms per mL".replace(" per ", "/")),
+        ("1.1", "mcg/mL"),
+        ("1.1", "\u00b5g/ml"),
+        ("1.1", "\u03bcg/mL"),
+    ],
+)
+def test_the_wording_labs_use_for_a_low_level_pages_not_a_review(value, unit):
+    """Issue 37: unambiguous low levels written these ways became low review tickets."""
+    found = read(bare_level(value, unit))
+    assert found.finding.value == "subtherapeutic", found.reason
+    assert found.alert
