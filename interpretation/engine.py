@@ -54,6 +54,23 @@ def recognised(results: Iterable[LabResult], ruleset: RuleSet) -> list[LabResult
     return [r for r in results if recognise(r.code, r.display, ruleset.recognition, r.unit) is not None]
 
 
+def report_order(interpretations: Iterable[Interpretation]) -> list[Interpretation]:
+    """A report's results as the patient's state takes them: its antibody results before its
+    levels, so a level's forecast is decided with the whole report known (antibodies detected in
+    the same report withhold it; issue 37). Otherwise as reported."""
+    return sorted(interpretations, key=lambda i: i.analyte is Analyte.INFLIXIMAB)
+
+
+def levels_last(results: Iterable[LabResult], ruleset: RuleSet) -> list[LabResult]:
+    """`report_order` for results not yet interpreted (the stage that forwards them)."""
+
+    def is_level(r: LabResult) -> bool:
+        seen = recognise(r.code, r.display, ruleset.recognition, r.unit)
+        return seen is not None and seen.analyte is Analyte.INFLIXIMAB
+
+    return sorted(results, key=is_level)
+
+
 def _interpret(
     result: LabResult, ruleset: RuleSet, recognised: Recognised, context: TreatmentContext
 ) -> Interpretation:

@@ -39,6 +39,7 @@ from interpretation.ruleset import Citation
 REGIMEN_MG_PER_KG = (5.0, 7.5, 10.0)
 REGIMEN_EVERY_WEEKS = (8, 6, 4)
 DRAWS = 200  # posterior samples for the intervals and probabilities
+MIN_REGIMEN_DAYS = 7.0  # the shortest interval read as the current regimen
 SEED = 20_090_916  # fixed: the same history gives the same forecast
 INTERVAL = (0.05, 0.95)  # a 90% interval
 
@@ -145,8 +146,8 @@ def forecast(model: PopPkModel, patient: Patient, target: float) -> Forecast | R
         )
 
     current = None
-    if len(doses) >= 2:
-        every = (doses[-1].at - doses[-2].at).total_seconds() / DAY_S
+    every = (doses[-1].at - doses[-2].at).total_seconds() / DAY_S if len(doses) >= 2 else 0.0
+    if every >= MIN_REGIMEN_DAYS:  # closer infusions are no maintenance regimen to project
         current = regimen(round(doses[-1].mg / weight, 1), every)
     table = [regimen(d, w * 7) for d in REGIMEN_MG_PER_KG for w in REGIMEN_EVERY_WEEKS]
     table = _mark_least_change(table, current, target)

@@ -7,11 +7,11 @@ same forecast whatever order they arrived in, once all are in.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, DrugLevelInterpretation, Titre
-from interpretation.forecast import Antibodies, Forecast, Level, Patient, Refused, forecast
-from interpretation.lab_result import Route, as_utc
+from interpretation.forecast import Antibodies, Forecast, Level, Patient, RefusalCode, Refused, forecast
+from interpretation.lab_result import Phase, Route, as_utc
 from interpretation.patient_state import PatientState
 from interpretation.pharmacokinetics import Dose, fasanmade_2009
 from interpretation.quantities import Comparator
@@ -23,11 +23,21 @@ _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 
 def forecast_for(state: PatientState, level: DrugLevelInterpretation) -> Forecast | Refused | None:
     """The next-trough forecast for `level` (already in `state`), or None where there is no lower
-    target to reach (nothing to forecast against)."""
+    target to reach (nothing to forecast against); withheld where it would mislead."""
     target = level.target.low if level.target is not None else None
     if target is None or level.value is None:
         return None
-    treatment = state.treatment or TreatmentRecord()
+    treatment = TreatmentRecord() if state.treatment is None else state.treatment
+    model = fasanmade_2009()
+    if (why := _withheld(state, level, treatment)) is not None:
+        return Refused(model=model.id, code=RefusalCode.WITHHELD, reason=why)
+    unknown = next((d for d in treatment.doses if d.amount is None), None)
+    if unknown is not None:
+        return Refused(
+            model=model.id,
+            reason=f"the dose of the infusion of {as_utc(unknown.at).date()} is not known (no amount, "
+            "or a unit that is not mg, g or mg/kg): the projection would understate the drug given",
+        )
     weight = treatment.weight_kg
     doses = [Dose(as_utc(d.at), float(mg)) for d in treatment.doses if (mg := d.mg(weight)) is not None]
     # Final or corrected levels the engine could read: not a preliminary one (it may change),
@@ -55,7 +65,34 @@ def forecast_for(state: PatientState, level: DrugLevelInterpretation) -> Forecas
         age_years=_age(treatment, level.result.collected_at),
         indication=_indication(level, treatment),
     )
-    return forecast(fasanmade_2009(), patient, float(target))
+    return forecast(model, patient, float(target))
+
+
+# A level drawn this soon after an infusion began is not a trough: during the infusion or its
+# distribution phase the concentration changes by the hour, and the recorded start of the
+# infusion is too coarse to fit it. A documented default of this service.
+SOON_AFTER_INFUSION = timedelta(hours=24)
+
+
+def _withheld(state: PatientState, level: DrugLevelInterpretation, treatment: TreatmentRecord) -> str | None:
+    """Why a forecast would mislead for this level, if it would (issue 37)."""
+    if level.context.phase is Phase.INDUCTION:
+        return (
+            "induction: the doses are the induction schedule (weeks 0, 2 and 6), not a regimen to "
+            "project; the forecast starts with maintenance"
+        )
+    drawn = level.result.collected_at
+    last = treatment.last_dose_before(as_utc(drawn)) if drawn is not None else None
+    if drawn is not None and last is not None and as_utc(drawn) - last < SOON_AFTER_INFUSION:
+        hours = (as_utc(drawn) - last).total_seconds() / 3600
+        return f"drawn {hours:.0f} h after an infusion began: not a trough, and too early to fit"
+    low = level.finding is DrugLevelFinding.SUBTHERAPEUTIC
+    if low and _antibodies(state) in (Antibodies.POSITIVE, Antibodies.HIGH_TITRE):
+        return (
+            "antibodies detected with a low level: the failure may be immunogenic, and a higher "
+            "dose projected as if the antibodies were not there would mislead"
+        )
+    return None
 
 
 def _indication(level: DrugLevelInterpretation, treatment: TreatmentRecord) -> str | None:

@@ -29,6 +29,7 @@ from interpretation import (
     TreatmentContext,
 )
 from interpretation.correlation import correlate_result, record_treatment
+from interpretation.engine import report_order
 from interpretation.patient_state import CorrelationRules, PatientState
 from interpretation.treatment import TreatmentRecord
 
@@ -116,7 +117,7 @@ def _lines(
         for covariate in result.covariates:
             if covariate.reading.record is not None:
                 _record(patients, covariate.patient_id, covariate.reading.record, replace=False)
-    for item in result.interpretations:
+    for item in report_order(result.interpretations) if patients is not None else result.interpretations:
         line = interpretation_line(item, source)
         if patients is not None:
             patient = item.result.patient_id
@@ -125,6 +126,9 @@ def _lines(
             )
             if done is not None:
                 patients[patient] = done.state
+                # The line states the reading its events were decided on: the patient's record
+                # applied (a subcutaneous patient's level against the subcutaneous target).
+                line = interpretation_line(done.interpretation, source)
                 line["events"] = [event_line(e) for e in done.events]
         lines.append(line)
     return lines

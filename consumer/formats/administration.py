@@ -32,7 +32,7 @@ _ROUTES = {
     "SC": Route.SUBCUTANEOUS,
     "C38299": Route.SUBCUTANEOUS,
 }
-_DOSE_UNITS = {"mg": "mg", "mg/kg": "mg/kg"}
+_DOSE_UNITS = {"mg": ("mg", Decimal(1)), "g": ("mg", Decimal(1000)), "mg/kg": ("mg/kg", Decimal(1))}
 _GIVEN = {"", "CP", "PA"}  # complete, partially administered; RE refused and NA not given are not doses
 
 
@@ -96,9 +96,10 @@ def _dose(rxa: Any, number: int, recognition: Recognition) -> DoseGiven | None:
     if _part(rxa, 20, 0).upper() not in _GIVEN:
         return None  # refused or not given
     where = f"message {number}: RXA"
-    unit = _DOSE_UNITS.get(_part(rxa, 7, 0).lower()) or _DOSE_UNITS.get(_part(rxa, 7, 1).lower())
-    if unit is None:
-        raise DecodeError(Reason.INVALID, f"{where}-7: the dose unit must be mg or mg/kg")
+    found = _DOSE_UNITS.get(_part(rxa, 7, 0).lower()) or _DOSE_UNITS.get(_part(rxa, 7, 1).lower())
+    if found is None:
+        raise DecodeError(Reason.INVALID, f"{where}-7: the dose unit must be mg, g or mg/kg")
+    unit, factor = found
     try:
         amount = Decimal(_part(rxa, 6, 0))
         start = hl7.parse_datetime(_part(rxa, 3, 0))
@@ -107,7 +108,7 @@ def _dose(rxa: Any, number: int, recognition: Recognition) -> DoseGiven | None:
     if start is None:
         raise DecodeError(Reason.INVALID, f"{where}-3: the start of the infusion is missing")
     try:
-        return DoseGiven(at=_plain(start), amount=amount, unit=unit)
+        return DoseGiven(at=_plain(start), amount=amount * factor, unit=unit)
     except ValidationError as err:
         raise DecodeError(Reason.INVALID, f"{where}: {describe_validation_error(err)}") from err
 

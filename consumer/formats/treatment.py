@@ -39,7 +39,16 @@ from interpretation.treatment import TreatmentRecord
 # SNOMED CT route codes (FHIR's route value set) for the two ways infliximab is given.
 _ROUTES = {"47625008": Route.INTRAVENOUS, "34206005": Route.SUBCUTANEOUS}
 _PERIOD_DAYS = {"d": 1, "wk": 7}
-_DOSE_UNITS = {"mg": "mg", "mg/kg": "mg/kg"}
+# Dose units as UCUM codes or unit text, to mg or mg/kg and the factor that takes them there.
+_DOSE_UNITS: dict[str, tuple[str, Decimal]] = {
+    "mg": ("mg", Decimal(1)),
+    "g": ("mg", Decimal(1000)),
+    "mg/kg": ("mg/kg", Decimal(1)),
+}
+# MedicationAdministration statuses (FHIR R4): an infusion begun is a dose (a stopped one was
+# given in part; its time counts); one entered in error or not done is withdrawn.
+_GIVEN_STATUSES = frozenset({"completed", "in-progress", "stopped"})
+_WITHDRAWN_STATUSES = frozenset({"entered-in-error", "not-done"})
 
 
 @dataclass(frozen=True)
@@ -108,11 +117,27 @@ class _Period(BaseModel):
     start: datetime | None = None
 
 
+class _Reference(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    reference: str | None = None
+    display: str | None = None
+
+
+class _Contained(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    resourceType: str | None = None  # noqa: N815
+    id: str | None = None
+    code: _Concept | None = None
+
+
 class _Medication(BaseModel):
     model_config = ConfigDict(extra="ignore")
     resourceType: str  # noqa: N815
+    id: str | None = None
     status: str
     medicationCodeableConcept: _Concept | None = None  # noqa: N815
+    medicationReference: _Reference | None = None  # noqa: N815
+    contained: list[_Contained] = Field(default_factory=list)
     effectiveDateTime: datetime | None = None  # noqa: N815
     effectivePeriod: _Period | None = None  # noqa: N815
     dosage: _Dosage | None = None
@@ -160,23 +185,27 @@ def _from_fhir(patient_id: str, document: dict[str, Any], recognition: Recogniti
             Reason.UNSUPPORTED_FORMAT,
             "FHIR resourceType: expected MedicationAdministration, MedicationRequest or Observation",
         )
-    words = med.medicationCodeableConcept.words() if med.medicationCodeableConcept else " "
+    words = _medication_words(med)
     if not mentions_infliximab("", words, recognition):
         return None  # another medication
     given = med.resourceType == "MedicationAdministration"
-    if (given and med.status != "completed") or (not given and med.status != "active"):
+    if given and med.status in _WITHDRAWN_STATUSES:
+        if med.id is None:
+            return None  # nothing known to withdraw
+        return TreatmentUpdate(patient_id, TreatmentRecord(withdrawn=(med.id,)), replace=False)
+    if (given and med.status not in _GIVEN_STATUSES) or (not given and med.status != "active"):
         return None  # not given, or not the current regimen
     dosage = med.dosage if given else (med.dosageInstruction[0] if med.dosageInstruction else None)
     route = _route(dosage.route if dosage else None) or _route_of_brand(words, recognition)
     fields: dict[str, object] = {"route": route}
     if given:
-        fields["last_dose_at"] = med.effectiveDateTime or (
-            med.effectivePeriod.start if med.effectivePeriod else None
-        )
-        dose = dosage.dose if dosage else None
-        unit = _DOSE_UNITS.get(dose.unit_key()) if dose else None
-        if dose is not None and dose.value is not None and unit is not None and fields["last_dose_at"]:
-            fields["doses"] = [{"at": fields["last_dose_at"], "amount": dose.value, "unit": unit}]
+        at = med.effectiveDateTime or (med.effectivePeriod.start if med.effectivePeriod else None)
+        if at is None:
+            raise DecodeError(
+                Reason.INVALID, "MedicationAdministration: effectiveDateTime or effectivePeriod.start"
+            )
+        fields["last_dose_at"] = at
+        fields["doses"] = [{"at": at, "id": med.id, **_amount(dosage.dose if dosage else None)}]
     elif dosage and dosage.timing and dosage.timing.repeat:
         repeat = dosage.timing.repeat
         if repeat.period and repeat.periodUnit in _PERIOD_DAYS:
@@ -208,6 +237,36 @@ def _from_observation(
     except Unusable as err:
         raise DecodeError(Reason.INVALID, f"valueQuantity: {err}") from err
     return TreatmentUpdate(patient_id, record, replace=False)
+
+
+def _medication_words(med: _Medication) -> str:
+    """The medication's names: its code, or the Medication it references (contained, or the
+    reference's display)."""
+    if med.medicationCodeableConcept is not None:
+        return med.medicationCodeableConcept.words()
+    reference = med.medicationReference
+    if reference is None:
+        return " "
+    if reference.reference and reference.reference.startswith("#"):
+        wanted = reference.reference[1:]
+        for resource in med.contained:
+            if resource.resourceType == "Medication" and resource.id == wanted and resource.code:
+                return resource.code.words()
+    return phrase_text(reference.display or "")
+
+
+def _amount(dose: _Quantity | None) -> dict[str, object]:
+    """The dose in mg or mg/kg; none when the record gives no amount or a unit we cannot convert
+    (the infusion's time still counts; a forecast says the dose is unknown)."""
+    if dose is None or dose.value is None:
+        return {"amount": None}
+    found = _DOSE_UNITS.get(dose.unit_key())
+    if found is None:
+        raise DecodeError(
+            Reason.INVALID, "MedicationAdministration dosage.dose: the unit must be mg, g or mg/kg"
+        )
+    unit, factor = found
+    return {"amount": dose.value * factor, "unit": unit}
 
 
 def _route(concept: _Concept | None) -> Route | None:

@@ -23,6 +23,7 @@ from consumer.patient_topic import is_forget, result_value, treatment_record
 from consumer.pipeline import Pipeline, Processed
 from consumer.stages.patient import PatientStage
 from consumer.state.manager import PatientStates
+from interpretation.engine import levels_last, report_order
 
 
 class Intake:
@@ -51,7 +52,7 @@ class ForwardingIntake:
         if result.results:
             source = source_of(record)
             correlation = [(CORRELATION_HEADER, correlation_id(record).encode())]
-            for found in result.results:
+            for found in levels_last(result.results, self.pipeline.ruleset):
                 self.delivery.send(
                     self.patient_topic,
                     found.patient_id.encode(),
@@ -86,7 +87,7 @@ class KeyedIntake:
         source = source_of(record)
         read = [
             done
-            for item in result.interpretations
+            for item in report_order(result.interpretations)
             if (done := self.states.correlate(record.partition, item.result, source)) is not None
         ]
         return result._replace(

@@ -378,6 +378,13 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
     fc = f"FC-{uuid.uuid4().hex[:6]}"
     send(kafka_bootstrap, context, fc, json.dumps({"route": "intravenous", "phase": "maintenance"}).encode())
     send(kafka_bootstrap, context, fc, _weight(70), _administrations(fc, DAY0, (210, 196, 168, 112, 56)))
+    # A messy dose history (issue 37: it cost the page): the last infusion paused and restarted 90
+    # minutes later, and re-sent with a corrected start; the same report holds antibodies.
+    mx = f"MX-{uuid.uuid4().hex[:6]}"
+    messy = [_given(mx, f"MA-{n}", DAY0 - timedelta(days=d)) for n, d in enumerate((210, 196, 168, 112, 56))]
+    messy.append(_given(mx, "MA-5", DAY0 - timedelta(days=56, minutes=-90)))
+    messy.append(_given(mx, "MA-4", DAY0 - timedelta(days=56, minutes=-30)))
+    send(kafka_bootstrap, context, mx, _weight(70), *messy)
     service = start_service(
         TDM_CONTEXT_TOPIC=context, TDM_INPUT_KEYED_BY_PATIENT=str(keyed).lower(), TDM_LAB_COVARIATES="true"
     )
@@ -392,13 +399,22 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
         # The forecast patient's albumin comes from the lab feed, in a chemistry panel before the level.
         results.append(_chemistry_panel(fc, DAY0, albumin_g_per_l="31"))
         results.append(message(fc, f"A-{fc}", f"S-{fc}", DAY0, level("1.6")))
-        produce(
-            kafka_bootstrap, topics["input"], results, [sc.encode(), iv.encode(), fc.encode(), fc.encode()]
-        )
-        reader.wait_for(2, timeout_s=60, while_alive=[service])
+        report = json.loads(message(mx, f"A-{mx}", f"S-{mx}", DAY0, level("1.2")))
+        report["results"].append(antibodies("650"))
+        results.append(json.dumps(report).encode())
+        keys = [sc.encode(), iv.encode(), fc.encode(), fc.encode(), mx.encode()]
+        produce(kafka_bootstrap, topics["input"], results, keys)
+        reader.wait_for(4, timeout_s=60, while_alive=[service])
         found = events_of(reader)
     finally:
         reader.close()
+    # The messy history's patient is paged (the antibodies' trigger, the level's critical update),
+    # the level's forecast withheld (antibodies in the same report), nothing dead-lettered.
+    paged = [e for e in found if e["patient_id"] == mx]
+    assert [e["action"] for e in paged] == ["trigger", "update"] and paged[-1]["severity"] == "critical"
+    assert paged[-1]["forecast"]["status"] == "refused" and paged[-1]["forecast"]["code"] == "withheld"
+    assert "processing_error" not in service.log_text()
+    found = [e for e in found if e["patient_id"] != mx]
     # The IV patient's 15 is above range: no page.
     assert sorted(e["patient_id"] for e in found) == sorted([sc, fc])
     (alert,) = [e for e in found if e["patient_id"] == sc]
@@ -419,8 +435,8 @@ def test_the_treatment_context_topic_sets_the_target(kafka_bootstrap, topics, st
         counted = ("subtherapeutic", "above_target")
         return {f: metric_total(text, "tdm_interpretations_total", finding=f) for f in counted}
 
-    wait_until(lambda: sum(findings().values()) == 3, timeout_s=30)
-    assert findings() == {"subtherapeutic": 2, "above_target": 1}
+    wait_until(lambda: sum(findings().values()) == 4, timeout_s=30)
+    assert findings() == {"subtherapeutic": 3, "above_target": 1}
     kept = metric_total(scrape(port), "tdm_covariates_total", covariate="albumin", outcome="kept")
     assert kept == 1
     assert service.stop() == 0
@@ -448,6 +464,21 @@ def _weight(kg: float) -> bytes:
             "status": "final",
             "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
             "valueQuantity": {"value": kg, "unit": "kg"},
+        }
+    ).encode()
+
+
+def _given(patient: str, ident: str, start: datetime) -> bytes:
+    """A FHIR MedicationAdministration: 5 mg/kg of infliximab begun at `start`."""
+    return json.dumps(
+        {
+            "resourceType": "MedicationAdministration",
+            "id": ident,
+            "status": "completed",
+            "subject": {"reference": f"Patient/{patient}"},
+            "medicationCodeableConcept": {"text": "Infliximab"},
+            "effectiveDateTime": start.isoformat(),
+            "dosage": {"dose": {"value": 5, "unit": "mg/kg"}},
         }
     ).encode()
 

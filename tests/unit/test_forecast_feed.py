@@ -321,3 +321,37 @@ def _interpreted_event(history) -> dict:
     [line] = [json.loads(out) for out in done.stdout.splitlines()]
     [event] = line["events"]
     return event
+
+
+def test_the_interpret_line_states_the_reading_its_events_were_decided_on(tmp_path):
+    """Issue 37: a subcutaneous patient's 25 ug/mL: the line said above_target against the IV
+    range, de-escalation may be considered, beside events read against the subcutaneous targets."""
+    subject = {"reference": "Patient/PT-SC"}
+    given = {
+        "resourceType": "MedicationAdministration",
+        "status": "completed",
+        "subject": subject,
+        "medicationCodeableConcept": {"text": "Zymfentra (infliximab-dyyb)"},
+        "effectiveDateTime": (DRAWN - timedelta(days=14)).isoformat(),
+        "dosage": {"dose": {"value": 120, "unit": "mg"}},
+    }
+    low = {
+        "resourceType": "Observation",
+        "status": "final",
+        "subject": subject,
+        "identifier": [{"value": "OBS-SC"}],
+        "effectiveDateTime": DRAWN.isoformat(),
+        "code": {"coding": [{"system": "http://loinc.org", "code": "39803-2"}]},
+        "valueQuantity": {"value": 15, "unit": "ug/mL"},
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": given}, {"resource": low}],
+    }
+    history = tmp_path / "sc.json"
+    history.write_text(json.dumps(bundle))
+    done = run_cli(dict(os.environ), "interpret", str(history))
+    [line] = [json.loads(out) for out in done.stdout.splitlines()]
+    assert line["finding"] == "subtherapeutic", line  # 15 against the subcutaneous 17.5
+    assert [e["category"] for e in line["events"]] == ["subtherapeutic_level"]
