@@ -1,12 +1,13 @@
 """This patient's next trough: clearance estimated from every level, and the regimens that reach
 the target, from a published population model (`interpretation.pharmacokinetics`).
 
-The individual estimate is the maximum a posteriori fit of the patient's deviations from the
-typical patient (log clearance and log central volume) to all their levels given the doses,
-levels below the assay's limit counted as censored. Its uncertainty is the Laplace
-approximation (the posterior's curvature at the fit), sampled with a fixed seed so the same
-history always gives the same forecast. Two parameters need no optimisation library: damped
-Newton steps on numerical derivatives converge in a few iterations.
+The individual estimate is the posterior of the patient's deviations from the typical patient
+(log clearance and log central volume) given all their levels and doses
+(`interpretation.estimation`: exact on a grid, its mode refined by scipy). Each regimen's
+projected trough comes with the 90% interval of the true trough and, named as such, of a
+measured one (with the model's residual error), and the probability of reaching the target, all
+from the same posterior draws. A fit that does not converge, or does not explain the patient's
+levels, is refused, never shown.
 
 Pure: times come from the messages; no clock is read. Decision support, not an order: a
 forecast the model cannot make is refused with its reason.
@@ -15,18 +16,20 @@ forecast the model cannot make is refused with its reason.
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal, NamedTuple, cast
 
+import numpy as np
+from numpy.typing import NDArray
+
+from interpretation.estimation import Level, estimate, measured
 from interpretation.lab_result import Frozen
 from interpretation.pharmacokinetics import (
     DAY_S,
     Covariates,
     Dose,
-    Parameters,
     PopPkModel,
     concentration,
     disposition,
@@ -40,23 +43,16 @@ REGIMEN_MG_PER_KG = (5.0, 7.5, 10.0)
 REGIMEN_EVERY_WEEKS = (8, 6, 4)
 DRAWS = 200  # posterior samples for the intervals and probabilities
 MIN_REGIMEN_DAYS = 7.0  # the shortest interval read as the current regimen
-SEED = 20_090_916  # fixed: the same history gives the same forecast
 INTERVAL = (0.05, 0.95)  # a 90% interval
 
 
-Point = tuple[float, float]
+__all__ = ["Antibodies", "Forecast", "Level", "Patient", "RefusalCode", "Refused", "Regimen", "forecast"]
 
 
 class Antibodies(StrEnum):
     NEGATIVE = "negative"
     POSITIVE = "positive"
     HIGH_TITRE = "high_titre"  # the assay calls it high: the failure is immunogenic
-
-
-class Level(NamedTuple):
-    at: datetime
-    ug_per_ml: float
-    censored: bool = False  # below the assay's limit, which `ug_per_ml` then holds
 
 
 class Patient(NamedTuple):
@@ -83,9 +79,21 @@ class Regimen(Frozen):
     mg_per_kg: float
     every_weeks: float
     trough_ug_per_ml: float
-    interval_ug_per_ml: tuple[float, float]
-    probability_at_target: float
+    interval_ug_per_ml: tuple[float, float]  # 90%: the true trough
+    probability_at_target: float  # that the true trough reaches the target
     least_change: bool = False
+    # 90%: what a lab would measure at that trough (the residual error added): compare the next
+    # level with this one.
+    measured_interval_ug_per_ml: tuple[float, float] | None = None
+
+
+class FitPoint(Frozen):
+    """One of the patient's levels beside what the fitted patient predicts for it."""
+
+    at: datetime
+    observed_ug_per_ml: float
+    censored: bool
+    predicted_ug_per_ml: float
 
 
 class Forecast(Frozen):
@@ -100,6 +108,7 @@ class Forecast(Frozen):
     covariates: tuple[CovariateUsed, ...]
     levels_used: int
     sentence: str
+    fit: tuple[FitPoint, ...] = ()  # each level used against the individual prediction
 
 
 class RefusalCode(StrEnum):
@@ -125,24 +134,49 @@ def forecast(model: PopPkModel, patient: Patient, target: float) -> Forecast | R
     infusion = model.infusion_hours / 24
     doses = sorted(patient.doses)
     levels = sorted(lv for lv in patient.levels if lv.at > doses[0].at)
-    mode, draws = estimate(model, cov, doses, levels)
-    fitted = individual(model, cov, *mode)
-    drawn = [individual(model, cov, *d) for d in draws]
+    posterior = estimate(model, cov, doses, levels, DRAWS)
+    if not posterior.converged:
+        return Refused(
+            model=model.id,
+            code=RefusalCode.WITHHELD,
+            reason="the fit to the patient's levels did not converge: no projection is shown",
+        )
+    fitted = individual(model, cov, *posterior.mode)
+    fit = tuple(
+        FitPoint(
+            at=lv.at,
+            observed_ug_per_ml=round(lv.ug_per_ml, 3),
+            censored=lv.censored,
+            predicted_ug_per_ml=round(concentration(fitted, doses, lv.at, infusion), 3),
+        )
+        for lv in levels
+    )
+    if (misfit := _unexplained(model, fit)) is not None:
+        return Refused(model=model.id, code=RefusalCode.WITHHELD, reason=misfit)
+    drawn = [individual(model, cov, *d) for d in posterior.draws]
     cl_draws = sorted(p.cl for p in drawn)
     dispositions = [disposition(p) for p in drawn]  # once per draw, for every regimen
 
     def regimen(mg_per_kg: float, every_days: float) -> Regimen:
         mg = mg_per_kg * weight
-        troughs = sorted(steady_trough(e, mg, every_days, infusion) for e in dispositions)
+        true = np.array([steady_trough(e, mg, every_days, infusion) for e in dispositions])
+        lab = np.sort(measured(model, true))
+        troughs = np.sort(true)
         return Regimen(
             mg_per_kg=mg_per_kg,
             every_weeks=round(every_days / 7, 1),
-            trough_ug_per_ml=round(steady_trough(fitted, mg, every_days, infusion), 2),
+            # The posterior's median: the long tail toward low clearance moves it (the mode's
+            # projection understated the median error by up to 1.5x for patients far from typical).
+            trough_ug_per_ml=round(_quantile(troughs, 0.5), 2),
             interval_ug_per_ml=(
                 round(_quantile(troughs, INTERVAL[0]), 2),
                 round(_quantile(troughs, INTERVAL[1]), 2),
             ),
-            probability_at_target=round(sum(t >= target for t in troughs) / len(troughs), 2),
+            probability_at_target=round(float(np.mean(troughs >= target)), 2),
+            measured_interval_ug_per_ml=(
+                round(max(_quantile(lab, INTERVAL[0]), 0.0), 2),
+                round(_quantile(lab, INTERVAL[1]), 2),
+            ),
         )
 
     current = None
@@ -165,38 +199,8 @@ def forecast(model: PopPkModel, patient: Patient, target: float) -> Forecast | R
         covariates=used,
         levels_used=len(levels),
         sentence=_sentence(current, table, target),
+        fit=fit,
     )
-
-
-def estimate(
-    model: PopPkModel, cov: Covariates, doses: Sequence[Dose], levels: Sequence[Level]
-) -> tuple[Point, list[Point]]:
-    """The patient's deviations from the typical patient (log CL, log V1): the posterior's mode
-    and samples around it."""
-    # Deviations beyond 5 standard deviations are not this model's patients.
-    bounds = (5 * math.sqrt(model.clearance_variance), 5 * math.sqrt(model.central_volume_variance))
-    mode, curvature = _fit(_objective(model, cov, doses, levels, model.infusion_hours / 24), bounds)
-    prior = (2 / model.clearance_variance, 2 / model.central_volume_variance)
-    return mode, _draws(mode, _at_least_prior(curvature, prior), bounds)
-
-
-def _at_least_prior(curvature: tuple[Point, Point], prior: Point) -> tuple[Point, Point]:
-    """The curvature with the levels' part kept positive semi-definite, so levels never widen the
-    prior: censored levels make the likelihood flat or bent the wrong way in places, where the
-    Laplace approximation would otherwise claim more uncertainty than knowing nothing."""
-    (a, b), (_, d) = curvature
-    a, d = a - prior[0], d - prior[1]  # the levels' own curvature
-    half_trace, root = (a + d) / 2, math.sqrt(((a - d) / 2) ** 2 + b * b)
-    high, low = max(half_trace + root, 0.0), max(half_trace - root, 0.0)
-    if root < 1e-12:
-        return ((prior[0] + high, 0.0), (0.0, prior[1] + high))
-    # The unit eigenvector of the larger eigenvalue, (cos, sin).
-    angle = 0.5 * math.atan2(2 * b, a - d)
-    c, s = math.cos(angle), math.sin(angle)
-    a2 = high * c * c + low * s * s
-    d2 = high * s * s + low * c * c
-    b2 = (high - low) * c * s
-    return ((prior[0] + a2, b2), (b2, prior[1] + d2))
 
 
 def _refusal(model: PopPkModel, p: Patient) -> str | None:
@@ -244,90 +248,27 @@ def _covariates(model: PopPkModel, p: Patient) -> tuple[Covariates, tuple[Covari
     return Covariates(p.weight_kg or 0.0, albumin, p.antibodies is Antibodies.POSITIVE, female), used
 
 
-def _objective(
-    model: PopPkModel, cov: Covariates, doses: Sequence[Dose], levels: Sequence[Level], infusion: float
-) -> Callable[[Point], float]:
-    """-2 log posterior of the patient's deviations (up to a constant)."""
-    omega = (model.clearance_variance, model.central_volume_variance)
-
-    def value(eta: Point) -> float:
-        p: Parameters = individual(model, cov, *eta)
-        total = eta[0] ** 2 / omega[0] + eta[1] ** 2 / omega[1]
-        for lv in levels:
-            predicted = concentration(p, doses, lv.at, infusion)
-            sd = math.hypot(model.additive_error_ug_per_ml, model.proportional_error * predicted)
-            z = (lv.ug_per_ml - predicted) / sd
-            if lv.censored:  # the level is somewhere below the limit
-                total -= 2 * math.log(max(0.5 * (1 + math.erf(z / math.sqrt(2))), 1e-300))
-            else:
-                total += z * z + 2 * math.log(sd)
-        return total
-
-    return value
+MISFIT_Z = 3.0  # a level this many residual standard deviations from the fit is not explained
 
 
-def _derivatives(f: Callable[[Point], float], x: Point, h: float = 1e-3) -> tuple[Point, tuple[Point, Point]]:
-    f0 = f(x)
-    fp = [f((x[0] + h, x[1])), f((x[0], x[1] + h))]
-    fm = [f((x[0] - h, x[1])), f((x[0], x[1] - h))]
-    g = ((fp[0] - fm[0]) / (2 * h), (fp[1] - fm[1]) / (2 * h))
-    h00 = (fp[0] - 2 * f0 + fm[0]) / h**2
-    h11 = (fp[1] - 2 * f0 + fm[1]) / h**2
-    cross = (
-        f((x[0] + h, x[1] + h)) - f((x[0] + h, x[1] - h)) - f((x[0] - h, x[1] + h)) + f((x[0] - h, x[1] - h))
-    ) / (4 * h * h)
-    return g, ((h00, cross), (cross, h11))
-
-
-def _fit(f: Callable[[Point], float], bounds: Point) -> tuple[Point, tuple[Point, Point]]:
-    """The posterior's mode and its curvature there (damped Newton from the typical patient)."""
-    x: Point = (0.0, 0.0)
-    fx = f(x)
-    for _ in range(60):
-        g, hess = _derivatives(f, x)
-        (a, b), (_, d) = hess
-        shift = max(0.0, 1e-6 - min(a, d), -(a * d - b * b))  # keep the step a descent direction
-        a, d = a + shift, d + shift
-        det = a * d - b * b
-        step = (-(d * g[0] - b * g[1]) / det, -(a * g[1] - b * g[0]) / det)
-        t = 1.0
-        while t > 1e-6:
-            trial = (
-                min(max(x[0] + t * step[0], -bounds[0]), bounds[0]),
-                min(max(x[1] + t * step[1], -bounds[1]), bounds[1]),
+def _unexplained(model: PopPkModel, fit: Sequence[FitPoint]) -> str | None:
+    """Why the fitted patient does not explain a measured level, if it does not: beyond MISFIT_Z
+    residual standard deviations of the model's own error (the level, the dose history or the
+    model is wrong for this patient, and a projection from it would mislead)."""
+    for point in fit:
+        predicted = point.predicted_ug_per_ml
+        sd = math.hypot(model.additive_error_ug_per_ml, model.proportional_error * predicted)
+        z = (point.observed_ug_per_ml - predicted) / sd
+        if (point.censored and z < -MISFIT_Z) or (not point.censored and abs(z) > MISFIT_Z):
+            return (
+                f"the model does not explain the level of {point.at.date()} ({point.observed_ug_per_ml:g} "
+                f"ug/mL measured, {predicted:.2g} fitted): check the dose history and the sample's timing"
             )
-            if (ft := f(trial)) <= fx:
-                break
-            t /= 2
-        else:
-            break
-        moved = abs(trial[0] - x[0]) + abs(trial[1] - x[1])
-        x, fx = trial, ft
-        if moved < 1e-7:
-            break
-    return x, _derivatives(f, x)[1]
+    return None
 
 
-def _draws(mode: Point, curvature: tuple[Point, Point], bounds: Point) -> list[Point]:
-    """Samples of the deviations from the Laplace approximation: normal, covariance (H/2)^-1."""
-    (a, b), (_, d) = curvature  # positive definite (_at_least_prior)
-    det = a * d - b * b
-    # The covariance of -2 log posterior's curvature H is 2 H^-1.
-    s00, s01, s11 = 2 * d / det, -2 * b / det, 2 * a / det
-    l00 = math.sqrt(s00)
-    l10 = s01 / l00
-    l11 = math.sqrt(max(s11 - l10 * l10, 1e-12))
-    rng = random.Random(SEED)  # noqa: S311 (reproducible sampling, not secrecy)
-    out = []
-    for _ in range(DRAWS):
-        z0, z1 = rng.gauss(0, 1), rng.gauss(0, 1)
-        eta = (mode[0] + l00 * z0, mode[1] + l10 * z0 + l11 * z1)
-        out.append((min(max(eta[0], -bounds[0]), bounds[0]), min(max(eta[1], -bounds[1]), bounds[1])))
-    return out
-
-
-def _quantile(ordered: Sequence[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def _quantile(ordered: Sequence[float] | NDArray[np.float64], q: float) -> float:
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
 def _mark_least_change(table: list[Regimen], current: Regimen | None, target: float) -> list[Regimen]:
