@@ -184,6 +184,10 @@ def _evidence(
     return found
 
 
+_BY_THE_NUMBER = frozenset({DecidedBy.ASSAY_CUTOFF, DecidedBy.REFERENCE_RANGE})
+_FLAGS_ONLY = frozenset({DecidedBy.ABNORMAL_FLAG})
+
+
 def _described(decided_by: DecidedBy) -> str:
     return decided_by.value.replace("_", " ")
 
@@ -201,13 +205,21 @@ def _decide(
     found = _evidence(result, level, ruleset, unit)
     if not found:
         return "no cut-off, reference range, flag or text settles the reported value"
+    numbers = [e for e in found if e.decided_by in _BY_THE_NUMBER]
     detected = [e for e in found if e.finding is AntibodyFinding.ANTIBODIES_DETECTED]
+    if numbers and all(e.finding is AntibodyFinding.ANTIBODIES_NOT_DETECTED for e in numbers):
+        # The value under the assay's own cut-off (or the lab's range) settles it: a flag alone
+        # that says otherwise is a stale one (issue 37), never read as detected.
+        detected = [e for e in detected if e.decided_by not in _FLAGS_ONLY]
     chosen = detected[0] if detected else found[0]
     reason = f"{chosen.finding.value}, decided by {_described(chosen.decided_by)}"
     dissent = [e for e in found if e.finding is not chosen.finding]
     if dissent:
         said = ", ".join(_described(e.decided_by) for e in dissent)
-        reason += f"; the evidence disagrees ({said}: not detected), so it is read as detected"
+        if chosen.finding is AntibodyFinding.ANTIBODIES_DETECTED:
+            reason += f"; the evidence disagrees ({said}: not detected), so it is read as detected"
+        else:
+            reason += f"; the {said} says detected, but the value is below the cut-off"
     return chosen, reason
 
 

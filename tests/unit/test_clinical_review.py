@@ -176,11 +176,16 @@ def test_a_cutoff_that_names_the_performing_lab_is_the_first_evidence_for_that_l
     assert alone is not None and alone.finding is ATI_UNINT  # nothing of that lab's own to go on
 
 
-def test_a_named_assay_cutoff_that_says_negative_still_yields_to_a_positive_flag():
+def test_a_value_under_the_assays_cutoff_is_not_detected_whatever_a_stale_flag_says():
+    """Issue 37 (reversing issue 23's choice): the value under the assay's own cut-off settles
+    it; an H flag left from an earlier report does not make it 'detected'. The reason says so."""
     rules = _with_named_assay("Reference Lab A")
     got = interpret(ati("30", abnormal_flags=("H",), performing_lab="Reference Lab A"), rules)
-    assert got is not None and got.finding is POS and got.alert
-    assert "disagrees" in got.reason
+    assert got is not None and got.finding is NEG and not got.alert
+    assert "says detected, but the value is below the cut-off" in got.reason
+    # A flag still decides where no number does.
+    alone = interpret(ati("see report", abnormal_flags=("H",), performing_lab="Reference Lab A"), rules)
+    assert alone is not None and alone.finding is POS
 
 
 @pytest.mark.parametrize(
@@ -260,7 +265,7 @@ def test_a_level_below_every_target_that_could_apply_pages_even_without_a_target
     assert got.target is not None and got.target.low is not None and Decimal("1.5") < got.target.low
 
 
-@pytest.mark.parametrize("week", [None, 2, 10])
+@pytest.mark.parametrize("week", [None, 10])
 def test_an_induction_level_below_every_induction_threshold_pages_whatever_the_week(week):
     # Issue 23, class 3: every induction threshold is at least 4.0 ug/mL (week 14; week 6 is
     # 4.5); the maintenance goal thresholds (2.2 / 9.7 / 9.8) are not induction floors.
@@ -268,6 +273,13 @@ def test_an_induction_level_below_every_induction_threshold_pages_whatever_the_w
     assert got.finding is SUB and got.alert
     assert got.target is not None and got.target.low == Decimal("4.0")
     assert got.target.when.phase is not None and got.target.when.phase.value == "induction"
+
+
+def test_week_2_of_induction_has_its_own_consensus_threshold():
+    """Issue 37: week 2 has its own consensus threshold (Papamichael 2019, Table 1: >= 20)."""
+    got = read(level("15"), phase="induction", week=2)
+    assert got.finding is SUB and got.alert and got.target is not None
+    assert got.target.low == Decimal("20") and got.target.citation == "papamichael-2019-table"
 
 
 def test_an_induction_level_above_the_lowest_induction_threshold_still_has_no_target():
