@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Literal, NamedTuple, cast
 
@@ -96,6 +96,15 @@ class FitPoint(Frozen):
     predicted_ug_per_ml: float
 
 
+class Order(Frozen):
+    """The least change as an order a prescriber can sign: whole vials, the interval, when."""
+
+    mg: int  # the dose for this patient's weight, in whole vials
+    every_weeks: float
+    next_infusion_on: date  # the last infusion plus the new interval
+    recheck_trough_before: date  # the infusion after that: the trough drawn just before it
+
+
 class Forecast(Frozen):
     status: Literal["forecast"] = "forecast"
     model: str
@@ -109,6 +118,7 @@ class Forecast(Frozen):
     levels_used: int
     sentence: str
     fit: tuple[FitPoint, ...] = ()  # each level used against the individual prediction
+    order: Order | None = None  # the least change that reaches the target, as an order
 
 
 class RefusalCode(StrEnum):
@@ -185,6 +195,7 @@ def forecast(model: PopPkModel, patient: Patient, target: float) -> Forecast | R
         current = regimen(round(doses[-1].mg / weight, 1), every)
     table = [regimen(d, w * 7) for d in REGIMEN_MG_PER_KG for w in REGIMEN_EVERY_WEEKS]
     table = _mark_least_change(table, current, target)
+    order = _order(table, weight, doses[-1].at)
     return Forecast(
         model=model.id,
         citation=model.citation,
@@ -198,8 +209,9 @@ def forecast(model: PopPkModel, patient: Patient, target: float) -> Forecast | R
         regimens=tuple(table),
         covariates=used,
         levels_used=len(levels),
-        sentence=_sentence(current, table, target),
+        sentence=_sentence(current, table, target, order),
         fit=fit,
+        order=order,
     )
 
 
@@ -282,11 +294,33 @@ def _mark_least_change(table: list[Regimen], current: Regimen | None, target: fl
     return [r.model_copy(update={"least_change": True}) if r is least else r for r in table]
 
 
+# Infliximab is supplied as 100 mg of powder in a single-dose vial (Remicade prescribing
+# information, section 3, Dosage forms and strengths): a dose is given in whole vials.
+VIAL_MG = 100
+
+
+def _order(table: Sequence[Regimen], weight_kg: float, last_infusion: datetime) -> Order | None:
+    """The least change as an order: mg rounded to whole vials; the next infusion one new
+    interval after the last; the trough rechecked just before the infusion after that, once the
+    new regimen has had an interval to act."""
+    least = next((r for r in table if r.least_change), None)
+    if least is None:
+        return None
+    vials = max(1, round(least.mg_per_kg * weight_kg / VIAL_MG))
+    every = timedelta(weeks=least.every_weeks)
+    return Order(
+        mg=vials * VIAL_MG,
+        every_weeks=least.every_weeks,
+        next_infusion_on=(last_infusion + every).date(),
+        recheck_trough_before=(last_infusion + 2 * every).date(),
+    )
+
+
 def _describe(r: Regimen) -> str:
     return f"{r.mg_per_kg:g} mg/kg every {r.every_weeks:g} weeks"
 
 
-def _sentence(current: Regimen | None, table: Sequence[Regimen], target: float) -> str:
+def _sentence(current: Regimen | None, table: Sequence[Regimen], target: float, order: Order | None) -> str:
     parts = []
     if current is not None:
         low, high = current.interval_ug_per_ml
@@ -302,4 +336,10 @@ def _sentence(current: Regimen | None, table: Sequence[Regimen], target: float) 
         )
     elif current is not None and current.trough_ug_per_ml < target:
         parts.append(f"no tabulated regimen projects >= {target:g} ug/mL")
+    if order is not None:
+        parts.append(
+            f"as an order: {order.mg} mg every {order.every_weeks:g} weeks, the next infusion on "
+            f"{order.next_infusion_on}, the trough rechecked just before the one on "
+            f"{order.recheck_trough_before}"
+        )
     return "; ".join(parts) + "." if parts else "no forecast sentence: no regimen could be projected."

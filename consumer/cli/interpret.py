@@ -111,27 +111,28 @@ def _lines(
     rules: CorrelationRules,
     override: TreatmentContext,
 ) -> list[dict[str, Any]]:
-    """One line per result of a message; with `patients`, each read with its patient's state."""
-    lines = []
-    if patients is not None:
-        for covariate in result.covariates:
-            if covariate.reading.record is not None:
-                _record(patients, covariate.patient_id, covariate.reading.record, replace=False)
-    for item in report_order(result.interpretations) if patients is not None else result.interpretations:
+    """One line per result of a message, in the message's order; with `patients`, each read
+    with its patient's state, in the order the service reads them (`report_order`)."""
+    if patients is None:
+        return [interpretation_line(item, source) for item in result.interpretations]
+    for covariate in result.covariates:
+        if covariate.reading.record is not None:
+            _record(patients, covariate.patient_id, covariate.reading.record, replace=False)
+    lines: dict[int, dict[str, Any]] = {}
+    for item in report_order(result.interpretations):
         line = interpretation_line(item, source)
-        if patients is not None:
-            patient = item.result.patient_id
-            done = correlate_result(
-                patients.get(patient), item.result, source, pipeline.ruleset, rules=rules, override=override
-            )
-            if done is not None:
-                patients[patient] = done.state
-                # The line states the reading its events were decided on: the patient's record
-                # applied (a subcutaneous patient's level against the subcutaneous target).
-                line = interpretation_line(done.interpretation, source)
-                line["events"] = [event_line(e) for e in done.events]
-        lines.append(line)
-    return lines
+        patient = item.result.patient_id
+        done = correlate_result(
+            patients.get(patient), item.result, source, pipeline.ruleset, rules=rules, override=override
+        )
+        if done is not None:
+            patients[patient] = done.state
+            # The line states the reading its events were decided on: the patient's record
+            # applied (a subcutaneous patient's level against the subcutaneous target).
+            line = interpretation_line(done.interpretation, source)
+            line["events"] = [event_line(e) for e in done.events]
+        lines[id(item)] = line
+    return [lines[id(item)] for item in result.interpretations]
 
 
 def _read_context(message: bytes, pipeline: Pipeline, patients: dict[str, PatientState]) -> bytes | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -176,6 +176,14 @@ def decode_treatment(
 def _from_fhir(patient_id: str, document: dict[str, Any], recognition: Recognition) -> TreatmentUpdate | None:
     if document.get("resourceType") == "Observation":
         return _from_observation(patient_id, document, recognition)
+    if document.get("resourceType") == "Patient":
+        return _from_patient(patient_id, document)
+    return _from_medication(patient_id, document, recognition)
+
+
+def _from_medication(
+    patient_id: str, document: dict[str, Any], recognition: Recognition
+) -> TreatmentUpdate | None:
     try:
         med = _Medication.model_validate(document)
     except ValidationError as err:
@@ -183,7 +191,7 @@ def _from_fhir(patient_id: str, document: dict[str, Any], recognition: Recogniti
     if med.resourceType not in ("MedicationAdministration", "MedicationRequest"):
         raise DecodeError(
             Reason.UNSUPPORTED_FORMAT,
-            "FHIR resourceType: expected MedicationAdministration, MedicationRequest or Observation",
+            "FHIR resourceType: expected MedicationAdministration, MedicationRequest, Observation or Patient",
         )
     words = _medication_words(med)
     if not mentions_infliximab("", words, recognition):
@@ -239,6 +247,27 @@ def _from_observation(
     return TreatmentUpdate(patient_id, record, replace=False)
 
 
+class _Patient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    gender: str | None = None
+    birthDate: date | None = None  # noqa: N815
+
+
+def _from_patient(patient_id: str, document: dict[str, Any]) -> TreatmentUpdate | None:
+    """A FHIR Patient: the sex and birth date the forecast's model takes (female clearance and
+    central volume are lower; the model's population sets an age range). Administrative gender
+    `other` or `unknown` says nothing the model can use."""
+    try:
+        patient = _Patient.model_validate(document)
+    except ValidationError as err:
+        raise DecodeError(Reason.INVALID, describe_validation_error(err)) from err
+    sex = patient.gender if patient.gender in ("female", "male") else None
+    if sex is None and patient.birthDate is None:
+        return None
+    record = TreatmentRecord(sex=sex, birth_date=patient.birthDate)
+    return TreatmentUpdate(patient_id, record, replace=False)
+
+
 def _medication_words(med: _Medication) -> str:
     """The medication's names: its code, or the Medication it references (contained, or the
     reference's display)."""
@@ -291,7 +320,7 @@ def _route_of_brand(words: str, recognition: Recognition) -> Route | None:
 
 
 _CONTEXT_FIELDS = frozenset(TreatmentRecord.model_fields)
-_CONTEXT_RESOURCES = frozenset({"MedicationAdministration", "MedicationRequest"})
+_CONTEXT_RESOURCES = frozenset({"MedicationAdministration", "MedicationRequest", "Patient"})
 
 
 def context_in_file(message: bytes, recognition: Recognition) -> tuple[list[TreatmentUpdate], bytes | None]:
@@ -313,6 +342,8 @@ def context_in_file(message: bytes, recognition: Recognition) -> tuple[list[Trea
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if isinstance(resource, dict) and _is_context(resource, recognition):
                 found.append(_from_resource(resource, recognition))
+                if resource.get("resourceType") == "Patient":
+                    rest.append(entry)  # the lab results name their patient through it too
             else:
                 rest.append(entry)
         if not found:
@@ -334,6 +365,8 @@ def _is_context(resource: dict[str, Any], recognition: Recognition) -> bool:
 def _from_resource(resource: dict[str, Any], recognition: Recognition) -> TreatmentUpdate | None:
     subject = resource.get("subject") or {}
     reference = subject.get("reference", "") if isinstance(subject, dict) else ""
+    if resource.get("resourceType") == "Patient":
+        reference = str(resource.get("id") or "")
     patient = _key(str(reference).rpartition("/")[2])
     return decode_treatment(patient, json.dumps(resource).encode(), recognition)
 

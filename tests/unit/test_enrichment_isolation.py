@@ -265,3 +265,21 @@ def test_induction_and_a_level_drawn_during_an_infusion_withhold_the_forecast():
     done = correlate_result(_maintained(), during, HERE, RULES)
     told = [e.forecast for e in done.events if e.forecast is not None]
     assert told and told[0].code is RefusalCode.WITHHELD and "after an infusion began" in told[0].reason
+
+
+def test_a_fhir_patient_gives_the_forecast_its_sex_and_birth_date():
+    """Issue 38: Patient.gender was ignored (women read as men, flagged assumed)."""
+    import json
+
+    patient = {"resourceType": "Patient", "id": "PT-1", "gender": "female", "birthDate": "1980-02-01"}
+    state = _apply(_maintained(), json.dumps(patient).encode())
+    assert state.treatment.sex == "female" and str(state.treatment.birth_date) == "1980-02-01"
+    done = correlate_result(state, _level("1.2"), HERE, RULES)
+    [page] = _paged(done)
+    assert isinstance(page.forecast, Forecast), page.forecast
+    sex = next(c for c in page.forecast.covariates if c.name == "sex")
+    assert sex.value == "female" and not sex.assumed
+    other = {"resourceType": "Patient", "id": "PT-1", "gender": "unknown"}
+    from consumer.formats.treatment import decode_treatment
+
+    assert decode_treatment(b"PT-1", json.dumps(other).encode(), RULES.recognition) is None

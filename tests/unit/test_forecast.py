@@ -203,6 +203,20 @@ def test_levels_far_from_the_typical_prediction_are_fitted_not_ignored(factor):
     typical = concentration(individual(MODEL, cov), doses[:-1], drawn, MODEL.infusion_hours / 24)
     posterior = estimate(MODEL, cov, doses[:-1], [Level(drawn, typical * factor)], DRAWS)
     assert posterior.converged
-    fitted = concentration(individual(MODEL, cov, *posterior.mode), doses[:-1], drawn, MODEL.infusion_hours / 24)
+    mode = individual(MODEL, cov, *posterior.mode)
+    fitted = concentration(mode, doses[:-1], drawn, MODEL.infusion_hours / 24)
     # Shrunk toward the typical patient by the prior, but most of the way to the level.
     assert abs(math.log(fitted / (typical * factor))) < abs(math.log(factor)) / 2
+
+
+def test_the_least_change_is_an_order_in_whole_vials_with_its_dates():
+    doses = [Dose(T0 + timedelta(days=d), 5 * 77.0) for d in (0, 14, 42, 98, 154)]
+    levels = [Level(T0 + timedelta(days=154, hours=-1), 2.0)]
+    done = forecast(MODEL, patient(levels=levels, doses=doses, weight_kg=77.0), 3.0)
+    assert isinstance(done, Forecast) and done.order is not None, done
+    least = next(r for r in done.regimens if r.least_change)
+    assert done.order.mg % 100 == 0 and abs(done.order.mg - least.mg_per_kg * 77) <= 50
+    every = timedelta(weeks=least.every_weeks)
+    assert done.order.next_infusion_on == (doses[-1].at + every).date()
+    assert done.order.recheck_trough_before == (doses[-1].at + 2 * every).date()
+    assert f"{done.order.mg} mg every" in done.sentence
