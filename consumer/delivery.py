@@ -164,7 +164,8 @@ class TransactionalDelivery(Delivery[TransactionalProducer]):
 
     def commit(self, offsets: Mapping[Partition, int], consumer: GroupConsumer) -> None:
         self.producer.flush(SEND_TIMEOUT_S)  # raises the first failed send
-        self.producer.send_offsets(offsets, consumer.group_metadata())
+        if offsets:  # a batch the loop's clock opened may have read nothing (issue 39)
+            self.producer.send_offsets(offsets, consumer.group_metadata())
         self.producer.commit()
         now = self._worked[self._lane] = time.monotonic()
         if self._failing_since is not None and self._outlived_transactions(now - self._failing_since):
@@ -247,7 +248,8 @@ class AtLeastOnceDelivery(Delivery[Producer]):
 
     def commit(self, offsets: Mapping[Partition, int], consumer: GroupConsumer) -> None:
         self.producer.flush(SEND_TIMEOUT_S)  # raises the first failed send
-        consumer.commit(offsets)
+        if offsets:
+            consumer.commit(offsets)
 
 
 def delivery_for(settings: Settings, client: Client) -> Delivery[TransactionalProducer] | Delivery[Producer]:

@@ -314,13 +314,19 @@ class DeliveryTopology:
             self.stage.lanes.revoke(tp)  # the next owner reads them again from the committed offset
 
     def chores_due(self) -> bool:
+        return False
+
+    def chores(self, consumer: GroupConsumer) -> None:
+        pass
+
+    def _resend_due(self) -> bool:
         return (
             self.stage.receivers.alertmanager is not None
             and time.monotonic() >= self.resend_at
             and self.stage.incidents.count() > 0
         )
 
-    def chores(self, consumer: GroupConsumer) -> None:
+    def _resend(self) -> None:
         """Re-send every open incident, so Alertmanager keeps it active (it resolves silence)."""
         self.resend_at = time.monotonic() + self.resend_s
         alertmanager = self.stage.receivers.alertmanager
@@ -346,14 +352,18 @@ class DeliveryTopology:
         self.metrics.resends.labels("sent").inc()
 
     def punctuate_due(self) -> bool:
-        return self.stage.retry_due() or time.monotonic() >= self.forget_at
+        return self.stage.retry_due() or time.monotonic() >= self.forget_at or self._resend_due()
 
     def punctuate(self) -> bool:
-        """Inside the open batch: retry the waiting events that are due; forget old incidents."""
+        """On the loop's clock, inside the open batch: retry the waiting events that are due,
+        re-send the open incidents to Alertmanager, forget old resolved incidents."""
         if time.monotonic() >= self.forget_at:
             self.forget_at = time.monotonic() + FORGET_EVERY_S
             self.stage.incidents.forget_old(self.stage.clock())
-        return self.stage.retry()
+        settled = self.stage.retry()
+        if self._resend_due():
+            self._resend()
+        return settled
 
     def offsets(self, read: Mapping[Partition, int]) -> dict[Partition, int]:
         """Each alert partition commits up to its oldest event a receiver has not settled."""

@@ -81,10 +81,14 @@ class TdmTopology:
             self.gate.restore(consumer)
 
     def punctuate_due(self) -> bool:
-        return False
+        return self.states is not None and self.states.expiry_due(time.time())
 
     def punctuate(self) -> bool:
-        return False
+        """The patients' expiry, on the loop's clock: it runs on an idle topic too (it ran only
+        when a batch opened, so only when records arrived; issue 39)."""
+        if self.states is None:
+            return False
+        return self.states.expire(time.time()) > 0
 
     def offsets(self, read: Mapping[Partition, int]) -> Mapping[Partition, int]:
         return read
@@ -98,8 +102,7 @@ class TdmTopology:
         return self.gate is not None and self.gate.holds(partition)
 
     def batch_opened(self) -> None:
-        if self.states is not None:
-            self.states.expire(time.time())
+        pass
 
     def batch_committed(self, processed: Sequence[tuple[Record, Processed]], seconds: float) -> None:
         if self.states is not None:

@@ -250,6 +250,10 @@ class PatientStates:
             self.metrics.state_forgotten.inc()
             log.info("patient state forgotten on request", partition=partition)
 
+    def expiry_due(self, now: float) -> bool:
+        """The hourly expiry is due (the loop's punctuate step runs it inside a batch)."""
+        return now >= self._expiry_due
+
     @_store_failures_fatal
     def expire(self, now: float) -> int:
         """Tombstone patients not seen for the retention time; called with a batch open."""

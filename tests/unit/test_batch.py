@@ -326,3 +326,52 @@ def test_the_batches_watch_the_waiting_they_are_given_even_while_it_is_empty():
         waiting=waiting,
     )
     assert given.waiting is waiting
+
+
+class Ticking(Topology):
+    """Timed work due once (an expiry, a receiver's retry), and nothing to read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.due = True
+
+    def punctuate_due(self) -> bool:
+        return self.due
+
+    def punctuate(self) -> bool:
+        self.due = False
+        self.events.append("punctuated")
+        return True
+
+    def chores_due(self) -> bool:
+        return False
+
+    def admit(self, consumer: object, polled: dict) -> dict:
+        return polled
+
+
+class Idle(Consumer):
+    def poll(self, timeout_ms: int, max_records: int) -> dict:
+        return {}
+
+    def in_group(self) -> bool:
+        return True
+
+
+def test_timed_work_runs_inside_a_batch_on_an_idle_topic_and_commits_with_no_offsets():
+    """Issue 39: expiry ran only when a batch opened, so only when records arrived. The loop's
+    punctuate step opens a batch on an idle topic, and a batch that read nothing commits its
+    transaction without offsets (an empty offset commit is no request to send)."""
+    from consumer.loop.pacing import Pacing
+
+    topology, client = Ticking(), Client()
+    b = batches(topology, client)
+    health = Health(60, 60)
+    lag = type("Lag", (), {"measure": lambda self, consumer: None})()
+    coverage = type("Coverage", (), {"watch": lambda self, consumer: False})()
+    pacing = Pacing(interval_s=0.0, batch_max_records=10, transaction_timeout_s=10.0, poll_timeout_ms=1)
+    loop = Loop(Idle({P0}), topology, b, pacing=pacing, lag=lag, coverage=coverage, health=health, stop=None)  # type: ignore[arg-type]
+    loop.run_once()
+    assert topology.events[:2] == ["opened", "punctuated"]
+    assert "begin" in client.log and client.log[-1] == "commit"
+    assert not any(line.startswith("offsets") for line in client.log)
