@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from scipy.optimize import minimize
 from scipy.special import log_ndtr
 
-from interpretation.pharmacokinetics import DAY_S, Covariates, Dose, PopPkModel
+from interpretation.pharmacokinetics import DAY_S, Covariates, Dose, Level, PopPkModel
 
 Point = tuple[float, float]
 Array = NDArray[np.float64]
@@ -33,12 +33,6 @@ Eta = tuple[Array, Array]  # log clearance and log central volume deviations
 SPAN_SD = 5.0  # the grid spans this many standard deviations of each random effect
 GRID = (81, 41)  # points on log clearance (the effect the levels inform most), log central volume
 SEED = 20_090_916
-
-
-class Level(NamedTuple):
-    at: datetime
-    ug_per_ml: float
-    censored: bool = False  # below the assay's limit, which `ug_per_ml` then holds
 
 
 class Posterior(NamedTuple):

@@ -19,17 +19,14 @@ import math
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from enum import StrEnum
-from typing import Literal, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
-import numpy as np
-from numpy.typing import NDArray
-
-from interpretation.estimation import Level, estimate, measured
 from interpretation.lab_result import Frozen
 from interpretation.pharmacokinetics import (
     DAY_S,
     Covariates,
     Dose,
+    Level,
     PopPkModel,
     concentration,
     disposition,
@@ -136,6 +133,10 @@ class Refused(Frozen):
     code: RefusalCode = RefusalCode.NOT_COVERED
 
 
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+
 def forecast(model: PopPkModel, patient: Patient, target: float) -> Forecast | Refused:
     if (why := _refusal(model, patient)) is not None:
         return Refused(model=model.id, reason=why)
@@ -144,6 +145,12 @@ def forecast(model: PopPkModel, patient: Patient, target: float) -> Forecast | R
     infusion = model.infusion_hours / 24
     doses = sorted(patient.doses)
     levels = sorted(lv for lv in patient.levels if lv.at > doses[0].at)
+    # numpy and scipy are imported on the first forecast, not with the alert contract: the
+    # notifier reads alerts and never forecasts (its RSS budget is 80 MB).
+    import numpy as np  # noqa: PLC0415
+
+    from interpretation.estimation import estimate, measured  # noqa: PLC0415
+
     posterior = estimate(model, cov, doses, levels, DRAWS)
     if not posterior.converged:
         return Refused(
@@ -279,7 +286,7 @@ def _unexplained(model: PopPkModel, fit: Sequence[FitPoint]) -> str | None:
     return None
 
 
-def _quantile(ordered: Sequence[float] | NDArray[np.float64], q: float) -> float:
+def _quantile(ordered: Sequence[float] | NDArray[Any], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 

@@ -103,6 +103,12 @@ class Dose(NamedTuple):
     mg: float
 
 
+class Level(NamedTuple):
+    at: datetime
+    ug_per_ml: float
+    censored: bool = False  # below the assay's limit, which `ug_per_ml` then holds
+
+
 class Disposition(NamedTuple):
     """The central concentration after a unit bolus: a e^(-alpha t) + b e^(-beta t)."""
 
