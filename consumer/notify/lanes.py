@@ -44,6 +44,7 @@ class Lanes:
     def __init__(self) -> None:
         self.lanes: dict[LaneKey, deque[Entry]] = {}
         self.read_to: dict[Partition, int] = {}  # the offset after the last record processed
+        self.held: set[tuple[str, Partition, int]] = set()  # receiver, partition, offset: O(1) `holds`
         self.size = 0
 
     def busy(self, receiver: str, tp: Partition, incident: str) -> bool:
@@ -51,17 +52,12 @@ class Lanes:
 
     def holds(self, receiver: str, record: Record) -> bool:
         """This record already waits in one of the receiver's lanes (read again after a rewind)."""
-        tp = Partition(record.topic, record.partition)
-        return any(
-            e.record.offset == record.offset
-            for (name, at, _), lane in self.lanes.items()
-            if name == receiver and at == tp
-            for e in lane
-        )
+        return (receiver, Partition(record.topic, record.partition), record.offset) in self.held
 
     def append(self, receiver: str, entry: Entry) -> None:
         tp = Partition(entry.record.topic, entry.record.partition)
         self.lanes.setdefault((receiver, tp, entry.event.incident_key), deque()).append(entry)
+        self.held.add((receiver, tp, entry.record.offset))
         self.size += 1
 
     def read(self, record: Record) -> None:
@@ -80,7 +76,8 @@ class Lanes:
 
     def pop(self, key: LaneKey) -> None:
         lane = self.lanes[key]
-        lane.popleft()
+        gone = lane.popleft()
+        self.held.discard((key[0], key[1], gone.record.offset))
         self.size -= 1
         if not lane:
             del self.lanes[key]
@@ -95,6 +92,7 @@ class Lanes:
     def revoke(self, tp: Partition) -> None:
         for key in [key for key in self.lanes if key[1] == tp]:
             self.size -= len(self.lanes.pop(key))
+        self.held = {h for h in self.held if h[1] != tp}
         self.read_to.pop(tp, None)
 
     def partitions(self) -> set[Partition]:

@@ -300,3 +300,14 @@ def test_a_trigger_alertmanager_refuses_opens_no_incident_to_re_send():
     stage, _receiving, dead, _clock = _stage({"alertmanager": [400]})
     assert stage.process(_record(1, _event())).outcome == "undelivered"
     assert stage.incidents.all() == [] and [why for _, why in dead.sent] == ["alertmanager: HTTP 400: "]
+
+
+def test_events_read_again_after_a_rewind_are_not_queued_twice():
+    stage, _receiving, _dead, _clock = _stage({"webhook": [503]})
+    first = _record(7, _event())
+    stage.process(first)
+    stage.lanes.read_to.clear()  # an aborted batch: its records come again
+    assert stage.process(first).outcome == "waiting"
+    assert stage.waiting_by_receiver() == {"webhook": 1}
+    stage.lanes.revoke(TP)
+    assert stage.waiting_by_receiver() == {} and not stage.lanes.held
