@@ -251,8 +251,9 @@ class PatientStates:
             log.info("patient state forgotten on request", partition=partition)
 
     def expiry_due(self, now: float) -> bool:
-        """The hourly expiry is due (the loop's punctuate step runs it inside a batch)."""
-        return now >= self._expiry_due
+        """The hourly expiry is due (the loop's punctuate step runs it inside a batch); never
+        while a partition waits for its restore: its store is not the changelog's yet."""
+        return now >= self._expiry_due and not self.pending
 
     @_store_failures_fatal
     def expire(self, now: float) -> int:
@@ -263,6 +264,8 @@ class PatientStates:
         before = now - self.settings.patient_retention_days * 86400
         expired = 0
         for partition, store in self.stores.items():
+            if partition in self.pending:
+                continue  # expired once restored, at the next hour
             for patient_id in store.expired(before, EXPIRY_CHUNK):
                 if patient_id not in self._writes.get(partition, {}):
                     self._write(partition, patient_id, None)
