@@ -15,7 +15,7 @@ import structlog
 from consumer.clients.seam import Record
 from consumer.metrics import Metrics
 from consumer.pipeline import Outcome, Processed
-from interpretation.forecast import Forecast, RefusalCode, Refused
+from interpretation.pk.forecast import Forecast, RefusalCode, Refused
 
 log = structlog.get_logger("tdm_alerts.service")
 

@@ -25,8 +25,8 @@ from interpretation.findings import (
     Interpretation,
     Pattern,
 )
-from interpretation.forecast import Forecast, Refused
 from interpretation.lab_result import Frozen, LabResult, ResultStatus, TreatmentContext
+from interpretation.pk.forecast import Forecast, Refused
 from interpretation.quantities import Comparator
 from interpretation.review import ReviewReason, review_reason
 from interpretation.ruleset import Citation

@@ -13,7 +13,7 @@ time taken from the messages. The rules, as a TDM pharmacist applies them:
   entered-in-error or cancelled result resolves its incident with the reason.
 - A preliminary result never pages; the final after it does.
 - Every event carries the patient's previous levels and the change from the last one; a
-  level's events carry its next-trough forecast (`interpretation.next_trough`).
+  level's events carry its next-trough forecast (`interpretation.pk.next_trough`).
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ from interpretation.findings import (
     Interpretation,
     Pattern,
 )
-from interpretation.forecast import Forecast, RefusalCode, Refused
 from interpretation.lab_result import LabResult, TreatmentContext, as_utc
-from interpretation.next_trough import forecast_for
 from interpretation.patient_state import CorrelationRules, OpenIncident, PatientState, RememberedResult
+from interpretation.pk.forecast import Forecast, RefusalCode, Refused
+from interpretation.pk.next_trough import forecast_for
 from interpretation.review import ReviewReason
 from interpretation.ruleset import RuleSet
 from interpretation.treatment import TreatmentRecord

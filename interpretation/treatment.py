@@ -66,7 +66,7 @@ class TreatmentRecord(Frozen):
     """What the treatment-context topic says of one patient; every field optional.
 
     The doses, weight, albumin, sex and birth date feed the next-trough forecast
-    (`interpretation.forecast`); nothing else reads them.
+    (`interpretation.pk.forecast`); nothing else reads them.
     """
 
     phase: Phase | None = None

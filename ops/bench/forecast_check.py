@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np
 
-from interpretation.estimation import estimate, posterior_on_grid, predicted
-from interpretation.forecast import DRAWS, Antibodies, Level, Patient, forecast
-from interpretation.pharmacokinetics import (
+from interpretation.pk.estimation import estimate, posterior_on_grid, predicted
+from interpretation.pk.forecast import DRAWS, Antibodies, Level, Patient, forecast
+from interpretation.pk.kinetics import (
     Covariates,
     Dose,
     PopPkModel,

@@ -402,7 +402,8 @@ def test_a_receiver_down_past_the_budget_holds_only_its_partition_and_loses_noth
         )
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as ready:
             assert (
-                ready.status == 200 and b"1 alert event(s) waiting on a failing receiver (webhook 1)" in ready.read()
+                ready.status == 200
+                and b"1 alert event(s) waiting on a failing receiver (webhook 1)" in ready.read()
             )
         assert metric_total(scrape(port), "tdm_notify_waiting_partitions") == 1
         assert metric_total(scrape(port), "tdm_notify_oldest_undelivered_seconds") > 0

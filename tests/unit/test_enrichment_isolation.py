@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from interpretation import LabResult, SourceRef
 from interpretation.alerts import Action, Category
 from interpretation.correlation import correlate_result, record_treatment
-from interpretation.forecast import Forecast, RefusalCode, Refused
 from interpretation.lab_result import Route
+from interpretation.pk.forecast import Forecast, RefusalCode, Refused
 from interpretation.review import ReviewReason
 from interpretation.treatment import DoseGiven, TreatmentRecord
 from tests.unit.helpers import RULES

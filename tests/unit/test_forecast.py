@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interpretation.estimation import estimate
-from interpretation.forecast import DRAWS, Antibodies, Forecast, Level, Patient, Refused, forecast
-from interpretation.pharmacokinetics import (
+from interpretation.pk.estimation import estimate
+from interpretation.pk.forecast import DRAWS, Antibodies, Forecast, Level, Patient, Refused, forecast
+from interpretation.pk.kinetics import (
     Covariates,
     Dose,
     concentration,

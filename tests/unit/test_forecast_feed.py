@@ -16,9 +16,9 @@ from consumer.formats.treatment import decode_treatment
 from interpretation import LabResult, SourceRef
 from interpretation.correlation import correlate_result, record_treatment
 from interpretation.covariates import read_covariate
-from interpretation.forecast import Forecast, Refused
 from interpretation.lab_result import Route
-from interpretation.next_trough import forecast_for
+from interpretation.pk.forecast import Forecast, Refused
+from interpretation.pk.next_trough import forecast_for
 from interpretation.treatment import MAX_DOSES, DoseGiven, TreatmentRecord
 from tests.conftest import run_cli
 from tests.unit.helpers import RULES

@@ -17,8 +17,8 @@ from interpretation import AntibodyFinding, SourceRef, interpret_all
 from interpretation.alerts import Severity
 from interpretation.correlation import correlate_result
 from interpretation.findings import Pattern, Titre
-from interpretation.forecast import Antibodies
-from interpretation.next_trough import _antibodies
+from interpretation.pk.forecast import Antibodies
+from interpretation.pk.next_trough import _antibodies
 from interpretation.ruleset import AntibodyAssay, parse_ruleset
 from tests.unit.helpers import RULES, ati, level
 

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from scipy.optimize import minimize
 from scipy.special import log_ndtr
 
-from interpretation.pharmacokinetics import DAY_S, Covariates, Dose, Level, PopPkModel
+from interpretation.pk.kinetics import DAY_S, Covariates, Dose, Level, PopPkModel
 
 Point = tuple[float, float]
 Array = NDArray[np.float64]

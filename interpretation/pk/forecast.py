@@ -1,9 +1,9 @@
 """This patient's next trough: clearance estimated from every level, and the regimens that reach
-the target, from a published population model (`interpretation.pharmacokinetics`).
+the target, from a published population model (`interpretation.pk.kinetics`).
 
 The individual estimate is the posterior of the patient's deviations from the typical patient
 (log clearance and log central volume) given all their levels and doses
-(`interpretation.estimation`: exact on a grid, its mode refined by scipy). Each regimen's
+(`interpretation.pk.estimation`: exact on a grid, its mode refined by scipy). Each regimen's
 projected trough comes with the 90% interval of the true trough and, named as such, of a
 measured one (with the model's residual error), and the probability of reaching the target, all
 from the same posterior draws. A fit that does not converge, or does not explain the patient's
@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 from interpretation.lab_result import Frozen
-from interpretation.pharmacokinetics import (
+from interpretation.pk.kinetics import (
     DAY_S,
     Covariates,
     Dose,
@@ -149,7 +149,7 @@ def forecast(model: PopPkModel, patient: Patient, target: float) -> Forecast | R
     # notifier reads alerts and never forecasts (its RSS budget is 80 MB).
     import numpy as np  # noqa: PLC0415
 
-    from interpretation.estimation import estimate, measured  # noqa: PLC0415
+    from interpretation.pk.estimation import estimate, measured  # noqa: PLC0415
 
     posterior = estimate(model, cov, doses, levels, DRAWS)
     if not posterior.converged:

@@ -1,5 +1,5 @@
 """The forecast a level's alert carries: the patient's levels, infusions and covariates gathered
-from their state, handed to `interpretation.forecast`.
+from their state, handed to `interpretation.pk.forecast`.
 
 Only what the state holds is used, so a level, the antibody result and the dose history give the
 same forecast whatever order they arrived in, once all are in.
@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, DrugLevelInterpretation, Titre
-from interpretation.forecast import Antibodies, Forecast, Level, Patient, RefusalCode, Refused, forecast
 from interpretation.lab_result import Phase, Route, as_utc
 from interpretation.patient_state import PatientState
-from interpretation.pharmacokinetics import Dose, fasanmade_2009
+from interpretation.pk.forecast import Antibodies, Forecast, Level, Patient, RefusalCode, Refused, forecast
+from interpretation.pk.kinetics import Dose, fasanmade_2009
 from interpretation.quantities import Comparator
 from interpretation.treatment import ContextSource, TreatmentRecord
 

@@ -1,6 +1,6 @@
 """A published population pharmacokinetic model of intravenous infliximab, and its kinetics.
 
-The model is data with its citation (`interpretation/pkmodels/*.json`), like the rule set: code
+The model is data with its citation (`interpretation/pk/models/*.json`), like the rule set: code
 holds no parameter. Kinetics are linear with two compartments, so a concentration is a sum over
 the infusions given (superposition) of the closed-form response to one constant-rate infusion
 (Gibaldi and Perrier, Pharmacokinetics, two-compartment infusion). Times are in days, doses in
@@ -60,7 +60,7 @@ class PopPkModel(Frozen):
 
 @cache
 def fasanmade_2009() -> PopPkModel:
-    text = resources.files("interpretation").joinpath("pkmodels/fasanmade-2009-uc.json").read_text()
+    text = resources.files("interpretation.pk").joinpath("models/fasanmade-2009-uc.json").read_text()
     return PopPkModel.model_validate_json(text)
 
 
