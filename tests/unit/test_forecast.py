@@ -220,3 +220,24 @@ def test_the_least_change_is_an_order_in_whole_vials_with_its_dates():
     assert done.order.next_infusion_on == (doses[-1].at + every).date()
     assert done.order.recheck_trough_before == (doses[-1].at + 2 * every).date()
     assert f"{done.order.mg} mg every" in done.sentence
+
+
+def test_every_model_file_matches_a_second_transcription_of_its_tables():
+    """Each model under interpretation/pk/models is checked, parameter by parameter, against an
+    independent transcription of the same table kept as test data with its source (issue 38)."""
+    import json
+
+    from interpretation.pk.kinetics import PopPkModel
+
+    models = sorted((REPO / "interpretation" / "pk" / "models").glob("*.json"))
+    seconds = {
+        json.loads(p.read_text())["model"]: json.loads(p.read_text())
+        for p in (REPO / "tests" / "data" / "pkmodels").glob("*.second-transcription.json")
+    }
+    assert models
+    for path in models:
+        model = PopPkModel.model_validate_json(path.read_text())
+        second = seconds[model.id]  # a model without its second transcription fails here
+        assert second["source"]
+        for name, value in second["values"].items():
+            assert getattr(model, name) == pytest.approx(value, rel=1e-9), (model.id, name)
