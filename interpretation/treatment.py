@@ -50,7 +50,7 @@ class DoseGiven(Frozen):
     id where the source has one (a re-sent administration with the same id replaces it)."""
 
     at: datetime
-    amount: Annotated[Decimal, Field(gt=0, le=5000)] | None
+    amount: Annotated[Decimal, Field(gt=0, le=5000)] | None = None
     unit: Literal["mg", "mg/kg"] = "mg"
     id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
 

@@ -93,7 +93,7 @@ class AlertEvent(BaseModel):
 
     def details(self) -> dict[str, Any]:
         """PagerDuty's custom_details: the DETAIL_FIELDS the event has, as published."""
-        every = {**self.model_dump(), **(self.model_extra or {})}
+        every = self.model_dump()  # the extra fields too (extra="allow")
         return {name: every[name] for name in DETAIL_FIELDS if every.get(name) is not None}
 
 

@@ -283,3 +283,9 @@ def test_a_fhir_patient_gives_the_forecast_its_sex_and_birth_date():
     from consumer.formats.treatment import decode_treatment
 
     assert decode_treatment(b"PT-1", json.dumps(other).encode(), RULES.recognition) is None
+
+
+def test_a_canonical_dose_without_an_amount_counts_for_timing():
+    record = TreatmentRecord.model_validate({"doses": [{"at": "2026-08-03T09:00:00Z"}]})
+    assert record.doses[0].amount is None
+    assert record.last_dose_before(datetime(2026, 8, 10, tzinfo=UTC)) == datetime(2026, 8, 3, 9, tzinfo=UTC)
