@@ -150,8 +150,8 @@ class DeliveryStage:
         tp = Partition(record.topic, record.partition)
         place = place_of(record)
         outcomes = set()
+        known = self.incidents.get(record.partition, event.incident_key)  # before this event's deliveries
         for name in routed:
-            known = self.incidents.get(record.partition, event.incident_key)
             if known is not None and known.has(name, place):
                 outcomes.add(self._superseded(name, event, place))
             elif self.lanes.holds(name, record):
