@@ -15,6 +15,7 @@ import structlog
 from consumer.clients.seam import Record
 from consumer.metrics import Metrics
 from consumer.pipeline import Outcome, Processed
+from interpretation import Alert
 from interpretation.pk.forecast import Forecast, RefusalCode, Refused
 
 log = structlog.get_logger("tdm_alerts.service")
@@ -59,6 +60,26 @@ class Accounting:
             self._notable(record, result)
         m.batch_seconds.observe(batch_seconds)
         m.last_processed.set(time.time())
+
+    def ticked(self, fired: Sequence[tuple[int, Alert]]) -> None:
+        """Follow-up events the clock fired in a committed batch: their cause is a tick, so they
+        are counted and logged here, by partition, event and lateness, never by patient."""
+        m = self.metrics
+        for partition, alert in fired:
+            notice = alert.follow_up
+            kind = notice.kind.value if notice is not None else "unknown"
+            m.alerts.labels(alert.category.value, alert.severity.value).inc()
+            m.follow_ups.labels(kind, alert.action.value).inc()
+            if alert.action.value == "trigger" and notice is not None:
+                m.follow_up_lateness.observe(notice.late_seconds)
+            log.info(
+                "follow-up fired" if alert.action.value == "trigger" else "follow-up resolved",
+                cause="tick",
+                kind=kind,
+                partition=partition,
+                event_id=alert.event_id,
+                late_s=notice.late_seconds if notice is not None else None,
+            )
 
     def _latency(self, processed: Sequence[tuple[Record, Processed]]) -> None:
         now = time.time()
@@ -118,6 +139,8 @@ class Accounting:
                 log.error("forecast failed; the page went out without it", reason=told.reason, **where)
         for alert in result.alerts:
             m.alerts.labels(alert.category.value, alert.severity.value).inc()
+            if alert.follow_up is not None:  # a follow-up a result ended
+                m.follow_ups.labels(alert.follow_up.kind.value, alert.action.value).inc()
             if alert.review_reason is not None:
                 m.reviews.labels(alert.analyte, alert.review_reason.value).inc()
             log.info(

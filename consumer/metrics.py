@@ -110,6 +110,21 @@ class Metrics:
             ["model", "outcome"],
             registry=r,
         )
+        self.follow_ups = Counter(
+            "tdm_follow_ups",
+            "Follow-up events published, by kind and action: trigger when what was expected did "
+            "not arrive in time (fired by the service's clock, not a message), resolve when it "
+            "arrived later or the incident it followed ended.",
+            ["kind", "action"],
+            registry=r,
+        )
+        self.follow_up_lateness = Histogram(
+            "tdm_follow_up_late_seconds",
+            "How long after its due time a follow-up fired: under the tick's second normally, "
+            "longer after downtime or a partition's move (the event says how late).",
+            buckets=(1, 5, 30, 120, 600, 3600, 6 * 3600, 86400, 7 * 86400),
+            registry=r,
+        )
         self.interpretations = Counter(
             "tdm_interpretations",
             "Infliximab results interpreted, by analyte and finding.",

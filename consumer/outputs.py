@@ -14,7 +14,7 @@ from consumer.clients.seam import Record
 from consumer.dead_letters import fit as fit_dead_letter
 from consumer.delivery import Delivery
 from consumer.pipeline import Processed
-from interpretation import SourceRef
+from interpretation import Alert, SourceRef
 
 CORRELATION_HEADER = "tdm.correlation_id"
 # An upstream correlation id is kept only in a shape that cannot spell a name or hold an
@@ -84,15 +84,19 @@ class Outputs:
             self.delivery.send(self.dlq_topic, record.key, body, all_headers)
             return
         for alert in result.alerts:
-            self.delivery.send(
-                self.alert_topic,
-                alert.patient_id.encode(),
-                alert.model_dump_json().encode(),
-                [
-                    ("tdm.alert_schema", alert.alert_schema.encode()),
-                    ("tdm.action", alert.action.value.encode()),
-                    ("tdm.incident_key", alert.incident_key.encode()),
-                    ("tdm.event_id", alert.event_id.encode()),
-                    correlation,
-                ],
-            )
+            self.send_alert(alert, correlation)
+
+    def send_alert(self, alert: Alert, correlation: tuple[str, bytes]) -> None:
+        """One event, with the correlation id of its cause (a record, or a tick of the clock)."""
+        self.delivery.send(
+            self.alert_topic,
+            alert.patient_id.encode(),
+            alert.model_dump_json().encode(),
+            [
+                ("tdm.alert_schema", alert.alert_schema.encode()),
+                ("tdm.action", alert.action.value.encode()),
+                ("tdm.incident_key", alert.incident_key.encode()),
+                ("tdm.event_id", alert.event_id.encode()),
+                correlation,
+            ],
+        )

@@ -29,7 +29,7 @@ from interpretation.lab_result import Frozen, LabResult, ResultStatus, Treatment
 from interpretation.pk.forecast import Forecast, Refused
 from interpretation.quantities import Comparator
 from interpretation.review import ReviewReason, review_reason
-from interpretation.ruleset import Citation
+from interpretation.ruleset import Citation, FollowUpKind
 from interpretation.treatment import ContextSource
 
 # A JSON number, not pydantic's default string, so consumers can compare it directly.
@@ -48,6 +48,8 @@ class Category(StrEnum):
     ANTI_DRUG_ANTIBODIES = "anti_drug_antibodies"
     # A final infliximab or antibody result the service could not read: nothing is swallowed.
     REVIEW = "review"
+    # A result the service expected after another has not arrived (the rule set's follow-ups).
+    FOLLOW_UP = "follow_up"
 
 
 class SourceRef(Frozen):
@@ -105,6 +107,19 @@ class Partner(Frozen):
     accession: str | None
 
 
+class FollowUpNotice(Frozen):
+    """What a follow-up event is about: the deadline, when it fired, and the incident it follows.
+
+    Fired by the service's clock, not by a message: `late_seconds` says how long after its due
+    time it fired (0 on time; more after downtime or a partition's move)."""
+
+    kind: FollowUpKind
+    follows_incident: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    due_at: datetime
+    fired_at: datetime
+    late_seconds: Annotated[int, Field(ge=0)]
+
+
 class Alert(Frozen):
     """One event in an alert's life: trigger, update or resolve, for one incident.
 
@@ -113,7 +128,7 @@ class Alert(Frozen):
     however often it is delivered: the idempotency key.
     """
 
-    alert_schema: Literal["tdm-alerts/alert@2"] = "tdm-alerts/alert@2"
+    alert_schema: Literal["tdm-alerts/alert@3"] = "tdm-alerts/alert@3"
     action: Action
     incident_key: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
     event_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
@@ -148,6 +163,8 @@ class Alert(Frozen):
     change_from_last: JsonNumber | None = None  # ug/mL, this level minus the previous one
     # A level's next-trough forecast (README 'Forecast'), or why the model cannot make one.
     forecast: Forecast | Refused | None = None
+    # A follow-up event's deadline (category follow_up; schema @3): fired by a tick, not a message.
+    follow_up: FollowUpNotice | None = None
     source: SourceRef
 
 

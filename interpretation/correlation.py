@@ -46,6 +46,7 @@ from interpretation.findings import (
     Interpretation,
     Pattern,
 )
+from interpretation.follow_ups import follow_through
 from interpretation.lab_result import LabResult, TreatmentContext, as_utc
 from interpretation.patient_state import CorrelationRules, OpenIncident, PatientState, RememberedResult
 from interpretation.pk.forecast import Forecast, RefusalCode, Refused
@@ -450,11 +451,13 @@ def correlate_result(
     *,
     rules: CorrelationRules = DEFAULT_RULES,
     override: TreatmentContext | None = None,
+    read_at: datetime | None = None,
 ) -> Correlated | None:
     """(state, lab result) -> (new state, events, the reading); None when the result is not about
     infliximab.
 
     The patient's treatment record, if any, supplies the context the message leaves unsaid.
+    With `read_at` (when the result was read), its follow-ups are opened, re-timed or ended.
     """
     given = TreatmentContext() if override is None else override
     try:
@@ -463,11 +466,18 @@ def correlate_result(
         found = interpret(result, ruleset, given, record)
         if found is None:
             return None
-        return Correlated(*correlate(state, found, source, ruleset, rules), found)
+        done = Correlated(*correlate(state, found, source, ruleset, rules), found)
     except Exception as err:  # the patient's history never costs the page (issue 37)
         return _as_new_patient(
             state, result, source, ruleset, rules=rules, override=given, error=type(err).__name__
         )
+    if read_at is None or not ruleset.follow_ups:
+        return done
+    try:
+        after, resolved = follow_through(done.state, ruleset, read_at, rules)
+    except Exception:  # a follow-up never costs the page either: the result's events go out
+        return done
+    return Correlated(after, [*done.events, *resolved], found)
 
 
 HISTORY_NOT_APPLIED = "the patient's history could not be applied"

@@ -16,6 +16,7 @@ from interpretation.alerts import Category, Severity
 from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, Pattern, Titre
 from interpretation.lab_result import Frozen, ResultStatus
 from interpretation.quantities import Comparator
+from interpretation.ruleset import FollowUpKind
 from interpretation.treatment import TreatmentRecord
 
 
@@ -59,6 +60,25 @@ class OpenIncident(Frozen):
     pattern: Pattern | None
 
 
+class FollowUp(Frozen):
+    """A result the service waits for after another (the rule set's `follow_ups`): a durable
+    deadline, kept in the patient's state and its changelog so a restart or a takeover keeps it.
+
+    Kept after it fires (so it fires once) until what it waits for arrives or its incident ends;
+    its own incident (`key`) is then resolved.
+    """
+
+    rule_id: str
+    kind: FollowUpKind
+    follows: str  # the incident it follows up (the low level's)
+    key: str  # its own incident, opened when it fires
+    level: RememberedResult  # the low level that opened it, as its events describe it
+    due: datetime
+    fired_at: datetime | None = None
+    # Pending results that moved the deadline already (each re-times it once).
+    retimed_by: tuple[str, ...] = ()
+
+
 class PatientState(Frozen):
     """Everything remembered about one patient; `last_seen` drives retention."""
 
@@ -67,6 +87,11 @@ class PatientState(Frozen):
     incidents: tuple[OpenIncident, ...] = ()
     treatment: TreatmentRecord | None = None  # from the treatment-context topic
     last_seen: datetime | None = None
+    follow_ups: tuple[FollowUp, ...] = ()
+
+    def next_due(self) -> datetime | None:
+        """When the next follow-up fires (the store's index of deadlines), if one waits."""
+        return min((f.due for f in self.follow_ups if f.fired_at is None), default=None)
 
     def incident(self, key: str | None) -> OpenIncident | None:
         return next((i for i in self.incidents if i.key == key), None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from enum import StrEnum
 from functools import cache
 from importlib import resources
 from typing import Annotated, Literal, cast
@@ -251,6 +252,35 @@ class TroughTiming(Frozen):
     citations: tuple[RuleId, ...] = Field(min_length=1)
 
 
+class FollowUpKind(StrEnum):
+    """What a follow-up waits for."""
+
+    # The antibody result the rule set asks for beside a low level (a reflex test, often days later).
+    ANTIBODIES_NOT_RESULTED = "antibodies_not_resulted"
+
+
+class FollowUpRule(Frozen):
+    """A result the service expects after another, and how long it waits before saying it is missing.
+
+    Due `due_after_hours` after the specimen of the result that opened it was drawn, and never
+    sooner than `least_wait_hours` after the service read that result (a result read late, from a
+    backlog or a slow feed, gets the test's shortest turnaround before anyone is told it is late).
+    """
+
+    id: RuleId
+    kind: FollowUpKind
+    due_after_hours: Annotated[Decimal, Field(gt=0, le=24 * 365)]
+    least_wait_hours: Annotated[Decimal, Field(ge=0, le=24 * 365)]
+    text: Text  # what the follow-up event tells the clinician to do
+    citations: tuple[RuleId, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _least_within_due(self) -> FollowUpRule:
+        if self.least_wait_hours > self.due_after_hours:
+            raise ValueError("least_wait_hours must not exceed due_after_hours")
+        return self
+
+
 class Plausibility(Frozen):
     """Values beyond these are treated as errors of entry or units, never interpreted."""
 
@@ -275,6 +305,8 @@ class RuleSet(Frozen):
     # Level alerts carry a next-trough forecast from the packaged population model (README
     # 'Forecast'); false turns it off.
     forecast: bool = True
+    # What the service expects after a result, and when it says it is missing (issue 39).
+    follow_ups: tuple[FollowUpRule, ...] = ()
     # How each performing lab writes numbers, where it is known ("1,234": thousands or decimals).
     number_styles: dict[Annotated[str, StringConstraints(min_length=1)], NumberStyle] = Field(
         default_factory=dict
@@ -289,7 +321,11 @@ class RuleSet(Frozen):
     @model_validator(mode="after")
     def _references_resolve(self) -> RuleSet:
         known = {c.id for c in self.citations}
-        ids = [t.id for t in self.drug_level_targets] + [a.id for a in self.antibody_assays]
+        ids = [
+            *(t.id for t in self.drug_level_targets),
+            *(a.id for a in self.antibody_assays),
+            *(f.id for f in self.follow_ups),
+        ]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"rule ids must be unique; repeated: {', '.join(duplicates)}")
@@ -303,6 +339,7 @@ class RuleSet(Frozen):
             *(self.trough_timing.citations if self.trough_timing else ()),
             *(self.recognition.covariates.citations if self.recognition.covariates else ()),
             *(c for r in self.recommendations.values() for c in r.citations),
+            *(c for f in self.follow_ups for c in f.citations),
         ]
         missing = sorted(set(cited) - known)
         if missing:
@@ -312,6 +349,9 @@ class RuleSet(Frozen):
     def advice(self, key: str) -> Recommendation | None:
         """The recommendation for a finding or pattern value, if the rule set has one."""
         return self.recommendations.get(cast(RecommendationKey, key))
+
+    def follow_up(self, kind: FollowUpKind) -> FollowUpRule | None:
+        return next((f for f in self.follow_ups if f.kind is kind), None)
 
     def citation(self, citation_id: str) -> Citation:
         return next(c for c in self.citations if c.id == citation_id)

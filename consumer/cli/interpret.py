@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,10 @@ from interpretation import (
 )
 from interpretation.correlation import correlate_result, record_treatment
 from interpretation.engine import report_order
+from interpretation.follow_ups import fire_due
+from interpretation.lab_result import LabResult, as_utc
 from interpretation.patient_state import CorrelationRules, PatientState
+from interpretation.ruleset import RuleSet
 from interpretation.treatment import TreatmentRecord
 
 
@@ -77,6 +81,9 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     patients: dict[str, PatientState] = {}
     # The service's correlation settings (TDM_PAIR_WINDOW_HOURS and the rest), read the same way.
     rules = Settings().correlation_rules()
+    # With --now, the file is a timeline: each result read at its draw time, the follow-ups due
+    # before it fired first, and those due by --now fired at the end (README 'Follow-ups').
+    clock = _Clock(args.now) if args.now is not None and not args.no_state else None
     for source, raw in messages_in(data, name, fmt):
         message: bytes | None = raw
         if not args.no_state:
@@ -97,9 +104,41 @@ def cmd_interpret(args: argparse.Namespace) -> int:
             print(f"{where}: {dl.reason.value} ({dl.stage.value}): {dl.detail}", file=sys.stderr)
             continue
         patients_now = None if args.no_state else patients
-        for line in _lines(result, source, pipeline, patients=patients_now, rules=rules, override=override):
+        for line in _lines(
+            result, source, pipeline, patients=patients_now, rules=rules, override=override, clock=clock
+        ):
+            print(json.dumps(line, default=str), flush=True)
+    if clock is not None:
+        for line in clock.fire(patients, pipeline.ruleset, clock.now):
             print(json.dumps(line, default=str), flush=True)
     return 1 if failures else 0
+
+
+class _Clock:
+    """The service's clock replayed over a file: a result is read at its draw time (never after
+    --now), and the follow-ups due by then fire before it, as the service's ticks would."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = as_utc(now)
+
+    def read_at(self, result: LabResult) -> datetime:
+        drawn = result.collected_at
+        return self.now if drawn is None else min(drawn, self.now)
+
+    def fire(self, patients: dict[str, PatientState], ruleset: RuleSet, by: datetime) -> list[dict[str, Any]]:
+        """One line per follow-up event due by `by`, soonest first, each fired at its due time
+        (a running service's tick is at most a second late)."""
+        fired: list[tuple[datetime, str, Alert]] = []
+        for patient_id, state in list(patients.items()):
+            while (due := state.next_due()) is not None and due <= by:
+                state, events = fire_due(state, ruleset, due)
+                fired.extend((due, patient_id, e) for e in events)
+            patients[patient_id] = state
+        fired.sort(key=lambda f: (f[0], f[1]))
+        return [
+            {"tick": due.isoformat(), "patient_id": patient_id, "events": [event_line(event)]}
+            for due, patient_id, event in fired
+        ]
 
 
 def _lines(
@@ -110,20 +149,33 @@ def _lines(
     patients: dict[str, PatientState] | None,
     rules: CorrelationRules,
     override: TreatmentContext,
+    clock: _Clock | None = None,
 ) -> list[dict[str, Any]]:
     """One line per result of a message, in the message's order; with `patients`, each read
-    with its patient's state, in the order the service reads them (`report_order`)."""
+    with its patient's state, in the order the service reads them (`report_order`). With a
+    `clock`, the follow-up events due before a result come first, on lines of their own."""
     if patients is None:
         return [interpretation_line(item, source) for item in result.interpretations]
     for covariate in result.covariates:
         if covariate.reading.record is not None:
             _record(patients, covariate.patient_id, covariate.reading.record, replace=False)
+    ticks: list[dict[str, Any]] = []
     lines: dict[int, dict[str, Any]] = {}
     for item in report_order(result.interpretations):
         line = interpretation_line(item, source)
         patient = item.result.patient_id
+        read_at = None
+        if clock is not None:
+            read_at = clock.read_at(item.result)
+            ticks += clock.fire(patients, pipeline.ruleset, read_at)
         done = correlate_result(
-            patients.get(patient), item.result, source, pipeline.ruleset, rules=rules, override=override
+            patients.get(patient),
+            item.result,
+            source,
+            pipeline.ruleset,
+            rules=rules,
+            override=override,
+            read_at=read_at,
         )
         if done is not None:
             patients[patient] = done.state
@@ -132,7 +184,7 @@ def _lines(
             line = interpretation_line(done.interpretation, source)
             line["events"] = [event_line(e) for e in done.events]
         lines[id(item)] = line
-    return [lines[id(item)] for item in result.interpretations]
+    return [*ticks, *(lines[id(item)] for item in result.interpretations)]
 
 
 def _read_context(message: bytes, pipeline: Pipeline, patients: dict[str, PatientState]) -> bytes | None:
@@ -168,6 +220,7 @@ def event_line(event: Alert) -> dict[str, Any]:
         "previous_levels": [float(p.value) for p in event.previous_levels],
         "recommendation": event.recommendation,
         "forecast": event.forecast.model_dump(mode="json") if event.forecast is not None else None,
+        "follow_up": event.follow_up.model_dump(mode="json") if event.follow_up is not None else None,
     }
 
 
@@ -203,4 +256,20 @@ def add_interpret(commands: Commands) -> None:
         action="store_true",
         help="read each message alone (by default results are correlated per patient, as the service does)",
     )
+    interp.add_argument(
+        "--now",
+        type=_moment,
+        metavar="TIME",
+        help="replay follow-ups up to TIME (ISO 8601; UTC if no offset): each result is read at its "
+        "draw time, and the follow-ups due by then, and by TIME at the end, fire on lines of their own",
+    )
     interp.set_defaults(handler=cmd_interpret)
+
+
+def _moment(text: str) -> datetime:
+    try:
+        return as_utc(datetime.fromisoformat(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time: {text!r} (e.g. 2026-12-07T09:00:00+00:00)"
+        ) from None

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from interpretation.alerts import Action, Category, Severity
 
 SCHEMA_FAMILY = "tdm-alerts/alert@"
-KNOWN_SCHEMA = "tdm-alerts/alert@2"
+KNOWN_SCHEMA = "tdm-alerts/alert@3"
 FALLBACK_SEVERITY = Severity.HIGH
 # What a PagerDuty event's custom_details may carry: how a clinician finds the result, no patient id.
 DETAIL_FIELDS = (

@@ -14,7 +14,6 @@ Every stage's alerts and dead letters are published the same way (`consumer/outp
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +21,7 @@ from consumer.accounting import Accounting
 from consumer.clients.seam import GroupConsumer, Partition, Record
 from consumer.delivery import Delivery
 from consumer.loop.topology import Stage
-from consumer.outputs import Outputs
+from consumer.outputs import CORRELATION_HEADER, Outputs
 from consumer.pipeline import Pipeline, Processed
 from consumer.settings import Settings
 from consumer.stages.context import TreatmentContextStage
@@ -30,6 +29,7 @@ from consumer.stages.intake import ForwardingIntake, Intake, KeyedIntake
 from consumer.stages.patient import PatientStage
 from consumer.state.gate import RestoreGate
 from consumer.state.manager import PatientStates
+from interpretation import Alert
 
 
 class Publishing:
@@ -53,14 +53,19 @@ class TdmTopology:
         stages: Mapping[str, Stage[Processed]],
         default: Stage[Processed],
         accounting: Accounting,
+        *,
         states: PatientStates | None = None,
         gate: RestoreGate | None = None,
+        outputs: Outputs | None = None,
     ) -> None:
         self.stages = dict(stages)
         self.default = default  # the input topics, named or matching TDM_INPUT_PATTERN
         self.accounting = accounting
         self.states = states
         self.gate = gate
+        self.outputs = outputs  # where a tick's events go
+        self._expiry_due = self._follow_ups_due = False
+        self._fired: list[tuple[int, Alert]] = []  # the open batch's follow-up events
 
     def stage_for(self, topic: str) -> Stage[Processed]:
         return self.stages.get(topic, self.default)
@@ -81,14 +86,27 @@ class TdmTopology:
             self.gate.restore(consumer)
 
     def punctuate_due(self) -> bool:
-        return self.states is not None and self.states.expiry_due(time.time())
+        if (states := self.states) is None:
+            return False
+        now = states.clock()
+        self._expiry_due = states.expiry_due(now)
+        self._follow_ups_due = states.follow_ups_due(now)
+        return self._expiry_due or self._follow_ups_due
 
     def punctuate(self) -> bool:
-        """The patients' expiry, on the loop's clock: it runs on an idle topic too (it ran only
-        when a batch opened, so only when records arrived; issue 39)."""
-        if self.states is None:
+        """The patients' expiry and their follow-ups, on the loop's clock: they run on an idle
+        topic too (issue 39). A fired follow-up's event commits with its patient's state."""
+        if (states := self.states) is None or self.outputs is None:
             return False
-        return self.states.expire(time.time()) > 0
+        now = states.clock()
+        expired = states.expire(now) if self._expiry_due else 0
+        fired = states.fire_due(now) if self._follow_ups_due else []
+        for partition, alert in fired:
+            # The cause is the clock: no record's correlation id, one of its own per event.
+            cause = f"tick/{partition}/{alert.event_id}".encode()
+            self.outputs.send_alert(alert, (CORRELATION_HEADER, cause))
+        self._fired.extend(fired)
+        return expired > 0 or bool(fired)
 
     def offsets(self, read: Mapping[Partition, int]) -> Mapping[Partition, int]:
         return read
@@ -108,8 +126,12 @@ class TdmTopology:
         if self.states is not None:
             self.states.committed()
         self.accounting.committed(processed, seconds)
+        if self._fired:
+            self.accounting.ticked(self._fired)
+            self._fired = []
 
     def batch_discarded(self) -> None:
+        self._fired = []  # never published: fired again by whoever owns the partition next
         if self.states is not None:
             self.states.discarded()
 
@@ -146,4 +168,4 @@ def build_topology(
     if settings.context_topic:
         context = TreatmentContextStage(recognition, states, delivery, forward_to)
         stages[settings.context_topic] = publishing(context)
-    return TdmTopology(stages, publishing(intake), accounting, states, gate)
+    return TdmTopology(stages, publishing(intake), accounting, states=states, gate=gate, outputs=outputs)

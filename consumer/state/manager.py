@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -22,18 +23,23 @@ from consumer.delivery import Delivery
 from consumer.fatal import FatalError
 from consumer.metrics import Metrics
 from consumer.settings import Settings
-from consumer.state.store import PartitionStore, StoreError, StoreUnwritable, record_digest
+from consumer.state.store import Entry, PartitionStore, StoreError, StoreUnwritable, record_digest
 from consumer.state.topics import StateTopics
-from interpretation import LabResult, RuleSet, SourceRef
+from interpretation import Alert, LabResult, RuleSet, SourceRef
 from interpretation.correlation import Correlated, correlate_result, record_treatment
+from interpretation.follow_ups import fire_due
 from interpretation.patient_state import PatientState
 from interpretation.treatment import TreatmentRecord
 
 log = structlog.get_logger("tdm_alerts.state")
 
 LAST_SEEN_HEADER = "tdm.last_seen"  # epoch seconds of the write, for expiry after a restore
+# Epoch seconds of the patient's next follow-up: a restore indexes deadlines without reading states.
+DUE_HEADER = "tdm.due"
 RESTORE_CHUNK = 5000  # changelog records applied per SQLite transaction while restoring
 EXPIRY_CHUNK = 1000  # patients expired per batch, so one batch never grows unbounded
+TICK_S = 1.0  # how often the loop looks for follow-ups that are due
+FIRE_CHUNK = 500  # patients whose follow-ups fire per partition and tick, so one batch stays small
 
 
 P = ParamSpec("P")
@@ -65,6 +71,8 @@ class PatientStates:
         ruleset: RuleSet,
         delivery: Delivery[Any],
         metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -80,10 +88,12 @@ class PatientStates:
         )
         self.root = Path(settings.state_dir) / topics.changelog
         self.stores: dict[int, PartitionStore] = {}
-        self._writes: dict[int, dict[str, tuple[bytes, float] | None]] = {}
+        self._writes: dict[int, dict[str, Entry | None]] = {}
         self._last_sent: dict[int, Sent] = {}
         self._last_digest: dict[int, int] = {}  # of the batch's last changelog write per partition
         self._expiry_due = 0.0
+        self._tick_at = 0.0  # when to look at the deadlines' index again
+        self.clock = clock  # the wall clock: deadlines, expiry and `last_seen` are on it
         self.pending: set[int] = set()  # assigned, store open, not yet restored
         self.on_restore_chunk: Callable[[], None] = lambda: None  # a long restore is progress
 
@@ -173,13 +183,13 @@ class PatientStates:
         began, applied = time.monotonic(), 0
         log.info("restoring patient state", partition=partition, start=reader.position(tp), end=end)
         while reader.position(tp) < end:
-            writes: dict[str, tuple[bytes, float] | None] = {}
+            writes: dict[str, Entry | None] = {}
             last = None
             # Short polls: the tail is often only transaction markers or aborted records,
             # which read_committed skips without returning anything.
             for record in reader.poll(100, RESTORE_CHUNK).get(tp, []):
                 writes[(record.key or b"").decode()] = (
-                    None if record.value is None else (record.value, _last_seen(record))
+                    None if record.value is None else (record.value, *_times(record))
                 )
                 last = record
             if last is None:
@@ -211,16 +221,17 @@ class PatientStates:
         return None if stored is None else PatientState.model_validate_json(stored)
 
     def _write(self, partition: int, patient_id: str, state: PatientState | None) -> None:
-        now = time.time()
+        now = self.clock()
         value = None if state is None else state.model_dump_json().encode()
-        self._writes.setdefault(partition, {})[patient_id] = None if value is None else (value, now)
+        next_due = None if state is None else state.next_due()
+        due = None if next_due is None else next_due.timestamp()
+        self._writes.setdefault(partition, {})[patient_id] = None if value is None else (value, now, due)
         self._last_digest[partition] = record_digest(patient_id.encode(), value)
+        headers = [(LAST_SEEN_HEADER, str(int(now)).encode())]
+        if due is not None:
+            headers.append((DUE_HEADER, repr(due).encode()))
         self._last_sent[partition] = self.delivery.send(
-            self.topics.changelog,
-            patient_id.encode(),
-            value,
-            [(LAST_SEEN_HEADER, str(int(now)).encode())],
-            partition=partition,
+            self.topics.changelog, patient_id.encode(), value, headers, partition=partition
         )
 
     @_store_failures_fatal
@@ -237,7 +248,8 @@ class PatientStates:
     def correlate(self, partition: int, result: LabResult, source: SourceRef) -> Correlated | None:
         """The result read with its patient's state; None when it is not about infliximab."""
         state = self._read(partition, result.patient_id)
-        done = correlate_result(state, result, source, self.ruleset, rules=self.rules)
+        read_at = datetime.fromtimestamp(self.clock(), UTC)
+        done = correlate_result(state, result, source, self.ruleset, rules=self.rules, read_at=read_at)
         if done is not None and done.state != state:
             self._write(partition, result.patient_id, done.state)
         return done
@@ -276,6 +288,39 @@ class PatientStates:
                 "patient states expired", count=expired, retention_days=self.settings.patient_retention_days
             )
         return expired
+
+    def follow_ups_due(self, now: float) -> bool:
+        """A follow-up is due in a restored partition (looked up in the deadlines' index at most
+        every TICK_S: a turn of an idle loop costs nothing, a tick never reads every patient)."""
+        if not self.ruleset.follow_ups or now < self._tick_at:
+            return False
+        self._tick_at = now + TICK_S
+        soonest = [
+            due
+            for partition, store in self.stores.items()
+            if partition not in self.pending and (due := store.next_due()) is not None
+        ]
+        return bool(soonest) and min(soonest) <= now
+
+    @_store_failures_fatal
+    def fire_due(self, now: float) -> list[tuple[int, Alert]]:
+        """Fire the follow-ups due by `now`, called with a batch open: each patient's state is
+        written with its follow-ups marked fired, in the same transaction as their events, so a
+        crash or a takeover fires each exactly once. Never in a partition still restoring."""
+        when = datetime.fromtimestamp(now, UTC)
+        fired: list[tuple[int, Alert]] = []
+        for partition, store in self.stores.items():
+            if partition in self.pending:
+                continue
+            for patient_id in store.due(now, FIRE_CHUNK):
+                state = self._read(partition, patient_id)
+                if state is None:
+                    continue
+                new, events = fire_due(state, self.ruleset, when)
+                if new != state:
+                    self._write(partition, patient_id, new)
+                fired.extend((partition, event) for event in events)
+        return fired
 
     # -- the commit protocol ---------------------------------------------------------------
 
@@ -344,11 +389,15 @@ def store_fatal(err: StoreError, settings: Settings) -> FatalError:
     )
 
 
-def _last_seen(record: Record) -> float:
+def _times(record: Record) -> tuple[float, float | None]:
+    """A changelog record's last write (now, if unreadable) and next deadline (none, if unreadable)."""
+    last_seen, due = None, None
     for key, value in record.headers:
-        if key == LAST_SEEN_HEADER:
-            try:
-                return float(value.decode())
-            except ValueError:
-                break
-    return time.time()
+        try:
+            if key == LAST_SEEN_HEADER:
+                last_seen = float(value.decode())
+            elif key == DUE_HEADER:
+                due = float(value.decode())
+        except ValueError:
+            continue
+    return (time.time() if last_seen is None else last_seen), due

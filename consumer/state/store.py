@@ -18,11 +18,17 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+# `due`: epoch seconds of the patient's next follow-up, if one waits; indexed so a tick reads the
+# few that are due, never every patient (issue 39).
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS patient (id TEXT PRIMARY KEY, state BLOB NOT NULL, last_seen REAL);
+CREATE TABLE IF NOT EXISTS patient (id TEXT PRIMARY KEY, state BLOB NOT NULL, last_seen REAL, due REAL);
 CREATE INDEX IF NOT EXISTS patient_last_seen ON patient (last_seen);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+_DUE_INDEX = "CREATE INDEX IF NOT EXISTS patient_due ON patient (due) WHERE due IS NOT NULL"
+
+# One patient's entry: its serialized state, when it was last written, its next deadline.
+Entry = tuple[bytes, float, float | None]
 
 
 class StoreError(Exception):
@@ -83,6 +89,10 @@ class PartitionStore:
         if (check := self._db.execute("PRAGMA quick_check").fetchone()[0]) != "ok":
             raise sqlite3.DatabaseError(f"database disk image is malformed ({check})")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(patient)")}
+        if "due" not in columns:  # a store written before follow-ups: none of its patients has one
+            self._db.execute("ALTER TABLE patient ADD COLUMN due REAL")
+        self._db.execute(_DUE_INDEX)
 
     @staticmethod
     def open_or_rebuild(path: Path, on_rebuild: Callable[[str], None]) -> PartitionStore:
@@ -126,7 +136,7 @@ class PartitionStore:
 
     def apply(
         self,
-        writes: Mapping[str, tuple[bytes, float] | None],
+        writes: Mapping[str, Entry | None],
         changelog_offset: int | None,
         digest: int | None = None,
     ) -> None:
@@ -135,7 +145,7 @@ class PartitionStore:
 
     def _apply(
         self,
-        writes: Mapping[str, tuple[bytes, float] | None],
+        writes: Mapping[str, Entry | None],
         changelog_offset: int | None,
         digest: int | None,
     ) -> None:
@@ -144,11 +154,12 @@ class PartitionStore:
                 if entry is None:
                     self._db.execute("DELETE FROM patient WHERE id = ?", (patient_id,))
                 else:
-                    state, last_seen = entry
+                    state, last_seen, due = entry
                     self._db.execute(
-                        "INSERT INTO patient (id, state, last_seen) VALUES (?, ?, ?) ON CONFLICT(id) "
-                        "DO UPDATE SET state = excluded.state, last_seen = excluded.last_seen",
-                        (patient_id, state, last_seen),
+                        "INSERT INTO patient (id, state, last_seen, due) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET state = excluded.state, "
+                        "last_seen = excluded.last_seen, due = excluded.due",
+                        (patient_id, state, last_seen, due),
                     )
             for name, value in (("changelog_offset", changelog_offset), ("changelog_digest", digest)):
                 if value is not None:
@@ -168,6 +179,25 @@ class PartitionStore:
             ).fetchall(),
         )
         return [str(r[0]) for r in rows]
+
+    def due(self, by: float, limit: int) -> list[str]:
+        """Patients with a follow-up due by `by` (epoch seconds), soonest first, at most `limit`."""
+        rows = _guarded(
+            self.path,
+            lambda: self._db.execute(
+                "SELECT id FROM patient WHERE due IS NOT NULL AND due <= ? ORDER BY due LIMIT ?",
+                (by, limit),
+            ).fetchall(),
+        )
+        return [str(r[0]) for r in rows]
+
+    def next_due(self) -> float | None:
+        """The soonest follow-up of this partition (epoch seconds), if any waits."""
+        row = _guarded(
+            self.path,
+            lambda: self._db.execute("SELECT min(due) FROM patient WHERE due IS NOT NULL").fetchone(),
+        )
+        return None if row is None or row[0] is None else float(row[0])
 
     def count(self) -> int:
         return int(

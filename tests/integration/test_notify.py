@@ -509,13 +509,13 @@ def test_a_webhook_down_past_the_watchdogs_bound_delays_no_alertmanager_page_and
         # An event from a newer `run`: a field, a severity, an action and a category new to us.
         newer = {
             **json.loads(first.value),
-            "alert_schema": "tdm-alerts/alert@3",
+            "alert_schema": "tdm-alerts/alert@4",
             "incident_key": "9" * 32,
             "event_id": "8" * 32,
             "action": "escalate",
             "severity": "urgent",
-            "category": "overdue_follow_up",
-            "follow_up": {"due_in_days": 3},
+            "category": "unheard_of",
+            "follow_through": {"due_in_days": 3},
         }
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
         producer.send(topics["alerts"], json.dumps(newer).encode(), key=b"PT-DOWN")

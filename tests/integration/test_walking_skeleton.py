@@ -44,7 +44,7 @@ def test_sample_feed_yields_expected_alerts_and_dead_letters(kafka_bootstrap, to
     assert {r.key for r in alerts} == {b"TDM-PT-0001", b"TDM-PT-0004", b"TDM-PT-0006"}
     assert bodies[3]["value"] == 3.8 and bodies[3]["target"]["low"] == 4.5
     assert len({a["event_id"] for a in bodies}) == 4
-    assert all(a["alert_schema"] == "tdm-alerts/alert@2" for a in bodies)
+    assert all(a["alert_schema"] == "tdm-alerts/alert@3" for a in bodies)
 
     dead = read_topic(kafka_bootstrap, topics["dlq"], expected=2)
     assert sorted(r.value for r in dead) == sorted([lines[6], lines[10]])

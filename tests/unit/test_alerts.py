@@ -35,4 +35,4 @@ def test_event_id_is_stable_across_deliveries_and_the_incident_key_across_correc
     # A correction is news (a new event) about the same incident (the same paging incident).
     assert corrected.event_id != first.event_id
     assert corrected.incident_key == first.incident_key
-    assert first.alert_schema == "tdm-alerts/alert@2" and first.action == "trigger"
+    assert first.alert_schema == "tdm-alerts/alert@3" and first.action == "trigger"

@@ -225,16 +225,16 @@ def test_an_event_from_a_newer_version_reaches_every_receiver_with_its_fields_ke
     """Issue 42: the strict model dead-lettered every event with one added field."""
     stage, receiving, dead, _clock = _stage({"alertmanager": [200], "pagerduty": [202], "webhook": [202]})
     newer = _event(
-        alert_schema="tdm-alerts/alert@3",
+        alert_schema="tdm-alerts/alert@4",
         action="escalate",
         severity="urgent",
-        category="overdue_follow_up",
-        follow_up={"due": "2026-12-08"},
+        category="unheard_of",
+        follow_through={"due": "2026-12-08"},
     )
     assert stage.process(_record(1, newer)).outcome == "delivered"
     assert not dead.sent
     [am] = receiving.got("alertmanager")
-    assert am[0]["labels"]["severity"] == "high" and am[0]["labels"]["category"] == "overdue_follow_up"  # type: ignore[index]
+    assert am[0]["labels"]["severity"] == "high" and am[0]["labels"]["category"] == "unheard_of"  # type: ignore[index]
     [pd] = receiving.got("pagerduty")
     assert pd["event_action"] == "trigger" and pd["payload"]["severity"] == "error"  # type: ignore[index,call-overload]
     [hook] = receiving.got("webhook")
@@ -245,7 +245,7 @@ def test_a_route_narrowed_by_category_still_takes_a_category_new_to_this_version
     stage, _receiving, _dead, _clock = _stage(
         {"webhook": [202]}, routes={"webhook": Route(categories=frozenset({"review"}))}
     )
-    assert stage.process(_record(1, _event(category="overdue_follow_up"))).outcome == "delivered"
+    assert stage.process(_record(1, _event(category="unheard_of"))).outcome == "delivered"
     assert stage.process(_record(2, _event(category="subtherapeutic_level"))).outcome == "unrouted"
 
 

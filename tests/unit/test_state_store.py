@@ -18,7 +18,7 @@ TP = Partition("g.patient-state-changelog", 0)
 
 def _filled(path: Path) -> PartitionStore:
     store = PartitionStore(path)
-    store.apply({"PT-1": (b'{"a":1}', 1.0)}, 41, record_digest(b"PT-1", b'{"a":1}'))
+    store.apply({"PT-1": (b'{"a":1}', 1.0, None)}, 41, record_digest(b"PT-1", b'{"a":1}'))
     return store
 
 
@@ -48,7 +48,7 @@ def test_a_full_disk_is_unwritable_not_broken(tmp_path):
     # SQLite's own limit gives the error a full disk gives (SQLITE_FULL), without filling one.
     store._db.execute("PRAGMA max_page_count = 8")
     with pytest.raises(StoreUnwritable, match="full"):
-        store.apply({f"PT-{n}": (b"x" * 4000, 1.0) for n in range(50)}, 42)
+        store.apply({f"PT-{n}": (b"x" * 4000, 1.0, None) for n in range(50)}, 42)
 
 
 def test_reset_forgets_states_and_position(tmp_path):
