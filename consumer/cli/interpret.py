@@ -129,7 +129,8 @@ class _Clock:
         """One line per follow-up event due by `by`, soonest first, each fired at its due time
         (a running service's tick is at most a second late)."""
         fired: list[tuple[datetime, str, Alert]] = []
-        for patient_id, state in list(patients.items()):
+        for patient_id, before in list(patients.items()):
+            state = before
             while (due := state.next_due()) is not None and due <= by:
                 state, events = fire_due(state, ruleset, due)
                 fired.extend((due, patient_id, e) for e in events)

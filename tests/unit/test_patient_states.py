@@ -93,3 +93,68 @@ def test_forget_tombstones_the_patient_and_a_store_that_cannot_be_written_is_fat
     s.correlate(2, low_level("0.9"), SOURCE)
     with pytest.raises(FatalError, match="TDM_STATE_DIR"):
         s.committed()
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def clocked(tmp_path, monkeypatch, now: float) -> tuple[PatientStates, Delivery, Clock]:
+    monkeypatch.setenv("TDM_STATE_DIR", str(tmp_path))
+    delivery, clock = Delivery(), Clock(now)
+    made = PatientStates(Settings(), TOPICS, RULES, delivery, Metrics(), clock=clock)  # type: ignore[arg-type]
+    made.assign([2])
+    made.pending.clear()
+    return made, delivery, clock
+
+
+def test_a_follow_up_is_indexed_by_its_due_time_and_fired_once_on_the_clock(tmp_path, monkeypatch):
+    """Issue 39: the deadline is in the store's index (and the changelog header), a tick finds it
+    without reading other patients, and fires it once, writing the state that marks it fired."""
+    s, delivery, clock = clocked(tmp_path, monkeypatch, 1_800_000_000.0)
+    done = s.correlate(2, low_level(), SOURCE)  # no draw time: due from when it was read
+    assert done is not None and done.state.next_due() is not None
+    due = done.state.next_due().timestamp()
+    s.committed()
+    assert s.stores[2].due(due, 10) == ["PT-5"] and s.stores[2].due(due - 1, 10) == []
+    assert s.stores[2].next_due() == due
+    assert not s.follow_ups_due(clock.now)
+    clock.now = due + 2.0
+    assert s.follow_ups_due(clock.now)
+    assert not s.follow_ups_due(clock.now)  # looked at most once a second
+    fired = s.fire_due(clock.now)
+    assert [(p, e.category.value, e.follow_up.late_seconds) for p, e in fired] == [(2, "follow_up", 2)]
+    # Within the same batch, before its commit, a second tick fires nothing more.
+    assert s.fire_due(clock.now + 1) == []
+    s.committed()
+    assert s.stores[2].next_due() is None and s.stores[2].due(clock.now + 10**9, 10) == []
+    assert s.fire_due(clock.now + 5) == []
+    assert len(delivery.changelog) == 2  # the level's write, then the one that marks it fired
+
+
+def test_a_tick_never_fires_in_a_partition_that_is_restoring(tmp_path, monkeypatch):
+    s, _, clock = clocked(tmp_path, monkeypatch, 1_800_000_000.0)
+    done = s.correlate(2, low_level(), SOURCE)
+    assert done is not None
+    s.committed()
+    clock.now = done.state.next_due().timestamp() + 60
+    s.pending.add(2)
+    assert not s.follow_ups_due(clock.now) and s.fire_due(clock.now) == []
+    s.pending.clear()
+    assert len(s.fire_due(clock.now)) == 1
+
+
+def test_an_aborted_tick_fires_again_with_the_same_event(tmp_path, monkeypatch):
+    s, _, clock = clocked(tmp_path, monkeypatch, 1_800_000_000.0)
+    done = s.correlate(2, low_level(), SOURCE)
+    assert done is not None
+    s.committed()
+    clock.now = done.state.next_due().timestamp() + 1
+    (first,) = s.fire_due(clock.now)
+    s.discarded()
+    (again,) = s.fire_due(clock.now + 3)
+    assert again[1].event_id == first[1].event_id

@@ -94,3 +94,29 @@ def test_a_store_is_trusted_only_where_the_changelog_holds_the_record_it_last_ap
     other = record_digest(b"PT-1", b'{"a":2}')
     assert "another record" in str(_not_a_prefix(log, TP, 44, 41, other))  # type: ignore[arg-type]
     assert "no longer there" in str(_not_a_prefix(log, TP, 44, 42, digest))  # type: ignore[arg-type]
+
+
+def test_a_store_written_before_follow_ups_gains_the_deadlines_index(tmp_path):
+    """Issue 39: an existing store (no `due` column) opens, keeps its patients, and indexes deadlines."""
+    import sqlite3
+
+    path = tmp_path / "0.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE patient (id TEXT PRIMARY KEY, state BLOB NOT NULL, last_seen REAL);"
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+        "INSERT INTO patient VALUES ('PT-OLD', x'7b7d', 1.0);"
+    )
+    old.commit()
+    old.close()
+    store = PartitionStore(path)
+    assert store.get("PT-OLD") == b"{}" and store.next_due() is None
+    store.apply({"PT-NEW": (b"{}", 2.0, 500.0)}, 7)
+    assert store.due(499.0, 10) == [] and store.due(500.0, 10) == ["PT-NEW"]
+    plan = " ".join(
+        str(r)
+        for r in store._db.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM patient WHERE due IS NOT NULL AND due <= 1 ORDER BY due"
+        )
+    )
+    assert "patient_due" in plan  # the tick reads the index, never every patient
