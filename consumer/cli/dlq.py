@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
 
-from consumer.cli.arguments import Commands, positive
+from consumer.cli.arguments import Commands, aware_time, positive
 from consumer.dead_letter_reader import DeadLetterView, Position, dead_letters, new_reader
 from consumer.dead_letters import Reason
 from consumer.fatal import FatalError
@@ -72,19 +71,6 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(record.value or b"")
         sys.stdout.write("\n")
     return 0
-
-
-def aware_time(text: str) -> datetime:
-    """An ISO 8601 time with its UTC offset: a bare time would silently mean this machine's zone."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} has no UTC offset: add one, for example {text}+00:00 or {text}Z"
-        )
-    return moment
 
 
 def position(text: str) -> Position:

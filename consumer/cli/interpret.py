@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from consumer.cli.arguments import Commands
+from consumer.cli.arguments import Commands, aware_time
 from consumer.cli.rules import load_ruleset
 from consumer.formats import Format
 from consumer.formats.errors import DecodeError
@@ -259,18 +259,9 @@ def add_interpret(commands: Commands) -> None:
     )
     interp.add_argument(
         "--now",
-        type=_moment,
+        type=aware_time,
         metavar="TIME",
-        help="replay follow-ups up to TIME (ISO 8601; UTC if no offset): each result is read at its "
+        help="replay follow-ups up to TIME (ISO 8601 with its UTC offset): each result is read at its "
         "draw time, and the follow-ups due by then, and by TIME at the end, fire on lines of their own",
     )
     interp.set_defaults(handler=cmd_interpret)
-
-
-def _moment(text: str) -> datetime:
-    try:
-        return as_utc(datetime.fromisoformat(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an ISO 8601 time: {text!r} (e.g. 2026-12-07T09:00:00+00:00)"
-        ) from None

@@ -1,5 +1,6 @@
 import argparse
 import json
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -203,3 +204,47 @@ def test_a_reader_that_stops_reading_ends_interpret_quietly(tmp_path):
         # not, depending on when the first block of stdout is flushed; only a traceback is wrong.
         errors = reading.stderr.read()
         assert b"Traceback" not in errors and b"BrokenPipe" not in errors
+
+
+def test_interpret_now_replays_follow_ups_at_their_due_time(capsys, tmp_path):
+    """Issue 39: the file is a timeline; a low level whose antibodies never come is followed up
+    at its due time (the rule set's wait after the draw), one whose antibodies come is not."""
+    from interpretation import default_ruleset
+    from interpretation.ruleset import FollowUpKind
+
+    rule = default_ruleset().follow_up(FollowUpKind.ANTIBODIES_NOT_RESULTED)
+    assert rule is not None
+    drawn = "2026-11-02T08:00:00+00:00"
+
+    def line(patient: str, code: str, value: str, unit: str) -> str:
+        result = {"code": code, "value": value, "unit": unit, "status": "final"}
+        ids = {"patient_id": patient, "specimen_id": f"S-{patient}", "collected_at": drawn}
+        return json.dumps({**ids, "results": [result]})
+
+    feed = tmp_path / "timeline.jsonl"
+    feed.write_text(
+        "\n".join(
+            [
+                line("ALONE", "39803-2", "1.8", "ug/mL"),
+                line("PAIRED", "39803-2", "1.9", "ug/mL"),
+                line("PAIRED", "INXAB", "<50", "U/mL"),
+            ]
+        )
+    )
+    _, without, _ = run(capsys, "interpret", str(feed))
+    assert not any("tick" in line for line in without)  # no --now: the lines as before
+    due = datetime.fromisoformat(drawn) + timedelta(hours=float(rule.due_after_hours))
+    _, before, _ = run(capsys, "interpret", str(feed), "--now", (due - timedelta(seconds=1)).isoformat())
+    assert not any("tick" in line for line in before)
+    code, lines, _ = run(capsys, "interpret", str(feed), "--now", (due + timedelta(days=3)).isoformat())
+    ticks = [line for line in lines if "tick" in line]
+    assert code == 0 and [(t["patient_id"], t["tick"]) for t in ticks] == [("ALONE", due.isoformat())]
+    (event,) = ticks[0]["events"]
+    said = (event["category"], event["action"], event["follow_up"]["late_seconds"])
+    assert said == ("follow_up", "trigger", 0)
+
+
+def test_interpret_now_needs_a_utc_offset(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["interpret", "-", "--now", "2026-11-27T08:00"])
+    assert exit_info.value.code == 2 and "has no UTC offset" in capsys.readouterr().err
