@@ -28,6 +28,8 @@ def service_needs(settings: Settings) -> list[Need]:
     wanted = [
         (t, "READ", "TDM_INPUT_TOPICS") for t in ([] if settings.input_pattern else settings.input_topics)
     ]
+    if settings.ack_topic:
+        wanted.append((settings.ack_topic, "READ", "TDM_ACK_TOPIC"))
     return [
         *wanted,
         (settings.alert_topic, "WRITE", "TDM_ALERT_TOPIC"),

@@ -14,8 +14,9 @@ import structlog
 
 from consumer.clients.seam import Record
 from consumer.metrics import Metrics
-from consumer.pipeline import Outcome, Processed
+from consumer.pipeline import AckResult, Outcome, Processed
 from interpretation import Alert
+from interpretation.acknowledgement import AckOutcome
 from interpretation.pk.forecast import Forecast, RefusalCode, Refused
 
 log = structlog.get_logger("tdm_alerts.service")
@@ -81,6 +82,22 @@ class Accounting:
                 late_s=notice.late_seconds if notice is not None else None,
             )
 
+    def _acknowledged(self, ack: AckResult, where: dict[str, object]) -> None:
+        m = self.metrics
+        m.acknowledgements.labels(ack.outcome.value, ack.decision.value).inc()
+        if ack.outcome is AckOutcome.APPLIED and ack.waited_s is not None:
+            m.time_to_acknowledge.observe(max(ack.waited_s, 0.0))
+        said = {"decision": ack.decision.value, "by": ack.by, **where}
+        if ack.outcome is AckOutcome.UNKNOWN_INCIDENT:
+            log.warning(
+                "acknowledgement for an incident the patient does not have open; nothing changed", **said
+            )
+        elif ack.outcome is AckOutcome.REPEATED:
+            log.info("acknowledgement repeated; nothing changed", **said)
+        else:
+            waited = None if ack.waited_s is None else round(ack.waited_s)
+            log.info("acknowledgement applied", waited_s=waited, **said)
+
     def _latency(self, processed: Sequence[tuple[Record, Processed]]) -> None:
         now = time.time()
         ages = [
@@ -129,6 +146,8 @@ class Accounting:
         if result.covariate_error is not None:
             m.covariates.labels("unknown", "unreadable").inc()
             log.warning("albumin or weight result not readable", error=result.covariate_error, **where)
+        if result.acknowledged is not None:
+            self._acknowledged(result.acknowledged, where)
         for interpretation in result.interpretations:
             m.interpretations.labels(interpretation.analyte.value, interpretation.finding.value).inc()
         # One forecast per level, however many of its events carry it.

@@ -86,6 +86,8 @@ class Reason(StrEnum):
     INVALID = "invalid"
     PROCESSING_ERROR = "processing_error"
     UNDELIVERED = "undelivered"  # `tdm-alerts notify`: a receiver refused it, or retries ran out
+    # An acknowledgement for an incident the patient does not have open: nothing was changed.
+    UNKNOWN_INCIDENT = "unknown_incident"
 
 
 class Stage(StrEnum):

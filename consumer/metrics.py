@@ -125,6 +125,19 @@ class Metrics:
             buckets=(1, 5, 30, 120, 600, 3600, 6 * 3600, 86400, 7 * 86400),
             registry=r,
         )
+        self.acknowledgements = Counter(
+            "tdm_acknowledgements",
+            "Acknowledgements read, by outcome (applied, repeated, unknown_incident: the patient "
+            "has no such incident open, nothing changed) and decision.",
+            ["outcome", "decision"],
+            registry=r,
+        )
+        self.time_to_acknowledge = Histogram(
+            "tdm_time_to_acknowledge_seconds",
+            "From an incident's page to its first acknowledgement.",
+            buckets=(60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 86400, 7 * 86400),
+            registry=r,
+        )
         self.interpretations = Counter(
             "tdm_interpretations",
             "Infliximab results interpreted, by analyte and finding.",

@@ -9,7 +9,8 @@ Three kinds of record, told apart by their headers:
 - a lab result the intake picked out: `{"result": LabResult, "source": SourceRef}`;
 - a treatment-context record (`tdm.kind: treatment`): `{"record": TreatmentRecord | null,
   "replace": bool}`;
-- a forget command (`tdm.command: forget`), empty, written by `tdm-alerts forget`.
+- a forget command (`tdm.command: forget`), empty, written by `tdm-alerts forget`;
+- an acknowledgement (`tdm.kind: ack`): an `Acknowledgement`, forwarded from the ack topic.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from typing import NamedTuple
 
 from consumer.clients.seam import Record
 from interpretation import LabResult, SourceRef
+from interpretation.acknowledgement import Acknowledgement
 from interpretation.lab_result import Frozen
 from interpretation.treatment import TreatmentRecord
 
 COMMAND_HEADER = "tdm.command"
 KIND_HEADER = "tdm.kind"
 TREATMENT = b"treatment"
+ACK = b"ack"
 FORGET = b"forget"
 
 Headers = list[tuple[str, bytes]]
@@ -66,6 +69,10 @@ def treatment_record(update: TreatmentRecord | None, replace: bool) -> tuple[byt
     return value, [(KIND_HEADER, TREATMENT)]
 
 
+def ack_record(ack: Acknowledgement) -> tuple[bytes, Headers]:
+    return ack.model_dump_json().encode(), [(KIND_HEADER, ACK)]
+
+
 def forget_record() -> tuple[bytes, Headers]:
     return b"", [(COMMAND_HEADER, FORGET)]
 
@@ -74,10 +81,12 @@ def is_forget(record: Record) -> bool:
     return (COMMAND_HEADER, FORGET) in record.headers
 
 
-def read(record: Record) -> Forget | TreatmentUpdate | ResultRecord:
+def read(record: Record) -> Forget | TreatmentUpdate | Acknowledgement | ResultRecord:
     """The record as the patient stage acts on it; raises ValueError (pydantic's) if unreadable."""
     if is_forget(record):
         return Forget(record.key.decode() if record.key else "")
     if (KIND_HEADER, TREATMENT) in record.headers:
         return TreatmentUpdate.model_validate_json(record.value or b"")
+    if (KIND_HEADER, ACK) in record.headers:
+        return Acknowledgement.model_validate_json(record.value or b"")
     return ResultRecord.model_validate_json(record.value or b"")

@@ -25,6 +25,8 @@ from interpretation import (
     alert_for,
     interpret_all,
 )
+from interpretation.acknowledgement import AckOutcome
+from interpretation.alerts import Decision
 from interpretation.covariates import CovariateReading, read_covariate
 from interpretation.engine import recognised
 from interpretation.recognition import mentions_infliximab
@@ -52,6 +54,15 @@ class CovariateFound(NamedTuple):
     reading: CovariateReading
 
 
+class AckResult(NamedTuple):
+    """What became of an acknowledgement, for its metrics and log line."""
+
+    outcome: AckOutcome
+    decision: Decision
+    by: str  # a role
+    waited_s: float | None  # from the incident's opening to this acknowledgement
+
+
 class Processed(NamedTuple):
     """What became of one message. A named tuple, immutable like a frozen dataclass: one is
     built for every message, and the frozen dataclass cost 2.6 us to build against 1.4."""
@@ -75,6 +86,8 @@ class Processed(NamedTuple):
     # all (they never dead-letter a message: it is not about infliximab).
     covariates: Sequence[CovariateFound] = ()
     covariate_error: str | None = None
+    # An acknowledgement read by the patient stage.
+    acknowledged: AckResult | None = None
 
     @property
     def urgent(self) -> bool:

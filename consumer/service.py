@@ -54,6 +54,7 @@ class Service(Lifecycle):
             return Built(topology, topics, pattern)
         extra = [states.topics.patients] if states.topics.repartition else []
         extra += [s.context_topic] if s.context_topic else []
+        extra += [s.ack_topic] if s.ack_topic else []
         if pattern and extra:
             pattern = "|".join([f"(?:{pattern})", *(re.escape(t) for t in extra)])
         return Built(topology, topics + extra, pattern, states.refresh_gauges)

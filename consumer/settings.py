@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     # Patient state (see README "Patient state").
     patient_state: bool = True
     context_topic: str | None = None  # the treatment-context topic (compacted, keyed by patient id)
+    # The acknowledgement topic (keyed by patient id): `tdm-alerts ack` writes it (README "Follow-ups").
+    ack_topic: str | None = None
+    # A critical or high page not acknowledged this long escalates (a critical follow-up event);
+    # unset: never. The hospital's escalation policy.
+    escalate_after_minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] | None = None
     # Read serum albumin and body weight results on the lab feed too, as the forecast's
     # covariates (README "Forecast of the next trough": what it costs).
     lab_covariates: bool = False
@@ -231,6 +236,8 @@ class Settings(BaseSettings):
             raise ValueError("TDM_BOOTSTRAP_SERVERS must name at least one broker")
         if not self.input_topics and not self.input_pattern:
             raise ValueError("set TDM_INPUT_TOPICS or TDM_INPUT_PATTERN")
+        if self.ack_topic and not self.patient_state:
+            raise ValueError("TDM_ACK_TOPIC needs TDM_PATIENT_STATE=true (an incident is kept per patient)")
         if self.context_topic and not self.patient_state:
             raise ValueError(
                 "TDM_CONTEXT_TOPIC needs TDM_PATIENT_STATE=true (the record is kept per patient)"
@@ -270,6 +277,7 @@ class Settings(BaseSettings):
             pair_window_hours=self.pair_window_hours,
             partner_keep_days=self.partner_keep_days,
             previous_levels=self.previous_levels,
+            escalate_after_minutes=self.escalate_after_minutes,
         )
 
     def kafka_security(self) -> dict[str, object]:

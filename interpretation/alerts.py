@@ -107,6 +107,29 @@ class Partner(Frozen):
     accession: str | None
 
 
+class Decision(StrEnum):
+    """What the clinician decided when acknowledging an incident (the decision on record)."""
+
+    DOSE_CHANGED = "dose_changed"
+    NO_CHANGE = "no_change"
+    SWITCHED = "switched"  # to another biologic
+    REPEAT_LEVEL = "repeat_level"
+    OTHER = "other"
+
+
+# A role, never a person's name: "pharmacist", "ibd-nurse", "gastroenterologist-on-call".
+Role = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
+
+
+class Acknowledged(Frozen):
+    """One acknowledgement of an incident: who (by role), when, and what was decided."""
+
+    by: Role
+    at: datetime
+    decision: Decision
+    via: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]  # cli, webhook, pagerduty
+
+
 class FollowUpNotice(Frozen):
     """What a follow-up event is about: the deadline, when it fired, and the incident it follows.
 
@@ -165,6 +188,8 @@ class Alert(Frozen):
     forecast: Forecast | Refused | None = None
     # A follow-up event's deadline (category follow_up; schema @3): fired by a tick, not a message.
     follow_up: FollowUpNotice | None = None
+    # On an acknowledgement's event: the incident's audit trail, oldest first (schema @3).
+    acknowledgements: tuple[Acknowledged, ...] = ()
     source: SourceRef
 
 

@@ -471,7 +471,7 @@ def correlate_result(
         return _as_new_patient(
             state, result, source, ruleset, rules=rules, override=given, error=type(err).__name__
         )
-    if read_at is None or not ruleset.follow_ups:
+    if read_at is None:
         return done
     try:
         after, resolved = follow_through(done.state, ruleset, read_at, rules)

@@ -15,6 +15,7 @@ import hashlib
 from datetime import datetime, timedelta
 
 from interpretation.alerts import (
+    Acknowledged,
     Action,
     Alert,
     Category,
@@ -31,7 +32,7 @@ from interpretation.patient_state import (
     PatientState,
     RememberedResult,
 )
-from interpretation.ruleset import FollowUpKind, FollowUpRule, RuleSet
+from interpretation.ruleset import Citation, FollowUpKind, FollowUpRule, RuleSet
 
 # A tick's events name no message: the clock is their cause.
 TICK = SourceRef()
@@ -56,6 +57,11 @@ def follow_through(
     `read_at` is when the service read the result (the wall clock, or a replay's own).
     Returns the new state and the resolve events of follow-ups that had fired and now end."""
     events: list[Alert] = []
+    if any(i.opened_at is None for i in state.incidents):
+        incidents = tuple(
+            i if i.opened_at else i.model_copy(update={"opened_at": read_at}) for i in state.incidents
+        )
+        state = state.model_copy(update={"incidents": incidents})
     open_incidents = {i.key for i in state.incidents}
     kept: list[FollowUp] = []
     for f in state.follow_ups:
@@ -63,39 +69,89 @@ def follow_through(
         if ended is None:
             kept.append(f)
         elif f.fired_at is not None:
-            events.append(_event(state.patient_id, f, ruleset, Action.RESOLVE, read_at, reason=ended))
+            events.append(
+                _event(state.patient_id, f, ruleset, rules, Action.RESOLVE, at=read_at, reason=ended)
+            )
+    followed = {(f.kind, f.follows) for f in kept}
     rule = ruleset.follow_up(FollowUpKind.ANTIBODIES_NOT_RESULTED)
     if rule is not None:
-        followed = {f.follows for f in kept}
         kept.extend(
             _opened(rule, incident, level, read_at)
             for incident in state.incidents
-            if incident.key not in followed and (level := _low_level_alone(state, incident)) is not None
+            if (rule.kind, incident.key) not in followed
+            and (level := _low_level_alone(state, incident)) is not None
+        )
+    if rules.escalate_after_minutes is not None:
+        kept.extend(
+            _escalation(rules.escalate_after_minutes, incident, described, read_at)
+            for incident in state.incidents
+            if (FollowUpKind.NOT_ACKNOWLEDGED, incident.key) not in followed
+            and incident.severity in _ESCALATED
+            and incident.category in _PAGES
+            and not incident.acknowledgements
+            and (described := _latest_result(state, incident.key)) is not None
         )
     kept = [_retimed(f, state, ruleset, read_at, rules) for f in kept]
-    if tuple(kept) == state.follow_ups:
-        return state, events
-    return state.model_copy(update={"follow_ups": tuple(kept)}), events
+    return with_follow_ups(state, kept), events
 
 
-def fire_due(state: PatientState, ruleset: RuleSet, now: datetime) -> tuple[PatientState, list[Alert]]:
+# The pages that escalate when nobody acknowledges them: a review or a follow-up is a ticket.
+_ESCALATED = (Severity.CRITICAL, Severity.HIGH)
+_PAGES = (Category.SUBTHERAPEUTIC_LEVEL, Category.ANTI_DRUG_ANTIBODIES)
+ESCALATION = "escalation"  # the rule id of a not-acknowledged follow-up (a setting, not a rule)
+
+
+def with_follow_ups(state: PatientState, follow_ups: list[FollowUp]) -> PatientState:
+    if tuple(follow_ups) == state.follow_ups:
+        return state
+    return state.model_copy(update={"follow_ups": tuple(follow_ups)})
+
+
+def _latest_result(state: PatientState, incident: str) -> RememberedResult | None:
+    return next((r for r in reversed(state.results) if r.incident_key == incident), None)
+
+
+def _escalation(
+    minutes: int, incident: OpenIncident, described: RememberedResult, read_at: datetime
+) -> FollowUp:
+    opened = incident.opened_at or read_at
+    return FollowUp(
+        rule_id=ESCALATION,
+        kind=FollowUpKind.NOT_ACKNOWLEDGED,
+        follows=incident.key,
+        key=_digest("follow-up", incident.key, ESCALATION),
+        level=described,
+        due=opened + timedelta(minutes=minutes),
+    )
+
+
+def fire_due(
+    state: PatientState, ruleset: RuleSet, now: datetime, rules: CorrelationRules
+) -> tuple[PatientState, list[Alert]]:
     """The follow-ups due by `now`, each fired once: marked in the state returned with its event.
 
-    A follow-up whose rule the rule set no longer has (turned off by the deployment) is dropped."""
+    A follow-up the deployment turned off since (its rule gone from the rule set, escalation
+    unset) is dropped."""
     events: list[Alert] = []
     kept: list[FollowUp] = []
     for f in state.follow_ups:
         if f.fired_at is not None or f.due > now:
             kept.append(f)
             continue
-        if _rule(ruleset, f) is None:
+        if not _still_on(f, ruleset, rules):
             continue
         fired = f.model_copy(update={"fired_at": now})
         kept.append(fired)
-        events.append(_event(state.patient_id, fired, ruleset, Action.TRIGGER, now))
+        events.append(_event(state.patient_id, fired, ruleset, rules, Action.TRIGGER, at=now))
     if tuple(kept) == state.follow_ups:
         return state, []
-    return state.model_copy(update={"follow_ups": tuple(kept)}), events
+    return with_follow_ups(state, kept), events
+
+
+def _still_on(f: FollowUp, ruleset: RuleSet, rules: CorrelationRules) -> bool:
+    if f.kind is FollowUpKind.NOT_ACKNOWLEDGED:
+        return rules.escalate_after_minutes is not None
+    return _rule(ruleset, f) is not None
 
 
 def _rule(ruleset: RuleSet, f: FollowUp) -> FollowUpRule | None:
@@ -142,6 +198,8 @@ def _opened(
 def _why_ended(f: FollowUp, state: PatientState, open_incidents: set[str]) -> str | None:
     if f.follows not in open_incidents:
         return "the incident it follows up has ended"
+    if f.kind is FollowUpKind.NOT_ACKNOWLEDGED:
+        return None  # only an acknowledgement ends it (`acknowledgement.acknowledge`)
     released = any(
         r.incident_key == f.follows
         and r.analyte is Analyte.ANTI_INFLIXIMAB_ANTIBODY
@@ -156,7 +214,7 @@ def _retimed(
 ) -> FollowUp:
     """A pending antibody result of the same draw moves the deadline to its least wait from now, once."""
     rule = _rule(ruleset, f)
-    if f.fired_at is not None or rule is None:
+    if f.fired_at is not None or rule is None or f.kind is not FollowUpKind.ANTIBODIES_NOT_RESULTED:
         return f
     window = timedelta(hours=rules.pair_window_hours)
     drawn = f.level.collected_at
@@ -178,56 +236,57 @@ def _event(
     patient_id: str,
     f: FollowUp,
     ruleset: RuleSet,
+    rules: CorrelationRules,
     action: Action,
-    at: datetime,
     *,
+    at: datetime,
     reason: str | None = None,
 ) -> Alert:
-    """The follow-up's own incident event, described by the level it follows."""
-    rule = _rule(ruleset, f)
-    level = f.level
-    shown = (
-        f"{level.comparator or ''}{level.value} {level.unit or ''}".rstrip()
-        if level.value is not None
-        else ""
-    )
-    said = f" of {shown}" if shown else ""
-    if action is Action.RESOLVE:
-        summary = f"Resolved: follow-up of a low infliximab trough{said}: {reason}."
+    """The follow-up's own incident event, described by the result it follows."""
+    fired = f.fired_at or at
+    citations: tuple[Citation, ...]
+    advice: str | None
+    if f.kind is FollowUpKind.NOT_ACKNOWLEDGED:
+        # Escalated: critical, so the notifier's critical routes (the escalation receiver) get it.
+        severity, citations, advice = Severity.CRITICAL, (), _ESCALATION_ADVICE
+        summary = (
+            f"Not acknowledged: an infliximab page has had no acknowledgement for "
+            f"{rules.escalate_after_minutes or 0} minutes."
+        )
     else:
+        rule = _rule(ruleset, f)
+        level = f.level
+        shown = (
+            f"{level.comparator or ''}{level.value} {level.unit or ''}".rstrip()
+            if level.value is not None
+            else ""
+        )
+        said = f" of {shown}" if shown else ""
+        # Something to do in working hours (check the test was run), routed to tickets like a
+        # review; the low level itself has paged already.
+        severity = Severity.LOW
+        citations = tuple(ruleset.citation(c) for c in rule.citations) if rule is not None else ()
+        advice = rule.text if rule is not None else None
         summary = (
             f"Follow-up: no anti-infliximab antibody result has arrived for the low infliximab trough{said}."
         )
-    fired = f.fired_at or at
-    return Alert(
+    if action is Action.RESOLVE:
+        summary = f"Resolved: {summary[0].lower()}{summary[1:-1]}; {reason}."
+        advice = None
+    return describing(
+        patient_id,
+        f.level,
+        ruleset,
         action=action,
-        incident_key=f.key,
+        incident=f.key,
         event_id=_digest("event", f.key, action.value, f.due.isoformat()),
-        resolve_reason=reason,
-        # Something to do in working hours (check the test was run), routed to tickets like a
-        # review; the low level itself has paged already.
-        severity=Severity.LOW,
         category=Category.FOLLOW_UP,
+        severity=severity,
         summary=summary,
-        analyte=level.analyte.value,
-        finding=level.finding,
-        pattern=None,
-        value=level.value,
-        comparator=level.comparator,
-        unit=level.unit,
-        decided_by=None,
-        target=None,
-        context=TreatmentContext(),
-        recommendation=rule.text if rule is not None and action is not Action.RESOLVE else None,
-        citations=tuple(ruleset.citation(c) for c in rule.citations) if rule is not None else (),
         rule_id=f.rule_id,
-        ruleset_version=ruleset.version,
-        result_status=level.status,
-        patient_id=patient_id,
-        accession=level.accession,
-        specimen_id=level.specimen_id,
-        result_id=None,
-        collected_at=level.collected_at,
+        recommendation=advice,
+        citations=citations,
+        resolve_reason=reason,
         follow_up=FollowUpNotice(
             kind=f.kind,
             follows_incident=f.follows,
@@ -235,5 +294,62 @@ def _event(
             fired_at=fired,
             late_seconds=max(int((fired - f.due).total_seconds()), 0),
         ),
+    )
+
+
+_ESCALATION_ADVICE = (
+    "Acknowledge the page with the decision taken (tdm-alerts ack, or the paging system), or hand it on."
+)
+
+
+def describing(
+    patient_id: str,
+    result: RememberedResult,
+    ruleset: RuleSet,
+    *,
+    action: Action,
+    incident: str,
+    event_id: str,
+    category: Category,
+    severity: Severity,
+    summary: str,
+    rule_id: str,
+    recommendation: str | None = None,
+    citations: tuple[Citation, ...] = (),
+    resolve_reason: str | None = None,
+    follow_up: FollowUpNotice | None = None,
+    acknowledgements: tuple[Acknowledged, ...] = (),
+) -> Alert:
+    """An event the clock or an acknowledgement publishes, described by a remembered result
+    (no message to read it from): what was measured, where, and the event's own fields."""
+    return Alert(
+        action=action,
+        incident_key=incident,
+        event_id=event_id,
+        resolve_reason=resolve_reason,
+        severity=severity,
+        category=category,
+        summary=summary,
+        analyte=result.analyte.value,
+        finding=result.finding,
+        pattern=None,
+        value=result.value,
+        comparator=result.comparator,
+        unit=result.unit,
+        decided_by=None,
+        target=None,
+        context=TreatmentContext(),
+        recommendation=recommendation,
+        citations=citations,
+        rule_id=rule_id,
+        ruleset_version=ruleset.version,
+        result_status=result.status,
+        patient_id=patient_id,
+        accession=result.accession,
+        specimen_id=result.specimen_id,
+        result_id=None,
+        collected_at=result.collected_at,
+        follow_up=follow_up,
+        acknowledgements=acknowledgements,
         source=TICK,
     )

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from interpretation.alerts import Category, Severity
+from interpretation.alerts import Acknowledged, Category, Severity
 from interpretation.findings import Analyte, AntibodyFinding, DrugLevelFinding, Pattern, Titre
 from interpretation.lab_result import Frozen, ResultStatus
 from interpretation.quantities import Comparator
@@ -31,6 +31,9 @@ class CorrelationRules(Frozen):
     # How many earlier levels an alert shows, and how many results are kept per patient.
     previous_levels: Annotated[int, Field(ge=0, le=20)] = 5
     max_results: Annotated[int, Field(ge=2, le=200)] = 30
+    # A critical or high page not acknowledged this long escalates (a follow-up of severity
+    # critical); None: never. The hospital's escalation policy, not a clinical threshold.
+    escalate_after_minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] | None = None
 
 
 class RememberedResult(Frozen):
@@ -58,6 +61,8 @@ class OpenIncident(Frozen):
     category: Category
     severity: Severity
     pattern: Pattern | None
+    opened_at: datetime | None = None  # when the service read the result that opened it
+    acknowledgements: tuple[Acknowledged, ...] = ()  # the audit trail, oldest first
 
 
 class FollowUp(Frozen):

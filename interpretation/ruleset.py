@@ -257,6 +257,9 @@ class FollowUpKind(StrEnum):
 
     # The antibody result the rule set asks for beside a low level (a reflex test, often days later).
     ANTIBODIES_NOT_RESULTED = "antibodies_not_resulted"
+    # A critical or high page nobody acknowledged (an operational setting, not a rule: see
+    # CorrelationRules.escalate_after_minutes).
+    NOT_ACKNOWLEDGED = "not_acknowledged"
 
 
 class FollowUpRule(Frozen):

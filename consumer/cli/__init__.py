@@ -1,4 +1,4 @@
-"""Command line: `tdm-alerts run | notify | status | interpret | rules | dlq | forget | alert-schema`.
+"""Command line: `tdm-alerts run | notify | status | interpret | rules | dlq | forget | ack | alert-schema`.
 
 Exit codes: 0 success; 1 some input could not be interpreted (`interpret`) or a fatal
 service error; 2 bad usage or configuration.
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from consumer.cli.ack import add_ack
 from consumer.cli.dlq import add_dlq
 from consumer.cli.interpret import add_interpret
 from consumer.cli.rules import add_rules
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_interpret(commands)
     add_rules(commands)
     add_dlq(commands)
+    add_ack(commands)
     schema = commands.add_parser("alert-schema", help="print the JSON schema of published alerts")
     schema.set_defaults(handler=cmd_alert_schema)
     return parser

@@ -109,7 +109,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
         ):
             print(json.dumps(line, default=str), flush=True)
     if clock is not None:
-        for line in clock.fire(patients, pipeline.ruleset, clock.now):
+        for line in clock.fire(patients, pipeline.ruleset, rules, clock.now):
             print(json.dumps(line, default=str), flush=True)
     return 1 if failures else 0
 
@@ -125,14 +125,16 @@ class _Clock:
         drawn = result.collected_at
         return self.now if drawn is None else min(drawn, self.now)
 
-    def fire(self, patients: dict[str, PatientState], ruleset: RuleSet, by: datetime) -> list[dict[str, Any]]:
+    def fire(
+        self, patients: dict[str, PatientState], ruleset: RuleSet, rules: CorrelationRules, by: datetime
+    ) -> list[dict[str, Any]]:
         """One line per follow-up event due by `by`, soonest first, each fired at its due time
         (a running service's tick is at most a second late)."""
         fired: list[tuple[datetime, str, Alert]] = []
         for patient_id, before in list(patients.items()):
             state = before
             while (due := state.next_due()) is not None and due <= by:
-                state, events = fire_due(state, ruleset, due)
+                state, events = fire_due(state, ruleset, due, rules)
                 fired.extend((due, patient_id, e) for e in events)
             patients[patient_id] = state
         fired.sort(key=lambda f: (f[0], f[1]))
@@ -168,7 +170,7 @@ def _lines(
         read_at = None
         if clock is not None:
             read_at = clock.read_at(item.result)
-            ticks += clock.fire(patients, pipeline.ruleset, read_at)
+            ticks += clock.fire(patients, pipeline.ruleset, rules, read_at)
         done = correlate_result(
             patients.get(patient),
             item.result,

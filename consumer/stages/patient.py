@@ -13,8 +13,9 @@ from consumer.clients.seam import ClientError, Record
 from consumer.dead_letters import DeadLetter, Reason, Stage
 from consumer.fatal import FatalError
 from consumer.patient_topic import Forget, TreatmentUpdate, read
-from consumer.pipeline import Outcome, Processed
+from consumer.pipeline import AckResult, Outcome, Processed
 from consumer.state.manager import PatientStates
+from interpretation.acknowledgement import Acknowledgement, AckOutcome
 
 
 class PatientStage:
@@ -34,6 +35,8 @@ class PatientStage:
             if isinstance(found, Forget):
                 states.forget(partition, found.patient_id)
                 return Processed(Outcome.SKIPPED)
+            if isinstance(found, Acknowledgement):
+                return acknowledged(states, partition, found)
             if isinstance(found, TreatmentUpdate):
                 patient_id = record.key.decode() if record.key else ""
                 states.record_treatment(partition, patient_id, found.record, replace=found.replace)
@@ -55,3 +58,28 @@ class PatientStage:
             seconds=took,
             interpret_seconds=took,
         )
+
+
+def acknowledged(states: PatientStates, partition: int, ack: Acknowledgement) -> Processed:
+    """An acknowledgement applied to its patient's incident; one for an incident the patient does
+    not have open changes nothing and is dead-lettered with that reason (the operator's answer)."""
+    began = time.perf_counter()
+    events, outcome, opened_at = states.acknowledge(partition, ack)
+    waited = (ack.at - opened_at).total_seconds() if opened_at is not None else None
+    result = AckResult(outcome, ack.decision, ack.by, waited)
+    took = time.perf_counter() - began
+    if outcome is AckOutcome.UNKNOWN_INCIDENT:
+        detail = "acknowledgement for an incident this patient does not have open; nothing was changed"
+        return Processed(
+            Outcome.DEAD_LETTERED,
+            dead_letter=DeadLetter(Reason.UNKNOWN_INCIDENT, Stage.INTERPRET, detail),
+            acknowledged=result,
+            seconds=took,
+        )
+    return Processed(
+        Outcome.ALERTED if events else Outcome.INTERPRETED,
+        alerts=events,
+        acknowledged=result,
+        seconds=took,
+        interpret_seconds=took,
+    )

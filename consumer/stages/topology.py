@@ -24,6 +24,7 @@ from consumer.loop.topology import Stage
 from consumer.outputs import CORRELATION_HEADER, Outputs
 from consumer.pipeline import Pipeline, Processed
 from consumer.settings import Settings
+from consumer.stages.acks import AcknowledgementStage
 from consumer.stages.context import TreatmentContextStage
 from consumer.stages.intake import ForwardingIntake, Intake, KeyedIntake
 from consumer.stages.patient import PatientStage
@@ -168,4 +169,6 @@ def build_topology(
     if settings.context_topic:
         context = TreatmentContextStage(recognition, states, delivery, forward_to)
         stages[settings.context_topic] = publishing(context)
+    if settings.ack_topic:
+        stages[settings.ack_topic] = publishing(AcknowledgementStage(states, delivery, forward_to))
     return TdmTopology(stages, publishing(intake), accounting, states=states, gate=gate, outputs=outputs)

@@ -26,6 +26,7 @@ from consumer.settings import Settings
 from consumer.state.store import Entry, PartitionStore, StoreError, StoreUnwritable, record_digest
 from consumer.state.topics import StateTopics
 from interpretation import Alert, LabResult, RuleSet, SourceRef
+from interpretation.acknowledgement import Acknowledgement, AckOutcome, acknowledge
 from interpretation.correlation import Correlated, correlate_result, record_treatment
 from interpretation.follow_ups import fire_due
 from interpretation.patient_state import PatientState
@@ -85,6 +86,7 @@ class PatientStates:
         self.topics_read: frozenset[str] = frozenset(
             {topics.patients}
             | ({settings.context_topic} if settings.context_topic and not topics.repartition else set())
+            | ({settings.ack_topic} if settings.ack_topic and not topics.repartition else set())
         )
         self.root = Path(settings.state_dir) / topics.changelog
         self.stores: dict[int, PartitionStore] = {}
@@ -255,6 +257,19 @@ class PatientStates:
         return done
 
     @_store_failures_fatal
+    def acknowledge(
+        self, partition: int, ack: Acknowledgement
+    ) -> tuple[list[Alert], AckOutcome, datetime | None]:
+        """An acknowledgement applied to the patient's state: its events, what became of it, and
+        when the incident it names was opened (for the time to acknowledge)."""
+        state = self._read(partition, ack.patient_id)
+        incident = state.incident(ack.incident_key) if state is not None else None
+        new, events, outcome = acknowledge(state, ack, self.ruleset)
+        if new != state:
+            self._write(partition, ack.patient_id, new)
+        return events, outcome, incident.opened_at if incident is not None else None
+
+    @_store_failures_fatal
     def forget(self, partition: int, patient_id: str) -> None:
         """Remove a patient's state (a data-protection request): local store and changelog tombstone."""
         if partition in self.stores and patient_id:
@@ -292,7 +307,7 @@ class PatientStates:
     def follow_ups_due(self, now: float) -> bool:
         """A follow-up is due in a restored partition (looked up in the deadlines' index at most
         every TICK_S: a turn of an idle loop costs nothing, a tick never reads every patient)."""
-        if not self.ruleset.follow_ups or now < self._tick_at:
+        if now < self._tick_at:
             return False
         self._tick_at = now + TICK_S
         soonest = [
@@ -316,7 +331,7 @@ class PatientStates:
                 state = self._read(partition, patient_id)
                 if state is None:
                     continue
-                new, events = fire_due(state, self.ruleset, when)
+                new, events = fire_due(state, self.ruleset, when, self.rules)
                 if new != state:
                     self._write(partition, patient_id, new)
                 fired.extend((partition, event) for event in events)

@@ -17,7 +17,7 @@ from interpretation import LabResult, SourceRef
 from interpretation.alerts import Action, Category, Severity
 from interpretation.correlation import correlate_result
 from interpretation.follow_ups import fire_due
-from interpretation.patient_state import PatientState
+from interpretation.patient_state import CorrelationRules, PatientState
 from interpretation.ruleset import FollowUpKind, parse_ruleset
 from tests.unit.helpers import RULES
 
@@ -27,6 +27,13 @@ RULE = RULES.follow_up(FollowUpKind.ANTIBODIES_NOT_RESULTED)
 assert RULE is not None
 DUE_AFTER = timedelta(hours=float(RULE.due_after_hours))
 LEAST_WAIT = timedelta(hours=float(RULE.least_wait_hours))
+
+
+OFF = CorrelationRules()  # no escalation
+
+
+def fire(state: PatientState, ruleset=RULES, now: datetime = DRAWN, rules: CorrelationRules = OFF):
+    return fire_due(state, ruleset, now, rules)
 
 
 def level(value: str = "1.8", *, status: str = "final", **ids: Any) -> LabResult:
@@ -63,9 +70,9 @@ def test_a_level_read_late_gets_the_shortest_turnaround_from_when_it_was_read():
 def test_it_fires_once_at_its_due_time_as_a_low_severity_follow_up_incident():
     state, _ = read(None, level(), DRAWN)
     due = state.follow_ups[0].due
-    early, events = fire_due(state, RULES, due - timedelta(seconds=1))
+    early, events = fire(state, RULES, due - timedelta(seconds=1))
     assert events == [] and early == state
-    fired, events = fire_due(state, RULES, due + timedelta(seconds=30))
+    fired, events = fire(state, RULES, due + timedelta(seconds=30))
     (event,) = events
     assert (event.action, event.category, event.severity) == (
         Action.TRIGGER,
@@ -80,14 +87,14 @@ def test_it_fires_once_at_its_due_time_as_a_low_severity_follow_up_incident():
     assert {c.id for c in event.citations} == set(RULE.citations)
     assert "PT-1" not in event.summary and "SPM-1" not in event.summary
     assert fired.next_due() is None  # fired: nothing more waits
-    again, more = fire_due(fired, RULES, due + timedelta(days=5))
+    again, more = fire(fired, RULES, due + timedelta(days=5))
     assert more == [] and again == fired
 
 
 def test_after_downtime_it_fires_late_and_says_how_late():
     state, _ = read(None, level(), DRAWN)
     due = state.follow_ups[0].due
-    _, (event,) = fire_due(state, RULES, due + timedelta(minutes=10))
+    _, (event,) = fire(state, RULES, due + timedelta(minutes=10))
     assert event.follow_up is not None and event.follow_up.late_seconds == 600
 
 
@@ -95,8 +102,8 @@ def test_the_same_deadline_fires_the_same_event_id_on_any_instance():
     """A takeover that fires again what an aborted transaction fired must give the same event."""
     state, _ = read(None, level(), DRAWN)
     due = state.follow_ups[0].due
-    _, (one,) = fire_due(state, RULES, due)
-    _, (other,) = fire_due(state, RULES, due + timedelta(seconds=3))
+    _, (one,) = fire(state, RULES, due)
+    _, (other,) = fire(state, RULES, due + timedelta(seconds=3))
     assert one.event_id == other.event_id and one.incident_key == other.incident_key
 
 
@@ -110,7 +117,7 @@ def test_antibodies_resulted_in_time_end_the_follow_up_without_a_word():
 def test_antibodies_resulted_after_it_fired_resolve_the_follow_up_incident():
     state, _ = read(None, level(), DRAWN)
     due = state.follow_ups[0].due
-    state, (fired,) = fire_due(state, RULES, due)
+    state, (fired,) = fire(state, RULES, due)
     state, events = read(state, antibodies("180", accession="ACC-REFLEX"), due + timedelta(days=1))
     follow = [e for e in events if e.category is Category.FOLLOW_UP]
     assert [(e.action, e.incident_key) for e in follow] == [(Action.RESOLVE, fired.incident_key)]
@@ -125,7 +132,7 @@ def test_antibodies_resulted_after_it_fired_resolve_the_follow_up_incident():
 def test_a_level_corrected_into_range_ends_its_follow_up():
     state, _ = read(None, level(), DRAWN)
     due = state.follow_ups[0].due
-    state, _ = fire_due(state, RULES, due)
+    state, _ = fire(state, RULES, due)
     state, events = read(state, level("5.2", status="corrected"), due + timedelta(hours=2))
     assert state.follow_ups == ()
     resolved = [e for e in events if e.category is Category.FOLLOW_UP]
@@ -166,7 +173,7 @@ def test_without_a_clock_or_without_the_rule_nothing_is_scheduled():
 def test_a_rule_the_deployment_turned_off_drops_its_waiting_follow_ups_silently():
     state, _ = read(None, level(), DRAWN)
     without = RULES.model_copy(update={"follow_ups": ()})
-    after, events = fire_due(state, without, DRAWN + DUE_AFTER + timedelta(days=1))
+    after, events = fire(state, without, DRAWN + DUE_AFTER + timedelta(days=1))
     assert events == [] and after.follow_ups == () and after.next_due() is None
 
 

@@ -1,0 +1,149 @@
+"""Escalation and acknowledgement (issue 39): a page nobody acknowledges escalates; an
+acknowledgement stops that, puts the decision on record and ends what the decision makes moot."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from interpretation import LabResult, SourceRef
+from interpretation.acknowledgement import Acknowledgement, AckOutcome, acknowledge
+from interpretation.alerts import Action, Category, Decision, Severity
+from interpretation.correlation import correlate_result
+from interpretation.follow_ups import fire_due
+from interpretation.patient_state import CorrelationRules, PatientState
+from interpretation.ruleset import FollowUpKind
+from tests.unit.helpers import RULES
+
+DRAWN = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+READ = DRAWN + timedelta(hours=6)
+HERE = SourceRef(topic="lab.results", partition=0, offset=1)
+ESCALATING = CorrelationRules(escalate_after_minutes=30)
+
+
+def result(code: str, value: str, unit: str, **extra: object) -> LabResult:
+    fields = {"accession": "ACC-1", "specimen_id": "SPM-1", "collected_at": DRAWN, **extra}
+    return LabResult(patient_id="PT-1", code=code, value=value, unit=unit, status="final", **fields)
+
+
+def paged(rules: CorrelationRules = ESCALATING, value: str = "1.8") -> PatientState:
+    done = correlate_result(None, result("39803-2", value, "ug/mL"), HERE, RULES, rules=rules, read_at=READ)
+    assert done is not None
+    return done.state
+
+
+def ack(state: PatientState, decision: Decision = Decision.DOSE_CHANGED, *, key: str | None = None, **extra):
+    return Acknowledgement(
+        ack_id=str(extra.pop("ack_id", "A-1")),
+        incident_key=key or state.incidents[0].key,
+        patient_id="PT-1",
+        decision=decision,
+        by=str(extra.pop("by", "pharmacist")),
+        at=extra.pop("at", READ + timedelta(minutes=10)),  # type: ignore[arg-type]
+    )
+
+
+def test_a_page_nobody_acknowledges_escalates_once_at_the_set_time_as_critical():
+    state = paged()
+    (escalation,) = [f for f in state.follow_ups if f.kind is FollowUpKind.NOT_ACKNOWLEDGED]
+    assert escalation.due == READ + timedelta(minutes=30)
+    assert state.incidents[0].opened_at == READ
+    state, events = fire_due(state, RULES, escalation.due + timedelta(seconds=1), ESCALATING)
+    (event,) = events
+    assert (event.category, event.severity, event.action) == (
+        Category.FOLLOW_UP,
+        Severity.CRITICAL,
+        Action.TRIGGER,
+    )
+    assert event.follow_up is not None and event.follow_up.kind is FollowUpKind.NOT_ACKNOWLEDGED
+    assert "30 minutes" in event.summary
+    _, again = fire_due(state, RULES, escalation.due + timedelta(hours=1), ESCALATING)
+    assert again == []
+
+
+def test_without_the_setting_nothing_escalates():
+    state = paged(CorrelationRules())
+    assert not [f for f in state.follow_ups if f.kind is FollowUpKind.NOT_ACKNOWLEDGED]
+
+
+def test_an_acknowledgement_in_time_stops_the_escalation_and_puts_the_decision_on_record():
+    state = paged()
+    after, events, outcome = acknowledge(state, ack(state), RULES)
+    assert outcome is AckOutcome.APPLIED and after is not None
+    assert not [f for f in after.follow_ups if f.kind is FollowUpKind.NOT_ACKNOWLEDGED]
+    (update,) = events
+    assert (update.action, update.incident_key) == (Action.UPDATE, state.incidents[0].key)
+    (entry,) = update.acknowledgements
+    assert (entry.by, entry.decision, entry.via) == ("pharmacist", Decision.DOSE_CHANGED, "cli")
+    assert after.incidents[0].acknowledgements == (entry,)
+    # A dose decided: the antibody follow-up that asked for them before deciding is moot.
+    assert after.follow_ups == ()
+    _, fired = fire_due(after, RULES, READ + timedelta(days=30), ESCALATING)
+    assert fired == []
+
+
+def test_a_repeat_level_decision_keeps_waiting_for_the_antibodies():
+    state = paged()
+    after, _, _ = acknowledge(state, ack(state, Decision.REPEAT_LEVEL), RULES)
+    assert after is not None
+    assert [f.kind for f in after.follow_ups] == [FollowUpKind.ANTIBODIES_NOT_RESULTED]
+
+
+def test_an_acknowledgement_after_the_escalation_resolves_it():
+    state = paged()
+    due = next(f.due for f in state.follow_ups if f.kind is FollowUpKind.NOT_ACKNOWLEDGED)
+    state, (escalated,) = fire_due(state, RULES, due, ESCALATING)
+    after, events, _ = acknowledge(
+        state, ack(state, Decision.NO_CHANGE, at=due + timedelta(minutes=5)), RULES
+    )
+    assert after is not None
+    resolved = [e for e in events if e.action is Action.RESOLVE]
+    assert [e.incident_key for e in resolved] == [escalated.incident_key]
+
+
+def test_acknowledging_the_escalation_itself_acknowledges_the_page():
+    state = paged()
+    due = next(f.due for f in state.follow_ups if f.kind is FollowUpKind.NOT_ACKNOWLEDGED)
+    state, (escalated,) = fire_due(state, RULES, due, ESCALATING)
+    after, events, outcome = acknowledge(state, ack(state, key=escalated.incident_key), RULES)
+    assert outcome is AckOutcome.APPLIED and after is not None
+    assert after.incidents[0].acknowledgements  # the page it escalated is acknowledged
+    assert {(e.action, e.incident_key) for e in events} >= {
+        (Action.RESOLVE, escalated.incident_key),
+        (Action.UPDATE, state.incidents[0].key),
+    }
+
+
+def test_the_same_acknowledgement_again_changes_nothing():
+    state = paged()
+    once, _, _ = acknowledge(state, ack(state), RULES)
+    assert once is not None
+    twice, events, outcome = acknowledge(once, ack(state), RULES)
+    assert (outcome, events, twice) == (AckOutcome.REPEATED, [], once)
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["closed-incident", "no-state"])
+def test_an_acknowledgement_for_an_incident_the_patient_does_not_have_open_changes_nothing(known: bool):
+    state = paged() if known else None
+    other = "f" * 32
+    acked = Acknowledgement(
+        ack_id="A-9", incident_key=other, patient_id="PT-1", decision=Decision.OTHER, by="nurse", at=READ
+    )
+    after, events, outcome = acknowledge(state, acked, RULES)
+    assert (outcome, events, after) == (AckOutcome.UNKNOWN_INCIDENT, [], state)
+
+
+def test_a_role_is_not_a_name():
+    with pytest.raises(ValueError, match="by"):
+        Acknowledgement(
+            ack_id="A", incident_key="a" * 32, patient_id="P", decision="other", by="Dr Jane Smith", at=READ
+        )
+
+
+def test_a_review_ticket_never_escalates():
+    done = correlate_result(
+        None, result("39803-2", "see note", "ug/mL"), HERE, RULES, rules=ESCALATING, read_at=READ
+    )
+    assert done is not None and done.state.incidents[0].category is Category.REVIEW
+    assert done.state.follow_ups == ()
