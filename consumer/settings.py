@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     ack_topic: str | None = None
     # A critical or high page not acknowledged this long escalates (a critical follow-up event);
     # unset: never. The hospital's escalation policy.
-    escalate_after_minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] | None = None
+    escalate_after_minutes: Annotated[float, Field(gt=0, le=7 * 24 * 60)] | None = None
     # Read serum albumin and body weight results on the lab feed too, as the forecast's
     # covariates (README "Forecast of the next trough": what it costs).
     lab_covariates: bool = False

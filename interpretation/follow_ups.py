@@ -112,7 +112,7 @@ def _latest_result(state: PatientState, incident: str) -> RememberedResult | Non
 
 
 def _escalation(
-    minutes: int, incident: OpenIncident, described: RememberedResult, read_at: datetime
+    minutes: float, incident: OpenIncident, described: RememberedResult, read_at: datetime
 ) -> FollowUp:
     opened = incident.opened_at or read_at
     return FollowUp(
@@ -251,7 +251,7 @@ def _event(
         severity, citations, advice = Severity.CRITICAL, (), _ESCALATION_ADVICE
         summary = (
             f"Not acknowledged: an infliximab page has had no acknowledgement for "
-            f"{rules.escalate_after_minutes or 0} minutes."
+            f"{rules.escalate_after_minutes or 0:g} minutes."
         )
     else:
         rule = _rule(ruleset, f)

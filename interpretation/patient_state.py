@@ -33,7 +33,7 @@ class CorrelationRules(Frozen):
     max_results: Annotated[int, Field(ge=2, le=200)] = 30
     # A critical or high page not acknowledged this long escalates (a follow-up of severity
     # critical); None: never. The hospital's escalation policy, not a clinical threshold.
-    escalate_after_minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] | None = None
+    escalate_after_minutes: Annotated[float, Field(gt=0, le=7 * 24 * 60)] | None = None
 
 
 class RememberedResult(Frozen):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import metric_total, metrics_port, produce, scrape
+from tests.conftest import metric_total, metrics_port, produce, read_topic, run_cli, scrape
 from tests.integration.test_exactly_once import SERVICE, AlertReader, wait_for_log
 from tests.integration.test_patient_state import antibodies, level, message
 
@@ -197,3 +197,83 @@ def test_a_follow_up_moves_with_its_partition_and_fires_once_on_the_new_owner(
         assert staying.stop() == 0
     finally:
         reader.close()
+
+
+def _ack_topic(bootstrap: str, topics: dict[str, str]) -> str:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    name = f"{topics['input']}.acks"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, 3, 1)])
+    finally:
+        admin.close()
+    return name
+
+
+def test_an_acknowledgement_by_the_cli_stops_the_escalation_and_an_unknown_one_changes_nothing(
+    kafka_bootstrap, topics, start_service, service_env
+):
+    """Two pages: one acknowledged in time (no escalation, the decision on record), one not
+    (escalated once, critical); an acknowledgement of an incident nobody has is dead-lettered."""
+    acks = _ack_topic(kafka_bootstrap, topics)
+    escalate_s = 9.0
+    env = {"TDM_ACK_TOPIC": acks, "TDM_ESCALATE_AFTER_MINUTES": f"{escalate_s / 60:.4f}", **SERVICE}
+    answered, ignored = f"ACK-{uuid.uuid4().hex[:6]}", f"ESC-{uuid.uuid4().hex[:6]}"
+    service = start_service(**env)
+    reader = AlertReader(kafka_bootstrap, topics["alerts"])
+    try:
+        _levels(topics["input"], kafka_bootstrap, [answered, ignored])
+        reader.wait_for(2, timeout_s=60, while_alive=[service])
+        paged = time.monotonic()
+        page = {str(a["patient_id"]): a for a in reader.alerts}
+        cli_env = {**service_env, **env}
+        run_cli(
+            cli_env,
+            "ack",
+            str(page[answered]["incident_key"]),
+            "--patient",
+            answered,
+            "--decision",
+            "dose_changed",
+            "--by",
+            "pharmacist",
+            "--note",
+            "Spoke to the IBD nurse",
+        )
+        run_cli(cli_env, "ack", "f" * 32, "--patient", answered, "--decision", "other", "--by", "pharmacist")
+        reader.wait_for(3, timeout_s=60, while_alive=[service])
+        _wait_follow_ups(reader, 1, 60, [service])
+        reader.settle(max(escalate_s + 3 - (time.monotonic() - paged), 3.0))
+        by_patient: dict[str, list[dict[str, object]]] = {}
+        for alert in reader.alerts:
+            by_patient.setdefault(str(alert["patient_id"]), []).append(alert)
+        acked = [a for a in by_patient[answered] if a["acknowledgements"]]
+        assert [(a["action"], a["incident_key"]) for a in acked] == [
+            ("update", page[answered]["incident_key"])
+        ]
+        (entry,) = acked[0]["acknowledgements"]  # type: ignore[misc]
+        assert (entry["by"], entry["decision"], entry["via"]) == ("pharmacist", "dose_changed", "cli")
+        assert "Spoke" not in json.dumps(reader.alerts) and "Spoke" not in service.log_text()
+        assert not [a for a in by_patient[answered] if a["category"] == "follow_up"]
+        (escalated,) = [a for a in by_patient[ignored] if a["category"] == "follow_up"]
+        assert escalated["severity"] == "critical"
+        assert escalated["follow_up"]["kind"] == "not_acknowledged"  # type: ignore[index]
+        assert escalated["follow_up"]["follows_incident"] == page[ignored]["incident_key"]  # type: ignore[index]
+        (dead,) = read_topic(kafka_bootstrap, topics["dlq"], 1, timeout_s=30)
+        headers = dict(dead.headers)  # type: ignore[attr-defined]
+        assert any(k.endswith("reason") and v == b"unknown_incident" for k, v in headers.items())
+        log = service.log_text()
+        assert '"acknowledgement applied"' in log and "nothing changed" in log
+        assert answered not in log and ignored not in log
+        text = scrape(metrics_port(log))
+        assert (
+            metric_total(text, "tdm_acknowledgements_total", outcome="applied", decision="dose_changed") == 1
+        )
+        assert (
+            metric_total(text, "tdm_acknowledgements_total", outcome="unknown_incident", decision="other")
+            == 1
+        )
+    finally:
+        reader.close()
+    assert service.stop() == 0
