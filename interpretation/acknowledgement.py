@@ -19,9 +19,10 @@ from typing import Annotated
 from pydantic import Field
 
 from interpretation.alerts import Acknowledged, Action, Alert, Category, Decision, Role, Severity
-from interpretation.follow_ups import describing, with_follow_ups
+from interpretation.findings import Analyte
+from interpretation.follow_ups import WAITED_FOR, describing, with_follow_ups
 from interpretation.lab_result import Frozen
-from interpretation.patient_state import FollowUp, PatientState
+from interpretation.patient_state import FollowUp, PatientState, RememberedResult
 from interpretation.ruleset import FollowUpKind, RuleSet
 
 # The audit trail an incident keeps (its state is bounded like the rest of the patient's).
@@ -99,12 +100,25 @@ def acknowledge(
                 event_id=event_id,
                 category=incident.category,
                 severity=incident.severity,
-                summary=f"Acknowledged by the {ack.by.replace('-', ' ')}: {said}.",
+                summary=f"{_described(described)}; acknowledged by the {ack.by.replace('-', ' ')}: {said}.",
                 rule_id="acknowledgement",
                 acknowledgements=trail,
             ),
         )
     return state, events, AckOutcome.APPLIED
+
+
+def _described(result: RememberedResult) -> str:
+    """The incident's latest result in a few words (no identifiers), as the page's summary began."""
+    shown = (
+        f" {result.comparator or ''}{result.value} {result.unit or ''}".rstrip()
+        if result.value is not None
+        else ""
+    )
+    if result.analyte is Analyte.INFLIXIMAB:
+        return f"Infliximab trough{shown} ({result.finding.value.replace('_', ' ')})"
+    said = result.finding.value.replace("antibodies_", "").replace("_", " ")
+    return f"Anti-infliximab antibodies {said}{shown}"
 
 
 def _ended_by(f: FollowUp, decision: Decision) -> bool:
@@ -124,7 +138,7 @@ def _follow_up_resolved(patient_id: str, f: FollowUp, ruleset: RuleSet, ack: Ack
         event_id=_digest("event", f.key, Action.RESOLVE.value, f.due.isoformat()),
         category=Category.FOLLOW_UP,
         severity=_severity(f),
-        summary=f"Resolved: follow-up {f.kind.value.replace('_', ' ')}; {reason}.",
+        summary=f"Resolved: {WAITED_FOR[f.kind]}; {reason}.",
         rule_id=f.rule_id,
         resolve_reason=reason,
     )

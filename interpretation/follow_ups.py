@@ -251,7 +251,7 @@ def _event(
         severity, citations, advice = Severity.CRITICAL, (), _ESCALATION_ADVICE
         summary = (
             f"Not acknowledged: an infliximab page has had no acknowledgement for "
-            f"{rules.escalate_after_minutes or 0:g} minutes."
+            f"{_duration(rules.escalate_after_minutes or 0)}."
         )
     else:
         rule = _rule(ruleset, f)
@@ -271,7 +271,7 @@ def _event(
             f"Follow-up: no anti-infliximab antibody result has arrived for the low infliximab trough{said}."
         )
     if action is Action.RESOLVE:
-        summary = f"Resolved: {summary[0].lower()}{summary[1:-1]}; {reason}."
+        summary = f"Resolved: {WAITED_FOR[f.kind]}; {reason}."
         advice = None
     return describing(
         patient_id,
@@ -295,6 +295,19 @@ def _event(
             late_seconds=max(int((fired - f.due).total_seconds()), 0),
         ),
     )
+
+
+# What a resolved follow-up was, in its resolve event's summary.
+WAITED_FOR = {
+    FollowUpKind.ANTIBODIES_NOT_RESULTED: "the wait for the antibody result of a low infliximab trough",
+    FollowUpKind.NOT_ACKNOWLEDGED: "the escalation of an unacknowledged infliximab page",
+}
+
+
+def _duration(minutes: float) -> str:
+    if minutes < 1:
+        return f"{minutes * 60:g} seconds"
+    return f"{minutes:g} minutes" if minutes < 120 else f"{minutes / 60:g} hours"
 
 
 _ESCALATION_ADVICE = (

@@ -27,6 +27,10 @@ BROKER = REPO / "ops" / "kafka" / "local-broker"
 WORK = REPO / ".cache" / "demo"
 FEED = REPO / "tests" / "data" / "sample-feed.jsonl"
 INPUT, ALERTS, DLQ = "lab.results", "lab.alerts", "lab.results.dlq"
+ACKS = "lab.acks"
+# The demo's clock: follow-ups and escalation in seconds (the rule set's antibody wait is days,
+# and escalation is off unless TDM_ESCALATE_AFTER_MINUTES is set).
+FOLLOW_UP_S, ESCALATE_S = 20, 15
 UNDELIVERED = "lab.alerts.undelivered"
 ALERTMANAGER_CONFIG = """\
 # The demo's Alertmanager: it holds the pages; a real one routes them to the on-call.
@@ -110,6 +114,81 @@ def wait_consumed(
         raise RuntimeError(f"only {done:.0f} of {count} messages of {topic} processed in 60 s; see {log}")
 
 
+def short_follow_ups() -> Path:
+    """The default rule set with the antibody follow-up due in seconds, for the demo's clock."""
+    path = WORK / "ruleset-demo.json"
+    hours = f"{FOLLOW_UP_S / 3600:.6f}"
+    rule = {
+        "id": "antibodies-after-low-level",
+        "kind": "antibodies_not_resulted",
+        "due_after_hours": hours,
+        "least_wait_hours": hours,
+        "text": "No anti-infliximab antibody result has arrived for this low trough: check that the "
+        "antibody test was run (demo: due in seconds, the packaged rule waits 4-10 days).",
+        "citations": ["umich-infxr-turnaround", "bsg-2019"],
+    }
+    path.write_text(json.dumps({"extends": "default", "version": "demo-follow-ups", "follow_ups": [rule]}))
+    return path
+
+
+def follow_ups(env: dict[str, str], bootstrap: str, pages: list) -> None:
+    """Nothing more arrives: the service's clock fires the follow-ups (a page nobody acknowledged,
+    a low level whose antibodies never came); one page is acknowledged in time, one after."""
+    events = [json.loads(r.value) for r in pages]
+    opened = [e for e in events if e["action"] == "trigger" and e["severity"] in ("critical", "high")]
+    print(
+        f"\n== follow-ups (demo clock: escalation after {ESCALATE_S} s without acknowledgement, "
+        f"antibodies expected within {FOLLOW_UP_S} s of a low level)"
+    )
+    if opened:
+        first = opened[0]
+        ack(env, first["incident_key"], first["patient_id"], "repeat_level")
+    time.sleep(max(ESCALATE_S, FOLLOW_UP_S) + 5)  # every deadline of the feed has passed
+    seen = {e["event_id"] for e in events}
+    fired = [e for r in read_all(bootstrap, ALERTS) if (e := json.loads(r.value))["event_id"] not in seen]
+    for event in fired:
+        show(event)
+    escalated = [e for e in fired if (e.get("follow_up") or {}).get("kind") == "not_acknowledged"]
+    if not escalated:
+        raise RuntimeError("no page was escalated: the service's clock did not fire")
+    late = escalated[0]
+    print("   the escalation acknowledged late, by its own incident key:")
+    ack(env, late["incident_key"], late["patient_id"], "dose_changed")
+    time.sleep(3)
+    seen |= {e["event_id"] for e in fired}
+    after = [e for r in read_all(bootstrap, ALERTS) if (e := json.loads(r.value))["event_id"] not in seen]
+    for event in after:
+        show(event)
+
+
+def show(event: dict) -> None:
+    trail = ", ".join(f"{a['by']} {a['decision']}" for a in event.get("acknowledgements") or [])
+    late = (event.get("follow_up") or {}).get("late_seconds")
+    print(
+        f"  [{event['severity']:8}] {event['action']:8} {event['category']:21} "
+        f"patient={event['patient_id']} incident={event['incident_key'][:8]}"
+        + (f"  audit trail: {trail}" if trail else "")
+        + (f"  late {late} s" if late is not None and event["action"] == "trigger" else "")
+    )
+    print(f"             {event['summary']}")
+
+
+def ack(env: dict[str, str], incident: str, patient: str, decision: str) -> None:
+    command = ["ack", incident, "--patient", patient, "--decision", decision, "--by", "pharmacist"]
+    print(f"$ tdm-alerts {' '.join(command)}")
+    done = subprocess.run(
+        [sys.executable, "-m", "consumer", *command],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"tdm-alerts ack failed: {done.stderr.strip()}")
+    print("  " + done.stdout.strip())
+
+
 def main() -> int:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
@@ -129,10 +208,11 @@ def main() -> int:
             NewTopic(ALERTS, 3, 1),
             NewTopic(DLQ, 1, 1),
             NewTopic(UNDELIVERED, 1, 1),
+            NewTopic(ACKS, 3, 1),
         ]
         admin.create_topics(topics)
         admin.close()
-        print(f"   broker {bootstrap}; topics {INPUT}, {ALERTS}, {DLQ}, {UNDELIVERED}")
+        print(f"   broker {bootstrap}; topics {INPUT}, {ALERTS}, {DLQ}, {UNDELIVERED}, {ACKS}")
 
         port = free_port(int(os.environ.get("TDM_METRICS_PORT", "9108")))
         metrics_url = f"http://127.0.0.1:{port}/metrics"
@@ -142,6 +222,9 @@ def main() -> int:
             "TDM_METRICS_PORT": str(port),
             "TDM_LOG_FORMAT": "json",
             "TDM_STATE_DIR": str(WORK / "state"),
+            "TDM_ACK_TOPIC": ACKS,
+            "TDM_ESCALATE_AFTER_MINUTES": str(ESCALATE_S / 60),
+            "TDM_RULESET": str(short_follow_ups()),
         }
         log_path = WORK / "service.log"
         print(f"== starting tdm-alerts run (log: {log_path.relative_to(REPO)})")
@@ -186,6 +269,9 @@ def main() -> int:
                 f"  offset {headers['tdm.dlq.source.offset']:>3}: {headers['tdm.dlq.reason']}: "
                 f"{headers['tdm.dlq.error']}"
             )
+
+        follow_ups(env, bootstrap, alerts)
+        alerts = read_all(bootstrap, ALERTS)  # with the follow-ups and acknowledgements
 
         am_port = free_port(9093)
         am_url = f"http://127.0.0.1:{am_port}"

@@ -74,6 +74,10 @@ def test_an_acknowledgement_in_time_stops_the_escalation_and_puts_the_decision_o
     assert not [f for f in after.follow_ups if f.kind is FollowUpKind.NOT_ACKNOWLEDGED]
     (update,) = events
     assert (update.action, update.incident_key) == (Action.UPDATE, state.incidents[0].key)
+    assert (
+        update.summary
+        == "Infliximab trough 1.8 ug/mL (subtherapeutic); acknowledged by the pharmacist: dose changed."
+    )
     (entry,) = update.acknowledgements
     assert (entry.by, entry.decision, entry.via) == ("pharmacist", Decision.DOSE_CHANGED, "cli")
     assert after.incidents[0].acknowledgements == (entry,)
