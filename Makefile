@@ -32,6 +32,7 @@ demo: $(STAMP) .cache/kafka/.fetched .cache/prometheus.installed
 bench: $(STAMP) .venv/.bench-installed .cache/kafka/.fetched
 	$(BIN)/python ops/bench/run.py
 	$(BIN)/python ops/bench/forecast_check.py
+	$(BIN)/python ops/bench/follow_up_check.py
 
 .venv/.bench-installed: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from interpretation.alerts import Acknowledged, Action, Alert, Category, Decision, Role, Severity
 from interpretation.findings import Analyte
-from interpretation.follow_ups import WAITED_FOR, describing, with_follow_ups
+from interpretation.follow_ups import WAITED_FOR, described_by, describing, with_follow_ups
 from interpretation.lab_result import Frozen
 from interpretation.patient_state import FollowUp, PatientState, RememberedResult
 from interpretation.ruleset import FollowUpKind, RuleSet
@@ -84,7 +84,7 @@ def acknowledge(
         if f.follows != incident.key or not _ended_by(f, ack.decision):
             kept.append(f)
         elif f.fired_at is not None:
-            events.append(_follow_up_resolved(state.patient_id, f, ruleset, ack))
+            events.append(_follow_up_resolved(state, f, ruleset, ack))
     state = with_follow_ups(state, kept)
     described = next((r for r in reversed(state.results) if r.incident_key == incident.key), None)
     if described is not None:
@@ -127,11 +127,11 @@ def _ended_by(f: FollowUp, decision: Decision) -> bool:
     return decision in _DECIDED
 
 
-def _follow_up_resolved(patient_id: str, f: FollowUp, ruleset: RuleSet, ack: Acknowledgement) -> Alert:
+def _follow_up_resolved(state: PatientState, f: FollowUp, ruleset: RuleSet, ack: Acknowledgement) -> Alert:
     reason = f"acknowledged by the {ack.by.replace('-', ' ')}"
     return describing(
-        patient_id,
-        f.level,
+        state.patient_id,
+        described_by(state, f),
         ruleset,
         action=Action.RESOLVE,
         incident=f.key,
@@ -155,7 +155,7 @@ def _acknowledge_follow_up(
     for an escalation, counts as acknowledging the page it escalated."""
     kept = [g for g in state.follow_ups if g is not f]
     state = with_follow_ups(state, kept)
-    events = [_follow_up_resolved(state.patient_id, f, ruleset, ack)]
+    events = [_follow_up_resolved(state, f, ruleset, ack)]
     if f.kind is FollowUpKind.NOT_ACKNOWLEDGED and state.incident(f.follows) is not None:
         page = ack.model_copy(update={"incident_key": f.follows})
         after, more, _ = acknowledge(state, page, ruleset)

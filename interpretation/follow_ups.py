@@ -69,9 +69,7 @@ def follow_through(
         if ended is None:
             kept.append(f)
         elif f.fired_at is not None:
-            events.append(
-                _event(state.patient_id, f, ruleset, rules, Action.RESOLVE, at=read_at, reason=ended)
-            )
+            events.append(_event(state, f, ruleset, rules, Action.RESOLVE, at=read_at, reason=ended))
     followed = {(f.kind, f.follows) for f in kept}
     rule = ruleset.follow_up(FollowUpKind.ANTIBODIES_NOT_RESULTED)
     if rule is not None:
@@ -120,7 +118,8 @@ def _escalation(
         kind=FollowUpKind.NOT_ACKNOWLEDGED,
         follows=incident.key,
         key=_digest("follow-up", incident.key, ESCALATION),
-        level=described,
+        about=described.key,
+        drawn=described.collected_at,
         due=opened + timedelta(minutes=minutes),
     )
 
@@ -142,7 +141,7 @@ def fire_due(
             continue
         fired = f.model_copy(update={"fired_at": now})
         kept.append(fired)
-        events.append(_event(state.patient_id, fired, ruleset, rules, Action.TRIGGER, at=now))
+        events.append(_event(state, fired, ruleset, rules, Action.TRIGGER, at=now))
     if tuple(kept) == state.follow_ups:
         return state, []
     return with_follow_ups(state, kept), events
@@ -190,7 +189,8 @@ def _opened(
         kind=rule.kind,
         follows=incident.key,
         key=_digest("follow-up", incident.key, rule.id),
-        level=level,
+        about=level.key,
+        drawn=level.collected_at,
         due=due,
     )
 
@@ -217,7 +217,7 @@ def _retimed(
     if f.fired_at is not None or rule is None or f.kind is not FollowUpKind.ANTIBODIES_NOT_RESULTED:
         return f
     window = timedelta(hours=rules.pair_window_hours)
-    drawn = f.level.collected_at
+    drawn = f.drawn
     pending = [
         r.key
         for r in state.results
@@ -233,7 +233,7 @@ def _retimed(
 
 
 def _event(
-    patient_id: str,
+    state: PatientState,
     f: FollowUp,
     ruleset: RuleSet,
     rules: CorrelationRules,
@@ -255,7 +255,7 @@ def _event(
         )
     else:
         rule = _rule(ruleset, f)
-        level = f.level
+        level = described_by(state, f)
         shown = (
             f"{level.comparator or ''}{level.value} {level.unit or ''}".rstrip()
             if level.value is not None
@@ -274,8 +274,8 @@ def _event(
         summary = f"Resolved: {WAITED_FOR[f.kind]}; {reason}."
         advice = None
     return describing(
-        patient_id,
-        f.level,
+        state.patient_id,
+        described_by(state, f),
         ruleset,
         action=action,
         incident=f.key,
@@ -294,6 +294,27 @@ def _event(
             fired_at=fired,
             late_seconds=max(int((fired - f.due).total_seconds()), 0),
         ),
+    )
+
+
+def described_by(state: PatientState, f: FollowUp) -> RememberedResult:
+    """The result a follow-up's event describes; if it is gone (a resolve after its incident
+    ended and the result aged out), the bare finding, so the event still goes out."""
+    found = state.result(f.about)
+    if found is not None:
+        return found
+    return RememberedResult(
+        key=f.about,
+        fingerprint="",
+        analyte=Analyte.INFLIXIMAB,
+        specimen_id=None,
+        accession=None,
+        collected_at=f.drawn,
+        status=ResultStatus.FINAL,
+        finding=DrugLevelFinding.SUBTHERAPEUTIC,
+        value=None,
+        comparator=None,
+        unit=None,
     )
 
 

@@ -77,7 +77,10 @@ class FollowUp(Frozen):
     kind: FollowUpKind
     follows: str  # the incident it follows up (the low level's)
     key: str  # its own incident, opened when it fires
-    level: RememberedResult  # the low level that opened it, as its events describe it
+    # The result its events describe (the low level; the page's latest result), by key: it stays
+    # in `results` while its incident is open. Not a copy: that tripled a patient's state.
+    about: str
+    drawn: datetime | None = None  # that result's collection time (a pending result of the same draw)
     due: datetime
     fired_at: datetime | None = None
     # Pending results that moved the deadline already (each re-times it once).
@@ -100,3 +103,6 @@ class PatientState(Frozen):
 
     def incident(self, key: str | None) -> OpenIncident | None:
         return next((i for i in self.incidents if i.key == key), None)
+
+    def result(self, key: str) -> RememberedResult | None:
+        return next((r for r in reversed(self.results) if r.key == key), None)

@@ -195,3 +195,17 @@ def test_the_rule_set_refuses_a_wait_that_cannot_be(least: str, due: str):
     data["follow_ups"][0].update(least_wait_hours=least, due_after_hours=due)
     with pytest.raises(ValueError, match="follow_ups"):
         parse_ruleset(__import__("json").dumps(data))
+
+
+def test_a_resolve_goes_out_even_when_the_result_it_described_is_gone():
+    """Enrichment never costs an event: a follow-up whose level aged out of the state still
+    resolves, described by the bare finding."""
+    from interpretation.follow_ups import follow_through
+    from interpretation.patient_state import CorrelationRules
+
+    state, _ = read(None, level(), DRAWN)
+    state, _ = fire(state, RULES, state.follow_ups[0].due)
+    gone = state.model_copy(update={"results": (), "incidents": ()})
+    _, (event,) = follow_through(gone, RULES, DRAWN + timedelta(days=20), CorrelationRules())
+    assert (event.action, event.category, event.value) == (Action.RESOLVE, Category.FOLLOW_UP, None)
+    assert event.resolve_reason == "the incident it follows up has ended"
