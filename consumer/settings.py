@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     notify_webhook_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
     notify_webhook_secret: SecretStr | None = None
     notify_webhook_secret_file: Path | None = None
+    # `tdm-alerts ack-server`: signed acknowledgements over HTTP, written to TDM_ACK_TOPIC.
+    ack_secret: SecretStr | None = None
+    ack_secret_file: Path | None = None
+    ack_server_host: str = "0.0.0.0"  # noqa: S104 - a server for the hospital network, in a pod
+    ack_server_port: Annotated[int, Field(ge=0, le=65535)] = 9110
+    ack_max_age_s: Annotated[int, Field(ge=10, le=3600)] = 300
     notify_routes: Annotated[dict[Literal["alertmanager", "pagerduty", "webhook"], Route], NoDecode] = {}
     notify_retry_budget_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     notify_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
@@ -160,6 +166,7 @@ class Settings(BaseSettings):
             "ssl_password",
             "notify_pagerduty_routing_key",
             "notify_webhook_secret",
+            "ack_secret",
         ):
             path = data.get(f"{secret}_file")
             if path and not data.get(secret):

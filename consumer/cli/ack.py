@@ -11,9 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
+import threading
 import uuid
 from datetime import UTC, datetime
 
+import structlog
+
+from consumer.ack_server import AckServer
 from consumer.cli.arguments import Commands, non_empty
 from consumer.clients import client_for
 from consumer.connecting import connect_once
@@ -22,6 +27,7 @@ from consumer.logs import configure_logging
 from consumer.settings import Settings
 from interpretation.alerts import Decision
 
+log = structlog.get_logger("tdm_alerts.ack_server")
 _KEY = re.compile(r"[0-9a-f]{32}")
 _ROLE = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 
@@ -73,6 +79,38 @@ def cmd_ack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ack_server(args: argparse.Namespace) -> int:
+    """Serve signed acknowledgements until SIGTERM (README 'Follow-ups')."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if not settings.ack_topic:
+        raise FatalError("TDM_ACK_TOPIC is not set: the acknowledgements are written to that topic")
+    if settings.ack_secret is None:
+        raise FatalError("TDM_ACK_SECRET (or TDM_ACK_SECRET_FILE) is not set: requests are verified with it")
+    producer = connect_once(client_for(settings).producer, settings)
+    server = AckServer(
+        settings.ack_server_host,
+        settings.ack_server_port,
+        secret=settings.ack_secret.get_secret_value().encode(),
+        max_age_s=settings.ack_max_age_s,
+        topic=settings.ack_topic,
+        producer=producer,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    serving = threading.Thread(target=server.serve_forever, name="ack-http", daemon=True)
+    serving.start()
+    log.info("acknowledgement server listening", port=server.port, topic=settings.ack_topic)
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+        producer.close(10)
+    log.info("acknowledgement server stopped")
+    return 0
+
+
 def add_ack(commands: Commands) -> None:
     ack = commands.add_parser(
         "ack",
@@ -87,3 +125,10 @@ def add_ack(commands: Commands) -> None:
     ack.add_argument("--by", required=True, type=role, help="a role, never a name (e.g. pharmacist)")
     ack.add_argument("--note", help="free text for the people reading the acknowledgement topic")
     ack.set_defaults(handler=cmd_ack)
+    server = commands.add_parser(
+        "ack-server",
+        help="accept signed acknowledgements over HTTP and write them to TDM_ACK_TOPIC (settings: TDM_* env)",
+        description="POST /acknowledgements, signed with TDM_ACK_SECRET as the outgoing webhook signs "
+        "(README 'Follow-ups'); until SIGTERM.",
+    )
+    server.set_defaults(handler=cmd_ack_server)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import metric_total, metrics_port, produce, read_topic, run_cli, scrape
+from tests.conftest import RunningService, metric_total, metrics_port, produce, read_topic, run_cli, scrape
 from tests.integration.test_exactly_once import SERVICE, AlertReader, wait_for_log
 from tests.integration.test_patient_state import antibodies, level, message
 
@@ -113,6 +113,39 @@ def test_a_follow_up_fires_once_on_an_idle_topic_and_its_antibodies_resolve_it(
     finally:
         reader.close()
     assert service.stop() == 0
+
+
+def _listening_port(endpoint: RunningService) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for line in endpoint.log_text().splitlines():
+            if '"acknowledgement server listening"' in line:
+                return int(json.loads(line)["port"])
+        assert endpoint.alive(), endpoint.log_text()[-2000:]
+        time.sleep(0.2)
+    raise AssertionError(f"the acknowledgement server did not start:\n{endpoint.log_text()[-2000:]}")
+
+
+def _post(port: int, request: dict[str, object], secret: str | None, age_s: int = 0) -> int:
+    """POST an acknowledgement signed as the README says (or not at all); the HTTP status."""
+    import urllib.error
+    import urllib.request
+
+    from consumer.notify.receivers import sign
+
+    body = json.dumps(request).encode()
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        at = str(int(time.time()) - age_s)
+        headers |= {"X-TDM-Timestamp": at, "X-TDM-Signature": "v1=" + sign(secret.encode(), at, body)}
+    url = f"http://127.0.0.1:{port}/acknowledgements"
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, data=body, headers=headers), timeout=10
+        ) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as refused:
+        return int(refused.code)
 
 
 def test_after_downtime_a_follow_up_fires_late_and_says_how_late(
@@ -220,13 +253,31 @@ def test_an_acknowledgement_by_the_cli_stops_the_escalation_and_an_unknown_one_c
     escalate_s = 9.0
     env = {"TDM_ACK_TOPIC": acks, "TDM_ESCALATE_AFTER_MINUTES": f"{escalate_s / 60:.4f}", **SERVICE}
     answered, ignored = f"ACK-{uuid.uuid4().hex[:6]}", f"ESC-{uuid.uuid4().hex[:6]}"
+    by_hospital = f"SIG-{uuid.uuid4().hex[:6]}"
     service = start_service(**env)
+    secret = "integration-ack-secret"
+    endpoint = RunningService(
+        {**service_env, **env, "TDM_ACK_SECRET": secret, "TDM_ACK_SERVER_PORT": "0"},
+        service.log_path.with_name("ack-server.log"),
+        command="ack-server",
+    )
     reader = AlertReader(kafka_bootstrap, topics["alerts"])
     try:
-        _levels(topics["input"], kafka_bootstrap, [answered, ignored])
-        reader.wait_for(2, timeout_s=60, while_alive=[service])
+        _levels(topics["input"], kafka_bootstrap, [answered, ignored, by_hospital])
+        reader.wait_for(3, timeout_s=60, while_alive=[service])
         paged = time.monotonic()
         page = {str(a["patient_id"]): a for a in reader.alerts}
+        port = _listening_port(endpoint)
+        request = {
+            "incident_key": page[by_hospital]["incident_key"],
+            "patient_id": by_hospital,
+            "decision": "switched",
+            "by": "gastroenterologist",
+        }
+        assert _post(port, request, secret) == 202
+        assert _post(port, request, None) == 401  # unsigned
+        assert _post(port, request, secret, age_s=600) == 401  # stale: a replay
+        assert _post(port, request, "not-the-secret") == 401
         cli_env = {**service_env, **env}
         run_cli(
             cli_env,
@@ -242,7 +293,7 @@ def test_an_acknowledgement_by_the_cli_stops_the_escalation_and_an_unknown_one_c
             "Spoke to the IBD nurse",
         )
         run_cli(cli_env, "ack", "f" * 32, "--patient", answered, "--decision", "other", "--by", "pharmacist")
-        reader.wait_for(3, timeout_s=60, while_alive=[service])
+        reader.wait_for(5, timeout_s=60, while_alive=[service])
         _wait_follow_ups(reader, 1, 60, [service])
         reader.settle(max(escalate_s + 3 - (time.monotonic() - paged), 3.0))
         by_patient: dict[str, list[dict[str, object]]] = {}
@@ -256,6 +307,11 @@ def test_an_acknowledgement_by_the_cli_stops_the_escalation_and_an_unknown_one_c
         assert (entry["by"], entry["decision"], entry["via"]) == ("pharmacist", "dose_changed", "cli")
         assert "Spoke" not in json.dumps(reader.alerts) and "Spoke" not in service.log_text()
         assert not [a for a in by_patient[answered] if a["category"] == "follow_up"]
+        signed = [a for a in by_patient[by_hospital] if a["acknowledgements"]]
+        assert [(e["by"], e["decision"], e["via"]) for e in signed[0]["acknowledgements"]] == [  # type: ignore[union-attr]
+            ("gastroenterologist", "switched", "webhook")
+        ]
+        assert not [a for a in by_patient[by_hospital] if a["category"] == "follow_up"]
         (escalated,) = [a for a in by_patient[ignored] if a["category"] == "follow_up"]
         assert escalated["severity"] == "critical"
         assert escalated["follow_up"]["kind"] == "not_acknowledged"  # type: ignore[index]
@@ -274,6 +330,11 @@ def test_an_acknowledgement_by_the_cli_stops_the_escalation_and_an_unknown_one_c
             metric_total(text, "tdm_acknowledgements_total", outcome="unknown_incident", decision="other")
             == 1
         )
+        ack_metrics = scrape(port)
+        assert metric_total(ack_metrics, "tdm_ack_requests_total", outcome="accepted") == 1
+        assert metric_total(ack_metrics, "tdm_ack_requests_total", outcome="stale") == 1
+        assert by_hospital not in endpoint.log_text()
     finally:
         reader.close()
+        endpoint.stop()
     assert service.stop() == 0
