@@ -30,7 +30,8 @@ DASHBOARD = json.loads((OPS / "grafana/dashboards/tdm-alerts.json").read_text())
 K8S = {
     doc["kind"]: doc
     for path in sorted((OPS / "k8s").glob("*.yaml"))
-    if path.name != "kustomization.yaml" and not path.name.startswith("notify-")
+    # The service's own manifests: the notifier's and the acknowledgement server's are apart.
+    if path.name != "kustomization.yaml" and not path.name.startswith(("notify-", "ack-server-"))
     for doc in yaml.safe_load_all(path.read_text())
 }
 
