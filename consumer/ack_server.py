@@ -25,11 +25,10 @@ from typing import Any, NamedTuple
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from pydantic import ValidationError
 
 from consumer.clients.seam import ClientError, Producer
 from consumer.notify.receivers import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from interpretation.acknowledgement import Acknowledgement
+from interpretation.acknowledgement import Acknowledgement, read_acknowledgement
 
 log = structlog.get_logger("tdm_alerts.ack_server")
 
@@ -88,14 +87,7 @@ def acknowledgement(body: bytes, timestamp: str) -> tuple[Acknowledgement, dict[
     # The same signed request again (a retry, a replay inside the window) is the same acknowledgement.
     data.setdefault("ack_id", hashlib.sha256(timestamp.encode() + b"." + body).hexdigest()[:32])
     data["via"] = "webhook"
-    try:
-        ack = Acknowledgement.model_validate(data)
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
-            for e in err.errors(include_url=False, include_input=False)
-        )
-        raise ValueError(problems) from None
+    ack = read_acknowledgement(data)
     record = ack.model_dump(mode="json")
     if note:
         record["note"] = note  # for the people reading the topic; the service keeps none of it

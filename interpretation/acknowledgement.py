@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from interpretation.alerts import Acknowledged, Action, Alert, Category, Decision, Role, Severity
 from interpretation.findings import Analyte
@@ -43,6 +43,19 @@ class Acknowledgement(Frozen):
     by: Role
     at: datetime
     via: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$")] = "cli"
+
+
+def read_acknowledgement(data: dict[str, object]) -> Acknowledgement:
+    """An acknowledgement from what a record or a request says; ValueError naming each problem
+    (field and what is wrong, never the value: it may name a patient)."""
+    try:
+        return Acknowledgement.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(acknowledgement)'}: {e['msg']}"
+            for e in err.errors(include_url=False, include_input=False)
+        )
+        raise ValueError(problems) from None
 
 
 class AckOutcome(StrEnum):

@@ -12,8 +12,6 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from consumer.clients.seam import Record
 from consumer.dead_letters import DeadLetter, Reason, Stage
 from consumer.delivery import Delivery
@@ -21,14 +19,14 @@ from consumer.patient_topic import ack_record
 from consumer.pipeline import Outcome, Processed
 from consumer.stages.patient import acknowledged
 from consumer.state.manager import PatientStates
-from interpretation.acknowledgement import Acknowledgement
+from interpretation.acknowledgement import Acknowledgement, read_acknowledgement
 
 # What an acknowledgement record may say besides the acknowledgement itself: a free-text note
 # for the people reading the topic, never kept in the state, an event or a log line.
 NOTE_FIELDS = frozenset({"note"})
 
 
-def read_acknowledgement(record: Record) -> Acknowledgement:
+def acknowledgement_in(record: Record) -> Acknowledgement:
     """The record's acknowledgement; ValueError with a reason a person can act on.
 
     The patient is the record's key (as every patient-keyed topic has it) unless the value names
@@ -50,14 +48,7 @@ def read_acknowledgement(record: Record) -> Acknowledgement:
     if record.timestamp_ms is not None:
         data.setdefault("at", datetime.fromtimestamp(record.timestamp_ms / 1000, UTC).isoformat())
     data.setdefault("ack_id", f"{record.topic}/{record.partition}/{record.offset}")
-    try:
-        return Acknowledgement.model_validate(data)
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(record)'}: {e['msg']}"
-            for e in err.errors(include_url=False, include_input=False)
-        )
-        raise ValueError(problems) from None
+    return read_acknowledgement(data)
 
 
 class AcknowledgementStage:
@@ -68,7 +59,7 @@ class AcknowledgementStage:
 
     def process(self, record: Record) -> Processed:
         try:
-            ack = read_acknowledgement(record)
+            ack = acknowledgement_in(record)
         except ValueError as err:
             dead = DeadLetter(Reason.INVALID, Stage.DECODE, f"acknowledgement: {err}"[:500])
             return Processed(Outcome.DEAD_LETTERED, dead_letter=dead)

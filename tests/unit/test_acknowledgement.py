@@ -151,3 +151,44 @@ def test_a_review_ticket_never_escalates():
     )
     assert done is not None and done.state.incidents[0].category is Category.REVIEW
     assert done.state.follow_ups == ()
+
+
+def _record(value: object, key: bytes | None = b"PT-1") -> object:
+    import json
+
+    from consumer.clients.seam import Record
+
+    return Record("lab.acks", 2, 41, key, json.dumps(value).encode(), (), 1_900_000_000_000)
+
+
+def test_an_ack_topic_record_takes_the_patient_time_and_id_from_the_record_and_keeps_no_note():
+    from consumer.stages.acks import acknowledgement_in
+
+    ack = acknowledgement_in(
+        _record(
+            {"incident_key": "a" * 32, "decision": "no_change", "by": "pharmacist", "note": "PT-1 is fine"}
+        )
+    )
+    assert (ack.patient_id, ack.ack_id, ack.at.year) == ("PT-1", "lab.acks/2/41", 2030)
+    assert "PT-1 is fine" not in ack.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "why"),
+    [
+        (
+            {"incident_key": "a" * 32, "decision": "no_change", "by": "pharmacist", "patient_id": "PT-2"},
+            b"PT-1",
+            "key",
+        ),
+        ({"incident_key": "a" * 32, "decision": "no_change"}, b"PT-1", "by"),
+        ({"incident_key": "a" * 32, "decision": "no_change", "by": "pharmacist"}, None, "patient_id"),
+        (["not", "an", "object"], b"PT-1", "object"),
+    ],
+    ids=["patient-differs-from-key", "no-role", "no-patient", "not-an-object"],
+)
+def test_an_ack_topic_record_that_is_not_an_acknowledgement_says_why(value, key, why):
+    from consumer.stages.acks import acknowledgement_in
+
+    with pytest.raises(ValueError, match=why):
+        acknowledgement_in(_record(value, key))
