@@ -178,9 +178,10 @@ def _with_pattern(interpretation: Interpretation, pattern: Pattern, ruleset: Rul
 class _Fold:
     """The state being built for one result: remembered results, open incidents, events."""
 
-    def __init__(self, state: PatientState, source: SourceRef) -> None:
+    def __init__(self, state: PatientState, source: SourceRef, read_at: datetime | None) -> None:
         self.state = state
         self.source = source
+        self.read_at = read_at  # when the result was read: an incident it opens was opened then
         self.kept = state.results
         self.incidents = list(state.incidents)
         self.events: list[Alert] = []
@@ -314,7 +315,9 @@ def _decide(fold: _Fold, facts: _Facts, incident: OpenIncident | None, *, correc
         if not needs_review(interpretation):
             return None
         key = incident_key(interpretation.result, Category.REVIEW)
-        opened = OpenIncident(key=key, category=Category.REVIEW, severity=Severity.LOW, pattern=None)
+        opened = OpenIncident(
+            key=key, category=Category.REVIEW, severity=Severity.LOW, pattern=None, opened_at=fold.read_at
+        )
         fold.incidents.append(opened)
         fold.emit(interpretation, Action.TRIGGER, opened)
         return key
@@ -325,7 +328,9 @@ def _decide(fold: _Fold, facts: _Facts, incident: OpenIncident | None, *, correc
     if alerting:
         category = category_of(interpretation)
         key = incident_key(interpretation.result, category)
-        opened = OpenIncident(key=key, category=category, severity=severity_of(pattern), pattern=pattern)
+        opened = OpenIncident(
+            key=key, category=category, severity=severity_of(pattern), pattern=pattern, opened_at=fold.read_at
+        )
         fold.incidents.append(opened)
         event(Action.TRIGGER, opened)
         return key
@@ -338,11 +343,15 @@ def correlate(
     source: SourceRef,
     ruleset: RuleSet,
     rules: CorrelationRules = DEFAULT_RULES,
+    *,
+    read_at: datetime | None = None,
 ) -> tuple[PatientState, list[Alert]]:
-    """Fold one interpreted result into the patient's state; return the new state and its events."""
+    """Fold one interpreted result into the patient's state; return the new state and its events.
+
+    `read_at` (when the result was read) stamps the incidents it opens (escalation counts from it)."""
     result = interpretation.result
     state = state or PatientState(patient_id=result.patient_id)
-    fold = _Fold(state, source)
+    fold = _Fold(state, source, read_at)
     new = _remember(interpretation)
     seen = max((t for t in (state.last_seen, new.collected_at) if t is not None), default=None)
     superseded = next((r for r in state.results if r.key == new.key), None)
@@ -466,7 +475,7 @@ def correlate_result(
         found = interpret(result, ruleset, given, record)
         if found is None:
             return None
-        done = Correlated(*correlate(state, found, source, ruleset, rules), found)
+        done = Correlated(*correlate(state, found, source, ruleset, rules, read_at=read_at), found)
     except Exception as err:  # the patient's history never costs the page (issue 37)
         return _as_new_patient(
             state, result, source, ruleset, rules=rules, override=given, error=type(err).__name__

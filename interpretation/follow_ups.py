@@ -57,11 +57,6 @@ def follow_through(
     `read_at` is when the service read the result (the wall clock, or a replay's own).
     Returns the new state and the resolve events of follow-ups that had fired and now end."""
     events: list[Alert] = []
-    if any(i.opened_at is None for i in state.incidents):
-        incidents = tuple(
-            i if i.opened_at else i.model_copy(update={"opened_at": read_at}) for i in state.incidents
-        )
-        state = state.model_copy(update={"incidents": incidents})
     open_incidents = {i.key for i in state.incidents}
     kept: list[FollowUp] = []
     for f in state.follow_ups:
@@ -81,9 +76,11 @@ def follow_through(
         )
     if rules.escalate_after_minutes is not None:
         kept.extend(
-            _escalation(rules.escalate_after_minutes, incident, described, read_at)
+            _escalation(rules.escalate_after_minutes, opened, incident, described)
             for incident in state.incidents
-            if (FollowUpKind.NOT_ACKNOWLEDGED, incident.key) not in followed
+            # An incident opened before escalation existed has no time to count from: it stays as it was.
+            if (opened := incident.opened_at) is not None
+            and (FollowUpKind.NOT_ACKNOWLEDGED, incident.key) not in followed
             and incident.severity in _ESCALATED
             and incident.category in _PAGES
             and not incident.acknowledgements
@@ -110,9 +107,8 @@ def _latest_result(state: PatientState, incident: str) -> RememberedResult | Non
 
 
 def _escalation(
-    minutes: float, incident: OpenIncident, described: RememberedResult, read_at: datetime
+    minutes: float, opened: datetime, incident: OpenIncident, described: RememberedResult
 ) -> FollowUp:
-    opened = incident.opened_at or read_at
     return FollowUp(
         rule_id=ESCALATION,
         kind=FollowUpKind.NOT_ACKNOWLEDGED,

@@ -192,3 +192,17 @@ def test_an_ack_topic_record_that_is_not_an_acknowledgement_says_why(value, key,
 
     with pytest.raises(ValueError, match=why):
         acknowledgement_in(_record(value, key))
+
+
+def test_a_page_opened_before_escalation_existed_does_not_escalate_on_the_next_result():
+    """Its state has no opening time: escalating it now would page for an incident weeks old."""
+    state = paged(CorrelationRules())
+    legacy = state.model_copy(
+        update={"incidents": tuple(i.model_copy(update={"opened_at": None}) for i in state.incidents)}
+    )
+    later = result("39803-2", "1.7", "ug/mL", accession="ACC-2", specimen_id="SPM-2")
+    done = correlate_result(legacy, later, HERE, RULES, rules=ESCALATING, read_at=READ + timedelta(days=30))
+    assert done is not None
+    escalations = {f.follows for f in done.state.follow_ups if f.kind is FollowUpKind.NOT_ACKNOWLEDGED}
+    new_page = {i.key for i in done.state.incidents} - {i.key for i in legacy.incidents}
+    assert escalations == new_page and len(new_page) == 1
