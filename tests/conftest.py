@@ -324,13 +324,22 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.
     return records
 
 
-def produce(bootstrap: str, topic: str, values: list[bytes | None], keys: list[bytes] | None = None) -> None:
-    """Produce `values` (acks=all) with keys k0, k1, ... unless `keys` are given."""
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: list[bytes | None],
+    keys: list[bytes] | None = None,
+    *,
+    timestamps_ms: list[int] | None = None,
+) -> None:
+    """Produce `values` (acks=all) with keys k0, k1, ... unless `keys` are given; with
+    `timestamps_ms`, each record's own (the same input twice is then the same input)."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=4 << 20)
     for i, value in enumerate(values):
-        producer.send(topic, key=keys[i] if keys else f"k{i}".encode(), value=value)
+        stamp = timestamps_ms[i] if timestamps_ms else None
+        producer.send(topic, key=keys[i] if keys else f"k{i}".encode(), value=value, timestamp_ms=stamp)
     producer.flush()
     producer.close()
 

@@ -88,7 +88,12 @@ class KeyedIntake:
         read = [
             done
             for item in report_order(result.interpretations)
-            if (done := self.states.correlate(record.partition, item.result, source)) is not None
+            if (
+                done := self.states.correlate(
+                    record.partition, item.result, source, arrived_ms=record.timestamp_ms
+                )
+            )
+            is not None
         ]
         return result._replace(
             interpretations=[done.interpretation for done in read],

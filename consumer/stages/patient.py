@@ -42,7 +42,8 @@ class PatientStage:
                 states.record_treatment(partition, patient_id, found.record, replace=found.replace)
                 done = None
             else:
-                done = states.correlate(partition, found.result, found.source)
+                # The forwarded record keeps the lab message's timestamp (the intake copies it).
+                done = states.correlate(partition, found.result, found.source, arrived_ms=record.timestamp_ms)
         except (ClientError, FatalError):  # Kafka's or the disk's: not this record's fault
             raise
         except Exception as err:

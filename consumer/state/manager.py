@@ -247,10 +247,17 @@ class PatientStates:
             self._write(partition, patient_id, new)
 
     @_store_failures_fatal
-    def correlate(self, partition: int, result: LabResult, source: SourceRef) -> Correlated | None:
-        """The result read with its patient's state; None when it is not about infliximab."""
+    def correlate(
+        self, partition: int, result: LabResult, source: SourceRef, *, arrived_ms: int | None = None
+    ) -> Correlated | None:
+        """The result read with its patient's state; None when it is not about infliximab.
+
+        `arrived_ms` is the lab message's record timestamp: when the result reached the feed.
+        Its follow-ups count from it, not from when this instance happens to read it, so a
+        result read again after a crash or a move leaves the same state (the wall clock if the
+        record has no timestamp)."""
         state = self._read(partition, result.patient_id)
-        read_at = datetime.fromtimestamp(self.clock(), UTC)
+        read_at = datetime.fromtimestamp(self.clock() if arrived_ms is None else arrived_ms / 1000, UTC)
         done = correlate_result(state, result, source, self.ruleset, rules=self.rules, read_at=read_at)
         if done is not None and done.state != state:
             self._write(partition, result.patient_id, done.state)

@@ -248,11 +248,15 @@ def test_kill_9_during_a_stateful_stream_matches_a_clean_run(kafka_bootstrap, st
     rng = random.Random(seed)
     data = feed(patients=2_000, total=20_000, seed=seed)
     expected = sum(data.actions.values())
+    # The same records in both runs, timestamps included: a result's follow-ups and its incident's
+    # opening time count from when it reached the feed (its record's timestamp).
+    arrived = int(time.time() * 1000) - len(data.messages)
+    stamps = [arrived + n for n in range(len(data.messages))]
     results = {}
     for run in ("clean", "crash"):
         stem = f"sp-{run}-{uuid.uuid4().hex[:6]}"
         names = _topics(kafka_bootstrap, stem)
-        produce(kafka_bootstrap, names["input"], data.messages, data.keys)
+        produce(kafka_bootstrap, names["input"], data.messages, data.keys, timestamps_ms=stamps)
         group = f"g-{stem}"
         env = dict(
             TDM_INPUT_TOPICS=names["input"],

@@ -30,7 +30,9 @@ class _States:
         self.error = error
         self.read: list[object] = []
 
-    def correlate(self, partition: int, result: object, source: object) -> None:
+    def correlate(
+        self, partition: int, result: object, source: object, *, arrived_ms: int | None = None
+    ) -> None:
         self.read.append(result)
         if self.error is not None:
             raise self.error

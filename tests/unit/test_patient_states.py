@@ -158,3 +158,19 @@ def test_an_aborted_tick_fires_again_with_the_same_event(tmp_path, monkeypatch):
     s.discarded()
     (again,) = s.fire_due(clock.now + 3)
     assert again[1].event_id == first[1].event_id
+
+
+def test_follow_ups_count_from_when_the_result_reached_the_feed_not_from_when_it_is_read(
+    tmp_path, monkeypatch
+):
+    """A result read again after a crash or a move, on another clock, leaves the same state."""
+    arrived_ms = 1_800_000_000_000
+    states_seen = []
+    for n, now in enumerate((1_800_000_005.0, 1_800_000_900.0)):
+        s, _, _ = clocked(tmp_path / str(n), monkeypatch, now)
+        done = s.correlate(2, low_level(), SOURCE, arrived_ms=arrived_ms)
+        assert done is not None
+        states_seen.append(done.state)
+    assert states_seen[0] == states_seen[1]
+    assert states_seen[0].incidents[0].opened_at is not None
+    assert states_seen[0].incidents[0].opened_at.timestamp() == arrived_ms / 1000
