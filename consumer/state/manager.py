@@ -38,6 +38,7 @@ LAST_SEEN_HEADER = "tdm.last_seen"  # epoch seconds of the write, for expiry aft
 # Epoch seconds of the patient's next follow-up: a restore indexes deadlines without reading states.
 DUE_HEADER = "tdm.due"
 RESTORE_CHUNK = 5000  # changelog records applied per SQLite transaction while restoring
+EMPTY_POLLS_BEFORE_ASKING = 5  # a partition of only markers: ask the client where it stands
 EXPIRY_CHUNK = 1000  # patients expired per batch, so one batch never grows unbounded
 TICK_S = 1.0  # how often the loop looks for follow-ups that are due
 FIRE_CHUNK = 500  # patients whose follow-ups fire per partition and tick, so one batch stays small
@@ -183,8 +184,14 @@ class PatientStates:
         else:
             reader.seek(tp, start + 1)
         began, applied = time.monotonic(), 0
-        log.info("restoring patient state", partition=partition, start=reader.position(tp), end=end)
-        while reader.position(tp) < end:
+        # Where reading stands. Until its first fetch, asking confluent-kafka costs a broker
+        # round trip (~0.2 s: the committed offset, then the watermarks), and the first polls
+        # asked it (a cold restore of 100,000 patients took 9.0 s on it against 3.5 s); once it
+        # fetches, the answer is local, and asking kafka-python starts its next fetch early.
+        at = 0 if start is None else start + 1
+        empty = 0
+        log.info("restoring patient state", partition=partition, start=at, end=end)
+        while at < end:
             writes: dict[str, Entry | None] = {}
             last = None
             # Short polls: the tail is often only transaction markers or aborted records,
@@ -195,12 +202,18 @@ class PatientStates:
                 )
                 last = record
             if last is None:
+                # Past the markers and aborted records a poll skips; before the first record a
+                # poll may be empty only because the first fetch is not back yet (see above).
+                empty += 1
+                if applied or empty >= EMPTY_POLLS_BEFORE_ASKING:
+                    at = reader.position(tp)
                 continue
             # Each chunk commits with its offset: a crash resumes here.
             store.apply(writes, last.offset, record_digest(last.key, last.value))
             self.on_restore_chunk()
             applied += len(writes)
-            remaining = max(end - reader.position(tp), 0)
+            at = max(reader.position(tp), last.offset + 1)
+            remaining = max(end - at, 0)
             self.metrics.state_restore_remaining.labels(str(partition)).set(remaining)
             log.info("restoring patient state", partition=partition, applied=applied, remaining=remaining)
         self.metrics.state_restore_remaining.labels(str(partition)).set(0)
