@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -28,6 +29,9 @@ WORK = REPO / ".cache" / "demo"
 FEED = REPO / "tests" / "data" / "sample-feed.jsonl"
 INPUT, ALERTS, DLQ = "lab.results", "lab.alerts", "lab.results.dlq"
 ACKS = "lab.acks"
+CONTEXT = "lab.context"  # treatment records (route, phase, indication, doses, weight), keyed by patient
+# The forecast's patient: a weight and a dose history on the context topic, an albumin on the lab feed.
+FORECAST_PATIENT = "TDM-PT-0100"
 # The demo's clock: follow-ups and escalation in seconds (the rule set's antibody wait is days,
 # and escalation is off unless TDM_ESCALATE_AFTER_MINUTES is set).
 FOLLOW_UP_S, ESCALATE_S = 20, 15
@@ -112,6 +116,93 @@ def wait_consumed(
         time.sleep(0.3)
     if done < count:
         raise RuntimeError(f"only {done:.0f} of {count} messages of {topic} processed in 60 s; see {log}")
+
+
+def treatment_records(patient: str, drawn: datetime) -> list[bytes]:
+    """The forecast patient's record on the context topic: indication and phase (canonical), a
+    weight (FHIR), and five 5 mg/kg infusions every 8 weeks up to the day of the trough (RAS^O17)."""
+    record = {"route": "intravenous", "phase": "maintenance", "indication": "ulcerative_colitis"}
+    weight = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+        "valueQuantity": {"value": 70, "unit": "kg"},
+        "effectiveDateTime": (drawn - timedelta(days=3)).isoformat(),
+    }
+    segments = ["MSH|^~\\&|PHARM|H|TDM|H|20261102||RAS^O17^RAS_O17|R1|P|2.5", f"PID|1||{patient}^^^H^MR"]
+    for days in (210, 196, 168, 112, 56):
+        start = (drawn - timedelta(days=days, hours=-1)).strftime("%Y%m%d%H%M%S")
+        segments.append(
+            "|".join(["RXA", "0", "1", start, "", "INFX^Infliximab^L", "5", "mg/kg"] + [""] * 12 + ["CP"])
+        )
+        segments.append("RXR|IV^Intravenous^HL70162")
+    return [json.dumps(record).encode(), json.dumps(weight).encode(), "\r".join(segments).encode()]
+
+
+def chemistry_panel(patient: str, drawn: datetime, albumin_g_per_l: str) -> bytes:
+    at = drawn.strftime("%Y%m%d%H%M%S")
+    return "\r".join(
+        [
+            f"MSH|^~\\&|LIS|LAB|TDM|H|{at}||ORU^R01^ORU_R01|CMP-{patient}|P|2.5.1",
+            f"PID|1||{patient}^^^H^MR",
+            f"OBR|1|P-{patient}|CMP-{patient}|CMP^Comprehensive metabolic panel^L|||{at}",
+            "OBX|1|NM|2345-7^Glucose^LN||98|mg/dL|||||F",
+            f"OBX|2|NM|1751-7^Albumin^LN||{albumin_g_per_l}|g/L|||||F",
+            "OBX|3|NM|2160-0^Creatinine^LN||0.9|mg/dL|||||F",
+        ]
+    ).encode()
+
+
+def trough(patient: str, drawn: datetime, value: str) -> bytes:
+    return json.dumps(
+        {
+            "patient_id": patient,
+            "accession": f"ACC-{patient}",
+            "specimen_id": f"SPM-{patient}",
+            "collected_at": drawn.isoformat(),
+            "results": [{"code": "39803-2", "value": value, "unit": "ug/mL", "status": "final"}],
+        }
+    ).encode()
+
+
+def print_alerts(alerts: list) -> None:
+    """The alerts as published; the forecast patient's must use the albumin from the lab feed."""
+    print(f"\n== {len(alerts)} alerts published to {ALERTS}")
+    for record in alerts:
+        alert = json.loads(record.value)
+        print(
+            f"  [{alert['severity']:8}] {alert['action']:8} {alert['category']:21} "
+            f"patient={alert['patient_id']} accession={alert['accession']} "
+            f"incident={alert['incident_key'][:8]}"
+        )
+        print(f"             {alert['summary']}")
+        print(
+            f"             -> {alert['recommendation']}  (rule {alert['rule_id']}, "
+            f"rules {alert['ruleset_version']})"
+        )
+        if (forecast := alert.get("forecast")) and forecast.get("status") == "forecast":
+            used = ", ".join(
+                f"{c['name']} {c['value']}" + (" (assumed)" if c["assumed"] else "")
+                for c in forecast["covariates"]
+            )
+            print(f"             forecast ({forecast['model']}) from {used}")
+    forecasts = [
+        f
+        for r in alerts
+        if (f := json.loads(r.value).get("forecast"))
+        and json.loads(r.value)["patient_id"] == FORECAST_PATIENT
+    ]
+    albumin = [
+        c
+        for f in forecasts
+        if f.get("status") == "forecast"
+        for c in f["covariates"]
+        if "albumin" in c["name"]
+    ]
+    if not albumin or albumin[0]["assumed"]:
+        raise RuntimeError(
+            f"{FORECAST_PATIENT}'s forecast did not use the albumin from the lab feed: {forecasts}"
+        )
 
 
 def short_follow_ups() -> Path:
@@ -209,10 +300,11 @@ def main() -> int:
             NewTopic(DLQ, 1, 1),
             NewTopic(UNDELIVERED, 1, 1),
             NewTopic(ACKS, 3, 1),
+            NewTopic(CONTEXT, 3, 1, topic_configs={"cleanup.policy": "compact"}),
         ]
         admin.create_topics(topics)
         admin.close()
-        print(f"   broker {bootstrap}; topics {INPUT}, {ALERTS}, {DLQ}, {UNDELIVERED}, {ACKS}")
+        print(f"   broker {bootstrap}; topics {INPUT}, {ALERTS}, {DLQ}, {UNDELIVERED}, {ACKS}, {CONTEXT}")
 
         port = free_port(int(os.environ.get("TDM_METRICS_PORT", "9108")))
         metrics_url = f"http://127.0.0.1:{port}/metrics"
@@ -225,6 +317,8 @@ def main() -> int:
             "TDM_ACK_TOPIC": ACKS,
             "TDM_ESCALATE_AFTER_MINUTES": str(ESCALATE_S / 60),
             "TDM_RULESET": str(short_follow_ups()),
+            "TDM_CONTEXT_TOPIC": CONTEXT,
+            "TDM_LAB_COVARIATES": "true",  # albumin and weight read from the lab feed too
         }
         log_path = WORK / "service.log"
         print(f"== starting tdm-alerts run (log: {log_path.relative_to(REPO)})")
@@ -236,31 +330,39 @@ def main() -> int:
             stderr=subprocess.STDOUT,
         )
 
-        messages = [line for line in FEED.read_bytes().splitlines() if line.strip()]
         producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        drawn = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+        records = treatment_records(FORECAST_PATIENT, drawn)
+        for record in records:
+            producer.send(CONTEXT, key=FORECAST_PATIENT.encode(), value=record)
+        producer.flush()
+        print(
+            f"== {FORECAST_PATIENT}'s treatment on {CONTEXT}: ulcerative colitis, maintenance, 5 mg/kg "
+            "every 8 weeks (a pharmacy feed's RAS^O17), 70 kg (a FHIR Observation)"
+        )
+        wait_consumed(service, metrics_url, CONTEXT, len(records), log_path)
+
+        messages = [line for line in FEED.read_bytes().splitlines() if line.strip()]
         for i, message in enumerate(messages):
             producer.send(INPUT, key=f"msg-{i}".encode(), value=message)
+        # The forecast patient's albumin in a chemistry panel on the lab feed, then the low trough.
+        for message in (
+            chemistry_panel(FORECAST_PATIENT, drawn, "30"),
+            trough(FORECAST_PATIENT, drawn, "1.6"),
+        ):
+            producer.send(INPUT, key=FORECAST_PATIENT.encode(), value=message)
         producer.flush()
         producer.close()
-        print(f"== replayed {len(messages)} messages from {FEED.relative_to(REPO)}")
+        print(
+            f"== replayed {len(messages)} messages from {FEED.relative_to(REPO)}, then {FORECAST_PATIENT}'s "
+            "chemistry panel (albumin 30 g/L, HL7) and trough (1.6 ug/mL)"
+        )
 
-        wait_consumed(service, metrics_url, INPUT, len(messages), log_path)
+        wait_consumed(service, metrics_url, INPUT, len(messages) + 2, log_path)
 
         time.sleep(2)  # the patient-state stage runs a batch behind the intake
         alerts = read_all(bootstrap, ALERTS)
-        print(f"\n== {len(alerts)} alerts published to {ALERTS}")
-        for record in alerts:
-            alert = json.loads(record.value)
-            print(
-                f"  [{alert['severity']:8}] {alert['action']:8} {alert['category']:21} "
-                f"patient={alert['patient_id']} accession={alert['accession']} "
-                f"incident={alert['incident_key'][:8]}"
-            )
-            print(f"             {alert['summary']}")
-            print(
-                f"             -> {alert['recommendation']}  (rule {alert['rule_id']}, "
-                f"rules {alert['ruleset_version']})"
-            )
+        print_alerts(alerts)
         dead = read_all(bootstrap, DLQ)
         print(f"\n== {len(dead)} messages dead-lettered to {DLQ}")
         for record in dead:

@@ -311,3 +311,32 @@ def test_events_read_again_after_a_rewind_are_not_queued_twice():
     assert stage.waiting_by_receiver() == {"webhook": 1}
     stage.lanes.revoke(TP)
     assert stage.waiting_by_receiver() == {} and not stage.lanes.held
+
+
+def test_an_escalation_reaches_the_escalation_receiver_by_its_category_and_severity():
+    """Issue 39: follow-up events are routed like any other; an escalation (category follow_up,
+    critical) goes where TDM_NOTIFY_ROUTES sends follow-ups, and only there."""
+    from datetime import timedelta
+
+    from interpretation import LabResult, SourceRef, default_ruleset
+    from interpretation.correlation import correlate_result
+    from interpretation.follow_ups import fire_due
+    from interpretation.patient_state import CorrelationRules
+
+    rules = CorrelationRules(escalate_after_minutes=30)
+    level = LabResult(patient_id="PT-E", specimen_id="S-E", code="39803-2", value="1.2", unit="ug/mL")
+    done = correlate_result(None, level, SourceRef(), default_ruleset(), rules=rules, read_at=NOW)
+    assert done is not None
+    _, (escalated,) = fire_due(done.state, default_ruleset(), NOW + timedelta(minutes=31), rules)
+    stage, receiving, _dead, _clock = _stage(
+        {"alertmanager": [200], "webhook": [202]},
+        routes={
+            "webhook": Route(categories=frozenset({"follow_up"}), severities=frozenset({"critical"})),
+            "alertmanager": Route(categories=frozenset({"subtherapeutic_level", "anti_drug_antibodies"})),
+        },
+    )
+    page = json.loads(done.events[0].model_dump_json())
+    assert stage.process(_record(1, page)).outcome == "delivered"
+    assert stage.process(_record(2, json.loads(escalated.model_dump_json()))).outcome == "delivered"
+    assert [b["category"] for b in receiving.got("webhook")] == ["follow_up"]  # type: ignore[index]
+    assert len(receiving.got("alertmanager")) == 1  # the page only
