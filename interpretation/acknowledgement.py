@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError
 from interpretation.alerts import Acknowledged, Action, Alert, Category, Decision, Role, Severity
 from interpretation.findings import Analyte
 from interpretation.follow_ups import WAITED_FOR, described_by, describing, with_follow_ups
-from interpretation.lab_result import Frozen
+from interpretation.lab_result import Frozen, validation_problems
 from interpretation.patient_state import FollowUp, PatientState, RememberedResult
 from interpretation.ruleset import FollowUpKind, RuleSet
 
@@ -51,11 +51,7 @@ def read_acknowledgement(data: dict[str, object]) -> Acknowledgement:
     try:
         return Acknowledgement.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(acknowledgement)'}: {e['msg']}"
-            for e in err.errors(include_url=False, include_input=False)
-        )
-        raise ValueError(problems) from None
+        raise ValueError("; ".join(validation_problems(err, "(acknowledgement)"))) from None
 
 
 class AckOutcome(StrEnum):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from interpretation.alerts import (
     Acknowledged,
@@ -42,8 +43,8 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
 
 
-def _hours(value: object) -> timedelta:
-    return timedelta(hours=float(str(value)))
+def _hours(value: Decimal) -> timedelta:
+    return timedelta(hours=float(value))
 
 
 def follow_through(
@@ -115,7 +116,6 @@ def _escalation(
         follows=incident.key,
         key=_digest("follow-up", incident.key, ESCALATION),
         about=described.key,
-        drawn=described.collected_at,
         due=opened + timedelta(minutes=minutes),
     )
 
@@ -186,7 +186,6 @@ def _opened(
         follows=incident.key,
         key=_digest("follow-up", incident.key, rule.id),
         about=level.key,
-        drawn=level.collected_at,
         due=due,
     )
 
@@ -213,7 +212,7 @@ def _retimed(
     if f.fired_at is not None or rule is None or f.kind is not FollowUpKind.ANTIBODIES_NOT_RESULTED:
         return f
     window = timedelta(hours=rules.pair_window_hours)
-    drawn = f.drawn
+    drawn = described_by(state, f).collected_at
     pending = [
         r.key
         for r in state.results
@@ -305,7 +304,7 @@ def described_by(state: PatientState, f: FollowUp) -> RememberedResult:
         analyte=Analyte.INFLIXIMAB,
         specimen_id=None,
         accession=None,
-        collected_at=f.drawn,
+        collected_at=None,
         status=ResultStatus.FINAL,
         finding=DrugLevelFinding.SUBTHERAPEUTIC,
         value=None,

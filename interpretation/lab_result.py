@@ -10,12 +10,21 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 
 def as_utc(moment: datetime) -> datetime:
     """A time without an offset read as UTC, so that any two reported times can be compared."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def validation_problems(err: ValidationError, whole: str) -> list[str]:
+    """Each problem of a validation error as `field: what is wrong` (`whole` where it is the
+    whole document); never the value given, which may name a patient."""
+    return [
+        f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg']}"
+        for e in err.errors(include_url=False, include_input=False)
+    ]
 
 
 class Frozen(BaseModel):

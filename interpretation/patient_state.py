@@ -80,7 +80,6 @@ class FollowUp(Frozen):
     # The result its events describe (the low level; the page's latest result), by key: it stays
     # in `results` while its incident is open. Not a copy: that tripled a patient's state.
     about: str
-    drawn: datetime | None = None  # that result's collection time (a pending result of the same draw)
     due: datetime
     fired_at: datetime | None = None
     # Pending results that moved the deadline already (each re-times it once).

@@ -24,6 +24,7 @@ from interpretation.lab_result import (
     Phase,
     Route,
     TreatmentContext,
+    validation_problems,
 )
 from interpretation.numbers import NumberStyle
 from interpretation.quantities import unit_key
@@ -399,10 +400,7 @@ def parse_ruleset(text: str | bytes, origin: str = "rule set") -> RuleSet:
     try:
         return RuleSet.model_validate(data)
     except ValidationError as err:
-        problems = "\n".join(
-            f"  - {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in err.errors(include_url=False, include_input=False)
-        )
+        problems = "\n".join(f"  - {problem}" for problem in validation_problems(err, "(top level)"))
         raise RuleSetError(f"{origin} is not a valid rule set:\n{problems}") from err
 
 
