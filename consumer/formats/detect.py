@@ -7,7 +7,7 @@ from enum import StrEnum
 from consumer.dead_letters import Reason
 from consumer.formats.canonical import decode_canonical
 from consumer.formats.errors import DecodeError, Relevance
-from consumer.formats.fhir import check_resource, decode_fhir, parse_document
+from consumer.formats.fhir import decode_fhir, parse_document
 from consumer.formats.hl7v2 import decode_hl7v2
 from interpretation import LabResult
 
@@ -32,33 +32,41 @@ def detect(data: bytes) -> Format | None:
     return None
 
 
+_NOT_A_FORMAT = "not JSON (canonical or FHIR) and not HL7 v2 (no MSH header)"
+_EXPECTED = {
+    Format.HL7V2: "not HL7 v2 as the topic is configured: no MSH, FHS or BHS header",
+    Format.FHIR: "not FHIR JSON as the topic is configured: no JSON object",
+    Format.CANONICAL: "not canonical JSON as the topic is configured: no JSON object",
+}
+
+
+def shaped(data: bytes, fmt: Format) -> str | None:
+    """Why the first bytes are in no format we read (or not in the topic's), else None: all a
+    skipped message is asked about its form."""
+    head = data[:16].lstrip(_LEADING)
+    hl7, json = head[:3] in (b"MSH", b"FHS", b"BHS"), head[:1] == b"{"
+    if fmt is Format.AUTO:
+        return None if hl7 or json else _NOT_A_FORMAT
+    if fmt is Format.HL7V2:
+        return None if hl7 else _EXPECTED[fmt]
+    return None if json else _EXPECTED[fmt]
+
+
 def decode(
-    data: bytes, relevant: Relevance, fmt: Format = Format.AUTO, maybe_relevant: bool = True
+    data: bytes, relevant: Relevance, fmt: Format = Format.AUTO, *, hl7_split: bool = False
 ) -> list[LabResult]:
     """The relevant lab results in one message; raises DecodeError for anything unreadable.
 
-    A message the pre-filter ruled out (`maybe_relevant` False) is checked only for its format
-    (an HL7 header; JSON syntax and, for FHIR, a known resource type), not parsed in full. The
-    canonical format, ours, is always validated whole.
+    `hl7_split`: HL7 v2 read by splitting what is read, not parsed whole first (the same
+    results; see `decode_hl7v2`).
     """
-    maybe = maybe_relevant
     if fmt is Format.AUTO:
         found = detect(data)
         if found is None:
-            raise DecodeError(
-                Reason.UNSUPPORTED_FORMAT, "not JSON (canonical or FHIR) and not HL7 v2 (no MSH header)"
-            )
+            raise DecodeError(Reason.UNSUPPORTED_FORMAT, _NOT_A_FORMAT)
         fmt = found
     if fmt is Format.HL7V2:
-        return decode_hl7v2(data, relevant) if maybe else []
+        return decode_hl7v2(data, relevant, split=hl7_split)
     if fmt is Format.CANONICAL:
-        return decode_canonical(data.lstrip(_LEADING), relevant if maybe else _never)
-    if not maybe:
-        # An unknown resource is refused even when it holds nothing of ours.
-        check_resource(data.lstrip(_LEADING))
-        return []
+        return decode_canonical(data.lstrip(_LEADING), relevant)
     return decode_fhir(parse_document(data.lstrip(_LEADING)), relevant)
-
-
-def _never(code: str, display: str | None) -> bool:
-    return False

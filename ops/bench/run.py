@@ -180,14 +180,17 @@ def service_env(
 
 
 class Service:
-    def __init__(self, env: dict[str, str], log_path: Path, command: str = "run") -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, command: str = "run", code: Path = REPO) -> None:
+        """`code`: the checkout whose service runs (another commit's worktree, for a before/after)."""
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.started = time.time()
+        if code != REPO:
+            env = {**env, "PYTHONPATH": str(code)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "consumer", command],
             env=env,
-            cwd=REPO,
+            cwd=code,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
@@ -239,19 +242,21 @@ def run_service(
     client: str = "kafka-python",
     keyed: bool = False,
     covariates: bool = False,
+    code: Path = REPO,
 ) -> dict[str, float]:
     """Until every input message is committed and, with state, every patient record too."""
     alerts, dlq = f"bench.tdm.alerts.{uuid.uuid4().hex[:6]}", f"bench.tdm.dlq.{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, (alerts, PARTITIONS), (dlq, 1))
     env = service_env(bootstrap, topic, alerts, dlq, delivery, state=state, client=client, keyed=keyed)
-    if covariates:
-        env["TDM_LAB_COVARIATES"] = "true"
+    # Both ways, named: the default changes with this version.
+    env["TDM_LAB_COVARIATES"] = "true" if covariates else "false"
     kind = (
         ("keyed-" if keyed else "")
         + ("state" if state else "stateless")
         + ("-covariates" if covariates else "")
     )
-    service = Service(env, WORK / f"service-{client}-{delivery}-{kind}.log")
+    where = "" if code == REPO else f"-{code.name}"
+    service = Service(env, WORK / f"service-{client}-{delivery}-{kind}{where}.log", code=code)
     try:
         while service.consumed(topic) < expect or (
             state and not keyed and service.consumed(".patient-results") < patient_records
@@ -732,9 +737,101 @@ CONFLUENT_STATELESS = "tdm-alerts exactly-once, stateless (confluent-kafka)"
 CONFLUENT_KEYED = "tdm-alerts exactly-once, patient state, input keyed by patient (confluent-kafka)"
 CONFLUENT_COVARIATES = "tdm-alerts exactly-once, patient state, albumin and weight read (confluent-kafka)"
 QUIX = "Quix Streams + our core, exactly-once"
+CONFLUENT_BEFORE = "tdm-alerts exactly-once, patient state (confluent-kafka), at issue 40's start"
+CONFLUENT_LOOP = "confluent-kafka consume-then-produce"
+# The commit at which issue 40 (covariates at the feed's speed, the skip path) was opened: its
+# service runs beside this one on the same broker, alternated, for a before/after.
+ISSUE_40_START = "96f0435"
 # Run twice, alternating, best of two each: one run of the same contender on this 2-core
 # machine varied by up to 25% (a cold broker, the page cache), more than the ratio's margin.
 RERUN = (QUIX, CONFLUENT_STATEFUL, CONFLUENT_STATELESS, CONFLUENT_KEYED)
+
+
+def checkout(commit: str) -> Path:
+    """A worktree of `commit` (created once, under the bench's work directory)."""
+    where = WORK / f"checkout-{commit}"
+    if not (where / "consumer").is_dir():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=True)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", "--force", str(where), commit],
+            check=True,
+            capture_output=True,
+        )
+    return where
+
+
+def measured(r: dict[str, float]) -> dict[str, float]:
+    seconds = r["done_at"] - r["first_at"]
+    return {
+        "per_s": r["messages"] / seconds,
+        "seconds": seconds,
+        "wall_s": r["wall_s"],
+        "peak_rss_mb": r["peak_rss_mb"],
+        "cpu_per_100k_s": r["cpu_s"] / r["messages"] * 1e5,
+    }
+
+
+def covariates_step(
+    bootstrap: str, messages: list[feed.Message], rounds: int = 2, after: Path = REPO
+) -> dict[str, object]:
+    """Covariates on against off, and patient state before (issue 40's start) and after, on the
+    same pre-loaded feed, alternated `rounds` times; best of the rounds each (confluent-kafka).
+    `after`: the checkout measured as "after" (this one unless told)."""
+    before = checkout(ISSUE_40_START)
+    records = patient_records(messages)
+    covariate_records = patient_records(messages, covariates=True)
+    topic = f"bench.feed.{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, (topic, PARTITIONS))
+    log(f"pre-loading {topic} ({PARTITIONS} partitions): {preload(bootstrap, topic, messages):.1f} s")
+    n = len(messages)
+    contenders = {
+        CONFLUENT_BEFORE: lambda: run_service(
+            bootstrap, topic, n, "exactly_once", patient_records=records, client="confluent-kafka", code=before
+        ),
+        CONFLUENT_STATEFUL: lambda: run_service(
+            bootstrap, topic, n, "exactly_once", patient_records=records, client="confluent-kafka", code=after
+        ),
+        CONFLUENT_COVARIATES: lambda: run_service(
+            bootstrap,
+            topic,
+            n,
+            "exactly_once",
+            patient_records=covariate_records,
+            client="confluent-kafka",
+            covariates=True,
+            code=after,
+        ),
+        CONFLUENT_LOOP: lambda: run_loop("confluent", bootstrap, topic, n),
+    }
+    found: dict[str, dict[str, object]] = {}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            log(f"running {name}")
+            sample = measured(run())
+            log(f"  {sample['per_s']:,.0f} msgs/s, {sample['peak_rss_mb']:.0f} MB peak RSS")
+            earlier = found.get(name)
+            runs = [*(earlier or {}).get("runs_per_s", []), sample["per_s"]]  # type: ignore[list-item]
+            found[name] = {**(sample if earlier is None or sample["per_s"] > earlier["per_s"] else earlier)}
+            found[name]["runs_per_s"] = runs
+    return found
+
+
+def covariates_table(found: dict[str, dict[str, float]]) -> list[str]:
+    per_s = {name: float(r["per_s"]) for name, r in found.items()}
+    rows = [("", "msgs/s", "runs", "peak RSS MB")]
+    for name, r in found.items():
+        shown = ", ".join(f"{x:,.0f}" for x in r["runs_per_s"])  # type: ignore[attr-defined]
+        rows.append((name, f"{r['per_s']:,.0f}", shown, f"{r['peak_rss_mb']:.0f}"))
+    lines = _grid(rows)
+    on, off = per_s.get(CONFLUENT_COVARIATES), per_s.get(CONFLUENT_STATEFUL)
+    loop, before = per_s.get(CONFLUENT_LOOP), per_s.get(CONFLUENT_BEFORE)
+    if on and off:
+        lines.append(f"albumin and weight read (TDM_LAB_COVARIATES) against not: {on / off:.2f}x (target >= 0.8x)")
+    if loop and off and before:
+        lines.append(
+            f"patient state to the bare confluent-kafka loop: before {before / loop:.2f}x, after {off / loop:.2f}x"
+        )
+    return lines
 
 
 def table(results: dict[str, object]) -> str:
@@ -837,10 +934,20 @@ def main() -> None:
     parser.add_argument("--state-patients", type=int, default=100_000)
     parser.add_argument("--paging-seconds", type=float, default=60.0)
     parser.add_argument(
-        "--only", choices=["paging"], help="run this step alone; its results replace the JSON's"
+        "--only", choices=["paging", "covariates"], help="run this step alone; its results replace the JSON's"
     )
+    parser.add_argument("--after", help="with --only covariates: the commit measured as after (default: this checkout)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.only == "covariates":
+        bootstrap = start_broker()
+        after = checkout(args.after) if args.after else REPO
+        try:
+            step = covariates_step(bootstrap, list(feed.generate(args.messages)), after=after)
+        finally:
+            stop_broker()
+        print("\n".join(covariates_table(step)))
+        return
     if args.only == "paging":
         bootstrap = start_broker()
         try:

@@ -52,9 +52,10 @@ def test_therapeutic_level_is_interpreted_without_alert():
         (b"{" + b" " * 5000 + b"}", Reason.TOO_LARGE, Stage.INTAKE),
         (b"\x00\xff\xfe binary", Reason.BINARY, Stage.INTAKE),
         (b"\xff\xfe not a format we read", Reason.UNSUPPORTED_FORMAT, Stage.DECODE),
-        (b"{not json", Reason.UNDECODABLE, Stage.DECODE),
-        (b'{"accession": "A"}', Reason.INVALID, Stage.DECODE),
-        (b'{"patient_id": "P", "results": []}', Reason.INVALID, Stage.DECODE),
+        (b'{not json "39803-2"', Reason.UNDECODABLE, Stage.DECODE),
+        (b'{"accession": "INFXR"}', Reason.INVALID, Stage.DECODE),
+        (b'{"patient_id": "P", "results": [], "note": "infliximab"}', Reason.INVALID, Stage.DECODE),
+        (b"[39803-2]", Reason.UNSUPPORTED_FORMAT, Stage.DECODE),
         (
             b'{"patient_id": "P", "results": [{"code": "39803-2", "status": "maybe"}]}',
             Reason.INVALID,
@@ -68,14 +69,34 @@ def test_bad_input_becomes_a_dead_letter_with_a_reason(data, reason, stage):
     assert (done.dead_letter.reason, done.dead_letter.stage) == (reason, stage)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"{not json",
+        b'{"accession": "A"}',
+        b'{"patient_id": "P", "results": []}',
+        b'{"resourceType": "Patient"}',
+        b'{"resourceType": "Bundle", ',
+        b"MSH|^~\\&|LIS|X\rPID|1||P",
+    ],
+)
+def test_a_message_that_names_nothing_we_read_is_skipped_on_its_first_bytes(data):
+    """The skip path (README, "What is read and what is skipped"): a message naming no
+    infliximab code, name or escape is checked for a format we read (its first bytes) and for
+    binary content, and skipped, broken or not; the same message naming a code is dead-lettered
+    above."""
+    done = PIPE.process(data, HERE)
+    assert (done.outcome, done.dead_letter) == (Outcome.SKIPPED, None)
+
+
 def test_dead_letter_detail_never_echoes_the_input():
-    done = PIPE.process(b'{"patient_id": ["SECRET-MRN-123"], "results": [{"code": "x"}]}', HERE)
+    done = PIPE.process(b'{"patient_id": ["SECRET-MRN-123"], "results": [{"code": "39803-2"}]}', HERE)
     assert done.dead_letter is not None
     assert "SECRET-MRN-123" not in done.dead_letter.detail
 
 
 def test_dead_letter_headers_name_reason_stage_and_source():
-    done = PIPE.process(b"{not json", HERE)
+    done = PIPE.process(b"{not json INXAB", HERE)
     headers = dict(done.dead_letter.headers("lab.results", 2, 41, 1_700_000_000_000))
     assert headers["tdm.dlq.reason"] == b"undecodable"
     assert headers["tdm.dlq.stage"] == b"decode"

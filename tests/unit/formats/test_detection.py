@@ -39,9 +39,11 @@ def test_a_topic_with_a_fixed_format_refuses_other_formats():
     assert detected.outcome is Outcome.ALERTED
 
 
-def test_json_that_is_not_an_object_is_invalid():
+def test_json_that_is_not_an_object_is_refused():
     done = Pipeline(default_ruleset(), 1 << 20).process(b"[1]", SourceRef(), Format.CANONICAL)
-    assert done.dead_letter.reason is Reason.INVALID
+    assert done.dead_letter.reason is Reason.UNSUPPORTED_FORMAT
+    named = Pipeline(default_ruleset(), 1 << 20).process(b' ["39803-2"]', SourceRef(), Format.CANONICAL)
+    assert named.dead_letter.reason is Reason.INVALID  # could be ours: read, and refused
 
 
 FIXTURES = sorted(

@@ -109,7 +109,7 @@ def _decode_both(data: bytes, monkeypatch_context):
     relevant = PIPE.relevant
     try:
         with monkeypatch_context() as patch:
-            patch.setattr(hl7v2, "_what_we_read", lambda text, _relevant: text)
+            patch.setattr(hl7v2, "_what_we_read", lambda text, _relevant: (text, None))
             whole = hl7v2.decode_hl7v2(data, relevant)
     except DecodeError:
         return None, None

@@ -4,6 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consumer.dead_letters import Reason
+from consumer.formats import Format
 from consumer.formats.prefilter import Prefilter
 from consumer.pipeline import Outcome, Pipeline
 from interpretation import SourceRef, default_ruleset
@@ -69,9 +71,15 @@ def test_never_says_no_when_recognition_would_say_yes(before, name, after, code)
         assert recognise(code_text, shown, RULES.recognition) is None
 
 
-def test_skipped_without_parsing_still_checks_the_format():
+def test_skipped_without_parsing_still_checks_the_first_bytes_and_binary_content():
     pipeline = Pipeline(RULES, 1 << 20)
     here = SourceRef()
-    assert pipeline.process(b'{"resourceType": "Patient"}', here).dead_letter is not None
-    assert pipeline.process(b'{"resourceType": "Bundle", ', here).dead_letter is not None
+    assert pipeline.process(b"name,value\nalbumin,3.1", here).dead_letter.reason is Reason.UNSUPPORTED_FORMAT
+    assert (
+        pipeline.process(b'{"resourceType": "Patient", "x": "\x01"}', here).dead_letter.reason
+        is Reason.BINARY
+    )
+    configured = pipeline.process(b'{"resourceType": "Patient"}', here, Format.HL7V2)
+    assert configured.dead_letter.reason is Reason.UNSUPPORTED_FORMAT
+    assert pipeline.process(b'{"resourceType": "Patient"}', here).outcome is Outcome.SKIPPED
     assert pipeline.process(b"MSH|^~\\&|LIS|X\rPID|1||P", here).outcome is Outcome.SKIPPED
