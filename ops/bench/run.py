@@ -786,7 +786,13 @@ def covariates_step(
     n = len(messages)
     contenders = {
         CONFLUENT_BEFORE: lambda: run_service(
-            bootstrap, topic, n, "exactly_once", patient_records=records, client="confluent-kafka", code=before
+            bootstrap,
+            topic,
+            n,
+            "exactly_once",
+            patient_records=records,
+            client="confluent-kafka",
+            code=before,
         ),
         CONFLUENT_STATEFUL: lambda: run_service(
             bootstrap, topic, n, "exactly_once", patient_records=records, client="confluent-kafka", code=after
@@ -826,10 +832,12 @@ def covariates_table(found: dict[str, dict[str, float]]) -> list[str]:
     on, off = per_s.get(CONFLUENT_COVARIATES), per_s.get(CONFLUENT_STATEFUL)
     loop, before = per_s.get(CONFLUENT_LOOP), per_s.get(CONFLUENT_BEFORE)
     if on and off:
-        lines.append(f"albumin and weight read (TDM_LAB_COVARIATES) against not: {on / off:.2f}x (target >= 0.8x)")
+        shown = f"{on / off:.2f}x (target >= 0.8x)"
+        lines.append(f"albumin and weight read (TDM_LAB_COVARIATES) against not: {shown}")
     if loop and off and before:
         lines.append(
-            f"patient state to the bare confluent-kafka loop: before {before / loop:.2f}x, after {off / loop:.2f}x"
+            "patient state to the bare confluent-kafka loop: "
+            f"before {before / loop:.2f}x, after {off / loop:.2f}x"
         )
     return lines
 
@@ -936,7 +944,9 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=["paging", "covariates"], help="run this step alone; its results replace the JSON's"
     )
-    parser.add_argument("--after", help="with --only covariates: the commit measured as after (default: this checkout)")
+    parser.add_argument(
+        "--after", help="with --only covariates: the commit measured as after (default: this checkout)"
+    )
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     if args.only == "covariates":
