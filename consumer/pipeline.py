@@ -15,7 +15,7 @@ from typing import NamedTuple
 from consumer.dead_letters import DeadLetter, Reason, Stage
 from consumer.formats import DecodeError, Format, decode
 from consumer.formats.detect import shaped
-from consumer.formats.prefilter import Prefilter
+from consumer.formats.prefilter import Prefilter, Scan
 from interpretation import (
     Alert,
     Interpretation,
@@ -146,7 +146,7 @@ class Pipeline:
         if fmt is None:
             fmt = self.format_for(source.topic if isinstance(source, SourceRef) else None)
         if not (maybe := scan.maybe):
-            return self._skipped(data, fmt, scan.covariate, began)
+            return self._skipped(data, fmt, scan, began)
         try:
             decoding = time.perf_counter()
             results = decode(data, self.relevant, fmt)
@@ -191,15 +191,15 @@ class Pipeline:
             covariate_error=covariate_error,
         )
 
-    def _skipped(self, data: bytes, fmt: Format, covariate: bool, began: float) -> Processed:
+    def _skipped(self, data: bytes, fmt: Format, scan: Scan, began: float) -> Processed:
         """The skip path: nothing in the bytes we could read. Only their first bytes are checked
         (a format we read at all); JSON syntax, a FHIR resource type and our canonical schema
         are checked in the messages that could be ours (README, "What is read and what is
         skipped"). Albumin and weight results named in them are still read."""
-        if (refused := shaped(data, fmt)) is not None:
+        if (refused := shaped(scan.head, fmt)) is not None:
             return _dead(Reason.UNSUPPORTED_FORMAT, Stage.DECODE, refused, began)
-        if not covariate:
-            return Processed(Outcome.SKIPPED, seconds=time.perf_counter() - began)
+        if not scan.covariate:
+            return Processed(Outcome.SKIPPED, (), (), None, time.perf_counter() - began)
         covariates, error = self._covariates(data, fmt)
         return Processed(
             Outcome.SKIPPED, seconds=time.perf_counter() - began, covariates=covariates, covariate_error=error

@@ -9,9 +9,8 @@ from consumer.formats.canonical import decode_canonical
 from consumer.formats.errors import DecodeError, Relevance
 from consumer.formats.fhir import decode_fhir, parse_document
 from consumer.formats.hl7v2 import decode_hl7v2
+from consumer.formats.prefilter import LEADING as _LEADING
 from interpretation import LabResult
-
-_LEADING = b" \t\r\n\x0b\xef\xbb\xbf"  # whitespace, an MLLP start byte, a UTF-8 byte-order mark
 
 
 class Format(StrEnum):
@@ -40,10 +39,9 @@ _EXPECTED = {
 }
 
 
-def shaped(data: bytes, fmt: Format) -> str | None:
-    """Why the first bytes are in no format we read (or not in the topic's), else None: all a
-    skipped message is asked about its form."""
-    head = data[:16].lstrip(_LEADING)
+def shaped(head: bytes, fmt: Format) -> str | None:
+    """Why the first bytes (`Scan.head`) are in no format we read (or not in the topic's), else
+    None: all a skipped message is asked about its form."""
     hl7, json = head[:3] in (b"MSH", b"FHS", b"BHS"), head[:1] == b"{"
     if fmt is Format.AUTO:
         return None if hl7 or json else _NOT_A_FORMAT

@@ -26,8 +26,10 @@ from ahocorasick_rs import BytesAhoCorasick, Implementation, MatchKind
 from interpretation.ruleset import Recognition
 
 _HL7_HEADERS = (b"MSH", b"FHS", b"BHS")
+LEADING = b" \t\r\n\x0b\xef\xbb\xbf"  # whitespace, an MLLP start byte, a UTF-8 byte-order mark
 # JSON \u escapes; HL7 hex (X), local (Z), charset (C, M) and highlight (H, N) escapes.
 _LETTER_ESCAPES = [b"\\" + bytes([c]) for c in b"uXZCMHN"]
+_ESCAPE_STARTS = frozenset(bytes([c]) for c in b"uXZCMHN")
 # Control bytes that no text format we read may contain (tab, LF, CR and the MLLP frame
 # bytes VT and FS are allowed): their presence means binary data, which is not parsed. One
 # translation folds case for the name search and turns each of them into NUL, which a
@@ -45,6 +47,7 @@ class Scan(NamedTuple):
     binary_at: int  # the first control byte's position, -1 when there is none
     maybe: bool  # may hold an infliximab result (`Prefilter.may_be_relevant`)
     covariate: bool  # names an albumin or weight code (only when the forecast reads them)
+    head: bytes  # the first bytes, leading whitespace, MLLP start and byte-order mark left out
 
 
 def _searcher(patterns: list[bytes]) -> BytesAhoCorasick | None:
@@ -87,9 +90,12 @@ class Prefilter:
     def scan(self, data: bytes) -> Scan:
         folded = data.translate(_FOLD)
         binary_at = folded.find(0)
+        head = data[:24].lstrip(LEADING)
         if binary_at >= 0:
-            return Scan(binary_at, self._may_be_relevant(data, data.lower()), False)
-        return Scan(-1, self._may_be_relevant(data, folded), _found(self._covariate_code, data))
+            return Scan(binary_at, self._may_be_relevant(data, data.lower(), head), False, head)
+        named = self._covariate_code
+        covariate = named is not None and bool(named.find_matches_as_indexes(data))
+        return Scan(-1, self._may_be_relevant(data, folded, head), covariate, head)
 
     def mentions_covariate(self, data: bytes) -> bool:
         """Whether an albumin or weight code occurs in `data` (always False unless asked for)."""
@@ -106,17 +112,24 @@ class Prefilter:
 
     def may_be_relevant(self, data: bytes) -> bool:
         """False only if no decoder could find an infliximab result in `data`."""
-        return self._may_be_relevant(data, data.lower())
+        return self._may_be_relevant(data, data.lower(), data[:24].lstrip(LEADING))
 
-    def _may_be_relevant(self, data: bytes, lowered: bytes) -> bool:
+    def _may_be_relevant(self, data: bytes, lowered: bytes, head: bytes) -> bool:
         # `lowered`: the bytes with case folded (control bytes may be NUL: no name has one).
-        if _found(self._any_word, lowered):
-            if any(code in data for code in self._codes):
-                return True
-            if self._names_drug(lowered):
-                return True
-        if _found(self._escape, data):
+        words = self._any_word
+        if (
+            words is not None
+            and words.find_matches_as_indexes(lowered)
+            and (any(code in data for code in self._codes) or self._names_drug(lowered))
+        ):
             return True
-        head = data[:16].lstrip(b" \t\r\n\x0b")
+        # Most messages hold one backslash (HL7's MSH-2 declares it) or none (JSON without
+        # escapes): looking at it is cheaper than searching the whole message again.
+        at = data.find(b"\\")
+        if at >= 0 and (
+            data[at + 1 : at + 2] in _ESCAPE_STARTS
+            or (data.find(b"\\", at + 1) >= 0 and _found(self._escape, data))
+        ):
+            return True
         # An HL7 message may declare another escape character (MSH-2); then we cannot tell.
         return head[:3] in _HL7_HEADERS and head[6:7] != b"\\"
