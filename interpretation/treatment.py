@@ -108,6 +108,10 @@ class TreatmentRecord(Frozen):
                 fields[at] = getattr(update, at)
         if _earlier(update.last_dose_at, self.last_dose_at):
             fields.pop("last_dose_at", None)  # a back-charted older infusion is not the last one
+        if not update.doses and not update.withdrawn:
+            # A measurement (an albumin from the lab feed, nearly half of it): the dose history
+            # stands as it was, already one history.
+            return self.model_copy(update=fields)
         withdrawn = (*self.withdrawn, *(i for i in update.withdrawn if i not in self.withdrawn))
         fields["withdrawn"] = withdrawn[-MAX_WITHDRAWN:]
         fields["doses"] = _kept((*self.doses, *update.doses), fields["withdrawn"])
