@@ -10,7 +10,7 @@ the next assignment replays.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -141,8 +141,8 @@ class PatientStates:
         try:
             tps = [Partition(self.topics.changelog, p) for p in done]
             ends = reader.end_offsets(tps)
-            for tp in tps:
-                self._restore(reader, tp, ends[tp], self.stores[tp.partition])
+            starts = {tp: self._restore_start(reader, tp, ends[tp], self.stores[tp.partition]) for tp in tps}
+            self._restore(reader, {tp: (at, ends[tp]) for tp, at in starts.items() if at is not None})
         finally:
             reader.close()
         self.pending.clear()
@@ -163,59 +163,88 @@ class PatientStates:
     def close(self) -> None:
         self.revoke(list(self.stores))
 
-    def _restore(self, reader: Reader, tp: Partition, end: int, store: PartitionStore) -> None:
-        """Replay the changelog from the store's offset to `end` (read_committed): resumable.
+    def _restore_start(self, reader: Reader, tp: Partition, end: int, store: PartitionStore) -> int | None:
+        """Where the partition's replay starts, or None when the store holds all there is.
 
         The changelog is the truth and the store a cache of it: a store that is not a prefix of
         this changelog (ahead of its end, or holding another record at its offset) is emptied and
         rebuilt from the beginning.
         """
-        partition = tp.partition
         start = store.changelog_offset()
         if start is not None and (why := _not_a_prefix(reader, tp, end, start, store.changelog_digest())):
-            self._rebuilding(partition, "not_this_changelog", why)
+            self._rebuilding(tp.partition, "not_this_changelog", why)
             store.reset()
             start = None
         if end == 0 or (start is not None and start + 1 >= end):
-            return  # nothing newer than what the store holds: no fetch at all
-        reader.assign([tp])
-        if start is None:
-            reader.seek_to_beginning(tp)
-        else:
-            reader.seek(tp, start + 1)
-        began, applied = time.monotonic(), 0
-        # Where reading stands. Until its first fetch, asking confluent-kafka costs a broker
-        # round trip (~0.2 s: the committed offset, then the watermarks), and the first polls
-        # asked it (a cold restore of 100,000 patients took 9.0 s on it against 3.5 s); once it
-        # fetches, the answer is local, and asking kafka-python starts its next fetch early.
-        at = 0 if start is None else start + 1
-        empty = 0
-        log.info("restoring patient state", partition=partition, start=at, end=end)
-        while at < end:
-            writes: dict[str, Entry | None] = {}
-            last = None
+            return None  # nothing newer than what the store holds: no fetch at all
+        return 0 if start is None else start + 1
+
+    def _restore(self, reader: Reader, spans: dict[Partition, tuple[int, int]]) -> None:
+        """Replay each partition's changelog from its start to its end (read_committed),
+        resumable: every partition at once, so the client fetches them together (one after
+        another, each waited for its own first fetch: 100,000 patients in 6 partitions took
+        4.0 s on confluent-kafka, see docs/benchmarks.md)."""
+        if not spans:
+            return
+        reader.assign(list(spans))
+        for tp, (start, _end) in spans.items():
+            if start == 0:
+                reader.seek_to_beginning(tp)
+            else:
+                reader.seek(tp, start)
+        began = time.monotonic()
+        # Where each partition's reading stands. Until its first fetch, asking confluent-kafka
+        # costs a broker round trip (~0.2 s: the committed offset, then the watermarks), and
+        # the first polls asked it (a cold restore of 100,000 patients took 9.0 s on it against
+        # 3.5 s); once it fetches, the answer is local, and asking kafka-python starts its next
+        # fetch early.
+        at = {tp: start for tp, (start, _end) in spans.items()}
+        applied = dict.fromkeys(spans, 0)
+        idle = dict.fromkeys(spans, 0)
+        for tp, (start, end) in spans.items():
+            log.info("restoring patient state", partition=tp.partition, start=start, end=end)
+        reading = set(spans)
+        while reading:
             # Short polls: the tail is often only transaction markers or aborted records,
             # which read_committed skips without returning anything.
-            for record in reader.poll(100, RESTORE_CHUNK).get(tp, []):
-                writes[(record.key or b"").decode()] = (
-                    None if record.value is None else (record.value, *_times(record))
-                )
-                last = record
-            if last is None:
-                # Past the markers and aborted records a poll skips; before the first record a
-                # poll may be empty only because the first fetch is not back yet (see above).
-                empty += 1
-                if applied or empty >= EMPTY_POLLS_BEFORE_ASKING:
-                    at = reader.position(tp)
-                continue
-            # Each chunk commits with its offset: a crash resumes here.
-            store.apply(writes, last.offset, record_digest(last.key, last.value))
-            self.on_restore_chunk()
-            applied += len(writes)
-            at = max(reader.position(tp), last.offset + 1)
-            remaining = max(end - at, 0)
-            self.metrics.state_restore_remaining.labels(str(partition)).set(remaining)
-            log.info("restoring patient state", partition=partition, applied=applied, remaining=remaining)
+            polled = reader.poll(100, RESTORE_CHUNK)
+            for tp in sorted(reading):
+                records = polled.get(tp, [])
+                if not records:
+                    # Past the markers and aborted records a poll skips; before the first
+                    # record a poll may be empty only because the first fetch is not back yet.
+                    idle[tp] += 1
+                    if applied[tp] or idle[tp] >= EMPTY_POLLS_BEFORE_ASKING:
+                        at[tp] = reader.position(tp)
+                else:
+                    self._apply_chunk(tp, records)
+                    applied[tp] += len(records)
+                    at[tp] = max(reader.position(tp), records[-1].offset + 1)
+                    remaining = max(spans[tp][1] - at[tp], 0)
+                    self.metrics.state_restore_remaining.labels(str(tp.partition)).set(remaining)
+                    log.info(
+                        "restoring patient state",
+                        partition=tp.partition,
+                        applied=applied[tp],
+                        remaining=remaining,
+                    )
+                if at[tp] >= spans[tp][1]:
+                    reading.discard(tp)
+                    self._restored(tp.partition, applied[tp], began)
+
+    def _apply_chunk(self, tp: Partition, records: Sequence[Record]) -> None:
+        """One poll's records of a partition, in one SQLite transaction with their offset: a
+        crash resumes after them."""
+        writes: dict[str, Entry | None] = {}
+        for record in records:
+            writes[(record.key or b"").decode()] = (
+                None if record.value is None else (record.value, *_times(record))
+            )
+        last = records[-1]
+        self.stores[tp.partition].apply(writes, last.offset, record_digest(last.key, last.value))
+        self.on_restore_chunk()
+
+    def _restored(self, partition: int, applied: int, began: float) -> None:
         self.metrics.state_restore_remaining.labels(str(partition)).set(0)
         self.metrics.state_restore_seconds.observe(time.monotonic() - began)
         log.info(
