@@ -141,6 +141,10 @@ class Settings(BaseSettings):
     notify_webhook_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
     notify_webhook_secret: SecretStr | None = None
     notify_webhook_secret_file: Path | None = None
+    # FHIR R4 output (`interpret --as fhir`): the system of the lab feed's patient identifiers
+    # (an MRN's urn:oid:...) and whom the CommunicationRequest is for (a reference).
+    fhir_patient_system: Annotated[str, Field(pattern=r"^(urn:|https?://)\S+$")] = "urn:tdm-alerts:patient-id"
+    fhir_recipient: Annotated[str, Field(pattern=r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")] | None = None
     # `tdm-alerts ack-server`: signed acknowledgements over HTTP, written to TDM_ACK_TOPIC.
     ack_secret: SecretStr | None = None
     ack_secret_file: Path | None = None

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from consumer.formats import Format
 from consumer.formats.errors import DecodeError
 from consumer.formats.treatment import context_in_file
 from consumer.message_files import messages_in
+from consumer.notify.events import read_event
+from consumer.notify.fhir import FhirOptions, options_from, transaction
 from consumer.pipeline import Pipeline, Processed
 from consumer.settings import Settings
 from interpretation import (
@@ -72,6 +75,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     # A history file's albumin and weight results are always read: its cost is no concern here.
     pipeline = Pipeline(load_ruleset(args.ruleset), args.max_message_bytes, override, lab_covariates=True)
     fmt = Format(args.format)
+    show = _show_lines if args.output == "lines" else _show_fhir(options_from(Settings()))
     if args.file == "-":
         name, data = "-", sys.stdin.buffer.read()
     else:
@@ -107,11 +111,32 @@ def cmd_interpret(args: argparse.Namespace) -> int:
         for line in _lines(
             result, source, pipeline, patients=patients_now, rules=rules, override=override, clock=clock
         ):
-            print(json.dumps(line, default=str), flush=True)
+            show(line)
     if clock is not None:
         for line in clock.fire(patients, pipeline.ruleset, rules, clock.now):
-            print(json.dumps(line, default=str), flush=True)
+            show(line)
     return 1 if failures else 0
+
+
+def _show_lines(line: dict[str, Any]) -> None:
+    if "events" in line:
+        line = {**line, "events": [event_line(e) for e in line["events"]]}
+    print(json.dumps(line, default=str), flush=True)
+
+
+def _show_fhir(options: FhirOptions) -> Callable[[dict[str, Any]], None]:
+    """One transaction Bundle per event, exactly as the FHIR receiver would send it: built from
+    the event as published and read back as the notifier reads it. A bundle's times of sending
+    (authoredOn) are the event's draw or fire time here, so the output is the same every run."""
+
+    def show(line: dict[str, Any]) -> None:
+        for event in line.get("events", ()):
+            read = read_event(event.model_dump_json().encode())
+            when = event.follow_up.fired_at if event.follow_up is not None else event.collected_at
+            now = as_utc(when) if when is not None else datetime(1970, 1, 1, tzinfo=UTC)
+            print(json.dumps(transaction(read, now, options)), flush=True)
+
+    return show
 
 
 class _Clock:
@@ -139,7 +164,7 @@ class _Clock:
             patients[patient_id] = state
         fired.sort(key=lambda f: (f[0], f[1]))
         return [
-            {"tick": due.isoformat(), "patient_id": patient_id, "events": [event_line(event)]}
+            {"tick": due.isoformat(), "patient_id": patient_id, "events": [event]}
             for due, patient_id, event in fired
         ]
 
@@ -185,7 +210,7 @@ def _lines(
             # The line states the reading its events were decided on: the patient's record
             # applied (a subcutaneous patient's level against the subcutaneous target).
             line = interpretation_line(done.interpretation, source)
-            line["events"] = [event_line(e) for e in done.events]
+            line["events"] = list(done.events)  # shown as the output asks (`_show_lines`, `_show_fhir`)
         lines[id(item)] = line
     return [*ticks, *(lines[id(item)] for item in result.interpretations)]
 
@@ -265,5 +290,13 @@ def add_interpret(commands: Commands) -> None:
         metavar="TIME",
         help="replay follow-ups up to TIME (ISO 8601 with its UTC offset): each result is read at its "
         "draw time, and the follow-ups due by then, and by TIME at the end, fire on lines of their own",
+    )
+    interp.add_argument(
+        "--as",
+        dest="output",
+        choices=["lines", "fhir"],
+        default="lines",
+        help="lines: one JSON line per result (default); fhir: one FHIR R4 transaction Bundle per alert "
+        "event, as the FHIR receiver would send it (TDM_FHIR_PATIENT_SYSTEM, TDM_FHIR_RECIPIENT)",
     )
     interp.set_defaults(handler=cmd_interpret)
