@@ -12,8 +12,8 @@ only way a name could hide from a byte search is an escape sequence that spells 
 (JSON \\uXXXX, HL7 \\Xhh\\ and the like), so a message holding one is always decoded.
 
 `scan` answers everything a skipped message is asked in one look at its bytes (about 2 us for
-a 1 kB message): whether it holds a control byte (binary), may hold an infliximab result, or
-names an albumin or weight code.
+a 1 kB message): whether it may hold an infliximab result or names an albumin or weight code,
+and, only if it does, whether it holds a control byte (binary).
 """
 
 from __future__ import annotations
@@ -31,20 +31,18 @@ LEADING = b" \t\r\n\x0b\xef\xbb\xbf"  # whitespace, an MLLP start byte, a UTF-8 
 _LETTER_ESCAPES = [b"\\" + bytes([c]) for c in b"uXZCMHN"]
 _ESCAPE_STARTS = frozenset(bytes([c]) for c in b"uXZCMHN")
 # Control bytes that no text format we read may contain (tab, LF, CR and the MLLP frame
-# bytes VT and FS are allowed): their presence means binary data, which is not parsed. One
-# translation folds case for the name search and turns each of them into NUL, which a
-# byte search then finds (one pass; a regex over the control bytes cost 5 us a message).
+# bytes VT and FS are allowed): their presence means binary data, which is not parsed. Turned
+# into NUL by one translation, which a byte search then finds (a regex over the control bytes
+# cost 5 us a message). Only a message that may be ours is looked at for them: one that names
+# nothing we read is skipped on its first bytes, binary or not (README, "What is read").
 _CONTROL = bytes(b for b in [*range(32), 127] if b not in (0x09, 0x0A, 0x0B, 0x0D, 0x1C))
-_FOLD = bytes.maketrans(
-    bytes(range(ord("A"), ord("Z") + 1)) + _CONTROL,
-    bytes(range(ord("a"), ord("z") + 1)) + b"\x00" * len(_CONTROL),
-)
+_CONTROL_TO_NUL = bytes.maketrans(_CONTROL, b"\x00" * len(_CONTROL))
 
 
 class Scan(NamedTuple):
     """What a message's bytes say before any decoder reads them."""
 
-    binary_at: int  # the first control byte's position, -1 when there is none
+    binary_at: int  # the first control byte's position, -1 when there is none (or not looked at)
     maybe: bool  # may hold an infliximab result (`Prefilter.may_be_relevant`)
     covariate: bool  # names an albumin or weight code (only when the forecast reads them)
     head: bytes  # the first bytes, leading whitespace, MLLP start and byte-order mark left out
@@ -88,14 +86,12 @@ class Prefilter:
         self._covariate_code = _searcher([c.encode() for c in covariate_codes])
 
     def scan(self, data: bytes) -> Scan:
-        folded = data.translate(_FOLD)
-        binary_at = folded.find(0)
         head = data[:24].lstrip(LEADING)
-        if binary_at >= 0:
-            return Scan(binary_at, self._may_be_relevant(data, data.lower(), head), False, head)
+        maybe = self._may_be_relevant(data, data.lower(), head)
         named = self._covariate_code
         covariate = named is not None and bool(named.find_matches_as_indexes(data))
-        return Scan(-1, self._may_be_relevant(data, folded, head), covariate, head)
+        binary_at = data.translate(_CONTROL_TO_NUL).find(0) if maybe or covariate else -1
+        return Scan(binary_at, maybe, covariate and binary_at < 0, head)
 
     def mentions_covariate(self, data: bytes) -> bool:
         """Whether an albumin or weight code occurs in `data` (always False unless asked for)."""
@@ -115,7 +111,7 @@ class Prefilter:
         return self._may_be_relevant(data, data.lower(), data[:24].lstrip(LEADING))
 
     def _may_be_relevant(self, data: bytes, lowered: bytes, head: bytes) -> bool:
-        # `lowered`: the bytes with case folded (control bytes may be NUL: no name has one).
+        # `lowered`: the bytes with case folded.
         words = self._any_word
         if (
             words is not None

@@ -71,14 +71,14 @@ def test_never_says_no_when_recognition_would_say_yes(before, name, after, code)
         assert recognise(code_text, shown, RULES.recognition) is None
 
 
-def test_skipped_without_parsing_still_checks_the_first_bytes_and_binary_content():
+def test_skipped_without_parsing_checks_the_first_bytes_and_binary_content_only_if_it_may_be_ours():
     pipeline = Pipeline(RULES, 1 << 20)
     here = SourceRef()
     assert pipeline.process(b"name,value\nalbumin,3.1", here).dead_letter.reason is Reason.UNSUPPORTED_FORMAT
-    assert (
-        pipeline.process(b'{"resourceType": "Patient", "x": "\x01"}', here).dead_letter.reason
-        is Reason.BINARY
-    )
+    binary = pipeline.process(b'{"resourceType": "Observation", "x": "\x01 infliximab"}', here)
+    assert binary.dead_letter.reason is Reason.BINARY
+    # Naming nothing we read, binary content is not looked for: skipped on its first bytes.
+    assert pipeline.process(b'{"resourceType": "Patient", "x": "\x01"}', here).outcome is Outcome.SKIPPED
     configured = pipeline.process(b'{"resourceType": "Patient"}', here, Format.HL7V2)
     assert configured.dead_letter.reason is Reason.UNSUPPORTED_FORMAT
     assert pipeline.process(b'{"resourceType": "Patient"}', here).outcome is Outcome.SKIPPED
