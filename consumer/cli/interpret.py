@@ -17,8 +17,9 @@ from consumer.formats import Format
 from consumer.formats.errors import DecodeError
 from consumer.formats.treatment import context_in_file
 from consumer.message_files import messages_in
-from consumer.notify.events import read_event
+from consumer.notify.events import AlertEvent, read_event
 from consumer.notify.fhir import FhirOptions, options_from, transaction
+from consumer.notify.hl7v2 import oru
 from consumer.pipeline import Pipeline, Processed
 from consumer.settings import Settings
 from interpretation import (
@@ -75,7 +76,9 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     # A history file's albumin and weight results are always read: its cost is no concern here.
     pipeline = Pipeline(load_ruleset(args.ruleset), args.max_message_bytes, override, lab_covariates=True)
     fmt = Format(args.format)
-    show = _show_lines if args.output == "lines" else _show_fhir(options_from(Settings()))
+    show = {"lines": _show_lines, "fhir": _show_fhir(options_from(Settings())), "hl7v2": _show_hl7v2}[
+        args.output
+    ]
     if args.file == "-":
         name, data = "-", sys.stdin.buffer.read()
     else:
@@ -131,12 +134,28 @@ def _show_fhir(options: FhirOptions) -> Callable[[dict[str, Any]], None]:
 
     def show(line: dict[str, Any]) -> None:
         for event in line.get("events", ()):
-            read = read_event(event.model_dump_json().encode())
-            when = event.follow_up.fired_at if event.follow_up is not None else event.collected_at
-            now = as_utc(when) if when is not None else datetime(1970, 1, 1, tzinfo=UTC)
-            print(json.dumps(transaction(read, now, options)), flush=True)
+            print(json.dumps(transaction(_as_published(event), _event_time(event), options)), flush=True)
 
     return show
+
+
+def _show_hl7v2(line: dict[str, Any]) -> None:
+    """One ORU^R01 per event, as the HL7 v2 receiver would send it, in an HL7 batch file's
+    layout: segments on lines of their own, a blank line between messages."""
+    for event in line.get("events", ()):
+        print(oru(_as_published(event), _event_time(event)).replace("\r", "\n") + "\n", flush=True)
+
+
+def _as_published(event: Alert) -> AlertEvent:
+    """The event as the notifier reads it from the alert topic."""
+    return read_event(event.model_dump_json().encode())
+
+
+def _event_time(event: Alert) -> datetime:
+    """When the output says it was sent: the event's draw or fire time, so a file gives the
+    same output every run."""
+    when = event.follow_up.fired_at if event.follow_up is not None else event.collected_at
+    return as_utc(when) if when is not None else datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class _Clock:
@@ -294,9 +313,9 @@ def add_interpret(commands: Commands) -> None:
     interp.add_argument(
         "--as",
         dest="output",
-        choices=["lines", "fhir"],
+        choices=["lines", "fhir", "hl7v2"],
         default="lines",
         help="lines: one JSON line per result (default); fhir: one FHIR R4 transaction Bundle per alert "
-        "event, as the FHIR receiver would send it (TDM_FHIR_PATIENT_SYSTEM, TDM_FHIR_RECIPIENT)",
+        "event (TDM_FHIR_PATIENT_SYSTEM, TDM_FHIR_RECIPIENT); hl7v2: one ORU^R01 per alert event",
     )
     interp.set_defaults(handler=cmd_interpret)

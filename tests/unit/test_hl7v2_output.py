@@ -1,0 +1,173 @@
+"""The HL7 v2 ORU^R01 of an alert event (`consumer.notify.hl7v2`, `interpret --as hl7v2`):
+validated strictly by hl7apy, stable per event, text escaped and read back as written; and its
+MLLP delivery against a real TCP listener of the test's own that enforces the framing."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import hl7
+import pytest
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
+
+from consumer.cli import main
+from consumer.notify.events import AlertEvent
+from consumer.notify.hl7v2 import END, START, TEXT_CHARS, control_id, deliver, framed, oru
+from consumer.notify.sending import Transient, Undelivered
+from tests.conftest import DATA
+
+NOW = datetime(2026, 12, 8, 9, 0, tzinfo=UTC)
+
+
+def event(**fields) -> AlertEvent:
+    base = {
+        "action": "trigger",
+        "incident_key": "a" * 32,
+        "event_id": "0123456789abcdef" * 2,
+        "severity": "high",
+        "category": "subtherapeutic_level",
+        "summary": "Infliximab trough 2.1 ug/mL below target",
+        "patient_id": "PT-7",
+        "accession": "ACC-7",
+        "collected_at": "2026-11-02T08:00:00+00:00",
+    }
+    return AlertEvent.model_validate({**base, **fields})
+
+
+def strict(text: str):
+    message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+    assert message.validate()
+    return message
+
+
+def test_every_event_of_the_sample_feed_is_one_strictly_valid_oru(capsys):
+    main(["interpret", str(DATA / "sample-feed.jsonl")])
+    import json
+
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    events = [e for line in lines for e in line.get("events", ())]
+    main(["interpret", str(DATA / "sample-feed.jsonl"), "--as", "hl7v2"])
+    messages = [m.strip().replace("\n", "\r") for m in capsys.readouterr().out.split("\n\n") if m.strip()]
+    assert len(messages) == len(events) > 0
+    for text, said in zip(messages, events, strict=True):
+        message = strict(text)
+        assert message.msh.msh_10.value == said["event_id"][:20]
+        order = message.oru_r01_patient_result.oru_r01_order_observation
+        assert order.obr.obr_25.value == ("F" if said["action"] == "trigger" else "C")
+
+
+def test_text_is_escaped_and_reads_back_as_written_and_long_text_is_one_obx_per_line():
+    summary = "Level 1|2 ^ ~ & \\ below " + "target " * 60
+    text = oru(event(summary=summary, recommendation="Re-check & repeat"), NOW)
+    strict(text)
+    parsed = hl7.parse(text)
+    pieces = [
+        parsed.unescape(str(segment[5]))
+        for segment in parsed.segments("OBX")
+        if str(segment[3]).startswith("TDMSUMMARY")
+    ]
+    assert len(pieces) > 1 and all(len(str(s[5])) <= TEXT_CHARS for s in parsed.segments("OBX"))
+    assert " ".join(pieces) == " ".join(summary.split())
+
+
+def test_the_same_event_is_the_same_message_and_a_resolve_says_why():
+    first, again = oru(event(), NOW), oru(event(), NOW)
+    assert first == again and control_id(event()) == "0123456789abcdef0123"
+    resolved = strict(oru(event(action="resolve", resolve_reason="corrected_into_range"), NOW))
+    order = resolved.oru_r01_patient_result.oru_r01_order_observation
+    assert order.obr.obr_25.value == "C"
+    assert "corrected_into_range" in resolved.to_er7()
+
+
+# -- MLLP against a real listener ---------------------------------------------------------
+
+
+@contextmanager
+def listener(answer: Callable[[bytes], bytes | None]) -> Iterator[tuple[int, list[bytes]]]:
+    """A TCP listener that enforces MLLP framing: it reads one frame (VT ... FS CR), refuses
+    anything else by closing, and sends `answer(message)` framed (None: closes, no answer)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.1)  # accept wakes to see whether the test is over
+    received: list[bytes] = []
+    over = threading.Event()
+
+    def serve() -> None:
+        while not over.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            connection.settimeout(5)
+            with connection:
+                data = b""
+                while END not in data:
+                    chunk = connection.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                if not (data.startswith(START) and data.endswith(END)):
+                    continue  # not a frame: no answer
+                message = data[1 : -len(END)]
+                received.append(message)
+                if (reply := answer(message)) is not None:
+                    connection.sendall(framed(reply.decode()))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1], received
+    finally:
+        over.set()
+        thread.join(timeout=5)
+        server.close()
+
+
+def ack(code: str, text: str = "", acked: str | None = None) -> Callable[[bytes], bytes]:
+    def answer(message: bytes) -> bytes:
+        control = acked if acked is not None else message.decode().split("\r", 1)[0].split("|")[9]
+        header = "MSH|^~\\&|EHR|HOSPITAL|TDM-ALERTS|TDM|20261208090000||ACK|A1|P|2.5.1"
+        return f"{header}\rMSA|{code}|{control}|{text}".encode()
+
+    return answer
+
+
+def test_an_accepted_message_is_acknowledged_aa():
+    message = oru(event(), NOW)
+    with listener(ack("AA")) as (port, received):
+        assert deliver("127.0.0.1", port, message, timeout_s=5) == "AA"
+    assert received == [message.encode()]
+
+
+def test_a_refusal_is_final_and_carries_the_receivers_words():
+    with listener(ack("AE", "unknown patient")) as (port, _), pytest.raises(Undelivered) as refused:
+        deliver("127.0.0.1", port, oru(event(), NOW), timeout_s=5)
+    assert (
+        refused.value.permanent and "AE" in refused.value.reason and "unknown patient" in refused.value.reason
+    )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [lambda message: None, ack("AA", acked="SOMETHING-ELSE"), ack("ZZ")],
+    ids=["no answer", "an ACK for another message", "an unknown code"],
+)
+def test_no_answer_or_a_wrong_one_is_retried(answer):
+    with listener(answer) as (port, _), pytest.raises(Transient):
+        deliver("127.0.0.1", port, oru(event(), NOW), timeout_s=2)
+
+
+def test_nobody_listening_is_retried():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(Transient):
+        deliver("127.0.0.1", port, oru(event(), NOW), timeout_s=2)
