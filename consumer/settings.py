@@ -151,7 +151,16 @@ class Settings(BaseSettings):
     ack_server_host: str = "0.0.0.0"  # noqa: S104 - a server for the hospital network, in a pod
     ack_server_port: Annotated[int, Field(ge=0, le=65535)] = 9110
     ack_max_age_s: Annotated[int, Field(ge=10, le=3600)] = 300
-    notify_routes: Annotated[dict[Literal["alertmanager", "pagerduty", "webhook"], Route], NoDecode] = {}
+    # An interface engine's MLLP listener: each event as an HL7 v2 ORU^R01 (issue 41).
+    notify_hl7_host: str | None = None
+    notify_hl7_port: Annotated[int, Field(ge=1, le=65535)] = 2575
+    hl7_sending_facility: Annotated[str, Field(min_length=1, max_length=20)] = "TDM"
+    hl7_receiving_application: Annotated[str, Field(min_length=1, max_length=20)] = "EHR"
+    hl7_receiving_facility: Annotated[str, Field(min_length=1, max_length=20)] = "HOSPITAL"
+    hl7_assigning_authority: Annotated[str, Field(max_length=20)] = ""
+    notify_routes: Annotated[
+        dict[Literal["alertmanager", "pagerduty", "webhook", "hl7v2"], Route], NoDecode
+    ] = {}
     notify_retry_budget_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     notify_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
     notify_dlq_topic: str = "lab.alerts.undelivered"

@@ -23,15 +23,23 @@ from consumer.clients.seam import Client, GroupConsumer, Partition, Record
 from consumer.dead_letters import ORIGIN_HEADER, DeadLetter, Reason, Stage
 from consumer.loop.waiting import NotYet
 from consumer.notify.events import AlertEvent, Unreadable, read_event
+from consumer.notify.hl7v2 import Hl7Options
 from consumer.notify.incidents import Incidents
 from consumer.notify.lanes import MAX_WAITING_EVENTS, Entry, Lanes
 from consumer.notify.metrics import NO_RECEIVER, NotifyMetrics
-from consumer.notify.receivers import Alertmanager, OpenIncident, PagerDuty, Webhook, opened
+from consumer.notify.notifiers import (
+    AlertmanagerNotifier,
+    Hl7v2,
+    Hl7v2Notifier,
+    Notifier,
+    PagerDutyNotifier,
+    WebhookNotifier,
+)
+from consumer.notify.receivers import Alertmanager, OpenIncident, PagerDuty, Webhook
 from consumer.notify.sending import WAIT_MIN_S, Failing, Sender, Undelivered
 from consumer.outputs import Outputs
 from consumer.pipeline import Outcome, Processed
 from consumer.settings import Route, Settings
-from interpretation.alerts import Action
 
 log = structlog.get_logger("tdm_alerts.notify")
 
@@ -51,6 +59,7 @@ class Receivers:
     pagerduty: PagerDuty | None
     webhook: Webhook | None
     routes: Mapping[str, Route]
+    hl7v2: Hl7v2 | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> Receivers:
@@ -67,19 +76,31 @@ class Receivers:
         alertmanager = None
         if s.notify_alertmanager_url is not None:
             alertmanager = Alertmanager(s.notify_alertmanager_url, s.notify_resend_s, s.notify_generator_url)
-        made = cls(alertmanager, pagerduty, webhook, {str(k): v for k, v in s.notify_routes.items()})
+        hl7v2 = None
+        if s.notify_hl7_host is not None:
+            names = Hl7Options(
+                s.hl7_sending_facility,
+                s.hl7_receiving_application,
+                s.hl7_receiving_facility,
+                s.hl7_assigning_authority,
+            )
+            hl7v2 = Hl7v2(s.notify_hl7_host, s.notify_hl7_port, s.notify_timeout_s, names)
+        routes = {str(k): v for k, v in s.notify_routes.items()}
+        made = cls(alertmanager, pagerduty, webhook, routes, hl7v2)
         configured = made.names()
         if not configured:
             raise ValueError(
-                "no receiver: set TDM_NOTIFY_ALERTMANAGER_URL, TDM_NOTIFY_PAGERDUTY_ROUTING_KEY_FILE "
-                "or TDM_NOTIFY_WEBHOOK_URL"
+                "no receiver: set TDM_NOTIFY_ALERTMANAGER_URL, TDM_NOTIFY_PAGERDUTY_ROUTING_KEY_FILE, "
+                "TDM_NOTIFY_WEBHOOK_URL or TDM_NOTIFY_HL7_HOST"
             )
         if stray := sorted(set(made.routes) - set(configured)):
             raise ValueError(f"TDM_NOTIFY_ROUTES names {', '.join(stray)}, which is not configured")
         return made
 
     def names(self) -> list[str]:
-        return [r.name for r in (self.alertmanager, self.pagerduty, self.webhook) if r is not None]
+        return [
+            r.name for r in (self.alertmanager, self.pagerduty, self.webhook, self.hl7v2) if r is not None
+        ]
 
     def for_event(self, event: AlertEvent) -> list[str]:
         every = Route()
@@ -115,6 +136,21 @@ class DeliveryStage:
         self.metrics = metrics
         self.clock = clock
         self.lanes = Lanes()
+        self.notifiers = self._notifiers()
+
+    def _notifiers(self) -> dict[str, Notifier]:
+        """Each configured receiver behind the one interface the stage delivers through."""
+        r, sender = self.receivers, self.sender
+        found: list[Notifier] = []
+        if r.alertmanager is not None:
+            found.append(AlertmanagerNotifier(r.alertmanager, sender, self.incidents, self._show))
+        if r.pagerduty is not None:
+            found.append(PagerDutyNotifier(r.pagerduty, sender))
+        if r.webhook is not None:
+            found.append(WebhookNotifier(r.webhook, sender))
+        if r.hl7v2 is not None:
+            found.append(Hl7v2Notifier(r.hl7v2, sender))
+        return {n.name: n for n in found}
 
     def process(self, record: Record) -> Delivered:
         try:
@@ -234,41 +270,7 @@ class DeliveryStage:
         return "superseded"
 
     def _deliver(self, name: str, entry: Entry) -> None:
-        now = self.clock()
-        r = self.receivers
-        if name == "alertmanager" and r.alertmanager is not None:
-            self._to_alertmanager(r.alertmanager, entry, now)
-        elif name == "pagerduty" and r.pagerduty is not None:
-            self.sender.send(r.pagerduty.event(entry.event), entry.failing)
-        elif name == "webhook" and r.webhook is not None:
-            self.sender.send(r.webhook.event(entry.record.value or b"", entry.event, now), entry.failing)
-
-    def _to_alertmanager(self, alertmanager: Alertmanager, entry: Entry, now: datetime) -> None:
-        """Post the incident's change, and keep the open incidents as the event leaves them.
-
-        They follow the event even when its post is dead-lettered after the retry budget (an
-        Alertmanager down that long): the re-sends then show an opened incident as soon as it is
-        back, and stop re-sending a resolved one, which Alertmanager ends at the `endsAt` of its
-        last post. Only a refusal (4xx) of a trigger or update leaves them as they were: re-sending
-        what Alertmanager refuses would fail every interval.
-        """
-        event, partition = entry.event, entry.record.partition
-        previous = self.incidents.open_incident(partition, event.incident_key)
-        after: OpenIncident | None = None  # resolved
-        if event.act is Action.RESOLVE:
-            request = alertmanager.post([], [previous or opened(event, None, now)], now)
-        else:
-            after = opened(event, previous, now)
-            # A new severity is a new label set: end the old one, so one incident stays one alert.
-            ended = [previous] if previous is not None and previous.labels != after.labels else []
-            request = alertmanager.post([after], ended, now)
-        try:
-            self.sender.send(request, entry.failing)
-        except Undelivered as err:
-            if not err.permanent or after is None:
-                self._show(partition, event.incident_key, after, now)
-            raise
-        self._show(partition, event.incident_key, after, now)
+        self.notifiers[name].notify(entry, self.clock())
 
     def _show(self, partition: int, key: str, incident: OpenIncident | None, now: datetime) -> None:
         self.incidents.shown(partition, key, incident, now)

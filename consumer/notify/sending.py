@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 import structlog
@@ -30,6 +31,7 @@ BACKOFF_MAX_S = 30.0
 WAIT_MIN_S = 0.5
 WAIT_MAX_S = 600.0
 _BACKOFF = wait_exponential_jitter(multiplier=0.5, max=BACKOFF_MAX_S, jitter=0.5)
+T = TypeVar("T")
 
 
 class Transient(Exception):
@@ -112,13 +114,18 @@ class Sender:
         self.clock = clock
 
     def send(self, request: HttpRequest, failing: Failing) -> int:
-        """The receiver's status once it accepted the request.
+        """The receiver's status once it accepted the request (see `attempt`)."""
+        return self.attempt(request.receiver, failing, lambda: _once(self.client, request))
+
+    def attempt(self, receiver: str, failing: Failing, once: Callable[[], T]) -> T:
+        """What `once` returns once the receiver accepted: one try of any transport (HTTP,
+        MLLP) that raises Transient for what may pass and Undelivered for a refusal.
 
         Raises NotYet after a transient failure while the budget lasts (`failing` counts them),
         Undelivered on a refusal or once the budget ran out.
         """
         try:
-            return _once(self.client, request)
+            return once()
         except Transient as err:
             now = self.clock()
             failing.since = now if failing.since is None else failing.since
@@ -126,15 +133,15 @@ class Sender:
             left = self.budget_s - (now - failing.since)
             if left <= 0:
                 raise Undelivered(
-                    request.receiver, err.status, f"{err.reason} for {self.budget_s:.0f} s", permanent=False
+                    receiver, err.status, f"{err.reason} for {self.budget_s:.0f} s", permanent=False
                 ) from err
-            self.retried(request.receiver)
+            self.retried(receiver)
             wait = min(backoff_s(failing.attempts, err.retry_after_s), left)
             log.warning(
                 "delivery failed; retrying",
-                receiver=request.receiver,
+                receiver=receiver,
                 reason=err.reason,
                 attempt=failing.attempts,
                 retry_in_s=round(wait, 2),
             )
-            raise NotYet(wait, f"{request.receiver}: {err.reason}") from err
+            raise NotYet(wait, f"{receiver}: {err.reason}") from err

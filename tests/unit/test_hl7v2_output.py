@@ -5,9 +5,6 @@ MLLP delivery against a real TCP listener of the test's own that enforces the fr
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import hl7
@@ -17,9 +14,10 @@ from hl7apy.parser import parse_message
 
 from consumer.cli import main
 from consumer.notify.events import AlertEvent
-from consumer.notify.hl7v2 import END, START, TEXT_CHARS, control_id, deliver, framed, oru
+from consumer.notify.hl7v2 import TEXT_CHARS, control_id, deliver, oru
 from consumer.notify.sending import Transient, Undelivered
 from tests.conftest import DATA
+from tests.mllp import ack, listener
 
 NOW = datetime(2026, 12, 8, 9, 0, tzinfo=UTC)
 
@@ -85,59 +83,6 @@ def test_the_same_event_is_the_same_message_and_a_resolve_says_why():
 
 
 # -- MLLP against a real listener ---------------------------------------------------------
-
-
-@contextmanager
-def listener(answer: Callable[[bytes], bytes | None]) -> Iterator[tuple[int, list[bytes]]]:
-    """A TCP listener that enforces MLLP framing: it reads one frame (VT ... FS CR), refuses
-    anything else by closing, and sends `answer(message)` framed (None: closes, no answer)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    server.settimeout(0.1)  # accept wakes to see whether the test is over
-    received: list[bytes] = []
-    over = threading.Event()
-
-    def serve() -> None:
-        while not over.is_set():
-            try:
-                connection, _ = server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            connection.settimeout(5)
-            with connection:
-                data = b""
-                while END not in data:
-                    chunk = connection.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                if not (data.startswith(START) and data.endswith(END)):
-                    continue  # not a frame: no answer
-                message = data[1 : -len(END)]
-                received.append(message)
-                if (reply := answer(message)) is not None:
-                    connection.sendall(framed(reply.decode()))
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1], received
-    finally:
-        over.set()
-        thread.join(timeout=5)
-        server.close()
-
-
-def ack(code: str, text: str = "", acked: str | None = None) -> Callable[[bytes], bytes]:
-    def answer(message: bytes) -> bytes:
-        control = acked if acked is not None else message.decode().split("\r", 1)[0].split("|")[9]
-        header = "MSH|^~\\&|EHR|HOSPITAL|TDM-ALERTS|TDM|20261208090000||ACK|A1|P|2.5.1"
-        return f"{header}\rMSA|{code}|{control}|{text}".encode()
-
-    return answer
 
 
 def test_an_accepted_message_is_acknowledged_aa():
