@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     # (an MRN's urn:oid:...) and whom the CommunicationRequest is for (a reference).
     fhir_patient_system: Annotated[str, Field(pattern=r"^(urn:|https?://)\S+$")] = "urn:tdm-alerts:patient-id"
     fhir_recipient: Annotated[str, Field(pattern=r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")] | None = None
+    # `tdm-alerts cds-hooks`: where the CDS Hooks service listens.
+    cds_hooks_host: str = "0.0.0.0"  # noqa: S104 - a server for the hospital network, in a pod
+    cds_hooks_port: Annotated[int, Field(ge=0, le=65535)] = 9120
     # `tdm-alerts ack-server`: signed acknowledgements over HTTP, written to TDM_ACK_TOPIC.
     ack_secret: SecretStr | None = None
     ack_secret_file: Path | None = None

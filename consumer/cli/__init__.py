@@ -1,4 +1,5 @@
-"""Command line: `tdm-alerts run | notify | status | interpret | rules | dlq | forget | ack | alert-schema`.
+"""Command line: `tdm-alerts run | notify | status | interpret | rules | dlq | forget | ack |
+cds-hooks | alert-schema`.
 
 Exit codes: 0 success; 1 some input could not be interpreted (`interpret`) or a fatal
 service error; 2 bad usage or configuration.
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from consumer.cli.ack import add_ack
+from consumer.cli.cds_hooks import add_cds_hooks
 from consumer.cli.dlq import add_dlq
 from consumer.cli.interpret import add_interpret
 from consumer.cli.rules import add_rules
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rules(commands)
     add_dlq(commands)
     add_ack(commands)
+    add_cds_hooks(commands)
     schema = commands.add_parser("alert-schema", help="print the JSON schema of published alerts")
     schema.set_defaults(handler=cmd_alert_schema)
     return parser

@@ -1,0 +1,71 @@
+"""`tdm-alerts cds-hooks`: the CDS Hooks service (README "Into the chart"), until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+import structlog
+
+from consumer.cds_hooks import CdsHooksServer, OpenIncidents, follow_alerts
+from consumer.cli.arguments import Commands
+from consumer.cli.rules import load_ruleset
+from consumer.clients import client_for
+from consumer.connecting import connect_once
+from consumer.logs import configure_logging
+from consumer.settings import Settings
+
+log = structlog.get_logger("tdm_alerts.cds_hooks")
+
+
+def cmd_cds_hooks(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    client = client_for(settings)
+    reader = connect_once(lambda: client.reader("cds-hooks"), settings)
+    producer = connect_once(client.producer, settings) if settings.ack_topic else None
+    incidents = OpenIncidents()
+    caught_up, stop = threading.Event(), threading.Event()
+    server = CdsHooksServer(
+        settings.cds_hooks_host,
+        settings.cds_hooks_port,
+        incidents=incidents,
+        recognition=load_ruleset(None).recognition,
+        patient_system=settings.fhir_patient_system,
+        ack_topic=settings.ack_topic,
+        producer=producer,
+        ready=caught_up.is_set,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    following = threading.Thread(
+        target=follow_alerts,
+        args=(reader, settings.alert_topic, incidents, caught_up, stop),
+        name="cds-alerts",
+        daemon=True,
+    )
+    following.start()
+    serving = threading.Thread(target=server.serve_forever, name="cds-http", daemon=True)
+    serving.start()
+    log.info("cds hooks service listening", port=server.port, alert_topic=settings.alert_topic)
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+        following.join(timeout=5)
+        reader.close()
+        if producer is not None:
+            producer.close(10)
+    log.info("cds hooks service stopped")
+    return 0
+
+
+def add_cds_hooks(commands: Commands) -> None:
+    cds = commands.add_parser(
+        "cds-hooks",
+        help="a CDS Hooks service: the patient's open findings as cards (settings: TDM_* env)",
+        description="GET /cds-services; POST patient-view and order-sign hooks and their feedback "
+        "(README 'Into the chart'); the open incidents are read from TDM_ALERT_TOPIC; until SIGTERM.",
+    )
+    cds.set_defaults(handler=cmd_cds_hooks)
