@@ -34,6 +34,7 @@ bench: $(STAMP) .venv/.bench-installed .cache/kafka/.fetched
 	$(BIN)/python ops/bench/forecast_check.py
 	$(BIN)/python ops/bench/follow_up_check.py
 	$(BIN)/python ops/bench/restore_check.py
+	$(BIN)/python ops/bench/cds_hooks_check.py
 
 .venv/.bench-installed: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
