@@ -10,7 +10,9 @@ The open incidents come from Kafka, not a database of its own: a reader replays 
 from its beginning into memory (`OpenIncidents`: trigger and update open, resolve closes) and
 follows it; `/healthz` answers 503 until the replay reached the end offsets it saw at start.
 The patient is found by the identifier the lab feed used: in the prefetched Patient's
-identifiers (system TDM_FHIR_PATIENT_SYSTEM), else the request's `context.patientId`.
+identifiers (system TDM_FHIR_PATIENT_SYSTEM), else the request's `context.patientId`. A hook or
+feedback request must carry the EHR's signed JWT (`consumer/cds_auth.py`): the cards carry
+patient data.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from consumer.cds_auth import TokenCheck, Unauthorized
 from consumer.clients.seam import ClientError, Partition, Producer, Reader
 from interpretation.acknowledgement import Acknowledgement, read_acknowledgement
 from interpretation.recognition import mentions_infliximab
@@ -248,9 +251,11 @@ class CdsHooksServer:
         patient_system: str,
         ack_topic: str | None,
         producer: Producer | None,
+        auth: TokenCheck | None,
         ready: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.auth = auth  # None: every caller is trusted (TDM_CDS_HOOKS_ALLOW_UNAUTHENTICATED)
         self.incidents = incidents
         self.recognition = recognition
         self.patient_system = patient_system
@@ -360,6 +365,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         parts = self.path.strip("/").split("/")
+        if len(parts) < 2 or parts[0] != "cds-services" or parts[1] not in SERVICES:
+            self._send(404, {"error": "no such service"})
+            return
+        server = self.server_of
+        if server.auth is not None:  # before the body is read: nothing of a stranger's is parsed
+            try:
+                server.auth.check(self.headers.get("Authorization"), self.path)
+            except Unauthorized as err:
+                server.requests.labels(parts[1], "unauthorized").inc()
+                log.warning("cds hooks request refused", service=parts[1], reason=str(err))
+                self._send(401, {"error": str(err)}, {"WWW-Authenticate": "Bearer"})
+                return
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
             self._send(413, {"error": f"at most {MAX_BODY_BYTES} bytes"})
@@ -369,13 +386,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, UnicodeDecodeError):
             self._send(400, {"error": "the body is not JSON"})
             return
-        if (
-            not isinstance(body, dict)
-            or len(parts) < 2
-            or parts[0] != "cds-services"
-            or parts[1] not in SERVICES
-        ):
-            self._send(404 if isinstance(body, dict) else 400, {"error": "no such service"})
+        if not isinstance(body, dict):
+            self._send(400, {"error": "the body is not a JSON object"})
             return
         if len(parts) == 3 and parts[2] == "feedback":
             self._send(*self.server_of.feedback_for(parts[1], body))
@@ -384,9 +396,11 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, {"error": "no such service"})
 
-    def _send(self, status: int, answer: Mapping[str, Any]) -> None:
+    def _send(self, status: int, answer: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
         data = json.dumps(answer).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         # CDS clients are often browser apps of the EHR.
         self.send_header("Access-Control-Allow-Origin", "*")

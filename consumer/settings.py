@@ -148,6 +148,11 @@ class Settings(BaseSettings):
     # `tdm-alerts cds-hooks`: where the CDS Hooks service listens.
     cds_hooks_host: str = "0.0.0.0"  # noqa: S104 - a server for the hospital network, in a pod
     cds_hooks_port: Annotated[int, Field(ge=0, le=65535)] = 9120
+    # The CDS clients trusted: issuer -> the URL of its JWKS (JSON); this service's public base
+    # URL, which a token's `aud` names; or, only where nothing but the EHR can reach it, none.
+    cds_hooks_issuers: Annotated[dict[str, Annotated[str, Field(pattern=r"^https?://")]], NoDecode] = {}
+    cds_hooks_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    cds_hooks_allow_unauthenticated: bool = False
     # `tdm-alerts ack-server`: signed acknowledgements over HTTP, written to TDM_ACK_TOPIC.
     ack_secret: SecretStr | None = None
     ack_secret_file: Path | None = None
@@ -225,7 +230,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("notify_routes", mode="before")
+    @field_validator("notify_routes", "cds_hooks_issuers", mode="before")
     @classmethod
     def _json_object(cls, value: object) -> object:
         """JSON read here, not by pydantic-settings: its parse error was a traceback naming the

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 
 import structlog
 
+from consumer.cds_auth import TokenCheck
 from consumer.cds_hooks import CdsHooksServer, OpenIncidents, follow_alerts
 from consumer.cli.arguments import Commands
 from consumer.cli.rules import load_ruleset
@@ -22,6 +24,23 @@ log = structlog.get_logger("tdm_alerts.cds_hooks")
 def cmd_cds_hooks(args: argparse.Namespace) -> int:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
+    auth = None
+    if settings.cds_hooks_issuers:
+        if settings.cds_hooks_url is None:
+            print(
+                "tdm-alerts: TDM_CDS_HOOKS_ISSUERS needs TDM_CDS_HOOKS_URL (tokens name it as aud)",
+                file=sys.stderr,
+            )
+            return 2
+        auth = TokenCheck(settings.cds_hooks_issuers, settings.cds_hooks_url)
+    elif not settings.cds_hooks_allow_unauthenticated:
+        print(
+            "tdm-alerts: set TDM_CDS_HOOKS_ISSUERS (the EHR's issuer and its JWKS URL) and "
+            "TDM_CDS_HOOKS_URL: the cards carry patient data (TDM_CDS_HOOKS_ALLOW_UNAUTHENTICATED=true "
+            "only where nothing but the EHR can reach the service)",
+            file=sys.stderr,
+        )
+        return 2
     client = client_for(settings)
     reader = connect_once(lambda: client.reader("cds-hooks"), settings)
     producer = connect_once(client.producer, settings) if settings.ack_topic else None
@@ -35,6 +54,7 @@ def cmd_cds_hooks(args: argparse.Namespace) -> int:
         patient_system=settings.fhir_patient_system,
         ack_topic=settings.ack_topic,
         producer=producer,
+        auth=auth,
         ready=caught_up.is_set,
     )
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from tests.cds_client import ISSUER, CdsClient
 from tests.conftest import RunningService, produce
 from tests.integration.test_exactly_once import SERVICE, AlertReader
 from tests.integration.test_follow_ups import DRAWN, _ack_topic, _levels
@@ -30,9 +31,17 @@ def _port(endpoint: RunningService) -> int:
     raise AssertionError(endpoint.log_text()[-2000:])
 
 
-def _call(url: str, body: dict | None = None) -> tuple[int, dict]:
+BASE = "https://tdm.hospital.example"
+
+
+def _call(url: str, body: dict | None = None, client: CdsClient | None = None) -> tuple[int, dict]:
+    """A request as the EHR sends it: signed for the endpoint it calls (`aud`)."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if client is not None:
+        path = "/" + url.split("/", 3)[3]
+        headers["Authorization"] = f"Bearer {client.token(BASE + path)}"
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:
             return answer.status, json.loads(answer.read() or b"{}")
@@ -55,8 +64,15 @@ def test_a_page_is_a_card_when_the_chart_opens_and_its_feedback_goes_on_record(
     env = {"TDM_ACK_TOPIC": acks, **SERVICE}
     patient = f"CDS-{uuid.uuid4().hex[:6]}"
     service = start_service(**env)
+    ehr = CdsClient()
     endpoint = RunningService(
-        {**service_env, **env, "TDM_CDS_HOOKS_PORT": "0"},
+        {
+            **service_env,
+            **env,
+            "TDM_CDS_HOOKS_PORT": "0",
+            "TDM_CDS_HOOKS_URL": BASE,
+            "TDM_CDS_HOOKS_ISSUERS": json.dumps({ISSUER: ehr.jwks_url}),
+        },
         service.log_path.with_name("cds-hooks.log"),
         command="cds-hooks",
     )
@@ -67,9 +83,12 @@ def test_a_page_is_a_card_when_the_chart_opens_and_its_feedback_goes_on_record(
         reader.wait_for(1, timeout_s=60, while_alive=[service])
         deadline, found = time.monotonic() + 30, []
         while not found and time.monotonic() < deadline:
-            found = _call(f"{url}/cds-services/tdm-alerts-patient-view", _view(patient))[1].get("cards", [])
+            found = _call(f"{url}/cds-services/tdm-alerts-patient-view", _view(patient), ehr)[1].get(
+                "cards", []
+            )
             time.sleep(0.2)
         assert len(found) == 1 and found[0]["indicator"] in {"warning", "critical"}
+        assert _call(f"{url}/cds-services/tdm-alerts-patient-view", _view(patient))[0] == 401  # unsigned
         assert _call(f"{url}/healthz")[0] == 200
         feedback = {
             "feedback": [
@@ -81,7 +100,7 @@ def test_a_page_is_a_card_when_the_chart_opens_and_its_feedback_goes_on_record(
                 }
             ]
         }
-        assert _call(f"{url}/cds-services/tdm-alerts-patient-view/feedback", feedback)[0] == 200
+        assert _call(f"{url}/cds-services/tdm-alerts-patient-view/feedback", feedback, ehr)[0] == 200
         reader.wait_for(2, timeout_s=60, while_alive=[service])  # the update with the decision
         update = reader.alerts[-1]
         assert update["action"] == "update"
@@ -98,7 +117,7 @@ def test_a_page_is_a_card_when_the_chart_opens_and_its_feedback_goes_on_record(
         reader.wait_for(3, timeout_s=60, while_alive=[service])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if not _call(f"{url}/cds-services/tdm-alerts-patient-view", _view(patient))[1].get("cards"):
+            if not _call(f"{url}/cds-services/tdm-alerts-patient-view", _view(patient), ehr)[1].get("cards"):
                 break
             time.sleep(0.2)
         else:
@@ -106,5 +125,6 @@ def test_a_page_is_a_card_when_the_chart_opens_and_its_feedback_goes_on_record(
         assert patient not in endpoint.log_text()  # no patient identifier in its logs
     finally:
         reader.close()
+        ehr.close()
         assert endpoint.stop() == 0
     assert service.stop() == 0

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from consumer.cds_auth import TokenCheck
 from consumer.cds_hooks import (
     ORDER_SIGN,
     PATIENT_VIEW,
@@ -21,6 +22,7 @@ from consumer.cds_hooks import (
 )
 from interpretation import default_ruleset
 from interpretation.acknowledgement import Acknowledgement
+from tests.cds_client import ISSUER, CdsClient
 
 SYSTEM = "urn:oid:1.2.3.4"
 
@@ -63,6 +65,7 @@ def served() -> Iterator[tuple[str, OpenIncidents, Written]]:
         patient_system=SYSTEM,
         ack_topic="acks",
         producer=written,  # type: ignore[arg-type]
+        auth=None,  # who may ask: below
     )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -224,3 +227,68 @@ def test_what_is_not_a_hook_request_is_refused_plainly(served):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=5)
     assert refused.value.code == 400
+
+
+# -- who may ask -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def guarded() -> Iterator[tuple[str, OpenIncidents, CdsClient]]:
+    client = CdsClient()
+    incidents = OpenIncidents()
+    base = "https://tdm.hospital.example"
+    server = CdsHooksServer(
+        "127.0.0.1",
+        0,
+        incidents=incidents,
+        recognition=default_ruleset().recognition,
+        patient_system=SYSTEM,
+        ack_topic=None,
+        producer=None,
+        auth=TokenCheck({ISSUER: client.jwks_url}, base),
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}", incidents, client
+    finally:
+        server.shutdown()
+        client.close()
+
+
+def bearer(url: str, body: dict, token: str | None) -> int:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_only_the_ehrs_signed_token_for_this_endpoint_once_and_short_lived_is_answered(guarded):
+    url, incidents, client = guarded
+    incidents.apply(event("trigger"))
+    path = f"/cds-services/{PATIENT_VIEW}"
+    aud = "https://tdm.hospital.example" + path
+    assert bearer(url + path, view(), client.token(aud)) == 200
+    assert bearer(url + path, view(), None) == 401  # no token
+    assert bearer(url + path, view(), "not.a.jwt") == 401
+    assert bearer(url + path, view(), client.token("https://elsewhere.example" + path)) == 401  # another aud
+    assert bearer(url + path, view(), client.token(aud, lifetime_s=-120)) == 401  # expired
+    assert bearer(url + path, view(), client.token(aud, lifetime_s=3600)) == 401  # lives an hour
+    assert bearer(url + path, view(), client.token(aud, issuer="https://other-ehr.example")) == 401
+    replayed = client.token(aud, jti="the-same-jti")
+    assert bearer(url + path, view(), replayed) == 200
+    assert bearer(url + path, view(), replayed) == 401  # a replay
+    stranger = CdsClient()  # a key the issuer's JWKS does not hold, the same kid
+    try:
+        assert bearer(url + path, view(), stranger.token(aud)) == 401
+    finally:
+        stranger.close()
+    feedback_aud = aud + "/feedback"
+    assert bearer(url + path + "/feedback", {"feedback": []}, client.token(feedback_aud)) == 200
+    assert bearer(url + path + "/feedback", {"feedback": []}, client.token(aud)) == 401
+    assert call(f"{url}/cds-services")[0] == 200  # discovery names no patient: open
