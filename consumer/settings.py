@@ -166,8 +166,21 @@ class Settings(BaseSettings):
     hl7_receiving_application: Annotated[str, Field(min_length=1, max_length=20)] = "EHR"
     hl7_receiving_facility: Annotated[str, Field(min_length=1, max_length=20)] = "HOSPITAL"
     hl7_assigning_authority: Annotated[str, Field(max_length=20)] = ""
+    # A FHIR R4 server: each event as a transaction Bundle (issue 41), authenticated by a token
+    # file or SMART Backend Services (client id, token endpoint, private key file and its kid).
+    notify_fhir_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    notify_fhir_token_file: Path | None = None
+    notify_fhir_client_id: str | None = None
+    notify_fhir_token_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    notify_fhir_key_file: Path | None = None
+    notify_fhir_key_id: str | None = None
+    notify_fhir_key_algorithm: Literal["RS384", "ES384", "RS256", "ES256"] = "RS384"
+    notify_fhir_scope: str = (
+        "system/DetectedIssue.write system/Flag.write system/CommunicationRequest.write "
+        "system/RiskAssessment.write system/Task.write"
+    )
     notify_routes: Annotated[
-        dict[Literal["alertmanager", "pagerduty", "webhook", "hl7v2"], Route], NoDecode
+        dict[Literal["alertmanager", "pagerduty", "webhook", "hl7v2", "fhir"], Route], NoDecode
     ] = {}
     notify_retry_budget_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     notify_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0

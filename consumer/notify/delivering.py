@@ -23,12 +23,16 @@ from consumer.clients.seam import Client, GroupConsumer, Partition, Record
 from consumer.dead_letters import ORIGIN_HEADER, DeadLetter, Reason, Stage
 from consumer.loop.waiting import NotYet
 from consumer.notify.events import AlertEvent, Unreadable, read_event
+from consumer.notify.fhir import options_from
+from consumer.notify.fhir_auth import BackendServices, TokenFile, TokenSource
 from consumer.notify.hl7v2 import Hl7Options
 from consumer.notify.incidents import Incidents
 from consumer.notify.lanes import MAX_WAITING_EVENTS, Entry, Lanes
 from consumer.notify.metrics import NO_RECEIVER, NotifyMetrics
 from consumer.notify.notifiers import (
     AlertmanagerNotifier,
+    FhirNotifier,
+    FhirServer,
     Hl7v2,
     Hl7v2Notifier,
     Notifier,
@@ -60,6 +64,7 @@ class Receivers:
     webhook: Webhook | None
     routes: Mapping[str, Route]
     hl7v2: Hl7v2 | None = None
+    fhir: FhirServer | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> Receivers:
@@ -86,12 +91,15 @@ class Receivers:
             )
             hl7v2 = Hl7v2(s.notify_hl7_host, s.notify_hl7_port, s.notify_timeout_s, names)
         routes = {str(k): v for k, v in s.notify_routes.items()}
-        made = cls(alertmanager, pagerduty, webhook, routes, hl7v2)
+        fhir = None
+        if s.notify_fhir_url is not None:
+            fhir = FhirServer(s.notify_fhir_url, _fhir_tokens(s), options_from(s))
+        made = cls(alertmanager, pagerduty, webhook, routes, hl7v2, fhir)
         configured = made.names()
         if not configured:
             raise ValueError(
                 "no receiver: set TDM_NOTIFY_ALERTMANAGER_URL, TDM_NOTIFY_PAGERDUTY_ROUTING_KEY_FILE, "
-                "TDM_NOTIFY_WEBHOOK_URL or TDM_NOTIFY_HL7_HOST"
+                "TDM_NOTIFY_WEBHOOK_URL, TDM_NOTIFY_HL7_HOST or TDM_NOTIFY_FHIR_URL"
             )
         if stray := sorted(set(made.routes) - set(configured)):
             raise ValueError(f"TDM_NOTIFY_ROUTES names {', '.join(stray)}, which is not configured")
@@ -105,6 +113,27 @@ class Receivers:
     def for_event(self, event: AlertEvent) -> list[str]:
         every = Route()
         return [n for n in self.names() if self.routes.get(n, every).takes(event.level, event.kind)]
+
+
+def _fhir_tokens(s: Settings) -> TokenSource | None:
+    """The FHIR receiver's credentials: a token file, SMART Backend Services, or none."""
+    if s.notify_fhir_token_file is not None:
+        return TokenFile(s.notify_fhir_token_file)
+    if s.notify_fhir_client_id is None:
+        return None
+    url, key_file, key_id = s.notify_fhir_token_url, s.notify_fhir_key_file, s.notify_fhir_key_id
+    if url is None or key_file is None or key_id is None:
+        raise ValueError(
+            "TDM_NOTIFY_FHIR_CLIENT_ID (SMART Backend Services) needs TDM_NOTIFY_FHIR_TOKEN_URL, "
+            "TDM_NOTIFY_FHIR_KEY_FILE and TDM_NOTIFY_FHIR_KEY_ID"
+        )
+    try:
+        key = key_file.read_bytes()
+    except OSError as err:
+        raise ValueError(f"TDM_NOTIFY_FHIR_KEY_FILE cannot be read ({type(err).__name__})") from None
+    return BackendServices(
+        url, s.notify_fhir_client_id, key, key_id, s.notify_fhir_scope, algorithm=s.notify_fhir_key_algorithm
+    )
 
 
 def place_of(record: Record) -> int:
@@ -150,6 +179,8 @@ class DeliveryStage:
             found.append(WebhookNotifier(r.webhook, sender))
         if r.hl7v2 is not None:
             found.append(Hl7v2Notifier(r.hl7v2, sender))
+        if r.fhir is not None:
+            found.append(FhirNotifier(r.fhir, sender, sender.client))
         return {n.name: n for n in found}
 
     def process(self, record: Record) -> Delivered:

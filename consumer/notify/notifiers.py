@@ -6,21 +6,26 @@ it may take it later (the event waits in its lane, retried on the loop's clock) 
 when it never will (the event is dead-lettered with the receiver's answer). The delivery stage
 (`consumer/notify/delivering.py`) routes, orders and retries; it knows no receiver by name. What
 each receiver is sent is built in its own module: `receivers.py` (Alertmanager, PagerDuty, the
-webhook), `hl7v2.py` (an ORU^R01 over MLLP).
+webhook), `hl7v2.py` (an ORU^R01 over MLLP), `fhir.py` (a transaction Bundle; `fhir_auth.py`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+import httpx
+
+from consumer.notify.fhir import FhirOptions, transaction
+from consumer.notify.fhir_auth import TokenSource
 from consumer.notify.hl7v2 import Hl7Options, deliver, oru
 from consumer.notify.incidents import Incidents
 from consumer.notify.lanes import Entry
 from consumer.notify.receivers import Alertmanager, OpenIncident, PagerDuty, Webhook, opened
-from consumer.notify.sending import Sender, Undelivered
+from consumer.notify.sending import Sender, Transient, Undelivered
 from interpretation.alerts import Action
 
 
@@ -125,3 +130,64 @@ class Hl7v2Notifier:
         self.sender.attempt(
             r.name, entry.failing, lambda: deliver(r.host, r.port, message, r.timeout_s, r.name)
         )
+
+
+@dataclass(frozen=True, slots=True)
+class FhirServer:
+    """A FHIR R4 server's base URL, how to prove who we are, and what the Bundles say."""
+
+    base_url: str
+    tokens: TokenSource | None  # None: the server asks for no token
+    options: FhirOptions
+    name: str = "fhir"
+
+
+@dataclass(frozen=True, slots=True)
+class FhirNotifier:
+    """Each event as one transaction Bundle posted to the server's base (`consumer/notify/fhir.py`).
+
+    A transaction is applied whole or not at all: 2xx taken; 401 asks for a new token and
+    tries again; 429 and 5xx retried; another 4xx refused for good, with the OperationOutcome's
+    issue codes (never its text: a server may echo the patient identifier a request named)."""
+
+    server: FhirServer
+    sender: Sender
+    client: httpx.Client
+
+    @property
+    def name(self) -> str:
+        return self.server.name
+
+    def notify(self, entry: Entry, now: datetime) -> None:
+        body = json.dumps(transaction(entry.event, now, self.server.options)).encode()
+        self.sender.attempt(self.name, entry.failing, lambda: self._post(body))
+
+    def _post(self, body: bytes) -> int:
+        headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+        tokens = self.server.tokens
+        if tokens is not None:
+            headers["Authorization"] = f"Bearer {tokens.bearer()}"
+        try:
+            answer = self.client.post(self.server.base_url.rstrip("/"), content=body, headers=headers)
+        except httpx.TransportError as err:
+            raise Transient(None, type(err).__name__) from err
+        status = answer.status_code
+        if status == 401 and tokens is not None:
+            tokens.refused()
+            raise Transient(status, "HTTP 401: the token was refused; a new one is asked for")
+        if status == 429 or status >= 500:
+            raise Transient(status, f"HTTP {status}")
+        if status >= 400:
+            raise Undelivered(self.name, status, f"HTTP {status}: {_outcome_codes(answer)}", permanent=True)
+        return status
+
+
+def _outcome_codes(answer: httpx.Response) -> str:
+    """An OperationOutcome's issue severities and codes (`error/invalid`), or what it is not."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return "no OperationOutcome"
+    issues = body.get("issue") if isinstance(body, dict) else None
+    codes = [f"{i.get('severity', '?')}/{i.get('code', '?')}" for i in issues or () if isinstance(i, dict)]
+    return "OperationOutcome " + ", ".join(codes[:5]) if codes else "no OperationOutcome"
