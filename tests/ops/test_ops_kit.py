@@ -27,11 +27,14 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
 DASHBOARD = json.loads((OPS / "grafana/dashboards/tdm-alerts.json").read_text())
 # The lab-result service's manifests, by kind (the notifier's, notify-*.yaml, are checked in
 # tests/ops/test_k8s_manifests.py).
+APART = ("notify-", "ack-server-", "cds-hooks-")
 K8S = {
     doc["kind"]: doc
     for path in sorted((OPS / "k8s").glob("*.yaml"))
-    # The service's own manifests: the notifier's and the acknowledgement server's are apart.
-    if path.name != "kustomization.yaml" and not path.name.startswith(("notify-", "ack-server-"))
+    # The service's own manifests: the notifier's, the acknowledgement server's and the CDS Hooks
+    # service's are apart.
+    if path.name != "kustomization.yaml"
+    and not path.name.startswith(("notify-", "ack-server-", "cds-hooks-"))
     for doc in yaml.safe_load_all(path.read_text())
 }
 
