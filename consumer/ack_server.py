@@ -20,13 +20,13 @@ import threading
 import time
 from collections.abc import Callable
 from enum import StrEnum
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter
 
 from consumer.clients.seam import ClientError, Producer
+from consumer.http_endpoint import Endpoint, JsonHandler
 from consumer.notify.receivers import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from interpretation.acknowledgement import Acknowledgement, read_acknowledgement
 
@@ -94,7 +94,7 @@ def acknowledgement(body: bytes, timestamp: str) -> tuple[Acknowledgement, dict[
     return ack, record
 
 
-class AckServer:
+class AckServer(Endpoint):
     """The HTTP server: verify, read, write to the ack topic (a plain producer, acks=all)."""
 
     def __init__(
@@ -122,21 +122,7 @@ class AckServer:
             registry=self.registry,
         )
         self._lock = threading.Lock()  # one producer, requests on several threads
-        server = self
-        handler = type("Handler", (_Handler,), {"server_of": server})
-        self._http = ThreadingHTTPServer((host, port), handler)
-        self._http.daemon_threads = True
-
-    @property
-    def port(self) -> int:
-        return int(self._http.server_address[1])
-
-    def serve_forever(self) -> None:
-        self._http.serve_forever()
-
-    def shutdown(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        super().__init__(host, port, _Handler)
 
     def handle(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str]]:
         """(status, JSON answer) for one request: never raises."""
@@ -176,42 +162,26 @@ class AckServer:
         return status, {"outcome": outcome, "reason": reason}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server_of: AckServer
 
     def do_POST(self) -> None:
         if self.path != PATH:
-            self._send(404, {"outcome": "not_found", "reason": f"POST {PATH}"})
+            self.send_json(404, {"outcome": "not_found", "reason": f"POST {PATH}"})
             return
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
-            self._send(413, {"outcome": "invalid", "reason": f"at most {MAX_BODY_BYTES} bytes"})
+            self.send_json(413, {"outcome": "invalid", "reason": f"at most {MAX_BODY_BYTES} bytes"})
             return
         body = self.rfile.read(length)
         headers = {k.lower(): v for k, v in self.headers.items()}
         status, answer = self.server_of.handle(headers, body)
-        self._send(status, answer)
+        self.send_json(status, answer)
 
     def do_GET(self) -> None:
         if self.path == "/metrics":
-            data = generate_latest(self.server_of.registry)
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_metrics(self.server_of.registry)
         elif self.path in ("/healthz", "/readyz"):
-            self._send(200, {"status": "ok"})
+            self.send_json(200, {"status": "ok"})
         else:
-            self._send(404, {"outcome": "not_found", "reason": f"POST {PATH}, GET /metrics, /healthz"})
-
-    def _send(self, status: int, answer: dict[str, str]) -> None:
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # request lines name paths only, but our own log says what matters
+            self.send_json(404, {"outcome": "not_found", "reason": f"POST {PATH}, GET /metrics, /healthz"})

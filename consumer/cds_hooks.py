@@ -24,14 +24,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from consumer.cds_auth import TokenCheck, Unauthorized
 from consumer.clients.seam import ClientError, Partition, Producer, Reader
+from consumer.http_endpoint import Endpoint, JsonHandler
 from interpretation.acknowledgement import Acknowledgement, read_acknowledgement
 from interpretation.recognition import mentions_infliximab
 from interpretation.ruleset import Recognition
@@ -240,7 +240,7 @@ def feedback_acknowledgements(
     return found
 
 
-class CdsHooksServer:
+class CdsHooksServer(Endpoint):
     def __init__(
         self,
         host: str,
@@ -287,20 +287,7 @@ class CdsHooksServer:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
         )
         self._lock = threading.Lock()
-        handler = type("Handler", (_Handler,), {"server_of": self})
-        self._http = ThreadingHTTPServer((host, port), handler)
-        self._http.daemon_threads = True
-
-    @property
-    def port(self) -> int:
-        return int(self._http.server_address[1])
-
-    def serve_forever(self) -> None:
-        self._http.serve_forever()
-
-    def shutdown(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        super().__init__(host, port, _Handler)
 
     def hook(self, service: str, request: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         began = time.perf_counter()
@@ -344,19 +331,14 @@ class CdsHooksServer:
         return 200, {}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server_of: CdsHooksServer
 
     def do_GET(self) -> None:
         if self.path == "/cds-services":
             self._send(200, {"services": list(SERVICES.values())})
         elif self.path == "/metrics":
-            data = generate_latest(self.server_of.registry)
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_metrics(self.server_of.registry)
         elif self.path == "/healthz":
             ready = self.server_of.ready()
             self._send(200 if ready else 503, {"ready": ready})
@@ -397,19 +379,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": "no such service"})
 
     def _send(self, status: int, answer: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", "application/json")
         # CDS clients are often browser apps of the EHR.
-        self.send_header("Access-Control-Allow-Origin", "*")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # paths may carry nothing of a patient, but the access log is ours to keep quiet
+        self.send_json(status, answer, {"Access-Control-Allow-Origin": "*", **(headers or {})})
 
 
 def follow_alerts(
