@@ -301,7 +301,7 @@ def test_a_killed_instance_replaced_under_a_new_name_holds_readers_for_seconds_n
     do, so a batch holding one stays open for the commit interval (5 s here) and the kill lands
     inside it.
     """
-    bad = [b"{not json"]
+    bad = [b'{not json "39803-2"']  # could be ours (names the level's code): dead-lettered
     old = start_service(TDM_INSTANCE_ID="old", TDM_COMMIT_INTERVAL_MS="5000", TDM_PATIENT_STATE="false")
     wait_for_log(old, '"partitions assigned"', timeout_s=60)
     produce(kafka_bootstrap, topics["input"], bad)
@@ -309,12 +309,12 @@ def test_a_killed_instance_replaced_under_a_new_name_holds_readers_for_seconds_n
     old.kill()
     killed_at = time.monotonic()
     new = start_service(TDM_INSTANCE_ID="new", TDM_PATIENT_STATE="false", **SERVICE)
-    produce(kafka_bootstrap, topics["input"], [b"{also not json"])
+    produce(kafka_bootstrap, topics["input"], [b'{also not json "39803-2"'])
     # The dead-letter topic has one partition, which the killed transaction wrote.
     letters = read_topic(kafka_bootstrap, topics["dlq"], expected=2, timeout_s=90)
     waited = time.monotonic() - killed_at
     print(f"dead letters readable {waited:.1f} s after the kill")
-    assert sorted(r.value for r in letters) == sorted([*bad, b"{also not json"])  # re-done once, not lost
+    assert sorted(r.value for r in letters) == sorted([*bad, b'{also not json "39803-2"'])  # re-done once
     assert waited < 40, f"readers waited {waited:.0f} s for the killed instance's transaction"
     assert new.stop() == 0
 

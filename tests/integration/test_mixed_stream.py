@@ -43,11 +43,14 @@ EXPECTED_DEAD = {
     "broken/fhir-bad-quantity.json": "invalid",
     "broken/hl7-no-header.hl7": "unsupported_format",
     "broken/hl7-wrong-version.hl7": "unsupported_format",
-    "broken/fhir-not-an-observation.json": "unsupported_format",
     "broken/fhir-truncated.json": "undecodable",
 }
+# Broken, but naming nothing we read: skipped on its first bytes (README "What is read and what
+# is skipped"), counted, never dead-lettered.
+SKIPPED_BROKEN = ["broken/fhir-not-an-observation.json"]
 EXTRA_DEAD = {
-    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR": "binary",
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR": "unsupported_format",  # names nothing: its first bytes
+    b'{"code": "39803-2", "value": "\x00\x01\x02"}': "binary",  # could be ours: looked at whole
     b"MSH|^~\\&|" + b"X" * (MAX_BYTES + 1): "too_large",
     b"": "empty",
 }
@@ -56,7 +59,8 @@ EXTRA_DEAD = {
 def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap, topics, start_service):
     good = [(DATA / name).read_bytes() for name in EXPECTED_ALERTS]
     broken = [(DATA / name).read_bytes() for name in EXPECTED_DEAD] + list(EXTRA_DEAD)
-    values = [*good, *broken]
+    skipped_broken = [(DATA / name).read_bytes() for name in SKIPPED_BROKEN]
+    values = [*good, *broken, *skipped_broken]
     keys = [f"msg-{i}".encode() for i in range(len(values))]
     service = start_service(TDM_MAX_MESSAGE_BYTES=str(MAX_BYTES), TDM_LOG_LEVEL="DEBUG")
     produce(kafka_bootstrap, topics["input"], values, keys)
@@ -75,7 +79,10 @@ def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap,
     assert len(dead) == len(broken)
     by_value = {r.value: r for r in dead}
     for value, key, reason in zip(
-        broken, keys[len(good) :], [*EXPECTED_DEAD.values(), *EXTRA_DEAD.values()], strict=True
+        broken,
+        keys[len(good) : len(good) + len(broken)],
+        [*EXPECTED_DEAD.values(), *EXTRA_DEAD.values()],
+        strict=True,
     ):
         record = by_value[value]  # original bytes, unchanged
         headers = dict(record.headers)
@@ -105,7 +112,8 @@ def test_every_message_is_accounted_for_and_dead_letters_replay(kafka_bootstrap,
     }
     assert sum(outcomes.values()) == metric_total(text, consumed, topic=topics["input"]) == len(values)
     assert outcomes["dead_lettered"] == len(broken)
-    assert outcomes["skipped"] == 2  # the lipid panel and the glucose searchset
+    # The lipid panel, the glucose searchset and the Patient resource that names nothing we read.
+    assert outcomes["skipped"] == 2 + len(skipped_broken)
     assert outcomes["alerted"] + outcomes["interpreted"] == len(good) - 2
     assert metric_total(text, "tdm_alerts_published_total") == 10
     assert metric_total(text, "tdm_dead_letters_total", reason="invalid") == 5
