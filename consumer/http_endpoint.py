@@ -5,6 +5,8 @@ no access log (request lines name paths only; each server logs what matters itse
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -54,3 +56,14 @@ class Endpoint:
     def shutdown(self) -> None:
         self._http.shutdown()
         self._http.server_close()
+
+    def serve_until_stopped(self, stop: threading.Event, name: str) -> None:
+        """Serve on a thread of its own until `stop` is set (SIGTERM and SIGINT set it), then
+        shut the server down."""
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        threading.Thread(target=self.serve_forever, name=name, daemon=True).start()
+        try:
+            stop.wait()
+        finally:
+            self.shutdown()

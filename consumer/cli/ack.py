@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -96,16 +95,10 @@ def cmd_ack_server(args: argparse.Namespace) -> int:
         topic=settings.ack_topic,
         producer=producer,
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    serving = threading.Thread(target=server.serve_forever, name="ack-http", daemon=True)
-    serving.start()
     log.info("acknowledgement server listening", port=server.port, topic=settings.ack_topic)
     try:
-        stop.wait()
+        server.serve_until_stopped(threading.Event(), "ack-http")
     finally:
-        server.shutdown()
         producer.close(10)
     log.info("acknowledgement server stopped")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 
@@ -57,28 +56,30 @@ def cmd_cds_hooks(args: argparse.Namespace) -> int:
         auth=auth,
         ready=caught_up.is_set,
     )
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    following = threading.Thread(
-        target=follow_alerts,
-        args=(reader, settings.alert_topic, incidents, caught_up, stop),
-        name="cds-alerts",
-        daemon=True,
-    )
+    failed = threading.Event()
+
+    def follow() -> None:
+        # Cards from an alert topic no longer followed would go stale while /healthz said ready:
+        # the process stops instead, and its orchestrator starts it again.
+        try:
+            follow_alerts(reader, settings.alert_topic, incidents, caught_up, stop)
+        except Exception as err:
+            log.error("the alert topic is no longer followed; stopping", error=type(err).__name__)
+            failed.set()
+            stop.set()
+
+    following = threading.Thread(target=follow, name="cds-alerts", daemon=True)
     following.start()
-    serving = threading.Thread(target=server.serve_forever, name="cds-http", daemon=True)
-    serving.start()
     log.info("cds hooks service listening", port=server.port, alert_topic=settings.alert_topic)
     try:
-        stop.wait()
+        server.serve_until_stopped(stop, "cds-http")
     finally:
-        server.shutdown()
         following.join(timeout=5)
         reader.close()
         if producer is not None:
             producer.close(10)
     log.info("cds hooks service stopped")
-    return 0
+    return 1 if failed.is_set() else 0
 
 
 def add_cds_hooks(commands: Commands) -> None:

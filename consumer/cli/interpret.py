@@ -76,9 +76,10 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     # A history file's albumin and weight results are always read: its cost is no concern here.
     pipeline = Pipeline(load_ruleset(args.ruleset), args.max_message_bytes, override, lab_covariates=True)
     fmt = Format(args.format)
-    show = {"lines": _show_lines, "fhir": _show_fhir(options_from(Settings())), "hl7v2": _show_hl7v2}[
-        args.output
-    ]
+    if args.output == "fhir":
+        show = _show_fhir(options_from(Settings()))
+    else:
+        show = _show_hl7v2 if args.output == "hl7v2" else _show_lines
     if args.file == "-":
         name, data = "-", sys.stdin.buffer.read()
     else:
