@@ -151,9 +151,7 @@ def _issue(
     event: AlertEvent, extra: Mapping[str, Any], patient: dict[str, Any], now: datetime
 ) -> dict[str, Any]:
     issue: dict[str, Any] = {
-        # A withdrawn result's incident ends as entered in error; any other resolve is the
-        # finding's end, which the Flag and the mitigations record.
-        "status": "entered-in-error" if extra.get("resolve_reason") == "withdrawn" else "final",
+        "status": _issue_status(event, extra),
         "code": _code(event),
         "severity": ISSUE_SEVERITY[event.level],
         "patient": patient,
@@ -176,6 +174,16 @@ def _issue(
     if mitigations:
         issue["mitigation"] = mitigations
     return issue
+
+
+def _issue_status(event: AlertEvent, extra: Mapping[str, Any]) -> str:
+    """An incident resolved because its result was withdrawn ends as the result did (entered in
+    error, or cancelled); any other resolve is the finding's end, which the Flag and the
+    mitigations record."""
+    if event.act is Action.RESOLVE:
+        withdrawn = {"entered_in_error": "entered-in-error", "cancelled": "cancelled"}
+        return withdrawn.get(str(extra.get("result_status")), "final")
+    return "final"
 
 
 def _flag(

@@ -224,3 +224,25 @@ def test_every_severity_maps_to_a_valid_priority(severity):
         }
     )
     valid(transaction(event, NOW))
+
+
+@pytest.mark.parametrize(
+    ("result_status", "issue_status"),
+    [("entered_in_error", "entered-in-error"), ("cancelled", "cancelled"), ("corrected", "final")],
+)
+def test_an_incident_resolved_by_its_withdrawn_result_ends_as_the_result_did(result_status, issue_status):
+    event = AlertEvent.model_validate(
+        {
+            "action": "resolve",
+            "incident_key": "e" * 32,
+            "event_id": "f" * 32,
+            "severity": "high",
+            "category": "subtherapeutic_level",
+            "summary": "resolved",
+            "patient_id": "PT-1",
+            "result_status": result_status,
+        }
+    )
+    resources = valid(transaction(event, NOW))
+    assert resources["DetectedIssue"]["resource"]["status"] == issue_status
+    assert resources["Flag"]["resource"]["status"] == "inactive"
