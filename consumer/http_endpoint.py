@@ -5,13 +5,14 @@ no access log (request lines name paths only; each server logs what matters itse
 from __future__ import annotations
 
 import json
-import signal
 import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from consumer.stop_signals import on_stop_signal
 
 
 class JsonHandler(BaseHTTPRequestHandler):
@@ -60,8 +61,7 @@ class Endpoint:
     def serve_until_stopped(self, stop: threading.Event, name: str) -> None:
         """Serve on a thread of its own until `stop` is set (SIGTERM and SIGINT set it), then
         shut the server down."""
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        on_stop_signal(lambda _name: stop.set())
         threading.Thread(target=self.serve_forever, name=name, daemon=True).start()
         try:
             stop.wait()

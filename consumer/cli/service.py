@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 
 import structlog
@@ -28,6 +27,7 @@ from consumer.pipeline import Pipeline
 from consumer.service import Service
 from consumer.settings import Settings
 from consumer.state.topics import state_topics
+from consumer.stop_signals import on_stop_signal
 
 VERSION = "0.1.0"
 log = structlog.get_logger("tdm_alerts")
@@ -92,12 +92,11 @@ def _serve(settings: Settings, process: Lifecycle, metrics: Metrics, **about: ob
         **about,
     )
 
-    def stop(signum: int, _frame: object) -> None:
-        log.info("stop requested", signal=signal.Signals(signum).name)
+    def stop(name: str) -> None:
+        log.info("stop requested", signal=name)
         process.request_stop()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    on_stop_signal(stop)
     try:
         process.run()
     except FatalError as err:
