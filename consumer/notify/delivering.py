@@ -106,9 +106,9 @@ class Receivers:
         return made
 
     def names(self) -> list[str]:
-        return [
-            r.name for r in (self.alertmanager, self.pagerduty, self.webhook, self.hl7v2) if r is not None
-        ]
+        """The configured receivers' names (what routes and the delivery stage's notifiers use)."""
+        every = (self.alertmanager, self.pagerduty, self.webhook, self.hl7v2, self.fhir)
+        return [r.name for r in every if r is not None]
 
     def for_event(self, event: AlertEvent) -> list[str]:
         every = Route()

@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
 from consumer.loop.waiting import NotYet
-from consumer.notify.delivering import Receivers
+from consumer.notify.delivering import DeliveryStage, Receivers
 from consumer.notify.events import AlertEvent, read_event
+from consumer.notify.metrics import NotifyMetrics
 from consumer.notify.receivers import (
     PAGERDUTY_SUMMARY_MAX,
     SIGNATURE_HEADER,
@@ -143,6 +145,39 @@ def test_routes_send_each_event_to_its_receivers_and_name_a_receiver_not_configu
     monkeypatch.delenv("TDM_NOTIFY_WEBHOOK_SECRET_FILE")
     with pytest.raises(ValueError, match="TDM_NOTIFY_WEBHOOK_SECRET_FILE"):
         Receivers.from_settings(Settings())
+
+
+ALONE = {
+    "alertmanager": {"TDM_NOTIFY_ALERTMANAGER_URL": "http://am:9093"},
+    "pagerduty": {"TDM_NOTIFY_PAGERDUTY_ROUTING_KEY_FILE": "{key}"},
+    "webhook": {
+        "TDM_NOTIFY_WEBHOOK_URL": "https://hooks.example/tdm",
+        "TDM_NOTIFY_WEBHOOK_SECRET_FILE": "{key}",
+    },
+    "hl7v2": {"TDM_NOTIFY_HL7_HOST": "engine.example"},
+    "fhir": {"TDM_NOTIFY_FHIR_URL": "https://fhir.example/r4"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALONE))
+def test_each_receiver_configured_alone_is_routed_to_and_delivered_through(name, monkeypatch, tmp_path):
+    # A receiver missing from the names was refused as "no receiver" when alone (FHIR was) and
+    # never routed to beside others.
+    key = tmp_path / "key"
+    key.write_text("R" * 32)
+    for variable, value in ALONE[name].items():
+        monkeypatch.setenv(variable, value.format(key=key))
+    receivers = Receivers.from_settings(Settings())
+    assert receivers.names() == [name]
+    assert receivers.for_event(low_level_alert()) == [name]
+    stage = DeliveryStage(
+        receivers,
+        Sender(httpx.Client(), 60.0),
+        None,  # type: ignore[arg-type]
+        dead_letters=None,  # type: ignore[arg-type]
+        metrics=NotifyMetrics(CollectorRegistry()),
+    )
+    assert list(stage.notifiers) == [name]
 
 
 class Clock:
