@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 	ops/kafka/local-broker fetch
 	mkdir -p .cache/kafka && touch $@
 
+# A real FHIR server (HAPI FHIR JPA over in-memory H2) for the FHIR receiver's test and the demo.
+FHIR_SERVER_SOURCES := ops/fhir-server/pom.xml $(shell find ops/fhir-server/src -type f)
+.cache/fhir-server/.complete: $(FHIR_SERVER_SOURCES)
+	ops/fhir-server/local-fhir-server fetch
+
 # promtool (rule tests) comes from Debian's prometheus package.
 .cache/prometheus.installed:
 	{ command -v promtool && command -v amtool; } >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus prometheus-alertmanager; }
@@ -24,7 +29,7 @@ $(STAMP): pyproject.toml
 
 ## demo: start a local broker, run the service over the sample feed, print its alerts, and page
 ## them to a real Alertmanager through `tdm-alerts notify` (printed with amtool)
-demo: $(STAMP) .cache/kafka/.fetched .cache/prometheus.installed
+demo: $(STAMP) .cache/kafka/.fetched .cache/prometheus.installed .cache/fhir-server/.complete
 	$(BIN)/python ops/demo.py
 
 ## bench: start a local broker, pre-load a 200,000-message mixed feed, compare tdm-alerts with
@@ -42,7 +47,7 @@ bench: $(STAMP) .venv/.bench-installed .cache/kafka/.fetched
 
 ## test: lint, type checks, then every test: the integration suite (real broker) once per Kafka
 ## client, kafka-python and confluent-kafka, in the background, and the rest alongside
-test: lint typecheck .cache/prometheus.installed .cache/kafka/.fetched
+test: lint typecheck .cache/prometheus.installed .cache/kafka/.fetched .cache/fhir-server/.complete
 	tests/run-suites
 
 lint: $(STAMP)
@@ -55,7 +60,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP) .cache/kafka/.fetched
+integration: $(STAMP) .cache/kafka/.fetched .cache/fhir-server/.complete
 	$(BIN)/pytest tests/integration
 	TEST_KAFKA_CLIENT=confluent-kafka $(BIN)/pytest tests/integration
 
