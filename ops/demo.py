@@ -1,5 +1,6 @@
 """`make demo`: a local broker, the service, the sample feed, the alerts it published, and
-those alerts paged to a real Alertmanager by `tdm-alerts notify` (shown by `amtool`).
+those alerts paged to a real Alertmanager by `tdm-alerts notify` (shown by `amtool`) and written
+into a real FHIR server (HAPI FHIR's JPA server, a line per resource it holds).
 
 Starts everything it needs, shows the result, and stops everything it started, even on error.
 """
@@ -10,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -25,6 +27,7 @@ from kafka.admin import NewTopic
 
 REPO = Path(__file__).resolve().parent.parent
 BROKER = REPO / "ops" / "kafka" / "local-broker"
+FHIR_SERVER = REPO / "ops" / "fhir-server" / "local-fhir-server"
 WORK = REPO / ".cache" / "demo"
 FEED = REPO / "tests" / "data" / "sample-feed.jsonl"
 INPUT, ALERTS, DLQ = "lab.results", "lab.alerts", "lab.results.dlq"
@@ -101,6 +104,67 @@ def start_alertmanager(port: int) -> subprocess.Popen[bytes]:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"Alertmanager did not start; see {WORK / 'alertmanager.log'}")
         time.sleep(0.2)
+
+
+def start_fhir_server() -> subprocess.Popen[bytes]:
+    """HAPI FHIR's JPA server, started now: it takes ~20 s, while the service works."""
+    return subprocess.Popen(
+        [str(FHIR_SERVER), "run"], stdout=subprocess.PIPE, stderr=(WORK / "fhir-server.log").open("wb")
+    )
+
+
+def fhir_base(server: subprocess.Popen[bytes]) -> str:
+    out = server.stdout
+    ready = out is not None and select.select([out], [], [], 300)[0]
+    line = out.readline().decode() if out is not None and ready else ""
+    if not line.startswith("listening "):
+        raise RuntimeError(f"the FHIR server did not start; see {WORK / 'fhir-server.log'}")
+    return f"http://127.0.0.1:{int(line.split()[1])}/fhir"
+
+
+def fhir_resources(base: str, kind: str) -> list[dict]:
+    found, url = [], f"{base}/{kind}?_count=200"
+    while url:
+        request = urllib.request.Request(url, headers={"Accept": "application/fhir+json"})
+        page = json.loads(urllib.request.urlopen(request, timeout=30).read())
+        found += [entry["resource"] for entry in page.get("entry", [])]
+        url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
+    return found
+
+
+def show_chart(base: str, alerts: list) -> None:
+    """What the notifier wrote into the FHIR server: a line per incident (its DetectedIssue and
+    Flag), then the count of each resource kind written per event."""
+    events = [json.loads(r.value) for r in alerts]
+    deadline = time.monotonic() + 60
+    while len(requests := fhir_resources(base, "CommunicationRequest")) < len(events):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the FHIR server holds {len(requests)} CommunicationRequests for {len(events)} events"
+            )
+        time.sleep(0.5)
+    issues, flags = fhir_resources(base, "DetectedIssue"), fhir_resources(base, "Flag")
+    flag_of = {f["identifier"][0]["value"]: f for f in flags}
+    print(f"\n== into the chart: FHIR R4 server at {base} (HAPI FHIR JPA); what tdm-alerts notify wrote")
+    for issue in sorted(issues, key=lambda i: int(i["id"])):
+        flag = flag_of[issue["identifier"][0]["value"]]
+        print(
+            f"  DetectedIssue/{issue['id']} v{issue['meta']['versionId']} {issue['severity']:<8} "
+            f"Flag/{flag['id']} {flag['status']:<8} {issue['patient']['identifier']['value']}: "
+            f"{issue['detail'][:70]}"
+        )
+    counts = {kind: len(fhir_resources(base, kind)) for kind in ("RiskAssessment", "Task")}
+    last = {e["incident_key"]: e["action"] for e in events}
+    active = sum(f["status"] == "active" for f in flags)
+    print(
+        f"   {len(issues)} DetectedIssues and {len(flags)} Flags ({active} active) for {len(last)} "
+        f"incidents (updated in place), {len(requests)} CommunicationRequests for {len(events)} events, "
+        f"{counts['RiskAssessment']} RiskAssessments (forecasts), {counts['Task']} Tasks (follow-ups)"
+    )
+    if not len(issues) == len(flags) == len(last):
+        raise RuntimeError(f"{len(issues)} DetectedIssues and {len(flags)} Flags for {len(last)} incidents")
+    if active != sum(action != "resolve" for action in last.values()):
+        raise RuntimeError(f"{active} active Flags, not one per open incident")
 
 
 def wait_consumed(
@@ -292,6 +356,7 @@ def main() -> int:
         text=True,
     ).stdout.strip()
     service = notifier = alertmanager = None
+    fhir_server = start_fhir_server()
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         topics = [
@@ -378,10 +443,12 @@ def main() -> int:
         am_port = free_port(9093)
         am_url = f"http://127.0.0.1:{am_port}"
         alertmanager = start_alertmanager(am_port)
+        fhir_url = fhir_base(fhir_server)
         notify_port = free_port(port + 1)
         notify_log = WORK / "notify.log"
         print(
-            f"\n== paging: Alertmanager at {am_url}; tdm-alerts notify (log: {notify_log.relative_to(REPO)})"
+            f"\n== paging: Alertmanager at {am_url}, and the FHIR server; tdm-alerts notify "
+            f"(log: {notify_log.relative_to(REPO)})"
         )
         notifier = subprocess.Popen(
             [sys.executable, "-m", "consumer", "notify"],
@@ -389,6 +456,7 @@ def main() -> int:
                 **env,
                 "TDM_METRICS_PORT": str(notify_port),
                 "TDM_NOTIFY_ALERTMANAGER_URL": am_url,
+                "TDM_NOTIFY_FHIR_URL": fhir_url,
                 "TDM_NOTIFY_DLQ_TOPIC": UNDELIVERED,
             },
             cwd=REPO,
@@ -412,6 +480,7 @@ def main() -> int:
         )
         if pages != open_incidents:
             raise RuntimeError(f"Alertmanager shows {pages} pages for {open_incidents} open incidents")
+        show_chart(fhir_url, alerts)
 
         print(f"\n== metrics were served at {metrics_url} (also /healthz, /readyz); a sample:")
         text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
@@ -425,6 +494,8 @@ def main() -> int:
         if notifier is not None and notifier.poll() is None:
             notifier.send_signal(signal.SIGTERM)
             print(f"\n== notifier stopped (exit {notifier.wait(timeout=30)})")
+        fhir_server.terminate()
+        fhir_server.wait(timeout=30)
         if alertmanager is not None:
             alertmanager.terminate()
             alertmanager.wait(timeout=10)
