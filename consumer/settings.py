@@ -159,9 +159,11 @@ class Settings(BaseSettings):
     ack_server_host: str = "0.0.0.0"  # noqa: S104 - a server for the hospital network, in a pod
     ack_server_port: Annotated[int, Field(ge=0, le=65535)] = 9110
     ack_max_age_s: Annotated[int, Field(ge=10, le=3600)] = 300
-    # An interface engine's MLLP listener: each event as an HL7 v2 ORU^R01 (issue 41).
+    # An interface engine's MLLP listener: each event as an HL7 v2 ORU^R01, or an MDM document
+    # (T02, then T08 edits of it) where the EHR files such notes as documents (issue 41).
     notify_hl7_host: str | None = None
     notify_hl7_port: Annotated[int, Field(ge=1, le=65535)] = 2575
+    notify_hl7_message: Literal["ORU^R01", "MDM^T02"] = "ORU^R01"
     hl7_sending_facility: Annotated[str, Field(min_length=1, max_length=20)] = "TDM"
     hl7_receiving_application: Annotated[str, Field(min_length=1, max_length=20)] = "EHR"
     hl7_receiving_facility: Annotated[str, Field(min_length=1, max_length=20)] = "HOSPITAL"

@@ -19,7 +19,8 @@ from consumer.formats.treatment import context_in_file
 from consumer.message_files import messages_in
 from consumer.notify.events import AlertEvent, read_event
 from consumer.notify.fhir import FhirOptions, options_from, transaction
-from consumer.notify.hl7v2 import oru
+from consumer.notify.hl7v2 import Hl7Options, outbound
+from consumer.notify.hl7v2 import options_from as hl7_options_from
 from consumer.pipeline import Pipeline, Processed
 from consumer.settings import Settings
 from interpretation import (
@@ -76,10 +77,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     # A history file's albumin and weight results are always read: its cost is no concern here.
     pipeline = Pipeline(load_ruleset(args.ruleset), args.max_message_bytes, override, lab_covariates=True)
     fmt = Format(args.format)
-    if args.output == "fhir":
-        show = _show_fhir(options_from(Settings()))
-    else:
-        show = _show_hl7v2 if args.output == "hl7v2" else _show_lines
+    show = _shows(args.output)
     if args.file == "-":
         name, data = "-", sys.stdin.buffer.read()
     else:
@@ -128,6 +126,16 @@ def _show_lines(line: dict[str, Any]) -> None:
     print(json.dumps(line, default=str), flush=True)
 
 
+def _shows(output: str) -> Callable[[dict[str, Any]], None]:
+    """How each line is printed: as it is, or as what the FHIR or HL7 v2 receiver would send
+    (with the settings those receivers read)."""
+    if output == "fhir":
+        return _show_fhir(options_from(Settings()))
+    if output == "hl7v2":
+        return _show_hl7v2(hl7_options_from(Settings()))
+    return _show_lines
+
+
 def _show_fhir(options: FhirOptions) -> Callable[[dict[str, Any]], None]:
     """One transaction Bundle per event, exactly as the FHIR receiver would send it: built from
     the event as published and read back as the notifier reads it. A bundle's times of sending
@@ -140,11 +148,17 @@ def _show_fhir(options: FhirOptions) -> Callable[[dict[str, Any]], None]:
     return show
 
 
-def _show_hl7v2(line: dict[str, Any]) -> None:
-    """One ORU^R01 per event, as the HL7 v2 receiver would send it, in an HL7 batch file's
-    layout: segments on lines of their own, a blank line between messages."""
-    for event in line.get("events", ()):
-        print(oru(_as_published(event), _event_time(event)).replace("\r", "\n") + "\n", flush=True)
+def _show_hl7v2(options: Hl7Options) -> Callable[[dict[str, Any]], None]:
+    """One message per event (an ORU^R01, or the MDM TDM_NOTIFY_HL7_MESSAGE names), as the HL7 v2
+    receiver would send it, in an HL7 batch file's layout: segments on lines of their own, a
+    blank line between messages."""
+
+    def show(line: dict[str, Any]) -> None:
+        for event in line.get("events", ()):
+            message = outbound(_as_published(event), _event_time(event), options)
+            print(message.replace("\r", "\n") + "\n", flush=True)
+
+    return show
 
 
 def _as_published(event: Alert) -> AlertEvent:

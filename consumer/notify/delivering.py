@@ -25,7 +25,7 @@ from consumer.loop.waiting import NotYet
 from consumer.notify.events import AlertEvent, Unreadable, read_event
 from consumer.notify.fhir import options_from
 from consumer.notify.fhir_auth import BackendServices, TokenFile, TokenSource
-from consumer.notify.hl7v2 import Hl7Options
+from consumer.notify.hl7v2 import options_from as hl7_options_from
 from consumer.notify.incidents import Incidents
 from consumer.notify.lanes import MAX_WAITING_EVENTS, Entry, Lanes
 from consumer.notify.metrics import NO_RECEIVER, NotifyMetrics
@@ -83,12 +83,7 @@ class Receivers:
             alertmanager = Alertmanager(s.notify_alertmanager_url, s.notify_resend_s, s.notify_generator_url)
         hl7v2 = None
         if s.notify_hl7_host is not None:
-            names = Hl7Options(
-                s.hl7_sending_facility,
-                s.hl7_receiving_application,
-                s.hl7_receiving_facility,
-                s.hl7_assigning_authority,
-            )
+            names = hl7_options_from(s)
             hl7v2 = Hl7v2(s.notify_hl7_host, s.notify_hl7_port, s.notify_timeout_s, names)
         routes = {str(k): v for k, v in s.notify_routes.items()}
         fhir = None

@@ -1,7 +1,9 @@
-"""An alert event as an HL7 v2.5.1 ORU^R01 for an EHR's interface engine, and its MLLP delivery.
+"""An alert event as an HL7 v2.5.1 message for an EHR's interface engine, and its MLLP delivery.
 
 What the HL7 v2 receiver will send for each event (issue 41), and what `tdm-alerts interpret
---as hl7v2` prints. The message carries the alert as text results under the original order:
+--as hl7v2` prints: an ORU^R01 (the default), or an MDM document (TDM_NOTIFY_HL7_MESSAGE=MDM^T02)
+for sites that file such notes as documents. The ORU carries the alert as text results under the
+original order:
 
     MSH  sending TDM-ALERTS; MSH-10 (the control id) the event id's first 20 characters, so a
          re-delivery is the same message and an interface engine can drop the duplicate
@@ -11,6 +13,16 @@ What the HL7 v2 receiver will send for each event (issue 41), and what `tdm-aler
     OBX  the summary (TX), the severity (CWE), the recommendation (TX) when there is one; text
          longer than 199 characters takes one OBX per line of it
     NTE  on a resolve, why it resolved
+
+The MDM is one document per incident: MDM^T02 (original document notification and content) for
+its first event, MDM^T08 (edit notification and content) for each later one, the same document
+(TXA-12 unique document number, from the incident key) replaced by its latest content:
+
+    MSH, PID  as above; EVN  the event type and when it was recorded; PV1  patient class U
+    TXA  type CN (a consultation note), content TX, TXA-4 the draw time, TXA-6 when written,
+         TXA-8 when edited (T08), TXA-12 the document, TXA-15 the original accession,
+         TXA-17 DO (documented), TXA-19 AV (available for patient care)
+    OBX, NTE  as above
 
 Text is escaped with python-hl7's escape (|, ^, ~, &, \\ become \\F\\, \\S\\, \\R\\, \\T\\, \\E\\).
 
@@ -25,13 +37,16 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import hl7  # type: ignore[import-untyped]  # python-hl7 ships no type hints
 
 from consumer.notify.events import AlertEvent
 from consumer.notify.sending import Transient, Undelivered
 from interpretation.alerts import Action
+
+if TYPE_CHECKING:
+    from consumer.settings import Settings
 
 START, END = b"\x0b", b"\x1c\r"
 CONTROL_ID_CHARS = 20  # MSH-10 is ST(20) in v2.5.1
@@ -51,37 +66,35 @@ class Hl7Options:
     receiving_application: str = "EHR"
     receiving_facility: str = "HOSPITAL"
     assigning_authority: str = ""
+    message: Literal["ORU^R01", "MDM^T02"] = "ORU^R01"
+
+
+def options_from(settings: Settings) -> Hl7Options:
+    return Hl7Options(
+        settings.hl7_sending_facility,
+        settings.hl7_receiving_application,
+        settings.hl7_receiving_facility,
+        settings.hl7_assigning_authority,
+        settings.notify_hl7_message,
+    )
 
 
 def control_id(event: AlertEvent) -> str:
     return event.event_id[:CONTROL_ID_CHARS]
 
 
+def outbound(event: AlertEvent, now: datetime, options: Hl7Options = Hl7Options()) -> str:
+    """The message the options name for one alert event."""
+    return mdm(event, now, options) if options.message == "MDM^T02" else oru(event, now, options)
+
+
 def oru(event: AlertEvent, now: datetime, options: Hl7Options = Hl7Options()) -> str:
     """The ORU^R01 for one alert event, segments separated by CR."""
     extra: dict[str, Any] = dict(event.model_extra or {})
-    status = "F" if event.act is Action.TRIGGER else "C"
-    patient = _text(extra.get("patient_id"))
-    authority = _text(options.assigning_authority)
+    status = _status(event)
     segments = [
-        "|".join(
-            [
-                "MSH",
-                "^~\\&",
-                "TDM-ALERTS",
-                _text(options.sending_facility),
-                _text(options.receiving_application),
-                _text(options.receiving_facility),
-                _dtm(now),
-                "",
-                "ORU^R01^ORU_R01",
-                control_id(event),
-                "P",
-                "2.5.1",
-            ]
-        ),
-        # PID-5 is required; the name is not ours to carry: HL7's null ("") says it is not sent.
-        f'PID|1||{patient}^^^{authority}^MR||""' if authority else f'PID|1||{patient}^^^^MR||""',
+        _msh("ORU^R01^ORU_R01", event, now, options),
+        _pid(extra, options),
         "|".join(
             [
                 "OBR",
@@ -98,17 +111,95 @@ def oru(event: AlertEvent, now: datetime, options: Hl7Options = Hl7Options()) ->
             ]
         ),
     ]
+    segments += _observations(event, status)
+    if event.act is Action.RESOLVE:
+        segments.append(f"NTE|1|L|{_resolved(extra)}")
+    return "\r".join(segments)
+
+
+def mdm(event: AlertEvent, now: datetime, options: Hl7Options = Hl7Options()) -> str:
+    """The MDM for one alert event: T02 for an incident's first, T08 (an edit of the same
+    document) for the rest; segments separated by CR."""
+    extra: dict[str, Any] = dict(event.model_extra or {})
+    first = event.act is Action.TRIGGER
+    trigger = "T02" if first else "T08"
+    status = _status(event)
+    document = [
+        "TXA",
+        "1",
+        "CN",  # TXA-2 document type (table 0270): a consultation note
+        "TX",  # TXA-3 content presentation
+        _dtm_text(extra.get("collected_at")),  # TXA-4 activity: the draw
+        "",
+        _dtm(now),  # TXA-6 origination
+        "",
+        "" if first else _dtm(now),  # TXA-8 edit
+        *[""] * 3,
+        f"{event.incident_key[:22]}^TDM-ALERTS",  # TXA-12 unique document number
+        "",
+        "",
+        _text(extra.get("accession")),  # TXA-15 filler order number: the original accession
+        "",
+        "DO",  # TXA-17 completion status: documented
+        "",
+        "AV",  # TXA-19 availability: available for patient care
+    ]
+    segments = [
+        _msh(f"MDM^{trigger}^MDM_T02", event, now, options),
+        f"EVN|{trigger}|{_dtm(now)}",
+        _pid(extra, options),
+        "PV1|1|U",  # PV1-2 patient class, required: unknown to us
+        "|".join(document),
+        *_observations(event, status),
+    ]
+    if event.act is Action.RESOLVE:
+        segments.append(f"NTE|1|L|{_resolved(extra)}")
+    return "\r".join(segments)
+
+
+def _msh(kind: str, event: AlertEvent, now: datetime, options: Hl7Options) -> str:
+    return "|".join(
+        [
+            "MSH",
+            "^~\\&",
+            "TDM-ALERTS",
+            _text(options.sending_facility),
+            _text(options.receiving_application),
+            _text(options.receiving_facility),
+            _dtm(now),
+            "",
+            kind,
+            control_id(event),
+            "P",
+            "2.5.1",
+        ]
+    )
+
+
+def _pid(extra: dict[str, Any], options: Hl7Options) -> str:
+    patient = _text(extra.get("patient_id"))
+    authority = _text(options.assigning_authority)
+    # PID-5 is required; the name is not ours to carry: HL7's null ("") says it is not sent.
+    return f'PID|1||{patient}^^^{authority}^MR||""' if authority else f'PID|1||{patient}^^^^MR||""'
+
+
+def _status(event: AlertEvent) -> str:
+    """F, or C for an update or resolve (a correction of the alert report)."""
+    return "F" if event.act is Action.TRIGGER else "C"
+
+
+def _observations(event: AlertEvent, status: str) -> list[str]:
     observations = [("TX", "TDMSUMMARY^Alert summary^L", piece) for piece in _pieces(event.summary)]
     level = event.level.value
     observations.append(("CWE", "TDMSEVERITY^Alert severity^L", f"{level}^{level}^L"))
     observations += [
         ("TX", "TDMRECOMMEND^Recommendation^L", piece) for piece in _pieces(event.recommendation or "")
     ]
-    segments += [_obx(n, kind, code, value, status) for n, (kind, code, value) in enumerate(observations, 1)]
-    if event.act is Action.RESOLVE:
-        reason = extra.get("resolve_reason") or "resolved"
-        segments.append(f"NTE|1|L|Alert resolved: {_text(reason)}")
-    return "\r".join(segments)
+    return [_obx(n, kind, code, value, status) for n, (kind, code, value) in enumerate(observations, 1)]
+
+
+def _resolved(extra: dict[str, Any]) -> str:
+    return f"Alert resolved: {_text(extra.get('resolve_reason') or 'resolved')}"
 
 
 def _obx(n: int, kind: str, code: str, value: str, status: str) -> str:

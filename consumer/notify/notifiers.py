@@ -21,7 +21,7 @@ import httpx
 
 from consumer.notify.fhir import FhirOptions, transaction
 from consumer.notify.fhir_auth import TokenSource
-from consumer.notify.hl7v2 import Hl7Options, deliver, oru
+from consumer.notify.hl7v2 import Hl7Options, deliver, outbound
 from consumer.notify.incidents import Incidents
 from consumer.notify.lanes import Entry
 from consumer.notify.receivers import Alertmanager, OpenIncident, PagerDuty, Webhook, opened
@@ -126,7 +126,7 @@ class Hl7v2Notifier:
 
     def notify(self, entry: Entry, now: datetime) -> None:
         r = self.hl7v2
-        message = oru(entry.event, now, r.options)
+        message = outbound(entry.event, now, r.options)
         self.sender.attempt(
             r.name, entry.failing, lambda: deliver(r.host, r.port, message, r.timeout_s, r.name)
         )

@@ -82,6 +82,44 @@ def test_the_same_event_is_the_same_message_and_a_resolve_says_why():
     assert "corrected_into_range" in resolved.to_er7()
 
 
+def test_as_mdm_each_incident_is_one_document_first_written_then_edited(capsys, monkeypatch, clean_env):
+    # What `notify` sends with TDM_NOTIFY_HL7_MESSAGE=MDM^T02, and `interpret --as hl7v2` prints
+    # with the receiver's settings (it printed the default names whatever they were).
+    monkeypatch.setenv("TDM_NOTIFY_HL7_MESSAGE", "MDM^T02")
+    monkeypatch.setenv("TDM_HL7_SENDING_FACILITY", "PHARMACY")
+    main(["interpret", str(DATA / "sample-feed.jsonl")])
+    import json
+
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    events = [e for line in lines for e in line.get("events", ())]
+    main(["interpret", str(DATA / "sample-feed.jsonl"), "--as", "hl7v2"])
+    messages = [m.strip().replace("\n", "\r") for m in capsys.readouterr().out.split("\n\n") if m.strip()]
+    assert len(messages) == len(events) > 0
+    documents: dict[str, set[str]] = {}
+    for text, said in zip(messages, events, strict=True):
+        message = strict(text)
+        trigger = "T02" if said["action"] == "trigger" else "T08"
+        assert message.msh.msh_9.to_er7() == f"MDM^{trigger}^MDM_T02"
+        assert message.evn.evn_1.value == trigger and message.msh.msh_4.to_er7() == "PHARMACY"
+        assert (message.txa.txa_8.value != "") == (trigger == "T08")  # an edit says when
+        documents.setdefault(said["incident_key"], set()).add(message.txa.txa_12.to_er7())
+    assert all(len(numbers) == 1 for numbers in documents.values())  # the same document, edited
+    assert len({n for numbers in documents.values() for n in numbers}) == len(documents)
+
+
+def test_a_resolved_incidents_document_says_why():
+    from consumer.notify.hl7v2 import Hl7Options, outbound
+
+    message = strict(
+        outbound(
+            event(action="resolve", resolve_reason="corrected_into_range"), NOW, Hl7Options(message="MDM^T02")
+        )
+    )
+    assert message.msh.msh_9.to_er7() == "MDM^T08^MDM_T02"
+    assert "Alert resolved: corrected_into_range" in message.to_er7()
+    assert outbound(event(), NOW) == oru(event(), NOW)  # ORU^R01 unless asked
+
+
 # -- MLLP against a real listener ---------------------------------------------------------
 
 
@@ -116,3 +154,16 @@ def test_nobody_listening_is_retried():
         port = probe.getsockname()[1]
     with pytest.raises(Transient):
         deliver("127.0.0.1", port, oru(event(), NOW), timeout_s=2)
+
+
+def test_the_receiver_sends_the_message_its_settings_name(monkeypatch, clean_env):
+    from consumer.notify.delivering import Receivers
+    from consumer.settings import Settings
+
+    monkeypatch.setenv("TDM_NOTIFY_HL7_HOST", "engine.example")
+    monkeypatch.setenv("TDM_NOTIFY_HL7_MESSAGE", "MDM^T02")
+    hl7v2 = Receivers.from_settings(Settings()).hl7v2
+    assert hl7v2 is not None and hl7v2.options.message == "MDM^T02"
+    monkeypatch.setenv("TDM_NOTIFY_HL7_MESSAGE", "MDM^T08")
+    with pytest.raises(ValueError, match="ORU"):
+        Settings()
