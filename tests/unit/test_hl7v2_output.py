@@ -4,6 +4,7 @@ MLLP delivery against a real TCP listener of the test's own that enforces the fr
 
 from __future__ import annotations
 
+import json
 import socket
 from datetime import UTC, datetime
 
@@ -43,16 +44,19 @@ def strict(text: str):
     return message
 
 
-def test_every_event_of_the_sample_feed_is_one_strictly_valid_oru(capsys):
+def _sample_feed_as_hl7v2(capsys) -> list[tuple[str, dict]]:
+    """Each message `interpret --as hl7v2` prints for the sample feed, with the event it is of."""
     main(["interpret", str(DATA / "sample-feed.jsonl")])
-    import json
-
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     events = [e for line in lines for e in line.get("events", ())]
     main(["interpret", str(DATA / "sample-feed.jsonl"), "--as", "hl7v2"])
     messages = [m.strip().replace("\n", "\r") for m in capsys.readouterr().out.split("\n\n") if m.strip()]
     assert len(messages) == len(events) > 0
-    for text, said in zip(messages, events, strict=True):
+    return list(zip(messages, events, strict=True))
+
+
+def test_every_event_of_the_sample_feed_is_one_strictly_valid_oru(capsys):
+    for text, said in _sample_feed_as_hl7v2(capsys):
         message = strict(text)
         assert message.msh.msh_10.value == said["event_id"][:20]
         order = message.oru_r01_patient_result.oru_r01_order_observation
@@ -87,16 +91,8 @@ def test_as_mdm_each_incident_is_one_document_first_written_then_edited(capsys, 
     # with the receiver's settings (it printed the default names whatever they were).
     monkeypatch.setenv("TDM_NOTIFY_HL7_MESSAGE", "MDM^T02")
     monkeypatch.setenv("TDM_HL7_SENDING_FACILITY", "PHARMACY")
-    main(["interpret", str(DATA / "sample-feed.jsonl")])
-    import json
-
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    events = [e for line in lines for e in line.get("events", ())]
-    main(["interpret", str(DATA / "sample-feed.jsonl"), "--as", "hl7v2"])
-    messages = [m.strip().replace("\n", "\r") for m in capsys.readouterr().out.split("\n\n") if m.strip()]
-    assert len(messages) == len(events) > 0
     documents: dict[str, set[str]] = {}
-    for text, said in zip(messages, events, strict=True):
+    for text, said in _sample_feed_as_hl7v2(capsys):
         message = strict(text)
         trigger = "T02" if said["action"] == "trigger" else "T08"
         assert message.msh.msh_9.to_er7() == f"MDM^{trigger}^MDM_T02"
