@@ -19,8 +19,8 @@ its first event, MDM^T08 (edit notification and content) for each later one, the
 (TXA-12 unique document number, from the incident key) replaced by its latest content:
 
     MSH, PID  as above; EVN  the event type and when it was recorded; PV1  patient class U
-    TXA  type CN (a consultation note), content TX, TXA-4 the draw time, TXA-6 when written,
-         TXA-8 when edited (T08), TXA-12 the document, TXA-15 the original accession,
+    TXA  type CN (a consultation note), content TX, TXA-4 the draw time, TXA-6 when written
+         (T02), TXA-8 when edited (T08), TXA-12 the document, TXA-15 the original accession,
          TXA-17 DO (documented), TXA-19 AV (available for patient care)
     OBX, NTE  as above
 
@@ -131,7 +131,7 @@ def mdm(event: AlertEvent, now: datetime, options: Hl7Options = Hl7Options()) ->
         "TX",  # TXA-3 content presentation
         _dtm_text(extra.get("collected_at")),  # TXA-4 activity: the draw
         "",
-        _dtm(now),  # TXA-6 origination
+        _dtm(now) if first else "",  # TXA-6 origination (an edit does not know the first's)
         "",
         "" if first else _dtm(now),  # TXA-8 edit
         *[""] * 3,

@@ -98,6 +98,7 @@ def test_as_mdm_each_incident_is_one_document_first_written_then_edited(capsys, 
         assert message.msh.msh_9.to_er7() == f"MDM^{trigger}^MDM_T02"
         assert message.evn.evn_1.value == trigger and message.msh.msh_4.to_er7() == "PHARMACY"
         assert (message.txa.txa_8.value != "") == (trigger == "T08")  # an edit says when
+        assert (message.txa.txa_6.value != "") == (trigger == "T02")  # and only the first, written
         documents.setdefault(said["incident_key"], set()).add(message.txa.txa_12.to_er7())
     assert all(len(numbers) == 1 for numbers in documents.values())  # the same document, edited
     assert len({n for numbers in documents.values() for n in numbers}) == len(documents)
