@@ -34,8 +34,8 @@ def on_stop_signal(act: Callable[[str], None]) -> None:
         signal.signal(number, _nothing)
 
     def relay() -> None:
-        while True:
-            for number in os.read(read_end, 64):
+        while received := os.read(read_end, 64):
+            for number in received:
                 if number in STOP_SIGNALS:
                     act(signal.Signals(number).name)
 
