@@ -1,6 +1,6 @@
 """`make demo`: a local broker, the service, the sample feed, the alerts it published, and
 those alerts paged to a real Alertmanager by `tdm-alerts notify` (shown by `amtool`) and written
-into a real FHIR server (HAPI FHIR's JPA server, a line per resource it holds).
+into a real FHIR server (HAPI FHIR's JPA server: a line per DetectedIssue, then counts).
 
 Starts everything it needs, shows the result, and stops everything it started, even on error.
 """
